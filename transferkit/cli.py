@@ -1,0 +1,190 @@
+"""The `transferkit` command: a thin layer over the library (argument parsing, output, exit codes)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_train_options(p: argparse.ArgumentParser, skip: set[str]) -> None:
+    """One flag per TrainConfig field (the dataclass is the single source of the options)."""
+    from .config import TrainConfig
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in skip:
+            continue
+        default = f.default
+        if isinstance(default, bool):
+            p.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            p.add_argument(_flag(f.name), dest=f.name, default=None, metavar=f.name.upper())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="transferkit", description="Transfer learning from pretrained models.")
+    ap.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = ap.add_subparsers(dest="command")
+
+    m = sub.add_parser("models", help="list the backbone sources")
+    m.add_argument("--json", action="store_true")
+
+    t = sub.add_parser("train", help="fine-tune a pretrained backbone on DATA")
+    t.add_argument("data", nargs="?", help="folder of class folders, image CSV (path,label), or text CSV/TSV/JSONL")
+    t.add_argument("--config", help="YAML recipe (see recipes/); flags override it")
+    t.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
+                   help="continue an interrupted run exactly (RUN_DIR, or the --out directory)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar or per-phase messages")
+    _add_train_options(t, skip={"data"})
+
+    e = sub.add_parser("evaluate", help="metrics of a trained run on labelled data")
+    e.add_argument("run_dir")
+    e.add_argument("data")
+    e.add_argument("--json", action="store_true")
+    e.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None)
+
+    pr = sub.add_parser("predict", help="labels for new inputs, from a run or a source model as it is")
+    pr.add_argument("inputs", nargs="+", help="RUN_DIR then files/folders/texts, or files with --model")
+    pr.add_argument("--model", help="predict with a source model's own classes, e.g. bundled:efficientnet_lite0")
+    pr.add_argument("--top-k", type=int, default=None)
+    pr.add_argument("--json", action="store_true")
+
+    d = sub.add_parser("demo", help="the end-to-end demo on the bundled data sets")
+    d.add_argument("--text", action="store_true", help="the text demo (Debian package descriptions)")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--shots", type=int, default=None)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--quick", action="store_true", help="fewer steps, for a smoke test")
+
+    for name, helptext in (("compare", "compare strategies x shots x seeds on one task"),
+                           ("rank", "rank source models on DATA before training (LogME, LEEP)")):
+        c = sub.add_parser(name, help=helptext, add_help=True)
+        c.set_defaults(_deferred=name)
+    return ap
+
+
+def _print_table(rows: list[dict], cols: list[str]) -> None:
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
+    print("  ".join(c.ljust(widths[c]) for c in cols))
+    for r in rows:
+        print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols))
+
+
+def cmd_models(args) -> int:
+    from .models import KINDS, list_sources
+    rows = list_sources()
+    if args.json:
+        print(json.dumps({"sources": rows, "kinds": list(KINDS)}, indent=2))
+        return 0
+    _print_table([{**r, "feature_dim": r.get("feature_dim", "-"), "stages": r.get("num_stages", "-"),
+                   "params": f"{r['params'] / 1e6:.1f}M" if "params" in r else "-"} for r in rows],
+                 ["id", "modality", "feature_dim", "stages", "params", "description"])
+    print("\nother sources: timm:NAME (e.g. timm:resnet50), torchvision:NAME, hf:NAME_OR_DIR, "
+          "file:PATH [--arch NAME]; add @random for random init (e.g. timm:tf_efficientnet_lite0@random)")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .engine.run import predict_run, predict_source
+    if args.model:
+        rows = predict_source(args.model, args.inputs, top_k=args.top_k or 5)
+    else:
+        run, inputs = args.inputs[0], args.inputs[1:]
+        if not inputs:
+            raise ValueError("predict needs RUN_DIR and at least one input (file, folder or text)")
+        rows = predict_run(run, inputs, top_k=args.top_k or 1)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        top = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"])
+        print(f"{r['input']}\t{top}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .config import load_recipe, make_config
+    from .train import train
+    recipe = load_recipe(args.config) if args.config else {}
+    overrides = {k: getattr(args, k) for k in vars(args)
+                 if k not in ("command", "config", "resume", "quiet", "version", "_deferred")}
+    if args.resume:
+        out = args.resume if isinstance(args.resume, str) else overrides.get("out")
+        if not out:
+            raise ValueError("--resume needs the run directory: --resume RUN_DIR")
+        cfg = make_config({}, out=out, stop_after=overrides.get("stop_after"))
+        result = train(cfg, resume=True, quiet=args.quiet)
+    else:
+        cfg = make_config(recipe, **overrides)
+        if not cfg.data:
+            raise ValueError("train needs DATA (a folder, CSV, TSV or JSONL) or 'data:' in the recipe")
+        if not cfg.out:
+            raise ValueError("train needs --out RUN_DIR (or 'out:' in the recipe)")
+        result = train(cfg, quiet=args.quiet)
+    if result.interrupted:
+        return 0
+    m = result.metrics or {}
+    print(json.dumps({k: m.get(k) for k in ("accuracy", "macro_f1", "ece", "n_train", "n_val", "n_test")}))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .engine.run import evaluate_run
+    m = evaluate_run(args.run_dir, args.data, tta=args.tta)
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    print(f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  ECE {m['ece']:.4f}  n={m['n']}")
+    _print_table([{"class": c, **{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()}}
+                  for c, r in m["per_class"].items()], ["class", "precision", "recall", "f1", "support"])
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    run_demo(text=args.text, out=args.out, shots=args.shots, seed=args.seed, quick=args.quick)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("compare", "rank"):
+        from . import cli_more
+        return _guard(lambda: cli_more.main(argv))
+    args = build_parser().parse_args(argv)
+    if args.version:
+        from . import __version__
+        print(__version__)
+        return 0
+    handlers = {"models": cmd_models, "predict": cmd_predict, "train": cmd_train,
+                "evaluate": cmd_evaluate, "demo": cmd_demo}
+    if args.command not in handlers:
+        build_parser().print_help()
+        return EXIT_USAGE
+    return _guard(lambda: handlers[args.command](args))
+
+
+def _guard(fn) -> int:
+    """Known user errors become one clear line and exit code 2; anything else is a real bug."""
+    from .config import ConfigError
+    from .data import DataError
+    from .models import SourceError
+    try:
+        return fn()
+    except (DataError, SourceError, ConfigError, FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"transferkit: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("transferkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,95 @@
+"""Data: labelled images and texts, splits, few-shot sampling and transforms.
+
+`load_task` turns the user's DATA (+ optional --val/--test) into train/val/test splits of one
+modality, with every choice (seed, fractions, shots) recorded so a run can be reproduced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .images import ImageDataset, build_transforms, open_rgb, read_image_items
+from .splits import DataError, Example, class_counts, sample_shots, stratified_split
+from .text import TextCollator, TextDataset, is_text_file, read_text_items
+
+__all__ = ["DataError", "Example", "Task", "load_task", "read_items", "ImageDataset", "TextDataset",
+           "TextCollator", "build_transforms", "open_rgb", "class_counts", "sample_shots",
+           "stratified_split", "detect_modality"]
+
+
+@dataclass
+class Task:
+    modality: str
+    classes: list[str]
+    train: list[Example]
+    val: list[Example]
+    test: list[Example]
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def class_to_idx(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self.classes)}
+
+    def split_record(self) -> list[dict]:
+        return [{"split": name, "item": ex.ref or ex.x, "label": ex.label}
+                for name, part in (("train", self.train), ("val", self.val), ("test", self.test))
+                for ex in part]
+
+
+def detect_modality(path: str | Path) -> str:
+    """A folder is images; a .tsv/.jsonl is text; a .csv is images if it has a `path` column."""
+    p = Path(path)
+    if p.is_dir():
+        return "image"
+    if is_text_file(p):
+        return "text"
+    if p.suffix.lower() == ".csv" and p.is_file():
+        with open(p, encoding="utf-8", errors="replace") as f:
+            header = f.readline().strip().lower().split(",")
+        return "image" if "path" in [h.strip().strip('"') for h in header] else "text"
+    if not p.exists():
+        raise DataError(f"data not found: {p}")
+    raise DataError(f"cannot tell what {p} holds: give a folder of class folders, a CSV with "
+                    "'path,label' (images) or 'text,label' columns, a .tsv or a .jsonl")
+
+
+def read_items(path: str | Path, modality: str, *, text_col: str = "text",
+               label_col: str = "label") -> tuple[list[Example], list[str]]:
+    if modality == "image":
+        return read_image_items(path)
+    return read_text_items(path, text_col=text_col, label_col=label_col)
+
+
+def load_task(data: str | Path, *, val: str | None = None, test: str | None = None,
+              shots: int | None = None, seed: int = 0, val_fraction: float = 0.2,
+              test_fraction: float = 0.2, modality: str | None = None, text_col: str = "text",
+              label_col: str = "label") -> Task:
+    """Read DATA and make the splits.
+
+    Without --test, a stratified `test_fraction` of DATA is held out first; without --val, a
+    stratified `val_fraction` of the rest. `shots` then keeps N training examples per class; the
+    held-out splits are made before sampling shots, so they do not depend on N.
+    """
+    modality = modality or detect_modality(data)
+    items, skipped = read_items(data, modality, text_col=text_col, label_col=label_col)
+    classes = sorted({e.label for e in items})
+    if len(classes) < 2:
+        raise DataError(f"{data}: found {len(classes)} class ({', '.join(classes)}); "
+                        "classification needs at least 2")
+    if test:
+        test_items, s = read_items(test, modality, text_col=text_col, label_col=label_col)
+        skipped += s
+    else:
+        items, test_items = stratified_split(items, test_fraction, seed)
+    if val:
+        val_items, s = read_items(val, modality, text_col=text_col, label_col=label_col)
+        skipped += s
+    else:
+        items, val_items = stratified_split(items, val_fraction, seed + 1)
+    for name, part in (("--val", val_items), ("--test", test_items)):
+        unknown = sorted({e.label for e in part} - set(classes))
+        if unknown:
+            raise DataError(f"{name} data has labels not in the training data: {', '.join(unknown[:5])}")
+    train = sample_shots(items, shots, seed) if shots else items
+    return Task(modality, classes, train, val_items, test_items, skipped)

@@ -1,0 +1,57 @@
+"""Stratified, seeded splits and few-shot sampling over (item, label) lists."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file/field and the fix."""
+
+
+@dataclass
+class Example:
+    x: str          # image path or text
+    label: str
+    ref: str = ""   # where it came from (path or file:line), for the split record
+
+
+def by_class(items: list[Example]) -> dict[str, list[Example]]:
+    groups: dict[str, list[Example]] = defaultdict(list)
+    for it in items:
+        groups[it.label].append(it)
+    return dict(sorted(groups.items()))
+
+
+def stratified_split(items: list[Example], fraction: float, seed: int,
+                     min_per_class: int = 1) -> tuple[list[Example], list[Example]]:
+    """Split off `fraction` of every class (at least `min_per_class`, leaving one for training)."""
+    rng = random.Random(seed)
+    keep, held = [], []
+    for label, group in by_class(items).items():
+        group = list(group)
+        rng.shuffle(group)
+        n = max(min_per_class, round(len(group) * fraction)) if len(group) > 1 else 0
+        n = min(n, len(group) - 1)
+        held += group[:n]
+        keep += group[n:]
+    return keep, held
+
+
+def sample_shots(items: list[Example], shots: int, seed: int) -> list[Example]:
+    """Keep `shots` examples per class (all of a class that has fewer), seeded."""
+    if shots < 1:
+        raise DataError(f"--shots must be at least 1, got {shots}")
+    rng = random.Random(seed)
+    out = []
+    for label, group in by_class(items).items():
+        group = sorted(group, key=lambda e: e.ref or e.x)
+        rng.shuffle(group)
+        out += group[:shots]
+    return out
+
+
+def class_counts(items: list[Example]) -> dict[str, int]:
+    return {k: len(v) for k, v in by_class(items).items()}

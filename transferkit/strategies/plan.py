@@ -1,0 +1,127 @@
+"""Strategies as values: which stages train in which phase, at which learning rates.
+
+A strategy string becomes a `Plan` of one or more `Phase`s:
+
+- `linear_probe`   backbone frozen, head trains
+- `partial:K`      the last K stages + head train
+- `full`           everything trains
+- `two_phase`      LP-FT (Kumar et al., ICLR 2022): fit the head on the frozen backbone first, then
+                   unfreeze everything and train with backbone LR = head LR x `backbone_lr_mult`
+- `stages:A-B[,C]` (or `freeze=stages:A-B`): freeze exactly those stage indices
+- `lora:r=R[,alpha=A]` low-rank adapters on a text encoder (PEFT), head trains
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+STRATEGIES = ("linear_probe", "partial:K", "full", "two_phase", "stages:A-B", "lora:r=R")
+
+
+@dataclass
+class Phase:
+    name: str
+    frozen: list[int]          # backbone stage indices frozen in this phase
+    fraction: float            # share of the optimisation steps spent in this phase
+    backbone_lr_mult: float = 1.0
+    head_only: bool = False    # only the head trains (features can be cached)
+
+
+@dataclass
+class Plan:
+    strategy: str
+    phases: list[Phase]
+    lora: dict | None = field(default=None)
+
+
+def _parse_indices(text: str, n: int) -> list[int]:
+    out: set[int] = set()
+    for part in filter(None, text.split(",")):
+        if "-" in part:
+            a, b = part.split("-", 1)
+            out.update(range(int(a), int(b) + 1))
+        else:
+            out.add(int(part))
+    bad = [i for i in out if not 0 <= i < n]
+    if bad:
+        raise ValueError(f"stage {bad[0]} out of range: this backbone has stages 0-{n - 1}")
+    return sorted(out)
+
+
+def plan_strategy(strategy: str, num_stages: int, *, backbone_lr_mult: float = 0.1,
+                  head_fraction: float = 0.3) -> Plan:
+    """Turn a strategy string into phases for a backbone with `num_stages` stages."""
+    s = strategy.strip()
+    everything = list(range(num_stages))
+    try:
+        if s == "linear_probe":
+            return Plan(s, [Phase("linear_probe", everything, 1.0, head_only=True)])
+        if s == "full":
+            return Plan(s, [Phase("full", [], 1.0, backbone_lr_mult=backbone_lr_mult)])
+        if s == "two_phase":
+            return Plan(s, [Phase("head", everything, head_fraction, head_only=True),
+                            Phase("all", [], 1.0 - head_fraction, backbone_lr_mult=backbone_lr_mult)])
+        if s.startswith("partial:"):
+            k = int(s.split(":", 1)[1])
+            if not 0 <= k <= num_stages:
+                raise ValueError(f"partial:K needs 0 <= K <= {num_stages} (stages of this backbone)")
+            return Plan(s, [Phase(s, everything[: num_stages - k], 1.0, backbone_lr_mult=backbone_lr_mult,
+                                  head_only=k == 0)])
+        if s.startswith(("stages:", "freeze=stages:")):
+            frozen = _parse_indices(s.split("stages:", 1)[1], num_stages)
+            return Plan(s, [Phase(s, frozen, 1.0, backbone_lr_mult=backbone_lr_mult,
+                                  head_only=len(frozen) == num_stages)])
+        if s.startswith("lora:"):
+            opts = dict(kv.split("=", 1) for kv in s.split(":", 1)[1].split(",") if kv)
+            unknown = set(opts) - {"r", "alpha", "dropout"}
+            if unknown:
+                raise ValueError(f"unknown LoRA option '{sorted(unknown)[0]}' (use r=, alpha=, dropout=)")
+            r = int(opts.get("r", 8))
+            lora = {"r": r, "alpha": float(opts.get("alpha", 2 * r)), "dropout": float(opts.get("dropout", 0.0))}
+            return Plan(s, [Phase(s, everything, 1.0, backbone_lr_mult=1.0)], lora=lora)
+    except ValueError as e:
+        if "invalid literal" in str(e):
+            raise ValueError(f"cannot read strategy '{strategy}': {e}. Forms: {', '.join(STRATEGIES)}") from e
+        raise
+    base = s.split(":")[0]
+    near = difflib.get_close_matches(base, ["linear_probe", "partial", "full", "two_phase", "stages", "lora"], n=1)
+    raise ValueError(f"unknown strategy '{strategy}'" + (f"; did you mean '{near[0]}'?" if near else "")
+                     + f" Forms: {', '.join(STRATEGIES)}")
+
+
+def param_groups(model, phase: Phase, *, lr: float, weight_decay: float,
+                 layer_decay: float | None = None, no_weight_decay: set[str] | None = None) -> list[dict]:
+    """Optimizer parameter groups for the trainable parameters of `phase`.
+
+    Head LR = `lr`; backbone stage i of N gets `lr * phase.backbone_lr_mult * layer_decay**(N-1-i)`
+    (layer-wise LR decay: earlier, more general stages move less). Biases, norm weights and every
+    name in `no_weight_decay` (parameters a regularizer anchors: L2-SP replaces weight decay) get
+    weight decay 0. Groups come out in a fixed order, so an optimizer state saved from them loads
+    back onto the same parameters after a resume.
+    """
+    no_wd = no_weight_decay or set()
+    n = len(model.spec.stages)
+    named = dict(model.named_parameters())
+    groups: list[dict] = []
+
+    def add(label: str, names: list[str], group_lr: float) -> None:
+        decay = [x for x in names if named[x].requires_grad and named[x].ndim > 1 and x not in no_wd]
+        plain = [x for x in names if named[x].requires_grad and (named[x].ndim <= 1 or x in no_wd)]
+        for suffix, members, wd in (("decay", decay, weight_decay), ("no_decay", plain, 0.0)):
+            if members:
+                groups.append({"name": f"{label}.{suffix}", "params": [named[x] for x in members],
+                               "param_names": members, "lr": group_lr, "initial_lr": group_lr,
+                               "weight_decay": wd})
+
+    for i, stage in enumerate(model.spec.stages):
+        scale = phase.backbone_lr_mult * (layer_decay ** (n - 1 - i) if layer_decay else 1.0)
+        add(stage.name, [f"backbone.{p}" for p in stage.params], lr * scale)
+    extra = [x for x in named if x.startswith("backbone.") and named[x].requires_grad
+             and x[len("backbone."):] not in {p for s in model.spec.stages for p in s.params}]
+    if extra:  # adapters (LoRA) added after the stages were read
+        add("adapters", extra, lr * phase.backbone_lr_mult)
+    add("head", [x for x in named if x.startswith("head.")], lr)
+    if not groups:
+        raise ValueError("nothing to train: every parameter is frozen in this phase")
+    return groups

@@ -1,0 +1,19 @@
+"""`train`: the library entry point behind `transferkit train` (fit + choices made before fitting)."""
+
+from __future__ import annotations
+
+from .config import TrainConfig
+from .engine.fit import FitResult, fit
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False, log=None) -> FitResult:
+    """Fine-tune according to `cfg` (or resume `cfg.out`) and return the run's result.
+
+    `--reg l2sp:auto[,BETA]` is resolved here by a sweep over alpha on the validation split
+    (see transferkit.sweep), then the chosen value is trained and recorded in config.yaml.
+    """
+    say = log or ((lambda *a, **k: None) if quiet else print)
+    if not resume and cfg.reg and "auto" in cfg.reg:
+        from .sweep import resolve_l2sp_auto
+        cfg = resolve_l2sp_auto(cfg, log=say)
+    return fit(cfg, resume=resume, log=say, progress=not quiet)
