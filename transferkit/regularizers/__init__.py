@@ -1,0 +1,104 @@
+"""Regularizers: extra loss terms added to the task loss during fine-tuning.
+
+Each one is a small callable (one module per method, the paper and equation in its docstring)::
+
+    term = reg(model, features, feature_maps=None, inputs=None)   # scalar tensor
+    names = reg.no_weight_decay(model)   # parameters whose optimizer weight decay must be 0
+
+``features`` is the pooled feature batch ``[B, D]`` the model produced for this step's ``inputs``,
+``feature_maps`` the ``{layer: tensor}`` captured during that forward (see ``capture_feature_maps``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from .bss import BSS
+from .delta import DELTA, capture_feature_maps, channel_axis, delta_channel_weights
+from .l2sp import L2SP, anchor_from
+from .spec import FORMS, KINDS, L2SP_AUTO_GRID, RegularizerSpec, parse_regularizer
+
+__all__ = [
+    "BSS",
+    "DELTA",
+    "FORMS",
+    "KINDS",
+    "L2SP",
+    "L2SP_AUTO_GRID",
+    "Regularizer",
+    "RegularizerSpec",
+    "anchor_from",
+    "build_regularizers",
+    "capture_feature_maps",
+    "channel_axis",
+    "delta_channel_weights",
+    "parse_regularizer",
+]
+
+
+@runtime_checkable
+class Regularizer(Protocol):
+    def __call__(
+        self,
+        model: nn.Module,
+        features: torch.Tensor,
+        feature_maps: dict[str, torch.Tensor] | None = None,
+        inputs=None,
+    ) -> torch.Tensor: ...
+
+    def no_weight_decay(self, model: nn.Module) -> set[str]: ...
+
+
+def build_regularizers(
+    specs,
+    model: nn.Module,
+    anchor: dict[str, torch.Tensor] | None,
+    source_model: nn.Module | None = None,
+    layer_names: list[str] | None = None,
+    channel_weights: dict[str, torch.Tensor] | None = None,
+) -> list:
+    """Instances for parsed specs (a list of :class:`RegularizerSpec`, one spec, or a spec string).
+
+    ``anchor`` (see :func:`anchor_from`) is needed by ``l2sp``; ``source_model`` (a frozen copy of
+    the source backbone) and ``layer_names`` by ``delta``. ``l2sp:auto`` must be resolved first
+    (``spec.with_alpha(a)`` for each ``a`` in ``L2SP_AUTO_GRID``). ``model`` is used to check that
+    the anchor fits it.
+    """
+    if isinstance(specs, str):
+        specs = parse_regularizer(specs)
+    elif isinstance(specs, RegularizerSpec):
+        specs = [specs]
+    elif not isinstance(specs, Sequence):
+        raise TypeError(f"specs must be a spec string or RegularizerSpec(s), got {type(specs).__name__}")
+    built = []
+    for spec in specs:
+        p = spec.params
+        if spec.kind == "l2sp":
+            if spec.is_auto:
+                raise ValueError(
+                    "l2sp:auto must be resolved before building: sweep alpha over "
+                    f"L2SP_AUTO_GRID={L2SP_AUTO_GRID} and build with spec.with_alpha(alpha)"
+                )
+            if anchor is None:
+                raise ValueError("l2sp needs the source weights: pass anchor=anchor_from(model) taken before training")
+            reg = L2SP(anchor, p["alpha"], p.get("beta", 0.0))
+            reg.no_weight_decay(model)  # checks anchor names and shapes against the model now
+            built.append(reg)
+        elif spec.kind == "delta":
+            if source_model is None:
+                raise ValueError(
+                    "delta needs source_model: a frozen copy of the source backbone "
+                    "(e.g. copy.deepcopy(model.backbone) before training)"
+                )
+            if not layer_names:
+                raise ValueError("delta needs layer_names: names inside the backbone whose outputs are compared")
+            built.append(DELTA(source_model, layer_names, p["alpha"], channel_weights))
+        elif spec.kind == "bss":
+            built.append(BSS(p["eta"], p.get("k", 1)))
+        else:
+            raise ValueError(f"unknown regularizer kind '{spec.kind}'; known: {KINDS}")
+    return built
