@@ -45,6 +45,7 @@ class RunState:
     history: list[dict] = field(default_factory=list)
     done: bool = False
     head_fit: dict = field(default_factory=dict)
+    running_loss: list[float] = field(default_factory=list)  # train losses since the last validation
 
 
 @dataclass
@@ -276,7 +277,9 @@ def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, tr
     per_epoch = len(_epoch_batches(len(train_ds), cfg.batch_size, cfg.seed, 0))
     eval_every = cfg.eval_every or max(1, per_epoch // cfg.grad_accum)
     bar = _progress(n_steps, state.step, phase.name, progress and accel.is_main_process)
-    running, seen, t0 = [], 0, time.time()
+    # the loss window lives in the run state: a resumed run logs the same train_loss as an
+    # uninterrupted one
+    running, seen, t0 = state.running_loss, 0, time.time()
     last_save = t0
     set_train_mode(model, cfg.bn)
     while state.step < n_steps:
@@ -317,7 +320,7 @@ def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, tr
                    "seconds": round(time.time() - t0, 2)}
             row.update(_validate(model, val_loader, device, accel.autocast))
             set_train_mode(model, cfg.bn)
-            running = []
+            running.clear()
             state.history.append(row)
             if accel.is_main_process:
                 _save_best_if_better(run, model, state, row, cfg.metric)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -108,7 +108,8 @@ def _per_channel_sq_norm(diff: torch.Tensor) -> torch.Tensor:
 
 
 def _call_backbone(backbone: nn.Module, inputs):
-    return backbone(**inputs) if isinstance(inputs, Mapping) else backbone(inputs)
+    # every transferkit backbone (TextEncoder included) takes the batch as one positional argument
+    return backbone(inputs)
 
 
 class DELTA:
@@ -127,8 +128,7 @@ class DELTA:
     ``__call__`` needs this step's ``inputs`` (run through the source copy, under ``no_grad``) and the
     target's ``feature_maps`` captured during the normal forward with :func:`capture_feature_maps`.
     If ``feature_maps`` is ``None`` the target backbone is run again on ``inputs`` to get them, which
-    doubles the backbone cost of the step. ``inputs`` that are a mapping (tokenizer output) are passed
-    as keyword arguments, anything else as the single positional argument.
+    doubles the backbone cost of the step. ``inputs`` go to the backbone as its one argument.
 
     The source copy always runs in eval mode (BatchNorm with its running statistics, no dropout).
     If the target's BatchNorm layers use batch statistics while training, the term is not zero at

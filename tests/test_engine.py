@@ -1,0 +1,304 @@
+"""The engine through the real entry point (`transferkit.cli.main`) on CPU with a tiny timm model:
+train -> evaluate -> predict, exact resume, few-shot sampling, recipes and bad inputs."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import COLOURS, PER_CLASS, write_image_folder
+from safetensors.torch import load_file
+
+from transferkit.cli import main
+from transferkit.config import ConfigError, load_recipe, make_config
+
+REPO = Path(__file__).resolve().parents[1]
+# timm's test_resnet: ~0.47M parameters, BatchNorm, stem + 4 stages; random init (no download)
+TINY = "timm:test_resnet@random"
+N_IMAGES = len(COLOURS) * PER_CLASS  # 36
+
+
+def _train(data, out, *extra, steps=6, strategy="full"):
+    return main(["train", str(data), "--backbone", TINY, "--image-size", "32", "--batch-size", "8",
+                 "--steps", str(steps), "--strategy", strategy, "--out", str(out), "--quiet", *extra])
+
+
+def _json_out(capsys):
+    return json.loads(capsys.readouterr().out)
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One two_phase run (head fit on frozen features, then 3 fine-tuning steps), shared by the
+    tests that only read it."""
+    root = tmp_path_factory.mktemp("trained")
+    data = write_image_folder(root / "images")
+    run = root / "run"
+    assert _train(data, run, steps=3, strategy="two_phase") == 0
+    return run, data
+
+
+# --------------------------------------------------------------------------------- end to end
+
+def test_train_writes_the_run(trained):
+    run, _ = trained
+    for name in ("config.yaml", "model.safetensors", "history.csv", "metrics.json", "report.html",
+                 "splits.csv", "last/model.safetensors", "last/state.json"):
+        assert (run / name).is_file(), name
+
+    m = json.loads((run / "metrics.json").read_text())
+    for key in ("accuracy", "macro_f1", "per_class", "confusion_matrix", "ece", "n_train", "n_val",
+                "n_test", "skipped", "parameters"):
+        assert key in m, key
+    assert 0.0 <= m["accuracy"] <= 1.0 and 0.0 <= m["macro_f1"] <= 1.0 and 0.0 <= m["ece"] <= 1.0
+    assert m["n_train"] + m["n_val"] + m["n_test"] == N_IMAGES
+    assert m["n_val"] > 0 and m["n_test"] > 0
+    cm = m["confusion_matrix"]
+    assert len(cm) == len(COLOURS) and sum(map(sum, cm)) == m["n_test"]
+    assert sum(cm[i][i] for i in range(len(cm))) / m["n_test"] == pytest.approx(m["accuracy"], abs=1e-12)
+    assert set(m["per_class"]) == set(COLOURS)
+    assert sum(r["support"] for r in m["per_class"].values()) == m["n_test"]
+    assert m["skipped"] == []
+
+    splits = _rows(run / "splits.csv")
+    assert len(splits) == N_IMAGES
+    assert len({r["item"] for r in splits}) == N_IMAGES  # no item in two splits
+    counts = {s: sum(r["split"] == s for r in splits) for s in ("train", "val", "test")}
+    assert counts == {"train": m["n_train"], "val": m["n_val"], "test": m["n_test"]}
+    assert all(Path(r["item"]).parent.name == r["label"] for r in splits)
+
+    hist = _rows(run / "history.csv")
+    assert [r["phase"] for r in hist][0] == "0" and hist[-1]["phase"] == "1" and hist[-1]["step"] == "3"
+    assert "<img src='data:image/png;base64" in (run / "report.html").read_text()
+
+    from transferkit.config import read_config
+    cfg = read_config(run / "config.yaml")
+    assert (cfg.backbone, cfg.strategy, cfg.steps, cfg.image_size) == (TINY, "two_phase", 3, 32)
+
+
+def test_evaluate_agrees_with_predict(trained, capsys):
+    run, data = trained
+    assert main(["evaluate", str(run), str(data), "--json"]) == 0
+    m = _json_out(capsys)
+    assert m["n"] == N_IMAGES and sum(map(sum, m["confusion_matrix"])) == N_IMAGES
+
+    assert main(["predict", str(run), str(data), "--json"]) == 0
+    rows = _json_out(capsys)
+    files = sorted(str(p) for p in Path(data).rglob("*.png"))
+    assert sorted(r["input"] for r in rows) == files  # every image labelled, once
+    assert all(r["label"] in COLOURS and 0.0 < r["probability"] <= 1.0 for r in rows)
+    recomputed = sum(r["label"] == Path(r["input"]).parent.name for r in rows) / len(rows)
+    assert recomputed == pytest.approx(m["accuracy"], abs=1e-12)
+
+    one = rows[0]
+    assert main(["predict", str(run), one["input"], "--json", "--top-k", "3"]) == 0
+    single = _json_out(capsys)
+    assert len(single) == 1 and single[0]["label"] == one["label"]
+    assert single[0]["probability"] == pytest.approx(one["probability"], abs=1e-5)
+    assert [t["label"] for t in single[0]["top"]][0] == one["label"] and len(single[0]["top"]) == 3
+
+
+def test_evaluate_text_output(trained, capsys):
+    run, data = trained
+    assert main(["evaluate", str(run), str(data)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("accuracy ") and f"n={N_IMAGES}" in out and "red" in out
+
+
+# ------------------------------------------------------------------------------------ resume
+
+def _assert_same_run(a: Path, b: Path):
+    ta, tb = (load_file(str(r / "last" / "model.safetensors")) for r in (a, b))
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        torch.testing.assert_close(ta[k], tb[k], rtol=0, atol=1e-6, msg=k)
+    best_a, best_b = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    for k in best_a:
+        torch.testing.assert_close(best_a[k], best_b[k], rtol=0, atol=1e-6, msg=k)
+    sa = json.loads((a / "last" / "state.json").read_text())["run_state"]
+    sb = json.loads((b / "last" / "state.json").read_text())["run_state"]
+
+    def strip(hist):  # wall-clock seconds are the one thing a resumed run cannot reproduce
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in hist]
+    assert len(sa["history"]) >= 2
+    assert strip(sa["history"]) == strip(sb["history"])
+    assert (sa["global_step"], sa["best_step"], sa["done"]) == (sb["global_step"], sb["best_step"], True)
+    ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (a, b))
+    assert ma == mb
+
+
+def test_exact_resume_full(image_folder, tmp_path):
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    # head dropout draws from the global RNG, so the resumed run must restore it to match
+    assert _train(image_folder, whole, "--head-dropout", "0.5") == 0
+    # 24 training images at batch 8 make 3 steps per epoch: step 4 stops in the middle of epoch 1
+    assert _train(image_folder, parts, "--head-dropout", "0.5", "--stop-after", "4") == 0
+    st = json.loads((parts / "last" / "state.json").read_text())
+    assert (st["run_state"]["global_step"], st["run_state"]["done"]) == (4, False)
+    assert not (parts / "metrics.json").exists()
+    assert (parts / "last" / "optimizer.safetensors").is_file()
+    assert main(["train", "--resume", str(parts), "--quiet"]) == 0
+    _assert_same_run(whole, parts)
+
+
+def test_exact_resume_two_phase(image_folder, tmp_path):
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert _train(image_folder, whole, strategy="two_phase") == 0
+    # stop in phase 2 (all stages train), resume to a second stop, then resume to the end
+    assert _train(image_folder, parts, "--stop-after", "2", strategy="two_phase") == 0
+    first = json.loads((parts / "last" / "state.json").read_text())
+    groups = [f"{s}.{k}" for s in ("stem", "stage1", "stage2", "stage3", "stage4", "head")
+              for k in ("decay", "no_decay")]
+    assert first["run_state"]["phase"] == 1 and first["run_state"]["global_step"] == 2
+    assert first["frozen_stages"] == [] and first["param_groups"] == groups
+
+    assert main(["train", "--resume", str(parts), "--stop-after", "4", "--quiet"]) == 0
+    second = json.loads((parts / "last" / "state.json").read_text())
+    assert second["run_state"]["phase"] == 1 and second["run_state"]["global_step"] == 4
+    assert second["frozen_stages"] == [] and second["param_groups"] == groups
+
+    assert main(["train", "--resume", str(parts), "--quiet"]) == 0
+    _assert_same_run(whole, parts)
+    # the head-fit row of phase 1 comes from before the interruption and is kept once
+    hist = json.loads((parts / "last" / "state.json").read_text())["run_state"]["history"]
+    assert [r["phase"] for r in hist].count(0) == 1
+
+
+def test_resume_finished_run_changes_nothing(trained, capsys):
+    run, _ = trained
+    before = (run / "model.safetensors").read_bytes()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert (run / "model.safetensors").read_bytes() == before
+
+
+# -------------------------------------------------------------------------------------- shots
+
+def test_shots_keeps_n_per_class(image_folder, tmp_path):
+    run = tmp_path / "run"
+    assert _train(image_folder, run, "--shots", "2", strategy="linear_probe") == 0
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["n_train"] == 2 * len(COLOURS)
+    # held-out splits are made before sampling shots: the same sizes as without --shots
+    assert (m["n_val"], m["n_test"]) == (6, 6)
+    train = [r for r in _rows(run / "splits.csv") if r["split"] == "train"]
+    assert sorted(r["label"] for r in train) == sorted(list(COLOURS) * 2)
+
+
+# ------------------------------------------------------------------------------------ recipes
+
+@pytest.mark.parametrize("key,near", [("stratgy", "strategy"), ("batchsize", "batch_size"),
+                                      ("learning_rate", None)])
+def test_unknown_recipe_key_names_nearest(tmp_path, key, near):
+    path = tmp_path / "r.yaml"
+    path.write_text(f"{key}: 1\n")
+    with pytest.raises(ConfigError) as e:
+        load_recipe(path)
+    msg = str(e.value)
+    assert f"unknown key '{key}'" in msg
+    if near:
+        assert f"did you mean '{near}'" in msg
+    else:
+        assert "did you mean" not in msg  # difflib finds nothing near 'learning_rate'
+
+
+def test_recipe_dashes_and_override_order(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("batch-size: 16\nstrategy: full\nlr: 0.01\n")
+    cfg = make_config(load_recipe(path), lr="0.5", strategy=None)
+    assert (cfg.batch_size, cfg.strategy, cfg.lr) == (16, "full", 0.5)
+
+
+def test_cli_bad_recipe_is_exit_2(tmp_path, image_folder, capsys):
+    path = tmp_path / "r.yaml"
+    path.write_text("stratgy: full\n")
+    assert main(["train", str(image_folder), "--config", str(path), "--out", str(tmp_path / "run")]) == 2
+    assert "did you mean 'strategy'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------- bad inputs
+
+def test_empty_class_folder(image_folder, tmp_path, capsys):
+    empty = image_folder / "violet"
+    empty.mkdir()
+    assert _train(image_folder, tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("transferkit: error:") and str(empty) in err
+
+
+def test_corrupt_image_is_skipped_and_reported(image_folder, tmp_path):
+    bad = image_folder / "red" / "x.png"
+    bad.write_bytes(b"\x00garbage, not a png" * 10)
+    run = tmp_path / "run"
+    assert _train(image_folder, run, strategy="linear_probe") == 0
+    m = json.loads((run / "metrics.json").read_text())
+    assert len(m["skipped"]) == 1 and str(bad) in m["skipped"][0]
+    assert m["n_train"] + m["n_val"] + m["n_test"] == N_IMAGES  # the 36 good ones, not 37
+    assert str(bad) not in (run / "splits.csv").read_text()
+
+
+def test_image_csv_without_label_column(image_folder, tmp_path, capsys):
+    table = tmp_path / "images.csv"
+    lines = ["path,class"] + [f"{p},{p.parent.name}" for p in sorted(image_folder.rglob("*.png"))]
+    table.write_text("\n".join(lines) + "\n")
+    assert _train(table, tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert "no 'label' column" in err and "path, class" in err
+
+
+def test_image_csv_trains(image_folder, tmp_path):
+    table = tmp_path / "images.csv"
+    lines = ["path,label"] + [f"{p.relative_to(tmp_path)},{p.parent.name}"
+                              for p in sorted(image_folder.rglob("*.png"))]
+    table.write_text("\n".join(lines) + "\n")
+    run = tmp_path / "run"
+    assert _train(table, run, strategy="linear_probe") == 0
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["n_train"] + m["n_val"] + m["n_test"] == N_IMAGES
+
+
+def test_evaluate_unknown_label(trained, tmp_path, capsys):
+    run, data = trained
+    other = write_image_folder(tmp_path / "other", per_class=2)
+    (other / "red").rename(other / "purple")
+    assert main(["evaluate", str(run), str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "'purple'" in err and "never seen" in err
+
+
+def test_existing_out_without_resume(trained, capsys):
+    run, data = trained
+    before = (run / "model.safetensors").read_bytes()
+    assert _train(data, run) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err
+    assert (run / "model.safetensors").read_bytes() == before
+
+
+def test_evaluate_not_a_run(tmp_path, image_folder, capsys):
+    assert main(["evaluate", str(tmp_path), str(image_folder)]) == 2
+    assert "not a finished transferkit run" in capsys.readouterr().err
+
+
+# ------------------------------------------------- shipped recipes (last: the lead adds them)
+
+def test_shipped_recipes_load():
+    from transferkit.models import parse_source
+    from transferkit.regularizers import parse_regularizer
+    from transferkit.strategies import plan_strategy
+    folder = REPO / "recipes"
+    assert folder.is_dir(), "recipes/ is missing"
+    recipes = sorted(folder.glob("*.yaml"))
+    assert len(recipes) >= 4, f"expected at least 4 recipes in {folder}, found {len(recipes)}"
+    for path in recipes:
+        cfg = make_config(load_recipe(path))
+        parse_source(cfg.backbone)
+        stages = {"bundled:minilm-l6": 7}.get(cfg.backbone.split("@")[0], 8)
+        plan_strategy(cfg.strategy, stages)
+        if cfg.reg:
+            parse_regularizer(cfg.reg)
