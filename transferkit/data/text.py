@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -17,14 +18,47 @@ def is_text_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in {".tsv", ".jsonl", ".json"}
 
 
-def _decode_lines(path: Path) -> list[str]:
+def _decode(path: Path) -> str:
     raw = path.read_bytes()
     try:
-        return raw.decode("utf-8-sig").splitlines()
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: bytes that are not UTF-8 ({raw[e.start:e.start + 4]!r}); "
-                        "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from e
+        raise DataError(f"{path}:{line}: bytes that are not UTF-8 ({raw[e.start:e.start + 4]!r}) on line "
+                        f"{line}; save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from e
+
+
+def decode_lines(path: str | Path) -> list[str]:
+    """The lines of a UTF-8 text file (split on newlines only); bad bytes are an error naming the line."""
+    # not str.splitlines(): it also splits on U+2028, form feeds etc., which JSON strings may hold raw
+    return [line.rstrip("\r") for line in _decode(Path(path)).split("\n")]
+
+
+def _read_rows(path: Path, text: str) -> tuple[list[tuple[int, dict]], list[str]]:
+    """(line number, row) pairs and the column names of a CSV/TSV/JSONL text."""
+    rows: list[tuple[int, dict]] = []
+    if path.suffix.lower() in (".jsonl", ".json"):
+        for n, line in enumerate(text.split("\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: line {n} is not valid JSON ({e.msg}); expected one "
+                                "object per line (JSONL)") from e
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{n}: line {n} is a JSON {type(row).__name__}, not an object; "
+                                "expected one object per line (JSONL)")
+            rows.append((n, row))
+        return rows, sorted({k for _, r in rows for k in r})
+    # newline="" lets csv keep newlines inside quoted fields; line_num counts physical lines
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+    try:
+        cols = list(reader.fieldnames or [])
+        rows = [(reader.line_num, r) for r in reader]
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: not readable as CSV/TSV ({e})") from e
+    return rows, cols
 
 
 def read_text_items(path: str | Path, text_col: str = "text", label_col: str | None = "label",
@@ -36,23 +70,7 @@ def read_text_items(path: str | Path, text_col: str = "text", label_col: str | N
     path = Path(path)
     if not path.is_file():
         raise DataError(f"text data not found: {path}")
-    lines = _decode_lines(path)
-    suffix = path.suffix.lower()
-    rows: list[tuple[int, dict]] = []
-    if suffix in (".jsonl", ".json"):
-        for n, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((n, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not a JSON object ({e.msg})") from e
-        cols = sorted({k for _, r in rows for k in r})
-    else:
-        delim = "\t" if suffix == ".tsv" else ","
-        reader = csv.DictReader(lines, delimiter=delim)
-        cols = list(reader.fieldnames or [])
-        rows = [(reader.line_num, r) for r in reader]
+    rows, cols = _read_rows(path, _decode(path))
     for need in filter(None, (text_col, label_col)):
         if need not in cols:
             flag = "--text-col" if need == text_col else "--label-col"

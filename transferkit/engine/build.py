@@ -15,7 +15,7 @@ from ..strategies import plan_strategy
 
 def build_model(cfg: TrainConfig, classes: list[str]) -> tuple[TransferModel, dict | None]:
     """The TransferModel for `cfg`, and the L2-SP anchor (source weights as loaded) if a regularizer
-    needs one. The anchor is taken before adapters are added, so its names are the source's."""
+    needs one. The anchor is taken before adapters are added and its names follow the adapters' renames."""
     backbone = load_backbone(cfg.backbone, arch=cfg.arch, pooling=cfg.pooling, max_length=cfg.max_length)
     torch.manual_seed(cfg.seed)  # the head's initialisation is part of the run's seed
     model = attach_head(backbone, classes, hidden=cfg.head_hidden, dropout=cfg.head_dropout)
@@ -26,7 +26,9 @@ def build_model(cfg: TrainConfig, classes: list[str]) -> tuple[TransferModel, di
     plan = plan_strategy(cfg.strategy, backbone.num_stages)
     if plan.lora:
         from ..models.lora import add_lora
-        add_lora(model, **plan.lora)
+        rename = add_lora(model, **plan.lora)
+        if anchor is not None:  # the wrapped weights moved to `...base_layer.*`; same tensors
+            anchor = {rename.get(k, k): v for k, v in anchor.items()}
     return model, anchor
 
 

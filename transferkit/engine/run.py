@@ -59,7 +59,15 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, batch_size: int = 64,
     return m
 
 
-def _expand_inputs(inputs: list[str], modality: str) -> list[Example]:
+def _is_file(p: Path) -> bool:
+    # a sentence to classify is not a path: one longer than NAME_MAX makes stat() raise
+    try:
+        return p.is_file()
+    except OSError:
+        return False
+
+
+def _expand_inputs(inputs: list[str], modality: str, text_col: str = "text") -> list[Example]:
     out = []
     for s in inputs:
         p = Path(s)
@@ -71,11 +79,12 @@ def _expand_inputs(inputs: list[str], modality: str) -> list[Example]:
                 out.append(Example(str(p), ""))
             else:
                 raise DataError(f"input not found: {p}")
-        elif p.is_file() and p.suffix.lower() in (".txt",):
-            out += [Example(line.strip(), "") for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-        elif p.is_file() and p.suffix.lower() in (".csv", ".tsv", ".jsonl"):
+        elif _is_file(p) and p.suffix.lower() in (".txt",):
+            from ..data.text import decode_lines
+            out += [Example(line.strip(), "") for line in decode_lines(p) if line.strip()]
+        elif _is_file(p) and p.suffix.lower() in (".csv", ".tsv", ".jsonl"):
             from ..data.text import read_text_items
-            out += read_text_items(p, label_col=None)[0]
+            out += read_text_items(p, text_col=text_col, label_col=None)[0]
         else:
             out.append(Example(s, ""))
     if not out:
@@ -86,7 +95,7 @@ def _expand_inputs(inputs: list[str], modality: str) -> list[Example]:
 def predict_run(run_dir: str | Path, inputs: list[str], *, top_k: int = 1, batch_size: int = 64) -> list[dict]:
     """Top-k labels with probabilities for files, folders or (text models) strings."""
     model, cfg = load_run(run_dir)
-    items = _expand_inputs(inputs, model.spec.modality)
+    items = _expand_inputs(inputs, model.spec.modality, cfg.text_col)
     if model.spec.modality == "image":
         from ..data.images import _check_image
         bad = [f"{e.x}: {r}" for e in items if (r := _check_image(Path(e.x)))]

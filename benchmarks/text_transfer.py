@@ -1,0 +1,278 @@
+"""Text transfer on the bundled Debian package descriptions (10 sections x 200): how much does a
+pretrained sentence encoder buy over a classical baseline at a few labels per class, and what does
+fine-tuning add over a probe?
+
+Methods, all on the same splits (`transferkit.data.load_task(DATA, shots=N, seed=S)`: the val/test
+splits depend on the seed only, the N training examples per class on both):
+
+- `tfidf`         TF-IDF (words + bigrams, sublinear tf) + scikit-learn LogisticRegression
+- `probe`         scikit-learn LogisticRegression on frozen mean-pooled MiniLM features
+- `linear_probe`  transferkit's `linear_probe` strategy (L-BFGS head on cached frozen features)
+- any other transferkit strategy (`two_phase`, `lora:r=8`, `partial:2`, ...): fine-tuned by
+  `transferkit.engine.fit` for `--steps` optimisation steps
+- `finetune_best` (derived, when two or more fine-tuned strategies ran): per seed and shots, the
+  fine-tuned strategy with the best validation score, so the choice never looks at the test split;
+  its train seconds are the sum of the candidates' (the cost of trying them all)
+
+Both scikit-learn methods pick C from the same grid by validation accuracy, as transferkit's head fit
+does. Train seconds cover everything a method does with the train and val texts (feature extraction
+or vectorising, fitting, validations), not model loading or the test evaluation. Accuracy and
+macro-F1 are on the test split.
+
+    python benchmarks/text_transfer.py --out benchmarks/results/text_transfer.json
+    python benchmarks/text_transfer.py --seeds 0 --shots 8 --steps 10 --out /tmp/smoke.json  # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "transferkit" / "demo_data" / "debian_descriptions.csv"
+SKLEARN = ("tfidf", "probe")
+C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--backbone", default="bundled:minilm-l6")
+    ap.add_argument("--methods", nargs="+", default=["tfidf", "probe", "linear_probe", "two_phase", "lora:r=8"])
+    ap.add_argument("--shots", nargs="+", type=int, default=[8, 16, 64])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=150, help="optimisation steps of each fine-tuning run")
+    ap.add_argument("--max-length", type=int, default=128, help="tokens per text")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-3, help="head LR (backbone: x --backbone-lr-mult)")
+    ap.add_argument("--backbone-lr-mult", type=float, default=0.1)
+    ap.add_argument("--eval-every", type=int, default=25,
+                    help="validate every N steps (the val split has 320 texts: once per epoch is slow)")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--runs-dir", default=None, help="keep the run directories here (default: a temp dir, removed)")
+    ap.add_argument("--out", required=True, help="JSON file for every result and the summary")
+    args = ap.parse_args(argv)
+    from transferkit.strategies import plan_strategy
+    for m in args.methods:
+        if m not in SKLEARN:
+            plan_strategy(m, 7)  # fails early, naming the nearest strategy, on a typo
+    return args
+
+
+# ------------------------------------------------------------------------------------ sklearn
+
+def _pick_c(make, x_tr, y_tr, x_va, y_va):
+    """Fit one LogisticRegression per C; keep the best by validation accuracy (ties: smaller C)."""
+    best = None
+    for c in C_GRID:
+        clf = make(c).fit(x_tr, y_tr)
+        acc = float((clf.predict(x_va) == y_va).mean())
+        if best is None or acc > best[0]:
+            best = (acc, c, clf)
+    return best
+
+
+def _logreg(c):
+    from sklearn.linear_model import LogisticRegression  # imported before any timing starts
+    return LogisticRegression(C=c, max_iter=2000)
+
+
+def run_tfidf(task):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    t0 = time.perf_counter()
+    vec = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=1)
+    x_tr = vec.fit_transform([e.x for e in task.train])
+    x_va = vec.transform([e.x for e in task.val])
+    acc, c, clf = _pick_c(_logreg, x_tr, _labels(task.train, task), x_va, _labels(task.val, task))
+    seconds = time.perf_counter() - t0
+    pred = clf.predict(vec.transform([e.x for e in task.test]))
+    return {**_scores(pred, task), "train_s": seconds, "val_accuracy": acc, "C": c}
+
+
+class Encoder:
+    """Frozen mean-pooled sentence features of the backbone; test features cached per seed."""
+
+    def __init__(self, source: str, max_length: int):
+        from transferkit.data import TextCollator
+        from transferkit.models import load_backbone
+        self.backbone = load_backbone(source, max_length=max_length)
+        self.backbone.module.eval()
+        self.collate = TextCollator(self.backbone.preprocess.tokenizer, max_length)
+        self.test_cache: dict[int, np.ndarray] = {}
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str], batch: int = 64) -> np.ndarray:
+        out = []
+        for i in range(0, len(texts), batch):
+            enc, _ = self.collate([(t, 0) for t in texts[i:i + batch]])
+            out.append(self.backbone.module(enc).float().numpy())
+        return np.concatenate(out)
+
+
+def run_probe(task, encoder: Encoder, seed: int):
+    t0 = time.perf_counter()
+    x_tr = encoder([e.x for e in task.train])
+    x_va = encoder([e.x for e in task.val])
+    acc, c, clf = _pick_c(_logreg, x_tr, _labels(task.train, task), x_va, _labels(task.val, task))
+    seconds = time.perf_counter() - t0
+    if seed not in encoder.test_cache:  # the test split depends on the seed only
+        encoder.test_cache[seed] = encoder([e.x for e in task.test])
+    pred = clf.predict(encoder.test_cache[seed])
+    return {**_scores(pred, task), "train_s": seconds, "val_accuracy": acc, "C": c}
+
+
+def _labels(items, task):
+    idx = task.class_to_idx
+    return np.array([idx[e.label] for e in items])
+
+
+def _scores(pred, task) -> dict:
+    from sklearn.metrics import f1_score
+    y = _labels(task.test, task)
+    return {"accuracy": float((pred == y).mean()),
+            "macro_f1": float(f1_score(y, pred, labels=list(range(len(task.classes))), average="macro",
+                                       zero_division=0))}
+
+
+# ---------------------------------------------------------------------------------- transferkit
+
+def run_strategy(task, strategy: str, shots: int, seed: int, args, runs_dir: Path):
+    import csv
+
+    from transferkit.config import make_config
+    from transferkit.engine import fit
+    out = runs_dir / f"{strategy.replace(':', '_').replace(',', '_')}-{shots}shot-seed{seed}"
+    if out.exists():
+        shutil.rmtree(out)
+    cfg = make_config(data=str(args.data), backbone=args.backbone, strategy=strategy, shots=shots,
+                      seed=seed, steps=args.steps, max_length=args.max_length,
+                      batch_size=args.batch_size, lr=args.lr, backbone_lr_mult=args.backbone_lr_mult,
+                      eval_every=args.eval_every, out=str(out))
+    result = fit(cfg, log=lambda *a, **k: None, progress=False)
+    with open(out / "splits.csv", newline="") as f:
+        trained_on = sorted(r["item"] for r in csv.DictReader(f) if r["split"] == "train")
+    if trained_on != sorted(e.ref for e in task.train):
+        raise RuntimeError(f"{strategy}: the run trained on other examples than the benchmark's split")
+    # a phase's last history row holds its wall seconds so far (validations included)
+    last: dict = {}
+    for row in result.state.history:
+        last[row["phase"]] = float(row["seconds"])
+    m = result.metrics
+    best = next((r for r in result.state.history if r["step"] == result.state.best_step), {})
+    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "train_s": sum(last.values()),
+            "val_accuracy": best.get("val_accuracy", float("nan")),
+            "val_score": result.state.best_score, "best_step": result.state.best_step}
+
+
+# ------------------------------------------------------------------------------------- report
+
+def add_best_finetuned(results: list[dict], finetuned: list[str]) -> None:
+    """Per (shots, seed): the fine-tuned strategy with the best validation score."""
+    if len(finetuned) < 2:
+        return
+    cells = {(r["shots"], r["seed"]) for r in results}
+    for shots, seed in sorted(cells):
+        rows = [r for r in results if (r["shots"], r["seed"]) == (shots, seed) and r["method"] in finetuned]
+        if len(rows) < 2:
+            continue
+        best = max(rows, key=lambda r: r["val_score"])
+        results.append({**best, "method": "finetune_best", "chosen": best["method"],
+                        "train_s": sum(r["train_s"] for r in rows)})
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarise(results: list[dict], methods: list[str], shots: list[int]) -> list[dict]:
+    rows = []
+    for method in methods:
+        for n in shots:
+            cell = [r for r in results if r["method"] == method and r["shots"] == n]
+            if not cell:
+                continue
+            row = {"method": method, "shots": n, "seeds": len(cell)}
+            for key in ("accuracy", "macro_f1", "train_s"):
+                row[key], row[key + "_std"] = _mean_std([r[key] for r in cell])
+            if method == "finetune_best":
+                row["chosen"] = [r["chosen"] for r in cell]
+            rows.append(row)
+    return rows
+
+
+def markdown(summary: list[dict]) -> str:
+    lines = ["| method | shots/class | accuracy | macro-F1 | train s |", "|---|---:|---:|---:|---:|"]
+    for r in summary:
+        lines.append(f"| {r['method']} | {r['shots']} | {r['accuracy']:.3f} ± {r['accuracy_std']:.3f} | "
+                     f"{r['macro_f1']:.3f} ± {r['macro_f1_std']:.3f} | "
+                     f"{r['train_s']:.1f} ± {r['train_s_std']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    import sklearn.feature_extraction.text  # noqa: F401  (imports stay out of the timings)
+    import sklearn.linear_model  # noqa: F401
+
+    from transferkit.data import load_task
+    finetuned = [m for m in args.methods if m not in SKLEARN]
+    runs_dir = Path(args.runs_dir) if args.runs_dir else Path(tempfile.mkdtemp(prefix="tk-text-bench-"))
+    encoder = Encoder(args.backbone, args.max_length) if "probe" in args.methods else None
+    results: list[dict] = []
+    t_start = time.time()
+    try:
+        for seed in args.seeds:
+            for shots in args.shots:
+                task = load_task(args.data, shots=shots, seed=seed)
+                for method in args.methods:
+                    if method == "tfidf":
+                        r = run_tfidf(task)
+                    elif method == "probe":
+                        r = run_probe(task, encoder, seed)
+                    else:
+                        r = run_strategy(task, method, shots, seed, args, runs_dir)
+                    r.update(method=method, shots=shots, seed=seed, n_train=len(task.train),
+                             n_val=len(task.val), n_test=len(task.test))
+                    results.append(r)
+                    print(f"seed {seed} shots {shots:>3} {method:<14} acc {r['accuracy']:.3f} "
+                          f"F1 {r['macro_f1']:.3f} {r['train_s']:7.1f}s", file=sys.stderr, flush=True)
+    finally:
+        if not args.runs_dir:
+            shutil.rmtree(runs_dir, ignore_errors=True)
+    add_best_finetuned(results, finetuned)
+    order = args.methods + (["finetune_best"] if any(r["method"] == "finetune_best" for r in results) else [])
+    summary = summarise(results, order, args.shots)
+    table = markdown(summary)
+    print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    import sklearn
+    import transformers
+    meta = {"command": "python benchmarks/text_transfer.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "args": vars(args), "seconds": round(time.time() - t_start, 1),
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                        "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                        "transformers": transformers.__version__, "sklearn": sklearn.__version__}}
+    out.write_text(json.dumps({**meta, "summary": summary, "results": results, "table": table}, indent=2) + "\n")
+    print(f"\nwrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
