@@ -94,8 +94,10 @@ def _epoch_batches(n: int, batch: int, seed: int, epoch: int) -> list[list[tuple
     return [[(i, epoch) for i in b] for b in batches]
 
 
-def fit(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool = True) -> FitResult:
-    """Train according to `cfg` and write the run directory; with `resume`, continue `cfg.out`."""
+def fit(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool = True,
+        evaluate_test: bool = True) -> FitResult:
+    """Train according to `cfg` and write the run directory; with `resume`, continue `cfg.out`.
+    `evaluate_test=False` leaves the test split untouched (model selection runs, e.g. l2sp:auto)."""
     run = Path(cfg.out)
     state = RunState()
     if resume:
@@ -173,7 +175,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool = T
         _save_last(run, model, None, state)
     state.done = True
     _save_last(run, model, None, state)
-    return FitResult(run, _finish(run, cfg, model, task, state, device, autocast, log), state)
+    return FitResult(run, _finish(run, cfg, model, task, state, device, autocast, log, evaluate_test), state)
 
 
 def _bb_mult(cfg: TrainConfig, model) -> float:
@@ -369,7 +371,7 @@ def _write_splits(run: Path, task: Task) -> None:
 
 
 def _finish(run: Path, cfg: TrainConfig, model, task: Task, state: RunState, device, autocast,
-            log) -> dict:
+            log, evaluate_test: bool = True) -> dict:
     """Reload the best weights, evaluate on the test split, write metrics, history and report."""
     from ..report import write_report
     from ..report.metrics import classification_metrics
@@ -378,7 +380,7 @@ def _finish(run: Path, cfg: TrainConfig, model, task: Task, state: RunState, dev
     else:
         _save_model(run / "model.safetensors", model)
     metrics: dict = {"n_train": len(task.train), "n_val": len(task.val), "n_test": len(task.test)}
-    if task.test:
+    if task.test and evaluate_test:
         loader = eval_loader(model, make_dataset(model, task.test, train=False, augment=False,
                                                  image_size=cfg.image_size, seed=cfg.seed),
                              cfg.batch_size * 2, cfg.num_workers)

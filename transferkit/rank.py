@@ -1,0 +1,113 @@
+"""Rank candidate source models on a target task before training anything.
+
+Each source is scored on the frozen pooled features of the target's training split:
+
+- LogME (You et al., ICML 2021): the log evidence of a Bayesian linear model from the features to
+  the one-hot labels (see `transferkit.ranking.logme`). Works for any backbone.
+- LEEP (Nguyen et al., ICML 2020): how well the source's own classifier outputs, pushed through the
+  empirical conditional P(target | source class), predict the target labels (`transferkit.ranking.leep`).
+  Only for sources that keep their classifier (`Backbone.source_head`, e.g. ImageNet models).
+
+Higher is better for both; only scores computed on the same data are comparable. A ranking costs one
+forward pass over the training split per source: seconds to minutes, not a training run.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .data import Example, load_task
+from .models import Backbone, attach_head, load_backbone
+from .ranking import leep, logme
+
+
+@torch.no_grad()
+def frozen_features(backbone: Backbone, items: list[Example], classes: list[str], *,
+                    image_size: int | None = None, batch_size: int = 64, flip: bool = False,
+                    device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Pooled features of `items` from the frozen `backbone` in eval mode, with no augmentation.
+
+    Returns (features [N, D], labels [N], features of the mirrored images [N, D] or None). The
+    mirrored pass runs only with `flip` and only for image batches; it is what the engine adds to the
+    training features of a head fit when augmentation is on.
+    """
+    from .engine.evaluate import eval_loader, make_dataset, to_device
+    model = attach_head(backbone, classes)  # the head is unused: it carries the class order
+    ds = make_dataset(model, items, train=False, augment=False, image_size=image_size, seed=0)
+    module = backbone.module.to(device)
+    was = module.training
+    module.eval()
+    feats, flipped, labels = [], [], []
+    for x, y in eval_loader(model, ds, batch_size):
+        x = to_device(x, device)
+        feats.append(module(x).float().cpu())
+        labels.append(torch.as_tensor(y))
+        if flip and isinstance(x, torch.Tensor) and x.ndim == 4:
+            flipped.append(module(torch.flip(x, dims=[3])).float().cpu())
+    module.train(was)
+    return torch.cat(feats), torch.cat(labels), (torch.cat(flipped) if flipped else None)
+
+
+@torch.no_grad()
+def score_source(backbone: Backbone, feats: torch.Tensor, labels: torch.Tensor) -> dict:
+    """LogME of the features, and LEEP when the backbone kept its source classifier."""
+    t0 = time.time()
+    row = {"logme": logme(feats.double().numpy(), labels.numpy())}
+    row["logme_seconds"] = round(time.time() - t0, 3)
+    row["leep"] = None
+    if backbone.source_head is not None:
+        head = backbone.source_head.to(feats.device).eval()
+        probs = head(feats).double().softmax(-1).numpy()
+        row["leep"] = leep(probs, labels.numpy())
+    return row
+
+
+def rank_sources(data: str, backbones: list[str | Backbone], *, shots: int | None = None,
+                 seed: int = 0, image_size: int | None = None, batch_size: int = 64,
+                 val: str | None = None, test: str | None = None, val_fraction: float = 0.2,
+                 test_fraction: float = 0.2, text_col: str = "text", label_col: str = "label",
+                 pooling: str | None = None, max_length: int | None = None, log=print) -> list[dict]:
+    """Score every source on the frozen features of DATA's training split (the same split that
+    `transferkit train` with this seed/shots would use) and return rows sorted by LogME, best first.
+
+    `backbones` are source ids (`bundled:efficientnet_lite0`, `timm:NAME@random`, ...) or already
+    loaded `Backbone`s. Each row: source, logme, leep (None without a source classifier),
+    feature_dim, n, seconds (load + features + scores).
+    """
+    if not backbones:
+        raise ValueError("rank needs at least one backbone (--backbones SRC1,SRC2,...)")
+    task = load_task(data, val=val, test=test, shots=shots, seed=seed, val_fraction=val_fraction,
+                     test_fraction=test_fraction, text_col=text_col, label_col=label_col)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = []
+    for src in backbones:
+        t0 = time.time()
+        torch.manual_seed(seed)  # a random-init source (`@random`) is then the one `train` would build
+        bb = src if isinstance(src, Backbone) else load_backbone(src, pooling=pooling, max_length=max_length)
+        if bb.modality != task.modality:
+            raise ValueError(f"{bb.source.id} is a {bb.modality} model but {data} holds {task.modality} data")
+        feats, labels, _ = frozen_features(bb, task.train, task.classes, image_size=image_size,
+                                           batch_size=batch_size, device=device)
+        row = {"source": bb.source.id, **score_source(bb, feats, labels),
+               "feature_dim": int(feats.shape[1]), "n": int(len(labels)),
+               "seconds": round(time.time() - t0, 2)}
+        log(f"{row['source']}: LogME {row['logme']:.4f}"
+            + (f", LEEP {row['leep']:.4f}" if row["leep"] is not None else "") + f" ({row['seconds']:.1f}s)")
+        rows.append(row)
+    rows.sort(key=lambda r: -r["logme"])
+    for i, r in enumerate(rows, start=1):
+        r["rank"] = i
+    return rows
+
+
+def format_ranking(rows: list[dict]) -> str:
+    """A Markdown table of `rank_sources` rows."""
+    lines = ["| rank | source | LogME | LEEP | feature dim | n | seconds |",
+             "|---:|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lp = "–" if r["leep"] is None else f"{r['leep']:.4f}"
+        lines.append(f"| {r['rank']} | {r['source']} | {r['logme']:.4f} | {lp} | {r['feature_dim']} | "
+                     f"{r['n']} | {r['seconds']:.1f} |")
+    return "\n".join(lines)

@@ -1,0 +1,89 @@
+"""`--reg l2sp:auto[,BETA]`: pick the L2-SP strength alpha on the validation split.
+
+L2-SP (Li, Grandvalet & Davoine, ICML 2018) pulls the fine-tuned weights towards the source weights
+with ``alpha / 2 * ||w - w0||^2``; the paper tunes alpha on held-out data, and so do we. For each
+alpha in ``L2SP_AUTO_GRID`` a short run (the same configuration and splits, half the steps, L2-SP set
+to that alpha) is trained in ``OUT/sweep/alpha_<alpha>``; the alpha whose best checkpoint scores
+highest on the validation split (``cfg.metric``; ties go to the lower validation loss) is chosen and
+written into the run's ``config.yaml``. The sweep runs never evaluate the test split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from .config import TrainConfig
+from .regularizers import L2SP_AUTO_GRID, parse_regularizer
+
+
+def with_alpha(reg: str, alpha: float) -> str:
+    """``reg`` with its ``l2sp:auto`` part set to ``alpha``: ``l2sp:auto,0.01+bss:0.001`` ->
+    ``l2sp:0.001,0.01+bss:0.001,1``."""
+    return "+".join(str(s.with_alpha(alpha) if s.is_auto else s) for s in parse_regularizer(reg))
+
+
+def sweep_steps(cfg: TrainConfig) -> int:
+    """Half the optimisation steps of the full run (at least 1)."""
+    from .data import load_task
+    from .engine.fit import total_steps
+    task = load_task(cfg.data, val=cfg.val, test=cfg.test, shots=cfg.shots, seed=cfg.seed,
+                     val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                     text_col=cfg.text_col, label_col=cfg.label_col)
+    if not task.val:
+        raise ValueError("l2sp:auto picks alpha on the validation split, and this task has none: "
+                         "give --val DATA or a --val-fraction above 0, or pass l2sp:ALPHA")
+    return max(1, total_steps(cfg, len(task.train)) // 2)
+
+
+def best_validation(history: list[dict], metric: str = "accuracy") -> dict:
+    """The history row of a run's best checkpoint: highest ``val_<metric>``, then lowest val loss."""
+    rows = [r for r in history if f"val_{metric}" in r]
+    if not rows:
+        raise ValueError(f"the run has no validation rows with val_{metric}")
+    return max(rows, key=lambda r: (r[f"val_{metric}"], -r.get("val_loss", 0.0)))
+
+
+def resolve_l2sp_auto(cfg: TrainConfig, log=print, grid: tuple[float, ...] = L2SP_AUTO_GRID) -> TrainConfig:
+    """Sweep alpha over ``grid`` with short runs scored on the validation split; return ``cfg`` with
+    the chosen ``reg``. The table is logged and written to ``OUT/sweep/sweep.json``; each short run
+    keeps its config, splits, history and report (its weights are removed: only the score matters).
+    """
+    from .engine.fit import fit
+    if not any(s.is_auto for s in parse_regularizer(cfg.reg or "")):
+        return cfg
+    if cfg.out and (Path(cfg.out) / "last").exists():
+        raise FileExistsError(f"{cfg.out} already holds a run; pass --resume to continue it or choose "
+                              "another --out")
+    root = Path(cfg.out) / "sweep" if cfg.out else Path(tempfile.mkdtemp(prefix="transferkit-sweep-"))
+    steps = sweep_steps(cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    log(f"l2sp:auto: {len(grid)} runs of {steps} steps, alpha by validation {cfg.metric} ({root})")
+    rows = []
+    for alpha in grid:
+        sub = dataclasses.replace(cfg, reg=with_alpha(cfg.reg, alpha), steps=steps, epochs=None,
+                                  stop_after=None, out=str(root / f"alpha_{alpha:g}"))
+        if Path(sub.out).exists():
+            shutil.rmtree(sub.out)  # a sweep run left by an interrupted start: ours to redo
+        t0 = time.time()
+        result = fit(sub, log=lambda *a, **k: None, progress=False, evaluate_test=False)
+        best = best_validation(result.state.history, cfg.metric)
+        rows.append({"alpha": alpha, "reg": sub.reg, f"val_{cfg.metric}": best[f"val_{cfg.metric}"],
+                     "val_loss": best.get("val_loss"), "best_step": best["step"],
+                     "seconds": round(time.time() - t0, 2)})
+        for heavy in ("model.safetensors", "last"):
+            p = Path(sub.out) / heavy
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    key = f"val_{cfg.metric}"
+    chosen = max(rows, key=lambda r: (r[key], -(r["val_loss"] or 0.0)))
+    for r in rows:
+        log(f"  alpha {r['alpha']:<8g} {key} {r[key]:.4f}  val_loss {r['val_loss']:.4f}  "
+            f"({r['seconds']:.1f}s){'  <- chosen' if r is chosen else ''}")
+    (root / "sweep.json").write_text(json.dumps({"metric": key, "steps": steps, "grid": list(grid),
+                                                 "runs": rows, "chosen": chosen["reg"]}, indent=2) + "\n")
+    log(f"l2sp:auto -> {chosen['reg']}")
+    return dataclasses.replace(cfg, reg=chosen["reg"])
