@@ -136,6 +136,11 @@ def test_lora_trains_only_adapters_and_head(tiny_bert_dir):
     by_group = {g["name"]: sum(p.numel() for p in g["params"]) for g in groups}
     assert set(by_group) == {"adapters.decay", "head.decay", "head.no_decay"}
     assert sum(by_group.values()) == sum(trainable.values())
+    # the summary printed in metrics.json/report.html shows the adapters as trainable too
+    from transferkit.strategies import parameter_summary
+    rows = {r["stage"]: r for r in parameter_summary(model)}
+    assert rows["adapters"]["trainable"] == by_group["adapters.decay"]
+    assert sum(r["trainable"] for r in rows.values()) == sum(trainable.values())
 
 
 def test_lora_on_an_image_backbone_is_an_error(tmp_path, capsys):

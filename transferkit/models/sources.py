@@ -118,7 +118,9 @@ def _create_timm(name: str, pretrained: bool, source: str, **kwargs) -> nn.Modul
 def _reload_hf_constants() -> None:
     # huggingface_hub reads HF_HUB_OFFLINE once at import; keep its constant in step with the env.
     import huggingface_hub.constants as c
-    c.HF_HUB_OFFLINE = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    truthy = ("1", "ON", "YES", "TRUE")
+    c.HF_HUB_OFFLINE = (os.environ.get("HF_HUB_OFFLINE", "").upper() in truthy
+                        or os.environ.get("TRANSFORMERS_OFFLINE", "").upper() in truthy)
 
 
 def _timm_backbone(model: nn.Module, source: str, arch: str, pretrained: bool,

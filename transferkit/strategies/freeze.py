@@ -78,6 +78,13 @@ def parameter_summary(model: TransferModel) -> list[dict]:
         train = sum(params[n].numel() for n in stage.params if params[n].requires_grad)
         rows.append({"index": i, "stage": stage.name, "params": total, "trainable": train,
                      "frozen": total - train})
+    in_stages = {n for s in model.spec.stages for n in s.params}
+    extra = [p for n, p in params.items() if n not in in_stages]  # adapters (LoRA) added later
+    if extra:
+        total = sum(p.numel() for p in extra)
+        train = sum(p.numel() for p in extra if p.requires_grad)
+        rows.append({"index": len(rows), "stage": "adapters", "params": total, "trainable": train,
+                     "frozen": total - train})
     total = sum(p.numel() for p in model.head.parameters())
     train = sum(p.numel() for p in model.head.parameters() if p.requires_grad)
     rows.append({"index": len(rows), "stage": "head", "params": total, "trainable": train,
