@@ -40,9 +40,9 @@ class TrainConfig:
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     augment: bool = True                # light training augmentation (images)
-    tta: bool = False                   # test-time augmentation: average with the flipped image
+    tta: bool = True                    # test-time augmentation: average with the flipped image
     image_size: int | None = None       # default: the backbone's own input size
-    bn: str = "frozen"                  # BatchNorm policy: frozen | adapt | eval
+    bn: str = "auto"                    # BatchNorm policy: auto | frozen | adapt | eval (see resolve_bn)
     head_hidden: int | None = None      # MLP head hidden width (default: a linear head)
     head_dropout: float = 0.0
     label_smoothing: float = 0.0

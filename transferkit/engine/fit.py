@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader
 
 from ..config import TrainConfig, read_config, save_config
 from ..data import Task, load_task
-from ..strategies import freeze_stages, param_groups, parameter_summary, plan_strategy, set_train_mode
+from ..strategies import (freeze_stages, param_groups, parameter_summary, plan_strategy, resolve_bn,
+                          set_train_mode)
 from . import checkpoint as ck
 from .build import build_model, build_regularizers_for, verify_anchor
 from .evaluate import (collate_for, eval_loader, extract_features, fit_head, make_dataset,
@@ -112,8 +113,6 @@ def fit(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool = T
         if (run / "last").exists():
             raise FileExistsError(f"{run} already holds a run; pass --resume to continue it or choose "
                                   "another --out")
-        run.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run / "config.yaml")
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     import random
@@ -127,16 +126,19 @@ def fit(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool = T
     for s in task.skipped:
         log(f"skipped: {s}")
     model, anchor = build_model(cfg, task.classes)
-    if not resume:
-        _write_splits(run, task)
-        if cfg.store_anchor and anchor is not None:
-            ck.atomic_save_tensors(run / "anchor.safetensors", anchor,
-                                   {"weights_hash": model.spec.source.weights_hash})
-    elif anchor is not None:
+    if resume and anchor is not None:
         anchor = verify_anchor(run, cfg, model, anchor)
     model.to(device)
     plan = plan_strategy(cfg.strategy, model.spec.num_stages, backbone_lr_mult=_bb_mult(cfg, model))
     regs = build_regularizers_for(cfg, model, anchor, device)
+    if not resume:
+        # only now, with data, model, strategy and regularizers known to be valid, touch the disk
+        run.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run / "config.yaml")
+        _write_splits(run, task)
+        if cfg.store_anchor and anchor is not None:
+            ck.atomic_save_tensors(run / "anchor.safetensors", anchor,
+                                   {"weights_hash": model.spec.source.weights_hash})
     n_sgd = total_steps(cfg, len(task.train))
     sgd_phases = [p for p in plan.phases if not p.head_only]
     share = sum(p.fraction for p in sgd_phases) or 1.0
@@ -283,7 +285,8 @@ def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, tr
     # uninterrupted one
     running, seen, t0 = state.running_loss, 0, time.time()
     last_save = t0
-    set_train_mode(model, cfg.bn)
+    bn = resolve_bn(cfg.bn, len(train_ds), model.num_classes)
+    set_train_mode(model, bn)
     while state.step < n_steps:
         batches = _epoch_batches(len(train_ds), cfg.batch_size, cfg.seed, state.epoch)
         if state.batch_in_epoch >= len(batches):
@@ -321,7 +324,7 @@ def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, tr
                    "lr": optimizer.param_groups[-1]["lr"], "train_loss": round(float(np.mean(running)), 6),
                    "seconds": round(time.time() - t0, 2)}
             row.update(_validate(model, val_loader, device, accel.autocast))
-            set_train_mode(model, cfg.bn)
+            set_train_mode(model, bn)
             running.clear()
             state.history.append(row)
             if accel.is_main_process:
