@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from transferkit.models import SourceError, attach_head, load_backbone
-from transferkit.models import sources as sources_mod
+from transferkit.models import hub as hub_mod
 from transferkit.strategies import (freeze_stages, frozen_stages, parameter_summary, plan_strategy,
                                     set_train_mode)
 
@@ -108,7 +108,7 @@ def test_timm_pretrained_from_local_hf_cache(tmp_path, monkeypatch):
     cache = tmp_path / "hf" / "hub"
     _fake_hf_cache(cache, hub_id, "model.safetensors", ref)
     _point_hf_cache(monkeypatch, cache)
-    monkeypatch.setattr(sources_mod, "_hub_reachable", lambda *a, **k: pytest.fail("network probed"))
+    monkeypatch.setattr(hub_mod, "hub_reachable", lambda *a, **k: pytest.fail("network probed"))
 
     bb = load_backbone("timm:resnet18")
     assert bb.source.pretrained and bb.feature_dim == 512
@@ -127,7 +127,7 @@ def test_timm_uncached_offline_is_a_clear_error(tmp_path, monkeypatch, offline_e
     if offline_env is None:
         monkeypatch.delenv("HF_HUB_OFFLINE")
     probes = []
-    monkeypatch.setattr(sources_mod, "_hub_reachable", lambda *a, **k: probes.append(1) or False)
+    monkeypatch.setattr(hub_mod, "hub_reachable", lambda *a, **k: probes.append(1) or False)
     with pytest.raises(SourceError) as e:
         load_backbone("timm:resnet10t")
     msg = str(e.value)

@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import json
 import sys
-from pathlib import Path
 
 EXIT_USAGE = 2
 

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from ..config import TrainConfig, read_config, save_config
 from ..data import Task, load_task

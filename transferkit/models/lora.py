@@ -21,7 +21,8 @@ from __future__ import annotations
 from torch import nn
 
 from .heads import TransferModel
-from .sources import SourceError, TextEncoder
+from .hub import SourceError
+from .text import TextEncoder
 
 # Leaf names of the query/key/value projections across transformers encoder families:
 # BERT/RoBERTa/MiniLM/ELECTRA (query, key, value), DistilBERT (q_lin, k_lin, v_lin),

@@ -7,22 +7,19 @@ builds the same architecture with random initialisation: the "from scratch" base
 from __future__ import annotations
 
 import difflib
-import json
 import os
-import socket
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .backbone import (Backbone, ImagePreprocess, SourceInfo, Stage, TextPreprocess,
-                       check_stages_cover, stages_from_param_groups, weights_hash)
+from . import hub
+from .backbone import (Backbone, ImagePreprocess, SourceInfo, Stage, check_stages_cover,
+                       stages_from_param_groups, weights_hash)
+from .hub import SourceError
+from .text import load_hf
 
 KINDS = ("timm", "torchvision", "hf", "file", "bundled")
-
-
-class SourceError(ValueError):
-    """A source id that cannot be loaded; the message says why and what to do instead."""
 
 
 # --------------------------------------------------------------------------------------------- ids
@@ -62,30 +59,13 @@ def load_backbone(source: str, *, arch: str | None = None, pooling: str | None =
     if kind == "torchvision":
         return _load_torchvision(source, name, pretrained)
     if kind == "hf":
-        return _load_hf(source, name, pretrained, pooling=pooling, max_length=max_length)
+        return load_hf(source, name, pretrained, pooling=pooling, max_length=max_length)
     if kind == "file":
         return _load_file(source, name, arch)
     return _load_bundled(source, name, pretrained, pooling=pooling, max_length=max_length)
 
 
 # --------------------------------------------------------------------------------------- timm
-
-def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    # huggingface_hub retries for ~45 s before it gives up offline; one quick probe avoids that.
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def _offline_error(source: str, detail: str) -> SourceError:
-    return SourceError(
-        f"cannot load '{source}': {detail}. The weights are not in the local cache and the hub is "
-        "not reachable. Work offline with 'bundled:efficientnet_lite0' / 'bundled:minilm-l6' "
-        "(weights installed with pip), or 'file:PATH --arch NAME' for weights on disk "
-        "(see 'transferkit models').")
-
 
 def _create_timm(name: str, pretrained: bool, source: str, **kwargs) -> nn.Module:
     import timm
@@ -96,11 +76,10 @@ def _create_timm(name: str, pretrained: bool, source: str, **kwargs) -> nn.Modul
     if not pretrained:
         return timm.create_model(name, pretrained=False, **kwargs)
     # First the local cache only (no network call), then the hub if it answers.
-    from huggingface_hub.constants import HF_HUB_OFFLINE  # noqa: F401  (import checks the lib)
     old = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"
     try:
-        _reload_hf_constants()
+        hub.reload_hf_constants()
         return timm.create_model(name, pretrained=True, **kwargs)
     except Exception as cached_error:  # noqa: BLE001 - any failure here means "not cached"
         first = cached_error
@@ -109,18 +88,10 @@ def _create_timm(name: str, pretrained: bool, source: str, **kwargs) -> nn.Modul
             os.environ.pop("HF_HUB_OFFLINE", None)
         else:
             os.environ["HF_HUB_OFFLINE"] = old
-        _reload_hf_constants()
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
-        raise _offline_error(source, f"{type(first).__name__}")
+        hub.reload_hf_constants()
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or not hub.hub_reachable():
+        raise hub.offline_error(source, f"{type(first).__name__}")
     return timm.create_model(name, pretrained=True, **kwargs)
-
-
-def _reload_hf_constants() -> None:
-    # huggingface_hub reads HF_HUB_OFFLINE once at import; keep its constant in step with the env.
-    import huggingface_hub.constants as c
-    truthy = ("1", "ON", "YES", "TRUE")
-    c.HF_HUB_OFFLINE = (os.environ.get("HF_HUB_OFFLINE", "").upper() in truthy
-                        or os.environ.get("TRANSFORMERS_OFFLINE", "").upper() in truthy)
 
 
 def _timm_backbone(model: nn.Module, source: str, arch: str, pretrained: bool,
@@ -179,7 +150,7 @@ def _load_torchvision(source: str, name: str, pretrained: bool) -> Backbone:
         model = tvm.get_model(name, weights=weights)
     except Exception as e:  # noqa: BLE001 - urllib raises several types offline
         if weights is not None and ("urlopen" in repr(e) or isinstance(e, OSError)):
-            raise _offline_error(source, f"download of {weights.url} failed ({type(e).__name__})") from e
+            raise hub.offline_error(source, f"download of {weights.url} failed ({type(e).__name__})") from e
         raise
     head_name, head = _torchvision_classifier(model)
     source_head = head
@@ -276,114 +247,6 @@ def _torchvision_stages(model: nn.Module) -> list[Stage]:
     if stem:
         groups.append(("stem", stem))
     return stages_from_param_groups(model, groups)
-
-
-# ------------------------------------------------------------------------------------------ hf
-
-class TextEncoder(nn.Module):
-    """A transformers encoder that maps a tokenised batch to pooled sentence features."""
-
-    def __init__(self, model: nn.Module, pooling: str):
-        super().__init__()
-        if pooling not in ("mean", "cls"):
-            raise SourceError(f"unknown pooling '{pooling}'; use 'mean' or 'cls'")
-        self.model = model
-        self.pooling = pooling
-
-    def forward(self, batch) -> torch.Tensor:
-        mask = batch["attention_mask"]
-        kwargs = {"input_ids": batch["input_ids"], "attention_mask": mask}
-        if "token_type_ids" in batch:
-            kwargs["token_type_ids"] = batch["token_type_ids"]
-        hidden = self.model(**kwargs).last_hidden_state
-        if self.pooling == "cls":
-            return hidden[:, 0]
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
-
-
-def _transformer_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    best = None
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.ModuleList) and len(mod) > 0 and name.split(".")[-1] in ("layer", "layers", "block", "blocks", "h"):
-            if best is None or len(mod) > len(best[1]):
-                best = (name, mod)
-    if best is None:
-        raise SourceError(f"cannot find the transformer layers of {type(model).__name__}")
-    return best
-
-
-def _hf_stages(encoder: TextEncoder) -> list[Stage]:
-    layers_name, layers = _transformer_layers(encoder.model)
-    prefix = f"model.{layers_name}."
-    groups: list[tuple[str, list[str]]] = [("embeddings", [])]
-    groups += [(f"layer{i}", []) for i in range(len(layers))]
-    after: list[str] = []
-    for pname, _ in encoder.named_parameters():
-        if pname.startswith(prefix):
-            idx = int(pname[len(prefix):].split(".")[0])
-            groups[1 + idx][1].append(pname)
-        elif not any(g[1] for g in groups[1:]):
-            groups[0][1].append(pname)
-        else:
-            after.append(pname)  # a final LayerNorm after the layers goes with the last layer
-    groups[-1][1].extend(after)
-    return stages_from_param_groups(encoder, groups)
-
-
-def _default_pooling(path: Path | None) -> str:
-    # sentence-transformers checkpoints say how they were trained to pool; plain encoders use [CLS].
-    if path is not None:
-        cfg = path / "1_Pooling" / "config.json"
-        if cfg.is_file():
-            modes = json.loads(cfg.read_text())
-            if modes.get("pooling_mode_mean_tokens"):
-                return "mean"
-            if modes.get("pooling_mode_cls_token"):
-                return "cls"
-    return "cls"
-
-
-def _load_hf(source: str, name: str, pretrained: bool, *, pooling: str | None,
-             max_length: int | None, local_only: bool = False) -> Backbone:
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
-    local = Path(name).expanduser()
-    is_dir = local.is_dir()
-    if not is_dir and name.startswith((".", "/", "~")):
-        raise SourceError(f"'{source}': the directory {local} does not exist")
-    target = str(local) if is_dir else name
-    kwargs = {"local_files_only": True}
-    try:
-        tok = AutoTokenizer.from_pretrained(target, **kwargs)
-        if pretrained:
-            model = AutoModel.from_pretrained(target, **kwargs)
-        else:
-            model = AutoModel.from_config(AutoConfig.from_pretrained(target, **kwargs))
-    except OSError as cached_error:
-        if is_dir or local_only:
-            raise SourceError(f"cannot load '{source}' from {target}: {cached_error}") from cached_error
-        if os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
-            raise _offline_error(source, "not in the Hugging Face cache") from cached_error
-        tok = AutoTokenizer.from_pretrained(target)
-        model = AutoModel.from_pretrained(target) if pretrained else \
-            AutoModel.from_config(AutoConfig.from_pretrained(target))
-    if getattr(model, "pooler", None) is not None:
-        model.pooler = None  # unused by mean/cls pooling; its params would never get a gradient
-    pool = pooling or _default_pooling(local if is_dir else None)
-    enc = TextEncoder(model, pool)
-    stages = _hf_stages(enc)
-    check_stages_cover(enc, stages)
-    limit = max_length or min(int(getattr(tok, "model_max_length", 512) or 512),
-                              int(getattr(model.config, "max_position_embeddings", 512) or 512))
-    return Backbone(module=enc, feature_dim=int(model.config.hidden_size), stages=stages,
-                    preprocess=TextPreprocess(tokenizer=tok, max_length=limit, pooling=pool),
-                    source=SourceInfo(id=source, arch=f"hf:{model.config.model_type}",
-                                      pretrained=pretrained, weights_hash=weights_hash(enc)),
-                    modality="text")
 
 
 # ---------------------------------------------------------------------------------------- file
@@ -499,7 +362,7 @@ def _bundled_lite0(source: str, pretrained: bool, **_) -> Backbone:
 
 
 def _bundled_minilm(source: str, pretrained: bool, pooling=None, max_length=None) -> Backbone:
-    bb = _load_hf(source, str(_minilm_dir()), pretrained, pooling=pooling,
+    bb = load_hf(source, str(_minilm_dir()), pretrained, pooling=pooling,
                   max_length=max_length or 256, local_only=True)
     bb.source.arch = "hf:bert (all-MiniLM-L6-v2)"
     return bb
