@@ -491,3 +491,11 @@ def test_file_that_is_not_weights(tmp_path):
     path.write_bytes(b"not a checkpoint at all")
     with pytest.raises(SourceError, match="not a safetensors file"):
         load_backbone(f"file:{path}", arch="test_resnet")
+
+
+def test_bn_auto_policy_is_eval_for_few_labels_and_frozen_for_many():
+    from transferkit.strategies import resolve_bn
+    assert resolve_bn("auto", n_train=100, n_classes=10) == "eval"      # 10 per class
+    assert resolve_bn("auto", n_train=1000, n_classes=10) == "eval"     # 100 per class: still few
+    assert resolve_bn("auto", n_train=1010, n_classes=10) == "frozen"
+    assert resolve_bn("adapt", n_train=10, n_classes=10) == "adapt"     # an explicit choice wins

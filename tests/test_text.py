@@ -182,8 +182,9 @@ def test_lora_run_reloads_to_the_same_predictions(texts_csv, tiny_bert_dir, tmp_
     before, after = probs(saved["model"]), probs(reloaded)
     torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
 
-    # what trained: adapters and head moved, every source weight stayed where it was
-    state, source = load_file(str(run / "model.safetensors")), _source_weights(tiny_bert_dir)
+    # what trained (the final weights: the best checkpoint may be the head fit, before the adapters
+    # moved): adapters and head moved, every source weight stayed where it was
+    state, source = load_file(str(run / "last" / "model.safetensors")), _source_weights(tiny_bert_dir)
     lora_b = [k for k in state if "lora_B" in k]
     assert len(lora_b) == 6 and any(state[k].abs().max() > 0 for k in lora_b)  # B starts at zero
     for k, v in source.items():

@@ -16,8 +16,8 @@ def _image_runs(quick: bool) -> tuple[dict, list[tuple[str, dict]]]:
     return common, [
         ("linear_probe", {"backbone": "bundled:efficientnet_lite0", "strategy": "linear_probe"}),
         ("two_phase", {"backbone": "bundled:efficientnet_lite0", "strategy": "two_phase"}),
-        ("scratch", {"backbone": "timm:tf_efficientnet_lite0@random", "strategy": "full", "lr": 3e-3,
-                     "weight_decay": 0.05}),
+        # the same definition of "scratch" as `transferkit compare`
+        ("scratch", {"backbone": "timm:tf_efficientnet_lite0@random", "strategy": "full", "lr": 3e-3}),
     ]
 
 

@@ -8,7 +8,7 @@ A strategy string becomes a `Plan` of one or more `Phase`s:
 - `two_phase`      LP-FT (Kumar et al., ICLR 2022): fit the head on the frozen backbone first, then
                    unfreeze everything and train with backbone LR = head LR x `backbone_lr_mult`
 - `stages:A-B[,C]` (or `freeze=stages:A-B`): freeze exactly those stage indices
-- `lora:r=R[,alpha=A]` low-rank adapters on a text encoder (PEFT), head trains
+- `lora:r=R[,alpha=A]` low-rank adapters on a text encoder (PEFT): head fit first, then adapters + head
 """
 
 from __future__ import annotations
@@ -79,7 +79,10 @@ def plan_strategy(strategy: str, num_stages: int, *, backbone_lr_mult: float = 0
                 raise ValueError(f"unknown LoRA option '{sorted(unknown)[0]}' (use r=, alpha=, dropout=)")
             r = int(opts.get("r", 8))
             lora = {"r": r, "alpha": float(opts.get("alpha", 2 * r)), "dropout": float(opts.get("dropout", 0.0))}
-            return Plan(s, [Phase(s, everything, 1.0, backbone_lr_mult=1.0)], lora=lora)
+            # as in LP-FT: fit the head on the (unchanged: LoRA's B starts at zero) features first,
+            # so the adapters do not spend their first steps undoing a random head
+            return Plan(s, [Phase("head", everything, head_fraction, head_only=True),
+                            Phase(s, everything, 1.0 - head_fraction, backbone_lr_mult=1.0)], lora=lora)
     except ValueError as e:
         if "invalid literal" in str(e):
             raise ValueError(f"cannot read strategy '{strategy}': {e}. Forms: {', '.join(STRATEGIES)}") from e
