@@ -193,7 +193,7 @@ def test_l2sp_auto_picks_best_validation(image_folder, tmp_path, monkeypatch):
     from transferkit.config import make_config
     from transferkit.sweep import resolve_l2sp_auto
     score = {1e-4: 0.5, 1e-3: 0.7, 1e-2: 0.9, 1e-1: 0.9}  # a tie: the lower val loss wins
-    loss = {1e-4: 1.0, 1e-3: 0.8, 1e-2: 0.6, 1e-1: 0.4}
+    loss = {1e-4: 1.0, 1e-3: 0.3, 1e-2: 0.6, 1e-1: 0.4}
     seen = []
     engine_fit = importlib.import_module("transferkit.engine.fit")  # the package exports a `fit` function
 
@@ -202,16 +202,21 @@ def test_l2sp_auto_picks_best_validation(image_folder, tmp_path, monkeypatch):
         alpha = float(cfg.reg.split(":")[1].split("+")[0])
         seen.append(cfg.reg)
         Path(cfg.out).mkdir(parents=True)
-        hist = [{"step": 1, "val_accuracy": score[alpha] - 0.2, "val_loss": 0.1},
+        hist = [{"step": 1, "val_accuracy": score[alpha] - 0.2, "val_loss": 1.5},
                 {"step": 2, "val_accuracy": score[alpha], "val_loss": loss[alpha]}]
         return engine_fit.FitResult(Path(cfg.out), None, engine_fit.RunState(history=hist))
 
     monkeypatch.setattr(engine_fit, "fit", fake_fit)
     cfg = make_config(None, data=str(image_folder), backbone=TINY, out=str(tmp_path / "r"),
-                      reg="l2sp:auto+bss:0.001", steps=10)
+                      reg="l2sp:auto+bss:0.001", steps=10, metric="accuracy")
     chosen = resolve_l2sp_auto(cfg, log=lambda *a: None)
     assert chosen.reg == "l2sp:0.1+bss:0.001,1" and chosen.steps == 10
     assert seen == [f"l2sp:{a}+bss:0.001,1" for a in L2SP_AUTO_GRID]
+
+    # the default selection metric is the validation loss: the lowest best-row loss wins
+    cfg = make_config(None, data=str(image_folder), backbone=TINY, out=str(tmp_path / "r2"),
+                      reg="l2sp:auto+bss:0.001", steps=10)
+    assert resolve_l2sp_auto(cfg, log=lambda *a: None).reg == "l2sp:0.001+bss:0.001,1"
 
 
 # --------------------------------------------------------------------------------------- rank

@@ -375,7 +375,10 @@ def run_compare(base: TrainConfig, strategies: list[str], shots: list[int | None
         add(row)
     names = [PROBE] + strategies
     result = {**header, "rows": rows, "summary": summarize(rows, names, header["shots"]),
-              "recommended": recommend(rows, strategies, header["shots"], base.metric),
+              # recommend by mean validation accuracy (a score users read); with metric `loss` the
+              # engine only uses NLL to pick each run's checkpoint
+              "recommended": recommend(rows, strategies, header["shots"],
+                                       "accuracy" if base.metric == "loss" else base.metric),
               "identical_splits": identical_splits(rows), "seconds": round(time.time() - t_start, 1)}
     if not result["identical_splits"]:
         log("WARNING: cells of one seed and shot count used different splits (see split_hash)")

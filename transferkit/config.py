@@ -50,7 +50,7 @@ class TrainConfig:
     store_anchor: bool = False          # save the L2-SP anchor in the run (else re-derive + verify)
     eval_every: int | None = None       # validate every N steps (default: once per epoch)
     patience: int | None = None         # early stopping after N validations without improvement
-    metric: str = "accuracy"            # validation metric for best-checkpoint selection
+    metric: str = "loss"                # best checkpoint by validation: loss (NLL) | accuracy | macro_f1
     precision: str = "auto"             # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     num_workers: int = 0
     text_col: str = "text"

@@ -40,12 +40,13 @@ def sweep_steps(cfg: TrainConfig) -> int:
     return max(1, total_steps(cfg, len(task.train)) // 2)
 
 
-def best_validation(history: list[dict], metric: str = "accuracy") -> dict:
-    """The history row of a run's best checkpoint: highest ``val_<metric>``, then lowest val loss."""
-    rows = [r for r in history if f"val_{metric}" in r]
+def best_validation(history: list[dict], metric: str = "loss") -> dict:
+    """The history row of a run's best checkpoint, by the engine's own selection rule."""
+    from .engine.fit import validation_score
+    rows = [r for r in history if "val_loss" in r]
     if not rows:
-        raise ValueError(f"the run has no validation rows with val_{metric}")
-    return max(rows, key=lambda r: (r[f"val_{metric}"], -r.get("val_loss", 0.0)))
+        raise ValueError("the run has no validation rows")
+    return max(rows, key=lambda r: validation_score(r, metric))
 
 
 def resolve_l2sp_auto(cfg: TrainConfig, log=print, grid: tuple[float, ...] = L2SP_AUTO_GRID) -> TrainConfig:
@@ -53,7 +54,7 @@ def resolve_l2sp_auto(cfg: TrainConfig, log=print, grid: tuple[float, ...] = L2S
     the chosen ``reg``. The table is logged and written to ``OUT/sweep/sweep.json``; each short run
     keeps its config, splits, history and report (its weights are removed: only the score matters).
     """
-    from .engine.fit import fit
+    from .engine.fit import fit, validation_score
     if not any(s.is_auto for s in parse_regularizer(cfg.reg or "")):
         return cfg
     if cfg.out and (Path(cfg.out) / "last").exists():
@@ -74,12 +75,13 @@ def resolve_l2sp_auto(cfg: TrainConfig, log=print, grid: tuple[float, ...] = L2S
         best = best_validation(result.state.history, cfg.metric)
         rows.append({"alpha": alpha, "reg": sub.reg, f"val_{cfg.metric}": best[f"val_{cfg.metric}"],
                      "val_loss": best.get("val_loss"), "best_step": best["step"],
+                     "score": validation_score(best, cfg.metric),
                      "seconds": round(time.time() - t0, 2)})
         for heavy in ("model.safetensors", "last"):
             p = Path(sub.out) / heavy
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     key = f"val_{cfg.metric}"
-    chosen = max(rows, key=lambda r: (r[key], -(r["val_loss"] or 0.0)))
+    chosen = max(rows, key=lambda r: r["score"])
     for r in rows:
         log(f"  alpha {r['alpha']:<8g} {key} {r[key]:.4f}  val_loss {r['val_loss']:.4f}  "
             f"({r['seconds']:.1f}s){'  <- chosen' if r is chosen else ''}")

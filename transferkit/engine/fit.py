@@ -164,7 +164,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool = T
         freeze_stages(model, phase.frozen)
         if phase.head_only:
             _head_phase(model, cfg, state, plain_train, val_loader, device, autocast, log)
-            _save_best_if_better(run, model, state, state.history[-1])
+            _save_best_if_better(run, model, state, state.history[-1], cfg.metric)
         else:
             interrupted = _sgd_phase(model, cfg, state, phase, phase_steps[state.phase], train_ds,
                                      val_loader, accel, regs, run, resume, log, progress)
@@ -209,15 +209,20 @@ def _validate(model, loader, device, autocast) -> dict:
             "val_loss": round(m["nll"], 6)}
 
 
-def _score(row: dict, metric: str) -> float:
+def validation_score(row: dict, metric: str) -> float:
+    """Higher is better. `loss` (the default) selects by validation NLL: on the ~100 validation
+    items of a few-shot split, accuracy moves in 1% steps and a lucky step of a fine-tuning run
+    that is already drifting away from the probe (its NLL rising) would win the selection."""
+    if metric == "loss" and "val_loss" in row:
+        return -row["val_loss"]
     if f"val_{metric}" in row:
         # ties on accuracy (common on small val sets) go to the lower validation loss
         return row[f"val_{metric}"] - 1e-6 * row.get("val_loss", 0.0)
     return -row.get("train_loss", 0.0) if row.get("train_loss", "") != "" else -math.inf
 
 
-def _save_best_if_better(run: Path, model, state: RunState, row: dict, metric: str = "accuracy") -> bool:
-    score = _score(row, metric)
+def _save_best_if_better(run: Path, model, state: RunState, row: dict, metric: str = "loss") -> bool:
+    score = validation_score(row, metric)
     if score > state.best_score:
         state.best_score, state.best_step, state.evals_since_best = score, state.global_step, 0
         _save_model(run / "model.safetensors", model)

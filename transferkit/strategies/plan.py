@@ -26,6 +26,7 @@ class Phase:
     fraction: float            # share of the optimisation steps spent in this phase
     backbone_lr_mult: float = 1.0
     head_only: bool = False    # only the head trains (features can be cached)
+    head_lr_mult: float = 1.0  # head LR / base LR in this phase
 
 
 @dataclass
@@ -61,7 +62,10 @@ def plan_strategy(strategy: str, num_stages: int, *, backbone_lr_mult: float = 0
             return Plan(s, [Phase("full", [], 1.0, backbone_lr_mult=backbone_lr_mult)])
         if s == "two_phase":
             return Plan(s, [Phase("head", everything, head_fraction, head_only=True),
-                            Phase("all", [], 1.0 - head_fraction, backbone_lr_mult=backbone_lr_mult)])
+                            # LP-FT: the fitted head moves as slowly as the backbone, so that it is
+                            # not pushed to overconfidence on a few dozen images in a few steps
+                            Phase("all", [], 1.0 - head_fraction, backbone_lr_mult=backbone_lr_mult,
+                                  head_lr_mult=backbone_lr_mult)])
         if s.startswith("partial:"):
             k = int(s.split(":", 1)[1])
             if not 0 <= k <= num_stages:
@@ -97,7 +101,7 @@ def param_groups(model, phase: Phase, *, lr: float, weight_decay: float,
                  layer_decay: float | None = None, no_weight_decay: set[str] | None = None) -> list[dict]:
     """Optimizer parameter groups for the trainable parameters of `phase`.
 
-    Head LR = `lr`; backbone stage i of N gets `lr * phase.backbone_lr_mult * layer_decay**(N-1-i)`
+    Head LR = `lr * phase.head_lr_mult`; backbone stage i of N gets `lr * phase.backbone_lr_mult * layer_decay**(N-1-i)`
     (layer-wise LR decay: earlier, more general stages move less). Biases, norm weights and every
     name in `no_weight_decay` (parameters a regularizer anchors: L2-SP replaces weight decay) get
     weight decay 0. Groups come out in a fixed order, so an optimizer state saved from them loads
@@ -124,7 +128,7 @@ def param_groups(model, phase: Phase, *, lr: float, weight_decay: float,
              and x[len("backbone."):] not in {p for s in model.spec.stages for p in s.params}]
     if extra:  # adapters (LoRA) added after the stages were read
         add("adapters", extra, lr * phase.backbone_lr_mult)
-    add("head", [x for x in named if x.startswith("head.")], lr)
+    add("head", [x for x in named if x.startswith("head.")], lr * phase.head_lr_mult)
     if not groups:
         raise ValueError("nothing to train: every parameter is frozen in this phase")
     return groups
