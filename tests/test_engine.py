@@ -3,6 +3,7 @@ train -> evaluate -> predict, exact resume, few-shot sampling, recipes and bad i
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -302,3 +303,23 @@ def test_shipped_recipes_load():
         plan_strategy(cfg.strategy, stages)
         if cfg.reg:
             parse_regularizer(cfg.reg)
+
+
+def test_train_under_torchrun_with_two_cpu_processes(image_folder, tmp_path):
+    """The same command scales out: two processes (gloo on CPU) share each batch through DDP."""
+    import shutil
+    import subprocess
+    import sys
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29533", "-m", "transferkit",
+                           "train", str(image_folder), "--backbone", TINY, "--image-size", "32",
+                           "--steps", "3", "--batch-size", "8", "--strategy", "full", "--out", str(run),
+                           "--quiet"], capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count('"accuracy"') == 1  # one process reports
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["n_train"] + metrics["n_val"] + metrics["n_test"] == 36
+    state = json.loads((run / "last" / "state.json").read_text())["run_state"]
+    assert state["global_step"] == 3 and state["done"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 EXIT_USAGE = 2
@@ -129,6 +130,8 @@ def cmd_train(args) -> int:
         result = train(cfg, quiet=args.quiet)
     if result.interrupted:
         return 0
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun / accelerate launch, one process reports
     m = result.metrics or {}
     print(json.dumps({k: m.get(k) for k in ("accuracy", "macro_f1", "ece", "n_train", "n_val", "n_test")}))
     return 0

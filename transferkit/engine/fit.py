@@ -164,7 +164,8 @@ def fit(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool = T
         freeze_stages(model, phase.frozen)
         if phase.head_only:
             _head_phase(model, cfg, state, plain_train, val_loader, device, autocast, log)
-            _save_best_if_better(run, model, state, state.history[-1], cfg.metric)
+            _save_best_if_better(run, model, state, state.history[-1], cfg.metric,
+                                 write=accel.is_main_process)
         else:
             interrupted = _sgd_phase(model, cfg, state, phase, phase_steps[state.phase], train_ds,
                                      val_loader, accel, regs, run, resume, log, progress)
@@ -173,10 +174,15 @@ def fit(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool = T
                 return FitResult(run, None, state, interrupted=True)
         state.phase += 1
         state.step = 0
-        _save_last(run, model, None, state)
+        if accel.is_main_process:
+            _save_last(run, model, None, state)
     state.done = True
-    _save_last(run, model, None, state)
-    return FitResult(run, _finish(run, cfg, model, task, state, device, autocast, log, evaluate_test), state)
+    if accel.is_main_process:
+        _save_last(run, model, None, state)
+    accel.wait_for_everyone()  # the best weights are on disk before any process reads them back
+    metrics = _finish(run, cfg, model, task, state, device, autocast, log, evaluate_test,
+                      write=accel.is_main_process)
+    return FitResult(run, metrics, state)
 
 
 def _bb_mult(cfg: TrainConfig, model) -> float:
@@ -221,11 +227,15 @@ def validation_score(row: dict, metric: str) -> float:
     return -row.get("train_loss", 0.0) if row.get("train_loss", "") != "" else -math.inf
 
 
-def _save_best_if_better(run: Path, model, state: RunState, row: dict, metric: str = "loss") -> bool:
+def _save_best_if_better(run: Path, model, state: RunState, row: dict, metric: str = "loss",
+                         write: bool = True) -> bool:
+    """Track the best validation score on every process (so early stopping agrees across ranks);
+    only the main process writes the weights."""
     score = validation_score(row, metric)
     if score > state.best_score:
         state.best_score, state.best_step, state.evals_since_best = score, state.global_step, 0
-        _save_model(run / "model.safetensors", model)
+        if write:
+            _save_model(run / "model.safetensors", model)
         return True
     state.evals_since_best += 1
     return False
@@ -301,6 +311,8 @@ def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, tr
             factor_group["lr"] = factor_group["initial_lr"] * lr_factor(state.step, n_steps, cfg.warmup)
         loss_val = 0.0
         for j, idx in enumerate(micro):
+            if accel.num_processes > 1:  # each process takes its share of the global batch
+                idx = idx[accel.process_index::accel.num_processes]
             x, y = _collate(train_ds, idx, model)
             x, y = to_device(x, device), y.to(device)
             sync = j == len(micro) - 1
@@ -331,8 +343,7 @@ def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, tr
             set_train_mode(model, bn)
             running.clear()
             state.history.append(row)
-            if accel.is_main_process:
-                _save_best_if_better(run, model, state, row, cfg.metric)
+            _save_best_if_better(run, model, state, row, cfg.metric, write=accel.is_main_process)
             stop_early = cfg.patience is not None and state.evals_since_best >= cfg.patience
             if stop_early:
                 log(f"early stop at step {state.global_step}: no improvement in {cfg.patience} validations")
@@ -378,13 +389,14 @@ def _write_splits(run: Path, task: Task) -> None:
 
 
 def _finish(run: Path, cfg: TrainConfig, model, task: Task, state: RunState, device, autocast,
-            log, evaluate_test: bool = True) -> dict:
-    """Reload the best weights, evaluate on the test split, write metrics, history and report."""
+            log, evaluate_test: bool = True, write: bool = True) -> dict:
+    """Reload the best weights, evaluate on the test split, write metrics, history and report
+    (the files only from the main process)."""
     from ..report import write_report
     from ..report.metrics import classification_metrics
     if (run / "model.safetensors").exists():
         model.load_state_dict(ck.load_tensors(run / "model.safetensors"))
-    else:
+    elif write:
         _save_model(run / "model.safetensors", model)
     metrics: dict = {"n_train": len(task.train), "n_val": len(task.val), "n_test": len(task.test)}
     if task.test and evaluate_test:
@@ -396,6 +408,8 @@ def _finish(run: Path, cfg: TrainConfig, model, task: Task, state: RunState, dev
     metrics["best_step"] = state.best_step
     metrics["parameters"] = parameter_summary(model)
     metrics["skipped"] = task.skipped
+    if not write:
+        return metrics
     ck.atomic_write_json(run / "metrics.json", metrics)
     _write_history(run, state.history)
     write_report(run, cfg, model, metrics, state.history)
