@@ -46,7 +46,7 @@ def _plt():
 
 def _curves(history: list[dict]) -> str | None:
     rows = [r for r in history if r.get("step", "") != ""]
-    if not rows:
+    if len(rows) < 2:  # a probe-only run has one validation point: nothing to draw a curve of
         return None
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
