@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import time
 from contextlib import nullcontext
@@ -104,7 +105,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool = T
         saved = read_config(run / "config.yaml")
         saved.stop_after = cfg.stop_after
         cfg = saved
-        meta = ck.json.loads((run / "last" / "state.json").read_text())
+        meta = json.loads((run / "last" / "state.json").read_text())
         state = RunState(**meta["run_state"])
         if state.done:
             log(f"{run} already finished; nothing to resume")
@@ -243,7 +244,7 @@ def _save_best_if_better(run: Path, model, state: RunState, row: dict, metric: s
 
 def _save_model(path: Path, model) -> None:
     meta = {"source": model.spec.source.id, "weights_hash": model.spec.source.weights_hash,
-            "classes": ck.json.dumps(model.class_names)}
+            "classes": json.dumps(model.class_names)}
     ck.atomic_save_tensors(path, model.state_dict(), meta)
 
 
@@ -281,7 +282,7 @@ def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, tr
                           layer_decay=cfg.layer_decay, no_weight_decay=no_wd)
     optimizer = _make_optimizer(cfg, groups)
     if resume and (run / "last" / "optimizer.safetensors").exists():
-        meta = ck.json.loads((run / "last" / "state.json").read_text())
+        meta = json.loads((run / "last" / "state.json").read_text())
         if meta.get("param_groups") != [g["name"] for g in optimizer.param_groups]:
             raise RuntimeError(f"cannot resume {run}: parameter groups {meta.get('param_groups')} were "
                                f"saved, this phase builds {[g['name'] for g in optimizer.param_groups]}")
