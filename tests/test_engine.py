@@ -323,3 +323,20 @@ def test_train_under_torchrun_with_two_cpu_processes(image_folder, tmp_path):
     assert metrics["n_train"] + metrics["n_val"] + metrics["n_test"] == 36
     state = json.loads((run / "last" / "state.json").read_text())["run_state"]
     assert state["global_step"] == 3 and state["done"]
+
+
+def test_gradient_accumulation_matches_one_big_batch(image_folder, tmp_path):
+    """2 micro-batches of 4 make the same update as one batch of 8 (BatchNorm on running statistics,
+    so nothing depends on how the batch is split)."""
+    def run(out, *extra):
+        assert main(["train", str(image_folder), "--backbone", TINY, "--image-size", "32", "--steps", "3",
+                     "--strategy", "full", "--bn", "eval", "--no-augment", "--out", str(out), "--quiet",
+                     *extra]) == 0
+        return load_file(str(out / "last" / "model.safetensors"))
+
+    big = run(tmp_path / "big", "--batch-size", "8")
+    acc = run(tmp_path / "acc", "--batch-size", "4", "--grad-accum", "2")
+    moved = run(tmp_path / "small", "--batch-size", "4")  # half the data per step: must differ
+    for k in big:
+        torch.testing.assert_close(acc[k], big[k], rtol=0, atol=1e-5)
+    assert any(not torch.allclose(moved[k].float(), big[k].float(), atol=1e-5) for k in big)

@@ -334,7 +334,10 @@ def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, tr
         running.append(loss_val)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(running[-10:]):.3f}", ips=f"{seen / max(1e-9, time.time() - t0):.0f}")
+            last_val = next((r["val_accuracy"] for r in reversed(state.history) if "val_accuracy" in r), None)
+            bar.set_postfix(loss=f"{np.mean(running[-10:]):.3f}",
+                            val_acc="-" if last_val is None else f"{last_val:.3f}",
+                            items_per_s=f"{seen / max(1e-9, time.time() - t0):.0f}")
         last_step = state.step == n_steps
         if state.step % eval_every == 0 or last_step:
             row = {"phase": state.phase, "step": state.global_step, "epoch": state.epoch,
