@@ -332,7 +332,10 @@ def run_compare(base: TrainConfig, strategies: list[str], shots: list[int | None
     rows: list[dict] = []
     header = {"data": base.data, "backbone": base.backbone, "strategies": [PROBE] + strategies,
               "shots": [shots_label(s) for s in shots], "seeds": seeds, "budget_minutes": budget_minutes,
-              "command": command, "metric": base.metric,
+              # the recommendation's metric: validation accuracy, a score users read, unless another
+              # was asked for (the engine's own checkpoint choice defaults to validation loss)
+              "command": command, "metric": "accuracy" if base.metric == "loss" else base.metric,
+              "selection_metric": base.metric,
               "feature_seconds": round(sum(st.seconds for st in {id(v): v for v in stores.values()}.values()), 2),
               "base_config": base.to_dict()}
 
@@ -375,10 +378,7 @@ def run_compare(base: TrainConfig, strategies: list[str], shots: list[int | None
         add(row)
     names = [PROBE] + strategies
     result = {**header, "rows": rows, "summary": summarize(rows, names, header["shots"]),
-              # recommend by mean validation accuracy (a score users read); with metric `loss` the
-              # engine only uses NLL to pick each run's checkpoint
-              "recommended": recommend(rows, strategies, header["shots"],
-                                       "accuracy" if base.metric == "loss" else base.metric),
+              "recommended": recommend(rows, strategies, header["shots"], header["metric"]),
               "identical_splits": identical_splits(rows), "seconds": round(time.time() - t_start, 1)}
     if not result["identical_splits"]:
         log("WARNING: cells of one seed and shot count used different splits (see split_hash)")
