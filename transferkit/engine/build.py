@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from ..config import TrainConfig
-from ..models import attach_head, load_backbone, weights_hash
+from ..models import attach_head, load_backbone
+from ..models.backbone import tensors_hash as anchor_hash
 from ..models.heads import TransferModel
 from ..strategies import plan_strategy
 
@@ -32,41 +33,39 @@ def build_model(cfg: TrainConfig, classes: list[str]) -> tuple[TransferModel, di
     return model, anchor
 
 
+class AnchorError(ValueError):
+    """The L2-SP anchor of a resumed run is not the source weights the run started from."""
+
+
 def verify_anchor(run: Path, cfg: TrainConfig, model: TransferModel, anchor: dict) -> dict:
     """On resume, the anchor must be the source weights the run started from.
 
-    Either it was stored in the run (`anchor.safetensors`, whose recorded hash must match the
-    recorded source hash and whose tensors must hash to it), or it is re-derived from the source id,
-    whose freshly loaded weights must hash to the value recorded when the run started.
+    Either it was stored in the run (`--store-anchor`: `anchor.safetensors`, whose tensors must still
+    hash to the value written beside them, so an edited file is caught), or it is re-derived from
+    the source id, whose freshly loaded weights must hash to the value recorded in `source.json`
+    when the run started (so a changed weights file or hub revision is caught).
     """
+    import json
+
+    from safetensors import safe_open
+
     from . import checkpoint as ck
-    recorded = None
-    if (run / "model.safetensors").exists():
-        from safetensors import safe_open
-        with safe_open(str(run / "model.safetensors"), framework="pt") as f:
-            recorded = (f.metadata() or {}).get("weights_hash")
     stored = run / "anchor.safetensors"
     if stored.exists():
-        from safetensors import safe_open
         with safe_open(str(stored), framework="pt") as f:
-            claimed = (f.metadata() or {}).get("weights_hash")
+            claimed = (f.metadata() or {}).get("anchor_hash")
         tensors = ck.load_tensors(stored)
-        if _anchor_hash(tensors) != _anchor_hash(anchor) or (recorded and claimed != recorded):
-            raise RuntimeError(f"{stored} does not hold the source weights this run started from "
-                               "(hash mismatch): it was modified; refusing to resume with a wrong L2-SP anchor")
+        if claimed is None or anchor_hash(tensors) != claimed:
+            raise AnchorError(f"{stored} was modified since the run started (its tensors no longer hash "
+                              f"to {claimed}); refusing to resume with a wrong L2-SP anchor")
         return tensors
-    if recorded and recorded != model.spec.source.weights_hash:
-        raise RuntimeError(f"the source '{cfg.backbone}' now loads weights {model.spec.source.weights_hash}, "
-                           f"but the run started from {recorded}: the L2-SP anchor cannot be re-derived. "
-                           "Restore the original weights, or start the run with --store-anchor")
+    source = run / "source.json"
+    recorded = json.loads(source.read_text())["weights_hash"] if source.exists() else None
+    if recorded != model.spec.source.weights_hash:
+        raise AnchorError(f"the source '{cfg.backbone}' now loads weights {model.spec.source.weights_hash}, "
+                          f"but the run started from {recorded}: the L2-SP anchor cannot be re-derived. "
+                          "Restore the original weights, or start the run with --store-anchor")
     return anchor
-
-
-def _anchor_hash(tensors: dict) -> str:
-    module = torch.nn.Module()
-    for i, (k, v) in enumerate(sorted(tensors.items())):
-        module.register_buffer(f"t{i}", v.detach().cpu())
-    return weights_hash(module)
 
 
 def build_regularizers_for(cfg: TrainConfig, model: TransferModel, anchor: dict | None, device) -> list:

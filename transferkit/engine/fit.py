@@ -26,7 +26,7 @@ from ..data import Task, load_task
 from ..strategies import (freeze_stages, param_groups, parameter_summary, plan_strategy, resolve_bn,
                           set_train_mode)
 from . import checkpoint as ck
-from .build import build_model, build_regularizers_for, verify_anchor
+from .build import anchor_hash, build_model, build_regularizers_for, verify_anchor
 from .evaluate import (collate_for, eval_loader, extract_features, fit_head, make_dataset,
                        predict_probs, to_device)
 
@@ -136,9 +136,11 @@ def fit(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool = T
         run.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run / "config.yaml")
         _write_splits(run, task)
+        ck.atomic_write_json(run / "source.json", model.spec.source.to_dict())
         if cfg.store_anchor and anchor is not None:
             ck.atomic_save_tensors(run / "anchor.safetensors", anchor,
-                                   {"weights_hash": model.spec.source.weights_hash})
+                                   {"anchor_hash": anchor_hash(anchor),
+                                    "weights_hash": model.spec.source.weights_hash})
     n_sgd = total_steps(cfg, len(task.train))
     sgd_phases = [p for p in plan.phases if not p.head_only]
     share = sum(p.fraction for p in sgd_phases) or 1.0

@@ -98,10 +98,14 @@ class Backbone:
 def weights_hash(module: nn.Module) -> str:
     """A content hash of a module's state dict (names, shapes, dtypes and bytes), order-independent.
 
-    Stored in every checkpoint so that an anchor re-derived from the source id can be verified.
+    Stored in every run (source.json) so that an anchor re-derived from the source id can be verified.
     """
+    return tensors_hash(module.state_dict())
+
+
+def tensors_hash(tensors: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
+    for name, t in sorted(tensors.items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
