@@ -39,17 +39,18 @@ _MAX_ITER = 1000
 _TOL = 1e-10  # stop when the per-sample log evidence L/N changes by less than this
 
 
-def _check(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _check(features: np.ndarray, labels: np.ndarray, name: str = "features",
+           shape: str = "[N, D]") -> tuple[np.ndarray, np.ndarray]:
     f = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels)
     if f.ndim != 2:
-        raise ValueError(f"features must be [N, D], got shape {f.shape}")
+        raise ValueError(f"{name} must be {shape}, got shape {f.shape}")
     if y.ndim != 1 or y.shape[0] != f.shape[0]:
         raise ValueError(f"labels must be [N] with N={f.shape[0]}, got shape {y.shape}")
     if f.shape[0] < 2:
         raise ValueError("need at least 2 samples")
     if not np.all(np.isfinite(f)):
-        raise ValueError("features contain NaN or inf")
+        raise ValueError(f"{name} contain NaN or inf")
     return f, y
 
 
@@ -183,12 +184,7 @@ def leep(source_probs: np.ndarray, labels: np.ndarray) -> float:
     """LEEP of a source classifier's softmax outputs ``source_probs`` [N, Z] for target ``labels``
     [N] (Nguyen et al., ICML 2020). Rows must be probabilities (non-negative, summing to 1), not logits.
     """
-    theta = np.asarray(source_probs, dtype=np.float64)
-    y = np.asarray(labels)
-    if theta.ndim != 2:
-        raise ValueError(f"source_probs must be [N, Z], got shape {theta.shape}")
-    if y.ndim != 1 or y.shape[0] != theta.shape[0]:
-        raise ValueError(f"labels must be [N] with N={theta.shape[0]}, got shape {y.shape}")
+    theta, y = _check(source_probs, labels, "source_probs", "[N, Z]")
     if np.any(theta < 0) or not np.allclose(theta.sum(1), 1.0, atol=1e-4):
         raise ValueError("source_probs rows must be probabilities summing to 1 (pass softmax outputs, not logits)")
     n = theta.shape[0]

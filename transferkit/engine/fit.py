@@ -303,9 +303,11 @@ def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, tr
     running, seen, t0 = state.running_loss, 0, time.time()
     last_save = t0
     bn = resolve_bn(cfg.bn, len(train_ds), model.num_classes)
+    batches, batches_epoch = [], None
     set_train_mode(model, bn)
     while state.step < n_steps:
-        batches = _epoch_batches(len(train_ds), cfg.batch_size, cfg.seed, state.epoch)
+        if batches_epoch != state.epoch:  # one permutation per epoch, not per step
+            batches, batches_epoch = _epoch_batches(len(train_ds), cfg.batch_size, cfg.seed, state.epoch), state.epoch
         if state.batch_in_epoch >= len(batches):
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
             continue

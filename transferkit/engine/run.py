@@ -37,7 +37,11 @@ def load_run(run_dir: str | Path):
     except SourceError as e:
         raise SourceError(f"{e}\n  (the run's config.yaml and model.safetensors disagree)") from e
     model.eval()
-    return model, cfg
+    return model.to(_device()), cfg
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path, *, batch_size: int = 64, tta: bool | None = None) -> dict:
@@ -51,7 +55,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, batch_size: int = 64,
                         f"this model (it knows: {', '.join(model.class_names)}); remove those items or "
                         "train with them")
     ds = make_dataset(model, items, train=False, augment=False, image_size=cfg.image_size, seed=0)
-    probs, y = predict_probs(model, eval_loader(model, ds, batch_size), "cpu",
+    probs, y = predict_probs(model, eval_loader(model, ds, batch_size), _device(),
                              tta=cfg.tta if tta is None else tta)
     m = classification_metrics(y, probs, model.class_names)
     m["skipped"] = skipped
@@ -102,7 +106,7 @@ def predict_run(run_dir: str | Path, inputs: list[str], *, top_k: int = 1, batch
         if bad:
             raise DataError("cannot read input image(s): " + "; ".join(bad[:5]))
     ds = make_dataset(model, items, train=False, augment=False, image_size=cfg.image_size, seed=0)
-    probs, _ = predict_probs(model, eval_loader(model, ds, batch_size), "cpu", tta=cfg.tta)
+    probs, _ = predict_probs(model, eval_loader(model, ds, batch_size), _device(), tta=cfg.tta)
     return _topk_rows(items, torch.from_numpy(probs), model.class_names, top_k)
 
 
