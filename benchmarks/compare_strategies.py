@@ -20,8 +20,8 @@ import sys
 
 import torch
 
-from transferkit.compare import parse_seeds, parse_shots, run_compare
-from transferkit.compare_report import format_markdown
+from transferkit.choose.compare import parse_seeds, parse_shots, run_compare
+from transferkit.choose.compare_report import format_markdown
 from transferkit.config import make_config
 from transferkit.demo import IMAGE_DEMO
 

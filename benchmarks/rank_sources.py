@@ -26,7 +26,7 @@ import torch
 from transferkit.data import load_task
 from transferkit.demo import IMAGE_DEMO
 from transferkit.models import load_backbone
-from transferkit.rank import format_ranking, frozen_features, rank_sources
+from transferkit.choose.rank import format_ranking, frozen_features, rank_sources
 
 
 def probe_accuracy(source: str, data: str, *, shots: int | None, seed: int, image_size: int | None) -> float:

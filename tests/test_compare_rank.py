@@ -13,7 +13,7 @@ from conftest import COLOURS, write_image_folder
 from torch import nn
 
 from transferkit.cli import main
-from transferkit.compare import (budget_decision, estimate_seconds, parse_seeds, parse_shots,
+from transferkit.choose.compare import (budget_decision, estimate_seconds, parse_seeds, parse_shots,
                                  strategy_overrides)
 from transferkit.regularizers import L2SP_AUTO_GRID
 
@@ -191,7 +191,7 @@ def test_l2sp_auto_picks_best_validation(image_folder, tmp_path, monkeypatch):
     import importlib
 
     from transferkit.config import make_config
-    from transferkit.sweep import resolve_l2sp_auto
+    from transferkit.choose.l2sp_sweep import resolve_l2sp_auto
     score = {1e-4: 0.5, 1e-3: 0.7, 1e-2: 0.9, 1e-1: 0.9}  # a tie: the lower val loss wins
     loss = {1e-4: 1.0, 1e-3: 0.3, 1e-2: 0.6, 1e-1: 0.4}
     seen = []
@@ -249,7 +249,7 @@ def _fake_backbone(module, name, head=None):
 
 
 def test_rank_puts_informative_source_first(image_folder):
-    from transferkit.rank import rank_sources
+    from transferkit.choose.rank import rank_sources
     head = nn.Linear(8, 3)
     with torch.no_grad():  # source classes that fire on red, green and blue
         head.weight.zero_()

@@ -5,7 +5,7 @@ import pytest
 from scipy.optimize import minimize
 from scipy.stats import multivariate_normal
 
-from transferkit.ranking import leep, logme, logme_reference
+from transferkit.choose.transferability import leep, logme, logme_reference
 
 
 def _blobs(rng, n, d, k, spread):

@@ -10,10 +10,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False, log=No
     """Fine-tune according to `cfg` (or resume `cfg.out`) and return the run's result.
 
     `--reg l2sp:auto[,BETA]` is resolved here by a sweep over alpha on the validation split
-    (see transferkit.sweep), then the chosen value is trained and recorded in config.yaml.
+    (see transferkit.choose.l2sp_sweep), then the chosen value is trained and recorded in config.yaml.
     """
     say = log or ((lambda *a, **k: None) if quiet else print)
     if not resume and cfg.reg and "auto" in cfg.reg:
-        from .sweep import resolve_l2sp_auto
+        from .choose.l2sp_sweep import resolve_l2sp_auto
         cfg = resolve_l2sp_auto(cfg, log=say)
     return fit(cfg, resume=resume, log=say, progress=not quiet)

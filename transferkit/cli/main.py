@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
 
-EXIT_USAGE = 2
+from .options import EXIT_USAGE, add_train_options
 
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _add_train_options(p: argparse.ArgumentParser, skip: set[str]) -> None:
-    """One flag per TrainConfig field (the dataclass is the single source of the options)."""
-    from .config import TrainConfig
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in skip:
-            continue
-        default = f.default
-        if isinstance(default, bool):
-            p.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None)
-        else:
-            p.add_argument(_flag(f.name), dest=f.name, default=None, metavar=f.name.upper())
+# Commands that live in a module of their own under transferkit/cli/: name -> (module, help).
+# Each module has `main(argv)` where argv starts with the command name, and its own parser.
+COMMAND_MODULES = {
+    "compare": ("choose", "compare strategies x shots x seeds on one task"),
+    "rank": ("choose", "rank source models on DATA before training (LogME, LEEP)"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
                    help="continue an interrupted run exactly (RUN_DIR, or the --out directory)")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-phase messages")
-    _add_train_options(t, skip={"data"})
+    add_train_options(t, skip={"data"})
 
     e = sub.add_parser("evaluate", help="metrics of a trained run on labelled data")
     e.add_argument("run_dir")
@@ -63,8 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quick", action="store_true", help="fewer steps, for a smoke test")
 
-    for name, helptext in (("compare", "compare strategies x shots x seeds on one task"),
-                           ("rank", "rank source models on DATA before training (LogME, LEEP)")):
+    for name, (_, helptext) in COMMAND_MODULES.items():
         c = sub.add_parser(name, help=helptext, add_help=True)
         c.set_defaults(_deferred=name)
     return ap
@@ -78,7 +66,7 @@ def _print_table(rows: list[dict], cols: list[str]) -> None:
 
 
 def cmd_models(args) -> int:
-    from .models import KINDS, list_sources
+    from ..models import KINDS, list_sources
     rows = list_sources()
     if args.json:
         print(json.dumps({"sources": rows, "kinds": list(KINDS)}, indent=2))
@@ -92,7 +80,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .engine.run import predict_run, predict_source
+    from ..engine.run import predict_run, predict_source
     if args.model:
         rows = predict_source(args.model, args.inputs, top_k=args.top_k or 5)
     else:
@@ -110,8 +98,8 @@ def cmd_predict(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .config import load_recipe, make_config
-    from .train import train
+    from ..config import load_recipe, make_config
+    from ..train import train
     recipe = load_recipe(args.config) if args.config else {}
     overrides = {k: getattr(args, k) for k in vars(args)
                  if k not in ("command", "config", "resume", "quiet", "version", "_deferred")}
@@ -138,7 +126,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .engine.run import evaluate_run
+    from ..engine.run import evaluate_run
     m = evaluate_run(args.run_dir, args.data, tta=args.tta)
     if args.json:
         print(json.dumps(m, indent=2))
@@ -150,19 +138,20 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
     run_demo(text=args.text, out=args.out, shots=args.shots, seed=args.seed, quick=args.quick)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("compare", "rank"):
-        from . import cli_more
-        return _guard(lambda: cli_more.main(argv))
+    if argv and argv[0] in COMMAND_MODULES:
+        import importlib
+        module = importlib.import_module(f".{COMMAND_MODULES[argv[0]][0]}", __package__)
+        return _guard(lambda: module.main(argv))
     args = build_parser().parse_args(argv)
     if args.version:
-        from . import __version__
+        from .. import __version__
         print(__version__)
         return 0
     handlers = {"models": cmd_models, "predict": cmd_predict, "train": cmd_train,
@@ -175,9 +164,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _guard(fn) -> int:
     """Known user errors become one clear line and exit code 2; anything else is a real bug."""
-    from .config import ConfigError
-    from .data import DataError
-    from .models import SourceError
+    from ..config import ConfigError
+    from ..data import DataError
+    from ..models import SourceError
     try:
         return fn()
     except (DataError, SourceError, ConfigError, FileNotFoundError, FileExistsError, ValueError) as e:

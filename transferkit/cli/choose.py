@@ -1,5 +1,5 @@
 """`transferkit compare` and `transferkit rank`: argument parsing and output over
-`transferkit.compare.run_compare` and `transferkit.rank.rank_sources`."""
+`transferkit.choose.compare.run_compare` and `transferkit.choose.rank.rank_sources`."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import argparse
 import json
 import shlex
 
+from .options import add_train_options
+
 
 def _compare_parser() -> argparse.ArgumentParser:
-    from .cli import _add_train_options
     p = argparse.ArgumentParser(
         prog="transferkit compare", allow_abbrev=False,
         description="Train every strategy x shot count x seed on DATA with identical splits per seed, "
@@ -27,7 +28,7 @@ def _compare_parser() -> argparse.ArgumentParser:
                    help="wall-clock budget: training cells estimated not to fit are shortened or skipped")
     p.add_argument("--config", help="YAML recipe for the options every cell shares; flags override it")
     p.add_argument("--quiet", action="store_true", help="no per-cell lines")
-    _add_train_options(p, skip={"data", "out", "strategy", "shots", "seed", "stop_after"})
+    add_train_options(p, skip={"data", "out", "strategy", "shots", "seed", "stop_after"})
     return p
 
 
@@ -54,9 +55,9 @@ def _rank_parser() -> argparse.ArgumentParser:
 
 
 def cmd_compare(argv: list[str]) -> int:
-    from .compare import parse_seeds, parse_shots, run_compare
-    from .compare_report import format_markdown
-    from .config import load_recipe, make_config
+    from ..choose.compare import parse_seeds, parse_shots, run_compare
+    from ..choose.compare_report import format_markdown
+    from ..config import load_recipe, make_config
     args = _compare_parser().parse_args(argv)
     recipe = load_recipe(args.config) if args.config else {}
     own = {"data", "strategies", "shots", "seeds", "out", "budget", "config", "quiet"}
@@ -78,7 +79,7 @@ def cmd_compare(argv: list[str]) -> int:
 
 
 def cmd_rank(argv: list[str]) -> int:
-    from .rank import format_ranking, rank_sources
+    from ..choose.rank import format_ranking, rank_sources
     args = _rank_parser().parse_args(argv)
     sources = [s.strip() for s in args.backbones.split(",") if s.strip()]
     rows = rank_sources(args.data, sources, shots=args.shots, seed=args.seed, image_size=args.image_size,

@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from .config import TrainConfig
-from .regularizers import L2SP_AUTO_GRID, parse_regularizer
+from ..config import TrainConfig
+from ..regularizers import L2SP_AUTO_GRID, parse_regularizer
 
 
 def with_alpha(reg: str, alpha: float) -> str:
@@ -29,8 +29,8 @@ def with_alpha(reg: str, alpha: float) -> str:
 
 def sweep_steps(cfg: TrainConfig) -> int:
     """Half the optimisation steps of the full run (at least 1)."""
-    from .data import load_task
-    from .engine.fit import total_steps
+    from ..data import load_task
+    from ..engine.fit import total_steps
     task = load_task(cfg.data, val=cfg.val, test=cfg.test, shots=cfg.shots, seed=cfg.seed,
                      val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
                      text_col=cfg.text_col, label_col=cfg.label_col)
@@ -42,7 +42,7 @@ def sweep_steps(cfg: TrainConfig) -> int:
 
 def best_validation(history: list[dict], metric: str = "loss") -> dict:
     """The history row of a run's best checkpoint, by the engine's own selection rule."""
-    from .engine.fit import validation_score
+    from ..engine.fit import validation_score
     rows = [r for r in history if "val_loss" in r]
     if not rows:
         raise ValueError("the run has no validation rows")
@@ -54,8 +54,8 @@ def resolve_l2sp_auto(cfg: TrainConfig, log=print, grid: tuple[float, ...] = L2S
     the chosen ``reg``. The table is logged and written to ``OUT/sweep/sweep.json``; each short run
     keeps its config, splits, history and report (its weights are removed: only the score matters).
     """
-    from .engine.fit import fit, validation_score
-    if not any(s.is_auto for s in parse_regularizer(cfg.reg or "")):
+    from ..engine.fit import fit, validation_score
+    if not cfg.reg or not any(s.is_auto for s in parse_regularizer(cfg.reg)):
         return cfg
     if cfg.out and (Path(cfg.out) / "last").exists():
         raise FileExistsError(f"{cfg.out} already holds a run; pass --resume to continue it or choose "

@@ -3,9 +3,9 @@
 Each source is scored on the frozen pooled features of the target's training split:
 
 - LogME (You et al., ICML 2021): the log evidence of a Bayesian linear model from the features to
-  the one-hot labels (see `transferkit.ranking.logme`). Works for any backbone.
+  the one-hot labels (see `transferkit.choose.transferability.logme`). Works for any backbone.
 - LEEP (Nguyen et al., ICML 2020): how well the source's own classifier outputs, pushed through the
-  empirical conditional P(target | source class), predict the target labels (`transferkit.ranking.leep`).
+  empirical conditional P(target | source class), predict the target labels (`transferkit.choose.transferability.leep`).
   Only for sources that keep their classifier (`Backbone.source_head`, e.g. ImageNet models).
 
 Higher is better for both; only scores computed on the same data are comparable. A ranking costs one
@@ -18,9 +18,9 @@ import time
 
 import torch
 
-from .data import Example, load_task
-from .models import Backbone, attach_head, load_backbone
-from .ranking import leep, logme
+from ..data import Example, load_task
+from ..models import Backbone, attach_head, load_backbone
+from .transferability import leep, logme
 
 
 @torch.no_grad()
@@ -33,7 +33,7 @@ def frozen_features(backbone: Backbone, items: list[Example], classes: list[str]
     mirrored pass runs only with `flip` and only for image batches; it is what the engine adds to the
     training features of a head fit when augmentation is on.
     """
-    from .engine.evaluate import eval_loader, make_dataset, to_device
+    from ..engine.evaluate import eval_loader, make_dataset, to_device
     model = attach_head(backbone, classes)  # the head is unused: it carries the class order
     ds = make_dataset(model, items, train=False, augment=False, image_size=image_size, seed=0)
     module = backbone.module.to(device)

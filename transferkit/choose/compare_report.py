@@ -137,7 +137,7 @@ def _plot(result: dict) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .report import png_data_uri
+    from ..report import png_data_uri
     shots = result["shots"]
     by = {(e["strategy"], e["shots"]): e for e in result["summary"]}
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -186,7 +186,7 @@ def format_html(result: dict) -> str:
 
 
 def write_outputs(out: Path, result: dict) -> None:
-    from .engine.checkpoint import atomic_write_text
+    from ..engine.checkpoint import atomic_write_text
     atomic_write_text(out / "compare.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(out / "compare.md", format_markdown(result))
     atomic_write_text(out / "compare.html", format_html(result))

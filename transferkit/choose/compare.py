@@ -14,7 +14,7 @@ Rows:
   `fit_head` on cached features, C picked on validation), run on the same cached features: seconds.
 - ``STRATEGY[+REG]`` (``full``, ``partial:1``, ``two_phase+l2sp:0.001``, ``full+bss:0.001``; a bare
   ``l2sp`` means ``l2sp:0.01``) and ``scratch`` (the same architecture from random initialisation,
-  strategy ``full``, lr 3e-3): one `transferkit.train.train` run per cell in
+  strategy ``full``, lr 3e-3): one engine run per cell in
   ``OUT/cells/<strategy>/<shots>/seed<k>``. A finished cell with the same configuration is reused
   when the command is run again.
 
@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import TrainConfig
-from .data import Task, load_task
+from ..config import TrainConfig
+from ..data import Task, load_task
 
 PROBE = "probe"
 SCRATCH_LR = 3e-3
@@ -82,7 +82,7 @@ def shots_label(shots: int | None) -> str:
 def strategy_overrides(name: str, backbone: str) -> dict:
     """The TrainConfig fields a strategy name sets: ``full+l2sp`` -> strategy full, reg l2sp:0.01;
     ``scratch`` -> the backbone with ``@random``, strategy full, lr 3e-3."""
-    from .regularizers import parse_regularizer
+    from ..regularizers import parse_regularizer
     base, _, reg = name.strip().partition("+")
     if base == "scratch":
         over = {"backbone": backbone if backbone.endswith("@random") else backbone + "@random",
@@ -103,7 +103,7 @@ def is_feature_cell(name: str) -> bool:
 
 def _check_strategies(names: list[str], backbone=None) -> None:
     """Every name must parse; with the loaded backbone, its stage indices must exist too."""
-    from .strategies import plan_strategy
+    from ..strategies import plan_strategy
     for name in names:
         over = strategy_overrides(name, "x:x")
         plan_strategy(over["strategy"], backbone.num_stages if backbone is not None else 1000)
@@ -148,7 +148,7 @@ class FeatureStore:
     """
 
     def __init__(self, cfg: TrainConfig, tasks: list[Task], seed: int, *, flip: bool, log=print):
-        from .models import load_backbone
+        from ..models import load_backbone
         from .rank import frozen_features
         t0 = time.time()
         torch.manual_seed(seed)
@@ -188,14 +188,14 @@ def feature_stores(cfg: TrainConfig, tasks: dict[tuple[int, int | None], Task], 
 
 
 def _metrics(probs: np.ndarray, y: torch.Tensor, classes: list[str]) -> dict:
-    from .report.metrics import classification_metrics
+    from ..report.metrics import classification_metrics
     return classification_metrics(y.numpy(), probs, classes) if len(y) else {}
 
 
 def feature_cell(name: str, store: FeatureStore, task: Task, cfg: TrainConfig) -> dict:
     """A ``probe`` or ``linear_probe`` cell on cached features: test and validation metrics."""
-    from .engine.evaluate import fit_head
-    from .models import attach_head
+    from ..engine.evaluate import fit_head
+    from ..models import attach_head
     tr, ytr = store.get(task.train)
     va, yva = store.get(task.val)
     te, yte = store.get(task.test)
@@ -265,8 +265,8 @@ def finished_cell(cfg: TrainConfig) -> dict | None:
 
 def train_cell(cfg: TrainConfig) -> dict:
     """One `train()` run in `cfg.out`; the row of a finished cell with this configuration is reused."""
-    from .sweep import best_validation
-    from .train import train
+    from ..engine.fit import fit
+    from .l2sp_sweep import best_validation, resolve_l2sp_auto
     done = finished_cell(cfg)
     if done is not None:
         return done
@@ -274,7 +274,8 @@ def train_cell(cfg: TrainConfig) -> dict:
     if run.exists():
         shutil.rmtree(run)  # an unfinished or differently configured cell of this compare
     t0 = time.time()
-    result = train(cfg, quiet=True)
+    quiet = lambda *a, **k: None  # noqa: E731
+    result = fit(resolve_l2sp_auto(cfg, log=quiet), log=quiet, progress=False)
     m = result.metrics or {}
     best = best_validation(result.state.history, cfg.metric)
     row = {"accuracy": m.get("accuracy"), "macro_f1": m.get("macro_f1"),
@@ -313,7 +314,7 @@ def run_compare(base: TrainConfig, strategies: list[str], shots: list[int | None
     cells before them, does not fit in what is left; both are recorded in the rows.
     """
     from .compare_report import identical_splits, recommend, summarize, write_outputs
-    from .engine.fit import total_steps
+    from ..engine.fit import total_steps
     t_start, out = time.time(), Path(out)
     strategies = [s for s in dict.fromkeys(s.strip() for s in strategies) if s and s != PROBE]
     if not strategies:
