@@ -1,9 +1,15 @@
-"""Typed run configuration. YAML recipes and CLI flags both map onto `TrainConfig`."""
+"""Typed run configuration. YAML recipes and CLI flags both map onto `TrainConfig`.
+
+Each field carries its own one-line help and its allowed values (`option(...)`); the CLI's help text
+and `validate` are generated from that metadata, so the flags, the recipes and the notebook API
+cannot drift apart.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -15,74 +21,213 @@ class ConfigError(ValueError):
     pass
 
 
+def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, low: float | None = None,
+           high: float | None = None, open_low: bool = False, open_high: bool = False,
+           none: str | None = None, syntax: str | None = None) -> Any:
+    """A TrainConfig field with its help line and allowed values.
+
+    `low`/`high` bound numbers (closed unless `open_*`), `choices` lists the accepted strings,
+    `none` says what leaving it unset means, `syntax` names a parser that checks the string
+    (`strategy`, `reg`, `backbone`)."""
+    return dataclasses.field(default=default, metadata={
+        "help": help, "choices": choices, "low": low, "high": high, "open_low": open_low,
+        "open_high": open_high, "none": none, "syntax": syntax})
+
+
 @dataclass
 class TrainConfig:
     """Everything needed to rerun a training run (written to RUN_DIR/config.yaml)."""
 
-    data: str = ""                      # folder of class folders, CSV/TSV/JSONL
-    backbone: str = "bundled:efficientnet_lite0"  # source model id (see `transferkit models`)
-    out: str = ""                       # run directory
-    strategy: str = "two_phase"         # linear_probe | partial:K | full | two_phase | stages:A-B | lora:r=R
-    shots: int | None = None            # keep N labelled training examples per class
-    epochs: int | None = None           # passes over the training split (or use steps)
-    steps: int | None = None            # optimisation steps in total (wins over epochs)
-    lr: float = 1e-3                    # head learning rate; backbone gets lr * backbone_lr_mult
-    backbone_lr_mult: float = 0.1       # discriminative LR: backbone LR / head LR
-    layer_decay: float | None = None    # layer-wise LR decay per stage from the top (e.g. 0.75)
-    optimizer: str = "adamw"            # adamw | sgd (momentum 0.9)
-    weight_decay: float = 0.01
-    warmup: float = 0.1                 # share of steps with linear warm-up, then cosine decay
-    batch_size: int = 32
-    grad_accum: int = 1                 # gradient accumulation steps
-    seed: int = 0
-    val: str | None = None              # labelled validation data (else split from DATA)
-    test: str | None = None             # labelled test data (else split from DATA)
-    val_fraction: float = 0.2
-    test_fraction: float = 0.2
-    augment: bool = True                # light training augmentation (images)
-    tta: bool = True                    # test-time augmentation: average with the flipped image
-    image_size: int | None = None       # default: the backbone's own input size
-    bn: str = "auto"                    # BatchNorm policy: auto | frozen | adapt | eval (see resolve_bn)
-    head_hidden: int | None = None      # MLP head hidden width (default: a linear head)
-    head_dropout: float = 0.0
-    label_smoothing: float = 0.0
-    reg: str | None = None              # regularizer: l2sp:A[,B] | l2sp:auto | delta:A | bss:E[,K]
-    store_anchor: bool = False          # save the L2-SP anchor in the run (else re-derive + verify)
-    eval_every: int | None = None       # validate every N steps (default: once per epoch)
-    patience: int | None = None         # early stopping after N validations without improvement
-    metric: str = "loss"                # best checkpoint by validation: loss (NLL) | accuracy | macro_f1
-    precision: str = "auto"             # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
-    num_workers: int = 0
-    text_col: str = "text"
-    label_col: str = "label"
-    max_length: int | None = None       # tokens; default from the tokenizer
-    pooling: str | None = None          # text pooling: mean | cls (default from the model family)
-    arch: str | None = None             # architecture for file: weights without metadata
-    stop_after: int | None = None       # stop (as if interrupted) after N steps; resume later
+    data: str = option("", "folder of class folders, image CSV (path,label), or text CSV/TSV/JSONL")
+    backbone: str = option("bundled:efficientnet_lite0", "source model id (see 'transferkit models'); "
+                           "kind:NAME[@random]", syntax="backbone")
+    out: str = option("", "run directory to write")
+    strategy: str = option("two_phase", "what trains: linear_probe | partial:K | full | two_phase | "
+                           "stages:A-B | lora:r=R[,alpha=A]", syntax="strategy")
+    shots: int | None = option(None, "keep N labelled training examples per class", low=1, none="all")
+    epochs: int | None = option(None, "passes over the training split (steps wins if both are set)",
+                                low=1, none="from steps")
+    steps: int | None = option(None, "optimisation steps in total", low=1,
+                               none="10 epochs, at least 150")
+    lr: float = option(1e-3, "head learning rate; the backbone gets lr x backbone_lr_mult", low=0,
+                       open_low=True, high=10)
+    backbone_lr_mult: float = option(0.1, "discriminative LR: backbone LR / head LR", low=0, high=10)
+    layer_decay: float | None = option(None, "layer-wise LR decay per stage from the top (e.g. 0.75)",
+                                       low=0, open_low=True, high=1, none="off")
+    optimizer: str = option("adamw", "optimizer (sgd: momentum 0.9, Nesterov)", choices=("adamw", "sgd"))
+    weight_decay: float = option(0.01, "decoupled weight decay (AdamW) / L2 (SGD)", low=0, high=1)
+    warmup: float = option(0.1, "share of steps with linear warm-up, then cosine decay", low=0, high=1,
+                           open_high=True)
+    batch_size: int = option(32, "training batch size (evaluation uses twice this)", low=1, high=65536)
+    grad_accum: int = option(1, "gradient accumulation: micro-batches per optimisation step", low=1,
+                             high=4096)
+    seed: int = option(0, "seed for splits, few-shot sampling, initialisation and batch order", low=0,
+                       high=2**32 - 1)
+    val: str | None = option(None, "labelled validation data", none="split from DATA")
+    test: str | None = option(None, "labelled test data", none="split from DATA")
+    val_fraction: float = option(0.2, "share of DATA held out for validation (without --val)", low=0,
+                                 high=1, open_high=True)
+    test_fraction: float = option(0.2, "share of DATA held out for testing (without --test)", low=0,
+                                  high=1, open_high=True)
+    augment: bool = option(True, "light training augmentation (images)")
+    tta: bool = option(True, "test-time augmentation: average with the flipped image")
+    image_size: int | None = option(None, "input size in pixels", low=16, high=4096,
+                                    none="the backbone's own")
+    bn: str = option("auto", "BatchNorm policy (auto: eval for few labels, else frozen)",
+                     choices=("auto", "frozen", "adapt", "eval"))
+    head_hidden: int | None = option(None, "hidden width of an MLP head", low=1, high=1_000_000,
+                                     none="a linear head")
+    head_dropout: float = option(0.0, "dropout before the head", low=0, high=1, open_high=True)
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy", low=0, high=1,
+                                    open_high=True)
+    reg: str | None = option(None, "regularizer: l2sp:A[,B] | l2sp:auto | delta:A | bss:E[,K], "
+                             "combined with +", none="none", syntax="reg")
+    store_anchor: bool = option(False, "save the L2-SP anchor in the run (else re-derive and verify)")
+    eval_every: int | None = option(None, "validate every N steps", low=1, none="once per epoch")
+    patience: int | None = option(None, "early stop after N validations without improvement", low=1,
+                                  none="off")
+    metric: str = option("loss", "best checkpoint by validation loss (NLL), accuracy or macro-F1",
+                         choices=("loss", "accuracy", "macro_f1"))
+    precision: str = option("auto", "numeric precision (auto: bf16 on a GPU that has it, else fp32)",
+                            choices=("auto", "fp32", "bf16", "fp16"))
+    num_workers: int = option(0, "data loader worker processes", low=0, high=256)
+    text_col: str = option("text", "text column of a CSV/TSV/JSONL")
+    label_col: str = option("label", "label column of a CSV/TSV/JSONL")
+    max_length: int | None = option(None, "tokens per text", low=2, high=1_000_000,
+                                    none="the tokenizer's")
+    pooling: str | None = option(None, "text pooling", choices=("mean", "cls"),
+                                 none="the model family's")
+    arch: str | None = option(None, "timm architecture for file: weights without metadata",
+                              none="from the file")
+    stop_after: int | None = option(None, "stop (as if interrupted) after N steps; resume later", low=1,
+                                    none="off")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def validate(self) -> TrainConfig:
+        validate(self)
+        return self
 
 
 FIELD_NAMES = [f.name for f in fields(TrainConfig)]
 
 
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def describe_allowed(f: dataclasses.Field) -> str:
+    """The allowed values of a field in words: `adamw, sgd` or `0 < x <= 10`."""
+    md = f.metadata
+    if md.get("choices"):
+        return ", ".join(md["choices"])
+    low, high = md.get("low"), md.get("high")
+    if low is None and high is None:
+        return ""
+    kind = "integer" if _is_int_field(f) else "number"
+    lo = f"{'<' if md.get('open_low') else '<='}"
+    hi = f"{'<' if md.get('open_high') else '<='}"
+    if high is None:
+        return f"{kind} {lo.replace('<', '>')} {_num(low)}"
+    if low is None:
+        return f"{kind} {hi} {_num(high)}"
+    return f"{_num(low)} {lo} {kind} {hi} {_num(high)}"
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+def _is_int_field(f: dataclasses.Field) -> bool:
+    return "int" in str(f.type) and "bool" not in str(f.type)
+
+
+def _is_float_field(f: dataclasses.Field) -> bool:
+    return "float" in str(f.type)
+
+
+def _named(name: str) -> str:
+    return f"'{name}' ({flag(name)})"
+
+
+def _check_field(f: dataclasses.Field, value: Any) -> None:
+    md = f.metadata
+    if value is None:
+        if md.get("none") is None and f.default is not None:
+            raise ConfigError(f"{_named(f.name)} needs a value")
+        return
+    if md.get("choices") and value not in md["choices"]:
+        near = difflib.get_close_matches(str(value), md["choices"], n=1)
+        raise ConfigError(f"{_named(f.name)} must be one of {', '.join(md['choices'])}; got {value!r}"
+                          + (f" (did you mean '{near[0]}'?)" if near else ""))
+    low, high = md.get("low"), md.get("high")
+    if low is None and high is None:
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{_named(f.name)} must be a finite number, got {value}")
+    too_low = low is not None and (value <= low if md.get("open_low") else value < low)
+    too_high = high is not None and (value >= high if md.get("open_high") else value > high)
+    if too_low or too_high:
+        raise ConfigError(f"{_named(f.name)} must be {describe_allowed(f)}, got {value}")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Every check that needs no data and no model: ranges, choices and the syntax of the
+    strategy, regularizer and source strings. Raises ConfigError naming the field and the fix.
+    `make_config` and `transferkit.train` call it, so a bad value stops a run before it writes."""
+    for f in fields(TrainConfig):
+        _check_field(f, getattr(cfg, f.name))
+    if cfg.val is None and cfg.test is None and cfg.val_fraction + cfg.test_fraction >= 1:
+        raise ConfigError(f"val_fraction + test_fraction must be < 1 (nothing left to train on), got "
+                          f"{cfg.val_fraction} + {cfg.test_fraction}")
+    _check_syntax(cfg)
+
+
+def _check_syntax(cfg: TrainConfig) -> None:
+    if cfg.backbone:
+        from .models.sources import SourceError, parse_source
+        try:
+            parse_source(cfg.backbone)
+        except SourceError as e:
+            raise ConfigError(f"{_named('backbone')}: {e}") from None
+    if cfg.strategy != "auto":  # `auto` is resolved from the data (transferkit.choose)
+        from .strategies.plan import plan_strategy
+        try:
+            plan_strategy(cfg.strategy, num_stages=1_000_000)  # the stage range is checked with the model
+        except ValueError as e:
+            raise ConfigError(f"{_named('strategy')}: {e}") from None
+    if cfg.reg:
+        from .regularizers.spec import parse_regularizer
+        try:
+            parse_regularizer(cfg.reg)
+        except ValueError as e:
+            raise ConfigError(f"{_named('reg')}: {e}") from None
+
+
 def _coerce(name: str, value: Any) -> Any:
-    default = TrainConfig.__dataclass_fields__[name].default
+    f = TrainConfig.__dataclass_fields__[name]
     if value is None:
         return None
+    if isinstance(f.default, bool):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{_named(name)} must be true or false, got {value!r}")
     try:
-        if isinstance(default, bool):
-            if isinstance(value, str):
-                return value.lower() in ("1", "true", "yes", "on")
-            return bool(value)
-        if isinstance(default, int) or name in ("shots", "epochs", "steps", "image_size", "head_hidden",
-                                                "eval_every", "patience", "max_length", "stop_after"):
+        if _is_int_field(f):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
             return int(value)
-        if isinstance(default, float) or name == "layer_decay":
+        if _is_float_field(f):
             return float(value)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"'{name}' must be a number, got {value!r}") from e
+        kind = "an integer" if _is_int_field(f) else "a number"
+        raise ConfigError(f"{_named(name)} must be {kind}, got {value!r}") from e
     return str(value) if not isinstance(value, str) else value
 
 
@@ -94,10 +239,11 @@ def check_keys(keys, origin: str) -> None:
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
-    """Read a YAML recipe; unknown keys are errors that name the nearest valid key."""
+    """Read a YAML recipe (a path, or the name of a shipped recipe such as `two_phase`); unknown keys
+    are errors that name the nearest valid key."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"recipe not found: {p}")
+        p = _shipped_recipe(str(path))
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
@@ -109,6 +255,25 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     return data
 
 
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+def shipped_recipes() -> list[str]:
+    """Names of the recipes that ship inside the package (usable as `--config NAME`)."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def _shipped_recipe(name: str) -> Path:
+    stem = name[:-5] if name.endswith(".yaml") else name
+    if "/" not in name and (RECIPES_DIR / f"{stem}.yaml").is_file():
+        return RECIPES_DIR / f"{stem}.yaml"
+    names = shipped_recipes()
+    near = difflib.get_close_matches(stem, names, n=1)
+    raise ConfigError(f"recipe not found: {name} (not a file, nor a shipped recipe"
+                      + (f"; did you mean '{near[0]}'?" if near else "")
+                      + f"; shipped: {', '.join(names)})")
+
+
 def make_config(recipe: dict[str, Any] | None = None, **overrides: Any) -> TrainConfig:
     """Defaults < recipe < explicit overrides (None means "not given")."""
     values: dict[str, Any] = {}
@@ -116,7 +281,9 @@ def make_config(recipe: dict[str, Any] | None = None, **overrides: Any) -> Train
         check_keys(src, "config")
         for k, v in src.items():
             values[k] = _coerce(k, v)
-    return TrainConfig(**values)
+    cfg = TrainConfig(**values)
+    validate(cfg)
+    return cfg
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .config import TrainConfig
+from .config import TrainConfig, validate
 from .engine.fit import FitResult, fit
 
 
@@ -12,6 +12,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False, log=No
     `--reg l2sp:auto[,BETA]` is resolved here by a sweep over alpha on the validation split
     (see transferkit.choose.l2sp_sweep), then the chosen value is trained and recorded in config.yaml.
     """
+    if not resume:
+        validate(cfg)  # the same errors as the CLI's, before anything is written
     say = log or ((lambda *a, **k: None) if quiet else print)
     if not resume and cfg.reg and "auto" in cfg.reg:
         from .choose.l2sp_sweep import resolve_l2sp_auto

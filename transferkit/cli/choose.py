@@ -7,7 +7,8 @@ import argparse
 import json
 import shlex
 
-from .options import add_train_options
+from ..config import FIELD_NAMES
+from .options import add_train_options, config_help
 
 
 def _compare_parser() -> argparse.ArgumentParser:
@@ -20,16 +21,23 @@ def _compare_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategies", default="linear_probe,full,full+l2sp,two_phase,scratch",
                    help="comma-separated: linear_probe, partial:K, full, two_phase, stages:A-B, "
                         "STRATEGY+REG (full+l2sp = l2sp:0.01, two_phase+l2sp:0.001, full+bss:0.001), "
-                        "scratch (same architecture, random init, full, lr 3e-3)")
-    p.add_argument("--shots", default="5,10,all", help="labelled examples per class: e.g. 5,10,all")
-    p.add_argument("--seeds", default="3", help="a count (3: seeds 0,1,2) or a list (0,5,7)")
-    p.add_argument("--out", required=True, help="output directory (cells/ + compare.json/.md/.html)")
+                        "scratch (same architecture, random init, full, lr 3e-3) "
+                        "(default: linear_probe,full,full+l2sp,two_phase,scratch)")
+    p.add_argument("--shots", default="5,10,all", help="labelled examples per class: e.g. 5,10,all (default: 5,10,all)")
+    p.add_argument("--seeds", default="3", help="a count (3: seeds 0,1,2) or a list (0,5,7) (default: 3)")
+    p.add_argument("--out", required=True, help="output directory (cells/ + compare.json/.md/.html) (default: none, required)")
     p.add_argument("--budget", type=float, default=None, metavar="MINUTES",
-                   help="wall-clock budget: training cells estimated not to fit are shortened or skipped")
-    p.add_argument("--config", help="YAML recipe for the options every cell shares; flags override it")
-    p.add_argument("--quiet", action="store_true", help="no per-cell lines")
+                   help="wall-clock budget: training cells estimated not to fit are shortened or "
+                        "skipped (default: none; allowed: number > 0)")
+    p.add_argument("--config", metavar="RECIPE", help="for the options every cell shares. " + config_help())
+    p.add_argument("--quiet", action="store_true", help="no per-cell lines (default: off)")
     add_train_options(p, skip={"data", "out", "strategy", "shots", "seed", "stop_after"})
     return p
+
+
+_RANK_KEEP = {"shots", "seed", "image_size", "val", "test", "val_fraction", "test_fraction",
+              "text_col", "label_col"}
+_RANK_SKIP = set(FIELD_NAMES) - _RANK_KEEP
 
 
 def _rank_parser() -> argparse.ArgumentParser:
@@ -37,28 +45,23 @@ def _rank_parser() -> argparse.ArgumentParser:
         prog="transferkit rank", allow_abbrev=False,
         description="Score source models on DATA's training split before training: LogME on frozen "
                     "features, and LEEP where the source keeps its classifier. Higher is better.")
-    p.add_argument("data")
+    p.add_argument("data", help="folder of class folders, image CSV (path,label), or text CSV/TSV/JSONL")
     p.add_argument("--backbones", required=True,
-                   help="comma-separated source ids, e.g. bundled:efficientnet_lite0,timm:tf_efficientnet_lite0@random")
-    p.add_argument("--shots", type=int, default=None, help="score on N training examples per class")
-    p.add_argument("--seed", type=int, default=0, help="the split/shot seed (as for train)")
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--val", default=None)
-    p.add_argument("--test", default=None)
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--test-fraction", type=float, default=0.2)
-    p.add_argument("--text-col", default="text")
-    p.add_argument("--label-col", default="label")
-    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+                   help="comma-separated source ids, e.g. bundled:efficientnet_lite0,timm:tf_efficientnet_lite0@random "
+                        "(default: none, required)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON (default: off)")
+    p.add_argument("--batch-size", default=64, metavar="N",
+                   help="feature extraction batch size (default: 64; allowed: 1 <= integer <= 65536)")
+    # the data options mean what they mean for `train`, and are checked the same way
+    add_train_options(p, skip=_RANK_SKIP, title="data options (as for train)")
     return p
 
 
 def cmd_compare(argv: list[str]) -> int:
+    args = _compare_parser().parse_args(argv)  # --help and usage errors answer before torch loads
     from ..choose.compare import parse_seeds, parse_shots, run_compare
     from ..choose.compare_report import format_markdown
     from ..config import load_recipe, make_config
-    args = _compare_parser().parse_args(argv)
     recipe = load_recipe(args.config) if args.config else {}
     own = {"data", "strategies", "shots", "seeds", "out", "budget", "config", "quiet"}
     overrides = {k: v for k, v in vars(args).items() if k not in own}
@@ -79,13 +82,16 @@ def cmd_compare(argv: list[str]) -> int:
 
 
 def cmd_rank(argv: list[str]) -> int:
-    from ..choose.rank import format_ranking, rank_sources
     args = _rank_parser().parse_args(argv)
+    from ..choose.rank import format_ranking, rank_sources
+    from ..config import make_config
     sources = [s.strip() for s in args.backbones.split(",") if s.strip()]
-    rows = rank_sources(args.data, sources, shots=args.shots, seed=args.seed, image_size=args.image_size,
-                        batch_size=args.batch_size, val=args.val, test=args.test,
-                        val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                        text_col=args.text_col, label_col=args.label_col,
+    given = {k: getattr(args, k) for k in _RANK_KEEP | {"batch_size"}}
+    c = make_config(None, data=args.data, **given)
+    rows = rank_sources(args.data, sources, shots=c.shots, seed=c.seed, image_size=c.image_size,
+                        batch_size=c.batch_size, val=c.val, test=c.test,
+                        val_fraction=c.val_fraction, test_fraction=c.test_fraction,
+                        text_col=c.text_col, label_col=c.label_col,
                         log=(lambda *a, **k: None) if args.json else print)
     if args.json:
         print(json.dumps(rows, indent=2))

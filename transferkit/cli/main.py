@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from .options import EXIT_USAGE, add_train_options
+from .options import EXIT_USAGE, add_train_options, config_help
 
 # Commands that live in a module of their own under transferkit/cli/: name -> (module, help).
 # Each module has `main(argv)` where argv starts with the command name, and its own parser.
@@ -23,39 +23,65 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command")
 
     m = sub.add_parser("models", help="list the backbone sources")
-    m.add_argument("--json", action="store_true")
+    m.add_argument("--json", action="store_true", help="print as JSON (default: off)")
 
     t = sub.add_parser("train", help="fine-tune a pretrained backbone on DATA")
-    t.add_argument("data", nargs="?", help="folder of class folders, image CSV (path,label), or text CSV/TSV/JSONL")
-    t.add_argument("--config", help="YAML recipe (see recipes/); flags override it")
+    t.add_argument("data", nargs="?", help="folder of class folders, image CSV (path,label), or text "
+                   "CSV/TSV/JSONL (or 'data:' in the recipe)")
+    t.add_argument("--config", metavar="RECIPE", help=config_help())
     t.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
-                   help="continue an interrupted run exactly (RUN_DIR, or the --out directory)")
-    t.add_argument("--quiet", action="store_true", help="no progress bar or per-phase messages")
+                   help="continue an interrupted run exactly (RUN_DIR, or the --out directory) "
+                        "(default: a new run)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar or per-phase messages (default: off)")
     add_train_options(t, skip={"data"})
 
     e = sub.add_parser("evaluate", help="metrics of a trained run on labelled data")
-    e.add_argument("run_dir")
-    e.add_argument("data")
-    e.add_argument("--json", action="store_true")
-    e.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None)
+    e.add_argument("run_dir", help="a finished run directory")
+    e.add_argument("data", help="labelled data in any form train accepts; classes are matched by name")
+    e.add_argument("--json", action="store_true", help="print the metrics as JSON (default: off)")
+    e.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="test-time augmentation (default: as the run was trained)")
 
     pr = sub.add_parser("predict", help="labels for new inputs, from a run or a source model as it is")
     pr.add_argument("inputs", nargs="+", help="RUN_DIR then files/folders/texts, or files with --model")
-    pr.add_argument("--model", help="predict with a source model's own classes, e.g. bundled:efficientnet_lite0")
-    pr.add_argument("--top-k", type=int, default=None)
-    pr.add_argument("--json", action="store_true")
+    pr.add_argument("--model", help="predict with a source model's own classes, e.g. bundled:efficientnet_lite0 "
+                         "(default: none: the first input is a run directory)")
+    pr.add_argument("--top-k", type=_positive_int, default=None, metavar="K",
+                    help="labels per input (default: 1 for a run, 5 with --model)")
+    pr.add_argument("--json", action="store_true", help="print the rows as JSON (default: off)")
 
     d = sub.add_parser("demo", help="the end-to-end demo on the bundled data sets")
     d.add_argument("--text", action="store_true", help="the text demo (Debian package descriptions)")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--shots", type=int, default=None)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--quick", action="store_true", help="fewer steps, for a smoke test")
+    d.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    d.add_argument("--shots", type=_positive_int, default=None, metavar="N",
+                   help="labels per class (default: 10 for images, 16 for text)")
+    d.add_argument("--seed", type=_seed, default=0, help="split and training seed (default: 0)")
+    d.add_argument("--quick", action="store_true", help="fewer steps, for a smoke test (default: off)")
 
     for name, (_, helptext) in COMMAND_MODULES.items():
         c = sub.add_parser(name, help=helptext, add_help=True)
         c.set_defaults(_deferred=name)
     return ap
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected 0 <= seed < 2**32, got {value}")
+    return value
 
 
 def _print_table(rows: list[dict], cols: list[str]) -> None:
@@ -164,12 +190,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _guard(fn) -> int:
     """Known user errors become one clear line and exit code 2; anything else is a real bug."""
-    from ..config import ConfigError
-    from ..data import DataError
-    from ..models import SourceError
+    # DataError, SourceError and ConfigError are ValueErrors: nothing is imported here, so that
+    # `--help` and usage errors answer before PyTorch loads
     try:
         return fn()
-    except (DataError, SourceError, ConfigError, FileNotFoundError, FileExistsError, ValueError) as e:
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"transferkit: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
