@@ -101,6 +101,15 @@ class TrainConfig:
                               none="from the file")
     stop_after: int | None = option(None, "stop (as if interrupted) after N steps; resume later", low=1,
                                     none="off")
+    overwrite: bool = option(False, "write into a non-empty --out that is not a run (your files are kept "
+                             "as NAME.orig, never deleted), or start a finished run's folder again")
+    resume_inexact: bool = option(False, "with --resume: continue even without the optimizer state "
+                                  "(logged and noted in run.json)")
+    checkpoint_every: int | None = option(200, "rewrite last/ every N optimisation steps (or by time, "
+                                          "whichever comes first)", low=1, none="by time only")
+    checkpoint_seconds: float = option(60.0, "rewrite last/ at least every N seconds", low=0, open_low=True)
+    strict_images: bool = option(False, "stop on an unreadable image (default: skip it and list it)")
+    strict_shots: bool = option(False, "stop when a class has fewer than --shots images (default: warn)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -292,6 +301,13 @@ def save_config(cfg: TrainConfig, path: Path) -> None:
 
 
 def read_config(path: Path) -> TrainConfig:
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    """A run's config.yaml; an edit that broke it (invalid YAML, a tag, a wrong type) is a ConfigError."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid YAML ({str(e).splitlines()[0]}); it was edited or damaged: "
+                          "restore it (the run's values are also in its report.html)") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is not a mapping of option: value; restore the run's config.yaml")
     check_keys(data, str(path))
-    return TrainConfig(**data)
+    return make_config(data)

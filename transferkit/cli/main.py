@@ -133,7 +133,8 @@ def cmd_train(args) -> int:
         out = args.resume if isinstance(args.resume, str) else overrides.get("out")
         if not out:
             raise ValueError("--resume needs the run directory: --resume RUN_DIR")
-        cfg = make_config({}, out=out, stop_after=overrides.get("stop_after"))
+        from ..engine.resume import RUNTIME_OPTIONS
+        cfg = make_config({}, out=out, **{k: overrides.get(k) for k in RUNTIME_OPTIONS})
         result = train(cfg, resume=True, quiet=args.quiet)
     else:
         cfg = make_config(recipe, **overrides)
@@ -143,12 +144,21 @@ def cmd_train(args) -> int:
             raise ValueError("train needs --out RUN_DIR (or 'out:' in the recipe)")
         result = train(cfg, quiet=args.quiet)
     if result.interrupted:
-        return 0
+        return _report_interrupted(result)
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun / accelerate launch, one process reports
     m = result.metrics or {}
     print(json.dumps({k: m.get(k) for k in ("accuracy", "macro_f1", "ece", "n_train", "n_val", "n_test")}))
     return 0
+
+
+def _report_interrupted(result) -> int:
+    if result.signal is None:
+        return 0  # --stop-after: stopped as asked
+    from ..engine.interrupt import name
+    print(f"transferkit: {name(result.signal)}: stopped after step {result.state.global_step} with a checkpoint; "
+          f"continue with: transferkit train --resume {result.run_dir}", file=sys.stderr)
+    return 128 + result.signal
 
 
 def cmd_evaluate(args) -> int:

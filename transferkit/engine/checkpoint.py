@@ -7,6 +7,8 @@ place, so an interrupted write never leaves a half file where a good one was.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import random
@@ -17,7 +19,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from .safety import (HASH_KEY, CheckpointError, json_safe, load_tensors, read_json,
+                     read_safetensors_metadata, tensors_hash)
+
+__all__ = ["CheckpointError", "json_safe", "load_tensors", "read_json", "read_safetensors_metadata",
+           "tensors_hash", "HASH_KEY"]
+
+CHECKSUMS = "checksums.json"     # in a checkpoint folder: sha256 of every file, verified on resume
+
+_DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 def _tmp_beside(path: Path) -> Path:
@@ -26,43 +38,138 @@ def _tmp_beside(path: Path) -> Path:
     return Path(name)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def _disk_error(target: Path, e: OSError, intact: str) -> Exception:
+    if e.errno in _DISK_FULL:
+        return CheckpointError(f"disk full while writing {target} ({e.strerror or 'no space left on device'}); "
+                               f"{intact} Free some space and run the command again (a training run: "
+                               "transferkit train --resume RUN_DIR)")
+    return e
+
+
+def _write_via_tmp(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_beside(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _disk_error(path, e, "the previous version of the file, if any, is intact.") from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+def atomic_write_text(path: Path, text: str) -> None:
+    _write_via_tmp(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> list[str]:
+    """Write strict JSON: NaN and infinities (which JSON lacks) become null. Returns where they were."""
+    clean, bad = json_safe(obj)
+    atomic_write_text(path, json.dumps(clean, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    return bad
 
 
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_beside(path)
     # safetensors refuses tensors that share memory; checkpoints want independent copies anyway
-    save_file({k: v.detach().contiguous().cpu().clone() for k, v in tensors.items()}, str(tmp),
-              metadata={k: str(v) for k, v in (metadata or {}).items()})
-    os.replace(tmp, path)
+    tensors = {k: v.detach().contiguous().cpu().clone() for k, v in tensors.items()}
+    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    meta[HASH_KEY] = tensors_hash(tensors)
+    _write_via_tmp(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def atomic_replace_dir(build, final: Path) -> None:
-    """Write a directory with `build(tmpdir)` and swap it in for `final` in one step."""
+    """Write a directory with `build(tmpdir)` and swap it in for `final`.
+
+    The folder gets a `checksums.json`. Two renames swap it in: `final` -> `.final.old`, then the new
+    one -> `final`. A crash between them leaves `.final.old` complete, and `find_checkpoint` looks
+    there; a failed build (disk full, an error) removes its temporary folder and leaves `final` as it was.
+    """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    build(tmp)
-    old = None
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp.", dir=final.parent))
+    try:
+        build(tmp)
+        sums = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        with open(tmp / CHECKSUMS, "w", encoding="utf-8") as f:
+            json.dump(sums, f, indent=2)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        cause = e.__cause__ if isinstance(e, CheckpointError) else e
+        if isinstance(cause, OSError):
+            raise _disk_error(final, cause, f"the previous {final.name}/ is intact.") from cause
+        raise
+    old = final.with_name(f".{final.name}.old")
     if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        if old.exists():
+        if old.exists():  # only ever removed while a complete `final` exists beside it
             shutil.rmtree(old)
         os.replace(final, old)
     os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def verify_dir(folder: Path) -> None:
+    """Check the files of a checkpoint folder against its checksums.json (files absent are not
+    checked here: the caller decides whether it can do without them)."""
+    folder = Path(folder)
+    sums_path = folder / CHECKSUMS
+    if not sums_path.is_file():
+        return  # written before checksums existed
+    sums = read_json(sums_path)
+    for name, digest in sums.items():
+        p = folder / name
+        if p.is_file() and _sha256(p) != digest:
+            raise CheckpointError(f"{p} is damaged: its contents no longer match the checksum written with "
+                                  "it (a disk error, or the file was edited)")
+
+
+def find_checkpoint(run: Path, log=print) -> Path | None:
+    """The folder to resume from: `last/`, or `.last.old` when a crash hit while `last/` was being
+    replaced (or `last/` is damaged and the older copy is not). None when the run has neither."""
+    run = Path(run)
+    errors = []
+    for d in (run / "last", run / ".last.old"):
+        if not (d / "state.json").is_file():
+            continue
+        try:
+            verify_dir(d)
+            read_json(d / "state.json")
+        except CheckpointError as e:
+            errors.append(e)
+            continue
+        if errors:
+            log(f"warning: {errors[0]}; resuming from the previous checkpoint {d}")
+        return d
+    if errors:
+        raise errors[0]
+    return None
+
+
+class CheckpointClock:
+    """When to rewrite `last/`: every `every_steps` optimisation steps or `every_seconds`, whichever
+    comes first (a run killed at any moment loses at most that much)."""
+
+    def __init__(self, every_steps: int | None, every_seconds: float | None, step: int, now: float):
+        self.every_steps, self.every_seconds = every_steps, every_seconds
+        self.last_step, self.last_time = step, now
+
+    def due(self, step: int, now: float) -> bool:
+        by_steps = bool(self.every_steps) and step - self.last_step >= self.every_steps
+        by_time = self.every_seconds is not None and now - self.last_time >= self.every_seconds
+        return by_steps or by_time
+
+    def saved(self, step: int, now: float) -> None:
+        self.last_step, self.last_time = step, now
 
 
 # ---------------------------------------------------------------------------- optimizer state
@@ -128,6 +235,3 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
     n = meta["numpy"]
     np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
 
-
-def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(path))

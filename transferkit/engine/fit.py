@@ -21,12 +21,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import TrainConfig, read_config, save_config
+from ..config import TrainConfig, save_config
 from ..data import Task, load_task
 from ..strategies import (freeze_stages, param_groups, parameter_summary, plan_strategy, resolve_bn,
                           set_train_mode)
 from . import checkpoint as ck
+from . import interrupt
 from .build import anchor_hash, build_model, build_regularizers_for, verify_anchor
+from .resume import restore_optimizer_and_rng, resume_point
+from .runfolder import check_out_dir, claim_out_dir
 from .evaluate import (collate_for, eval_loader, extract_features, fit_head, make_dataset,
                        predict_probs, to_device)
 
@@ -55,6 +58,7 @@ class FitResult:
     metrics: dict | None
     state: RunState
     interrupted: bool = False
+    signal: int | None = None     # SIGINT/SIGTERM that stopped the run (None: --stop-after or done)
 
 
 def _accelerator(cfg: TrainConfig):
@@ -98,21 +102,22 @@ def _epoch_batches(n: int, batch: int, seed: int, epoch: int) -> list[list[tuple
 def fit(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool = True,
         evaluate_test: bool = True) -> FitResult:
     """Train according to `cfg` and write the run directory; with `resume`, continue `cfg.out`.
-    `evaluate_test=False` leaves the test split untouched (model selection runs, e.g. l2sp:auto)."""
+    `evaluate_test=False` leaves the test split untouched (model selection runs, e.g. l2sp:auto).
+    SIGINT/SIGTERM finish the current step, write `last/` and return an interrupted result."""
+    import os
+    single = os.environ.get("WORLD_SIZE", "1") == "1"  # under torchrun, the launcher owns the signals
+    with interrupt.stop_on_signals(enabled=single):
+        return _fit(cfg, resume=resume, log=log, progress=progress, evaluate_test=evaluate_test)
+
+
+def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: bool) -> FitResult:
+    import os
     run = Path(cfg.out)
     state = RunState()
     if resume:
-        saved = read_config(run / "config.yaml")
-        saved.stop_after = cfg.stop_after
-        cfg = saved
-        meta = json.loads((run / "last" / "state.json").read_text())
-        state = RunState(**meta["run_state"])
-        if state.done:
-            log(f"{run} already finished; nothing to resume")
-    else:
-        if (run / "last").exists():
-            raise FileExistsError(f"{run} already holds a run; pass --resume to continue it or choose "
-                                  "another --out")
+        cfg, state, resume = resume_point(run, cfg, log)
+    elif os.environ.get("RANK", "0") == "0":  # one process judges (and later claims) the folder
+        check_out_dir(cfg)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     import random
@@ -131,16 +136,10 @@ def fit(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool = T
     model.to(device)
     plan = plan_strategy(cfg.strategy, model.spec.num_stages, backbone_lr_mult=_bb_mult(cfg, model))
     regs = build_regularizers_for(cfg, model, anchor, device)
-    if not resume:
+    if not resume and accel.is_main_process:
         # only now, with data, model, strategy and regularizers known to be valid, touch the disk
-        run.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run / "config.yaml")
-        _write_splits(run, task)
-        ck.atomic_write_json(run / "source.json", model.spec.source.to_dict())
-        if cfg.store_anchor and anchor is not None:
-            ck.atomic_save_tensors(run / "anchor.safetensors", anchor,
-                                   {"anchor_hash": anchor_hash(anchor),
-                                    "weights_hash": model.spec.source.weights_hash})
+        _start_run_folder(run, cfg, task, model, anchor, log)
+    accel.wait_for_everyone()
     n_sgd = total_steps(cfg, len(task.train))
     sgd_phases = [p for p in plan.phases if not p.head_only]
     share = sum(p.fraction for p in sgd_phases) or 1.0
@@ -154,8 +153,10 @@ def fit(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool = T
     val_loader = eval_loader(model, make_dataset(model, task.val, train=False, augment=False,
                                                  image_size=cfg.image_size, seed=cfg.seed),
                              cfg.batch_size * 2, cfg.num_workers)
-    if resume and (run / "last" / "model.safetensors").exists():
-        model.load_state_dict(ck.load_tensors(run / "last" / "model.safetensors"))
+    if resume:
+        model.load_state_dict(ck.load_tensors(resume / "model.safetensors"))
+    elif accel.is_main_process:  # resumable from the first second: kill -9 during step 1 loses nothing
+        _save_last(run, model, None, state)
     log(f"train {len(task.train)} / val {len(task.val)} / test {len(task.test)} items, "
         f"{len(task.classes)} classes; strategy {plan.strategy}: "
         + " -> ".join(f"{p.name}({'head fit' if p.head_only else f'{s} steps'})"
@@ -169,12 +170,16 @@ def fit(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool = T
             _head_phase(model, cfg, state, plain_train, val_loader, device, autocast, log)
             _save_best_if_better(run, model, state, state.history[-1], cfg.metric,
                                  write=accel.is_main_process)
+            if interrupt.requested():
+                state.phase += 1
+                _save_last(run, model, None, state)
+                return _stopped(run, state, log)
         else:
             interrupted = _sgd_phase(model, cfg, state, phase, phase_steps[state.phase], train_ds,
                                      val_loader, accel, regs, run, resume, log, progress)
-            resume = False
+            resume = None
             if interrupted:
-                return FitResult(run, None, state, interrupted=True)
+                return FitResult(run, None, state, interrupted=True, signal=interrupt.requested())
         state.phase += 1
         state.step = 0
         if accel.is_main_process:
@@ -186,6 +191,17 @@ def fit(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool = T
     metrics = _finish(run, cfg, model, task, state, device, autocast, log, evaluate_test,
                       write=accel.is_main_process)
     return FitResult(run, metrics, state)
+
+
+def _start_run_folder(run: Path, cfg: TrainConfig, task: Task, model, anchor, log) -> None:
+    claim_out_dir(cfg, overwrite=cfg.overwrite, log=log)
+    save_config(cfg, run / "config.yaml")
+    _write_splits(run, task)
+    ck.atomic_write_json(run / "source.json", model.spec.source.to_dict())
+    if cfg.store_anchor and anchor is not None:
+        ck.atomic_save_tensors(run / "anchor.safetensors", anchor,
+                               {"anchor_hash": anchor_hash(anchor),
+                                "weights_hash": model.spec.source.weights_hash})
 
 
 def _bb_mult(cfg: TrainConfig, model) -> float:
@@ -268,6 +284,10 @@ def _save_last(run: Path, model, optimizer, state: RunState) -> None:
     ck.atomic_replace_dir(build, run / "last")
 
 
+def _stopped(run: Path, state: RunState, log) -> FitResult:
+    return FitResult(run, None, state, interrupted=True, signal=interrupt.requested())
+
+
 def _make_optimizer(cfg: TrainConfig, groups: list[dict]):
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
@@ -283,14 +303,8 @@ def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, tr
     groups = param_groups(model, phase, lr=cfg.lr, weight_decay=cfg.weight_decay,
                           layer_decay=cfg.layer_decay, no_weight_decay=no_wd)
     optimizer = _make_optimizer(cfg, groups)
-    if resume and (run / "last" / "optimizer.safetensors").exists():
-        meta = json.loads((run / "last" / "state.json").read_text())
-        if meta.get("param_groups") != [g["name"] for g in optimizer.param_groups]:
-            raise RuntimeError(f"cannot resume {run}: parameter groups {meta.get('param_groups')} were "
-                               f"saved, this phase builds {[g['name'] for g in optimizer.param_groups]}")
-        ck.optimizer_from_flat(optimizer, ck.load_tensors(run / "last" / "optimizer.safetensors"),
-                               meta["optimizer"])
-        ck.set_rng_state(ck.load_tensors(run / "last" / "rng.safetensors"), meta["rng"])
+    if resume:
+        restore_optimizer_and_rng(resume, run, cfg, state, optimizer, log)
     ddp_model = accel.prepare_model(model) if accel.num_processes > 1 else model
     optimizer = accel.prepare_optimizer(optimizer) if accel.num_processes > 1 else optimizer
     device = accel.device
@@ -301,7 +315,7 @@ def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, tr
     # the loss window lives in the run state: a resumed run logs the same train_loss as an
     # uninterrupted one
     running, seen, t0 = state.running_loss, 0, time.time()
-    last_save = t0
+    clock = ck.CheckpointClock(cfg.checkpoint_every, cfg.checkpoint_seconds, state.step, t0)
     bn = resolve_bn(cfg.bn, len(train_ds), model.num_classes)
     batches, batches_epoch = [], None
     set_train_mode(model, bn)
@@ -356,18 +370,19 @@ def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, tr
             if stop_early:
                 log(f"early stop at step {state.global_step}: no improvement in {cfg.patience} validations")
                 state.step = n_steps
-        if cfg.stop_after and state.global_step >= cfg.stop_after and state.step < n_steps:
+        by_flag = cfg.stop_after and state.global_step >= cfg.stop_after
+        if (by_flag or interrupt.requested()) and state.step < n_steps:
             if accel.is_main_process:
                 _save_last(run, model, optimizer, state)
             if bar is not None:
                 bar.close()
-            log(f"stopped after {state.global_step} steps; continue with --resume {run}")
+            if by_flag:
+                log(f"stopped after {state.global_step} steps; continue with --resume {run}")
             return True
-        # last/ is rewritten at a validation at most once a minute: on few-shot data a validation
-        # comes every few steps, and a full checkpoint each time would dominate the run time
-        if state.step % eval_every == 0 and accel.is_main_process and time.time() - last_save > 60:
+        # last/ by steps and by time (--checkpoint-every, --checkpoint-seconds), whichever comes first
+        if accel.is_main_process and state.step < n_steps and clock.due(state.step, time.time()):
             _save_last(run, model, optimizer, state)
-            last_save = time.time()
+            clock.saved(state.step, time.time())
     if bar is not None:
         bar.close()
     return False

@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-
 from ..config import read_config
 from ..data import DataError, Example, read_items
 from ..data.images import IMAGE_EXTS
@@ -24,9 +22,14 @@ def load_run(run_dir: str | Path):
     if not (run / "config.yaml").is_file() or not weights.is_file():
         raise FileNotFoundError(f"{run} is not a finished transferkit run (needs config.yaml and "
                                 "model.safetensors; train one with 'transferkit train ... --out DIR')")
+    from .runfolder import read_run_meta
+    read_run_meta(run)
     cfg = read_config(run / "config.yaml")
-    with safe_open(str(weights), framework="pt") as f:
-        classes = json.loads((f.metadata() or {})["classes"])
+    try:
+        classes = json.loads(ck.read_safetensors_metadata(weights)["classes"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise ck.CheckpointError(f"{weights} has no class list in its metadata: it was not written by "
+                                 "transferkit train (or was edited); train the run again") from e
     kind, _, pretrained = parse_source(cfg.backbone)
     if kind in ("timm", "torchvision") and pretrained:
         # the architecture is all we need: the run's own weights replace the source's

@@ -1,0 +1,98 @@
+"""Reading files a run wrote, or that someone handed us, without trusting them.
+
+Every reader here turns a damaged, truncated, edited or foreign file into a `CheckpointError` whose
+message names the file and what to do; nothing unpickles and nothing passes a stack trace to the user.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..models.backbone import tensors_hash
+
+HASH_KEY = "tk_tensors_sha256"  # safetensors metadata: content hash of the tensors, verified on load
+_FIX = "restore it from a copy, or train the run again"
+
+
+class CheckpointError(ValueError):
+    """A run file (weights, checkpoint, state) that is missing, damaged or not what it claims."""
+
+
+def _what_is(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
+        return ("is a PyTorch pickle (torch.save), not safetensors; transferkit never unpickles such files, "
+                "because loading a pickle can run any code it carries. Convert it where you trust it: "
+                "safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors')")
+    if not head:
+        return f"is empty; {_FIX}"
+    return f"is not a valid safetensors file (truncated or damaged); {_FIX}"
+
+
+def read_safetensors_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; {_FIX}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for bad headers
+        raise CheckpointError(f"{path} {_what_is(path)}") from e
+
+
+def load_tensors(path: Path, *, verify: bool = True) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, checked against the content hash written with them."""
+    from safetensors import safe_open
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; {_FIX}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{path} {_what_is(path)}") from e
+    claimed = meta.get(HASH_KEY)
+    if verify and claimed and tensors_hash(tensors) != claimed:
+        raise CheckpointError(f"{path} is damaged: its tensors no longer match the checksum written with "
+                              f"them (a disk error, or the file was edited); {_FIX}")
+    return tensors
+
+
+def read_json(path: Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; {_FIX}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path} is not UTF-8 text (damaged?); {_FIX}") from e
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
+                              f"it was truncated or edited; {_FIX}") from e
+
+
+def json_safe(obj: Any, where: str = "") -> tuple[Any, list[str]]:
+    """`obj` with every NaN/infinity replaced by None (JSON has neither), and the paths where they were."""
+    bad: list[str] = []
+
+    def walk(o, at):
+        if isinstance(o, float) and not math.isfinite(o):
+            bad.append(at or "value")
+            return None
+        if isinstance(o, dict):
+            return {k: walk(v, f"{at}.{k}" if at else str(k)) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [walk(v, f"{at}[{i}]") for i, v in enumerate(o)]
+        return o
+    return walk(obj, where), bad
