@@ -11,6 +11,7 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
+    "fit": "api", "load": "api", "Model": "api",
     "Backbone": "models", "TransferModel": "models", "attach_head": "models", "load_backbone": "models",
     "TrainConfig": "config", "ConfigError": "config", "make_config": "config",
 }

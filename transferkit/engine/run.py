@@ -49,8 +49,13 @@ def _device() -> str:
 
 def evaluate_run(run_dir: str | Path, data: str | Path, *, batch_size: int = 64, tta: bool | None = None) -> dict:
     """Metrics of a run on any labelled data; classes are matched by name."""
-    from ..report.metrics import classification_metrics
     model, cfg = load_run(run_dir)
+    return evaluate_loaded(model, cfg, data, batch_size=batch_size, tta=tta)[0]
+
+
+def evaluate_loaded(model, cfg, data: str | Path, *, batch_size: int = 64, tta: bool | None = None):
+    """(metrics, items, probabilities) of a loaded run on labelled `data`."""
+    from ..report.metrics import classification_metrics
     items, skipped = read_items(data, model.spec.modality, text_col=cfg.text_col, label_col=cfg.label_col)
     unknown = sorted({e.label for e in items} - set(model.class_names))
     if unknown:
@@ -63,7 +68,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, batch_size: int = 64,
     m = classification_metrics(y, probs, model.class_names)
     m["skipped"] = skipped
     m["data"] = str(data)
-    return m
+    return m, items, probs
 
 
 def _is_file(p: Path) -> bool:
@@ -103,6 +108,11 @@ def predict_run(run_dir: str | Path, inputs: list[str], *, top_k: int = 1, batch
     """Top-k labels with probabilities for files, folders or (text models) strings."""
     model, cfg = load_run(run_dir)
     items = _expand_inputs(inputs, model.spec.modality, cfg.text_col)
+    return predict_items(model, cfg, items, top_k=top_k, batch_size=batch_size)
+
+
+def predict_items(model, cfg, items: list[Example], *, top_k: int = 1, batch_size: int = 64) -> list[dict]:
+    """Top-k rows for examples (image paths or texts) with a loaded run."""
     if model.spec.modality == "image":
         from ..data.images import _check_image
         bad = [f"{e.x}: {r}" for e in items if (r := _check_image(Path(e.x)))]
