@@ -273,7 +273,8 @@ def test_csv_keeps_newlines_inside_quoted_fields(tmp_path):
     data = tmp_path / "t.csv"
     data.write_text('text,label\n"two\nlines",a\nplain,b\n', encoding="utf-8")
     items, skipped = read_items(data, "text")
-    assert [(e.x, e.label, e.ref) for e in items] == [("two\nlines", "a", "t.csv:3"), ("plain", "b", "t.csv:4")]
+    # a record is named by the line it starts on (where an editor should jump)
+    assert [(e.x, e.label, e.ref) for e in items] == [("two\nlines", "a", "t.csv:2"), ("plain", "b", "t.csv:4")]
     assert skipped == []
 
 

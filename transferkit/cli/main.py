@@ -114,13 +114,22 @@ def cmd_predict(args) -> int:
         if not inputs:
             raise ValueError("predict needs RUN_DIR and at least one input (file, folder or text)")
         rows = predict_run(run, inputs, top_k=args.top_k or 1)
+    failed = [r for r in rows if r.get("error")]
+    if failed:
+        print(f"transferkit: warning: no prediction for {len(failed)} input(s), marked 'error' in the output",
+              file=sys.stderr)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(_strict_json(rows), indent=2))
         return 0
     for r in rows:
         top = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"])
-        print(f"{r['input']}\t{top}")
+        print(f"{r['input']}\t{top or 'ERROR: ' + r['error']}")
     return 0
+
+
+def _strict_json(obj):
+    from ..engine.safety import json_safe
+    return json_safe(obj)[0]
 
 
 def cmd_train(args) -> int:
@@ -148,7 +157,8 @@ def cmd_train(args) -> int:
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun / accelerate launch, one process reports
     m = result.metrics or {}
-    print(json.dumps({k: m.get(k) for k in ("accuracy", "macro_f1", "ece", "n_train", "n_val", "n_test")}))
+    print(json.dumps(_strict_json({k: m.get(k) for k in ("accuracy", "macro_f1", "ece", "n_train", "n_val",
+                                                          "n_test")})))
     return 0
 
 
@@ -165,7 +175,7 @@ def cmd_evaluate(args) -> int:
     from ..engine.run import evaluate_run
     m = evaluate_run(args.run_dir, args.data, tta=args.tta)
     if args.json:
-        print(json.dumps(m, indent=2))
+        print(json.dumps(_strict_json(m), indent=2))
         return 0
     print(f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  ECE {m['ece']:.4f}  n={m['n']}")
     _print_table([{"class": c, **{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()}}

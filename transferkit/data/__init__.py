@@ -26,6 +26,7 @@ class Task:
     val: list[Example]
     test: list[Example]
     skipped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def class_to_idx(self) -> dict[str, int]:

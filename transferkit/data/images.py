@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import csv
+import os
+import warnings
 import zlib
+from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from ..models.backbone import ImagePreprocess
 from .splits import DataError, Example
+from .tables import decode_table, is_missing_label
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+# decoded images kept in memory across epochs, at most this many bytes (LRU): a few-shot set fits
+# whole, a 20,000-image set does not grow the process without bound
+CACHE_BYTES = int(float(os.environ.get("TRANSFERKIT_IMAGE_CACHE_MB", "256")) * 2**20)
 
 
 def read_image_items(path: str | Path) -> tuple[list[Example], list[str]]:
@@ -24,8 +32,8 @@ def read_image_items(path: str | Path) -> tuple[list[Example], list[str]]:
     path = Path(path)
     if not path.exists():
         raise DataError(f"data not found: {path}")
-    items = _read_csv(path) if path.is_file() else _read_folder(path)
-    good, skipped = [], []
+    items, skipped = _read_csv(path) if path.is_file() else _read_folder(path)
+    good = []
     for ex in items:
         reason = _check_image(Path(ex.x))
         if reason:
@@ -37,62 +45,108 @@ def read_image_items(path: str | Path) -> tuple[list[Example], list[str]]:
     return good, skipped
 
 
-def _read_folder(root: Path) -> list[Example]:
+def _read_folder(root: Path) -> tuple[list[Example], list[str]]:
+    """The folder rule: every non-hidden sub-folder of DATA is a class (a link to a folder too); its
+    images are the non-hidden image files anywhere below it, hidden folders (.git,
+    .ipynb_checkpoints) excluded, links followed, a link back to a folder already walked (a loop)
+    skipped. Files beside the class folders are not data: they are listed, never a class."""
     classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DataError(f"{root} has no class folders: expected the layout {root}/<class>/<image>, "
                         "or pass a CSV with 'path,label' columns")
+    notes = [f"{f}: not in a class folder (files beside the class folders are ignored)"
+             for f in sorted(root.iterdir()) if f.is_file() and not f.name.startswith(".")]
     items = []
     for d in classes:
-        files = sorted(f for f in d.rglob("*") if f.suffix.lower() in IMAGE_EXTS and f.is_file())
+        files, loops = _walk_images(d)
+        notes += [f"{link}: a link back to {target}, a folder already read (loop); skipped"
+                  for link, target in loops]
         if not files:
             raise DataError(f"class folder {d} holds no images ({', '.join(sorted(IMAGE_EXTS))}); "
                             "add images or remove the folder")
         items += [Example(str(f), d.name, str(f.relative_to(root))) for f in files]
-    return items
+    return items, notes
 
 
-def _read_csv(path: Path) -> list[Example]:
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        cols = reader.fieldnames or []
-        for need in ("path", "label"):
-            if need not in cols:
-                raise DataError(f"{path}: no '{need}' column (columns: {', '.join(cols) or 'none'}); "
-                                "an image CSV needs a header 'path,label'")
-        items = []
-        for line, row in enumerate(reader, start=2):
-            if not row["path"] or not row["label"]:
-                raise DataError(f"{path}:{line}: empty path or label")
-            p = Path(row["path"])
-            p = p if p.is_absolute() else path.parent / p
-            items.append(Example(str(p), row["label"].strip(), f"{row['path']}"))
-    if not items:
+def _walk_images(top: Path) -> tuple[list[Path], list[tuple[Path, Path]]]:
+    files, loops, seen = [], [], set()
+    for here, dirs, names in os.walk(top, followlinks=True):
+        real = os.path.realpath(here)
+        if real in seen:
+            loops.append((Path(here), Path(real)))
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files += [Path(here) / n for n in names
+                  if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_EXTS]
+    return sorted(files), loops
+
+
+def _read_csv(path: Path) -> tuple[list[Example], list[str]]:
+    rows, cols = decode_table(path, delimiter=",")
+    for need in ("path", "label"):
+        if need not in cols:
+            raise DataError(f"{path}: no '{need}' column (columns: {', '.join(cols) or 'none'}); "
+                            "an image CSV needs a header 'path,label'")
+    items, notes = [], []
+    for line, row in rows:
+        label = (row["label"] or "").strip()
+        if not row["path"]:
+            raise DataError(f"{path}:{line}: empty path")
+        if is_missing_label(label):
+            notes.append(f"{path}:{line}: missing label ({label!r})")
+            continue
+        p = Path(row["path"])
+        p = p if p.is_absolute() else path.parent / p
+        items.append(Example(str(p), label, f"{row['path']}"))
+    if not items and not notes:
         raise DataError(f"{path} has a header but no rows")
-    return items
+    return items, notes
 
 
 def _check_image(p: Path) -> str | None:
+    """Why the image at `p` cannot be used, or None. It is decoded in full (at reduced scale where the
+    format allows): a truncated JPEG passes a header check and fails only when its pixels are read."""
     if not p.is_file():
-        return "file not found"
+        return "file not found" if not p.is_symlink() else "a link to nothing (broken symbolic link)"
     try:
-        with Image.open(p) as im:
-            im.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        return f"unreadable image ({type(e).__name__})"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                im.draft("RGB", (512, 512))
+                im.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        return (f"too many pixels to decode safely (a possible decompression bomb: {e}); "
+                "resize it, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it")
+    except Exception as e:  # noqa: BLE001 - a hostile file can make any decoder raise anything
+        return f"unreadable image ({type(e).__name__}: {str(e)[:120]})"
     return None
 
 
 def open_rgb(path: str) -> Image.Image:
-    """Open an image as RGB; transparency is composited onto white (clip art, logos)."""
-    with Image.open(path) as im:
-        im.load()
-        if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-            im = im.convert("RGBA")
-            bg = Image.new("RGB", im.size, (255, 255, 255))
-            bg.paste(im, mask=im.split()[-1])
-            return bg
-        return im.convert("RGB")
+    """The image as a person sees it, in RGB: EXIF rotation applied, 16-bit and float images scaled
+    to 8 bits (not clipped to white), CMYK converted, transparency composited onto white."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return _to_rgb(ImageOps.exif_transpose(im))
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"{path}: cannot read the image ({type(e).__name__}: {str(e)[:120]}); "
+                        "replace or remove the file") from e
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        top = 1.0 if im.mode == "F" and a.max(initial=0) <= 1.0 else (255.0 if a.max(initial=0) <= 255 else 65535.0)
+        im = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        bg = Image.new("RGB", im.size, (255, 255, 255))
+        bg.paste(im, mask=im.split()[-1])
+        return bg
+    return im.convert("RGB")
 
 
 def build_transforms(pre: ImagePreprocess, image_size: int | None = None, augment: bool = True):
@@ -118,8 +172,8 @@ def build_transforms(pre: ImagePreprocess, image_size: int | None = None, augmen
 
 
 class ImageDataset(Dataset):
-    """Images with labels; optionally keeps decoded images in memory (few-shot sets are small and
-    decoding dominates CPU time otherwise).
+    """Images with labels; optionally keeps decoded images in memory, up to CACHE_BYTES with the least
+    recently used dropped first (few-shot sets fit whole, and decoding dominates CPU time otherwise).
 
     Indexed by `(index, epoch)` during training: the augmentation of an item is a pure function of
     (seed, epoch, index), so data loader workers, restarts and exact resume all see the same pixels.
@@ -131,17 +185,25 @@ class ImageDataset(Dataset):
         self.class_to_idx = class_to_idx
         self.transform = transform
         self.seed = seed
-        self._cache: dict[int, Image.Image] | None = {} if cache else None
+        self._cache: OrderedDict[int, Image.Image] | None = OrderedDict() if cache else None
+        self._cache_bytes = 0
 
     def __len__(self) -> int:
         return len(self.items)
 
     def _image(self, i: int) -> Image.Image:
         if self._cache is not None and i in self._cache:
+            self._cache.move_to_end(i)
             return self._cache[i]
         im = open_rgb(self.items[i].x)
         if self._cache is not None:
-            self._cache[i] = im
+            size = im.width * im.height * 3
+            while self._cache and self._cache_bytes + size > CACHE_BYTES:
+                old = self._cache.popitem(last=False)[1]
+                self._cache_bytes -= old.width * old.height * 3
+            if size <= CACHE_BYTES:
+                self._cache[i] = im
+                self._cache_bytes += size
         return im
 
     def __getitem__(self, key):

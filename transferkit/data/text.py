@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
 from torch.utils.data import Dataset
 
 from .splits import DataError, Example
+from .tables import decode_table, decode_text, is_missing_label
 
 TEXT_EXTS = {".csv", ".tsv", ".jsonl", ".json", ".txt"}
 
@@ -19,13 +18,7 @@ def is_text_file(path: str | Path) -> bool:
 
 
 def _decode(path: Path) -> str:
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: bytes that are not UTF-8 ({raw[e.start:e.start + 4]!r}) on line "
-                        f"{line}; save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from e
+    return decode_text(path)
 
 
 def decode_lines(path: str | Path) -> list[str]:
@@ -51,14 +44,7 @@ def _read_rows(path: Path, text: str) -> tuple[list[tuple[int, dict]], list[str]
                                 "expected one object per line (JSONL)")
             rows.append((n, row))
         return rows, sorted({k for _, r in rows for k in r})
-    # newline="" lets csv keep newlines inside quoted fields; line_num counts physical lines
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-    try:
-        cols = list(reader.fieldnames or [])
-        rows = [(reader.line_num, r) for r in reader]
-    except csv.Error as e:
-        raise DataError(f"{path}:{reader.line_num}: not readable as CSV/TSV ({e})") from e
-    return rows, cols
+    return decode_table(path, "\t" if path.suffix.lower() == ".tsv" else ",", text)
 
 
 def read_text_items(path: str | Path, text_col: str = "text", label_col: str | None = "label",
@@ -83,8 +69,8 @@ def read_text_items(path: str | Path, text_col: str = "text", label_col: str | N
         if not text:
             skipped.append(f"{path}:{n}: empty text")
             continue
-        if label_col is not None and not label:
-            skipped.append(f"{path}:{n}: empty label")
+        if label_col is not None and is_missing_label(label):
+            skipped.append(f"{path}:{n}: missing label ({label!r})")
             continue
         items.append(Example(text, label, f"{path.name}:{n}"))
     if not items:

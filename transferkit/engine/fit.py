@@ -23,6 +23,7 @@ from torch import nn
 
 from ..config import TrainConfig, save_config
 from ..data import Task, load_task
+from ..data.checks import report_data_issues
 from ..strategies import (freeze_stages, param_groups, parameter_summary, plan_strategy, resolve_bn,
                           set_train_mode)
 from . import checkpoint as ck
@@ -128,8 +129,7 @@ def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: 
     task = load_task(cfg.data, val=cfg.val, test=cfg.test, shots=cfg.shots, seed=cfg.seed,
                      val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
                      text_col=cfg.text_col, label_col=cfg.label_col)
-    for s in task.skipped:
-        log(f"skipped: {s}")
+    report_data_issues(task, cfg, log)
     model, anchor = build_model(cfg, task.classes)
     if resume and anchor is not None:
         anchor = verify_anchor(run, cfg, model, anchor)
@@ -431,8 +431,13 @@ def _finish(run: Path, cfg: TrainConfig, model, task: Task, state: RunState, dev
     metrics["best_step"] = state.best_step
     metrics["parameters"] = parameter_summary(model)
     metrics["skipped"] = task.skipped
+    metrics["warnings"] = task.warnings
     if not write:
         return metrics
+    non_finite = ck.json_safe(metrics)[1]
+    if non_finite:  # NaN is not JSON: written as null, and said here and in the file
+        metrics["non_finite"] = non_finite
+        log(f"warning: the model produced NaN/infinite values ({', '.join(non_finite[:5])}); written as null")
     ck.atomic_write_json(run / "metrics.json", metrics)
     _write_history(run, state.history)
     write_report(run, cfg, model, metrics, state.history)

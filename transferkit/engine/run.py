@@ -112,23 +112,34 @@ def predict_run(run_dir: str | Path, inputs: list[str], *, top_k: int = 1, batch
 
 
 def predict_items(model, cfg, items: list[Example], *, top_k: int = 1, batch_size: int = 64) -> list[dict]:
-    """Top-k rows for examples (image paths or texts) with a loaded run."""
+    """Top-k rows for examples (image paths or texts) with a loaded run; an unreadable image gets a
+    row with `error` (and no label), the others are predicted."""
+    errors: dict[int, str] = {}
     if model.spec.modality == "image":
         from ..data.images import _check_image
-        bad = [f"{e.x}: {r}" for e in items if (r := _check_image(Path(e.x)))]
-        if bad:
-            raise DataError("cannot read input image(s): " + "; ".join(bad[:5]))
-    ds = make_dataset(model, items, train=False, augment=False, image_size=cfg.image_size, seed=0)
-    probs, _ = predict_probs(model, eval_loader(model, ds, batch_size), _device(), tta=cfg.tta)
-    return _topk_rows(items, torch.from_numpy(probs), model.class_names, top_k)
+        errors = {i: r for i, e in enumerate(items) if (r := _check_image(Path(e.x)))}
+    good = [e for i, e in enumerate(items) if i not in errors]
+    rows = []
+    if good:
+        ds = make_dataset(model, good, train=False, augment=False, image_size=cfg.image_size, seed=0)
+        probs, _ = predict_probs(model, eval_loader(model, ds, batch_size), _device(), tta=cfg.tta)
+        rows = _topk_rows(good, torch.from_numpy(probs), model.class_names, top_k)
+    done = iter(rows)
+    return [_error_row(e, errors[i]) if i in errors else next(done) for i, e in enumerate(items)]
+
+
+def _error_row(e: Example, reason: str) -> dict:
+    return {"input": e.x, "label": None, "probability": None, "top": [], "error": reason}
 
 
 def _topk_rows(items, probs: torch.Tensor, classes: list[str], top_k: int) -> list[dict]:
     k = max(1, min(top_k, len(classes)))
     vals, idx = probs.topk(k, dim=1)
+    finite = torch.isfinite(probs).all(dim=1)
     return [{"input": e.x, "label": classes[int(i[0])], "probability": round(float(v[0]), 6),
              "top": [{"label": classes[int(j)], "probability": round(float(p), 6)} for p, j in zip(v, i)]}
-            for e, v, i in zip(items, vals, idx)]
+            if ok else _error_row(e, "the model produced NaN/infinite outputs for this input")
+            for e, v, i, ok in zip(items, vals, idx, finite)]
 
 
 @torch.no_grad()

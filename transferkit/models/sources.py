@@ -255,15 +255,20 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not path.is_file():
         raise SourceError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            return {k: f.get_tensor(k) for k in f.keys()}, meta
+        from ..engine.safety import CheckpointError, load_tensors, read_safetensors_metadata
+        try:
+            return load_tensors(path), read_safetensors_metadata(path)
+        except CheckpointError as e:
+            raise SourceError(str(e).replace("train the run again", "export the weights again")) from e
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
-        raise SourceError(f"{path} is not a safetensors file nor a weights-only PyTorch state dict "
-                          f"({type(e).__name__}: {str(e)[:200]})") from e
+        # torch's own message is pages long; the first sentence says which object was refused
+        first = str(e).strip().split("\n")[0].split(". ")[0].rstrip(".")
+        raise SourceError(f"{path} is not a safetensors file nor a weights-only PyTorch state dict, so it was "
+                          "refused: loading it would mean unpickling, which can run any code the file carries "
+                          f"({type(e).__name__}: {first[:300]}). Save the weights with "
+                          "safetensors.torch.save_file, or as a plain state dict of tensors") from e
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

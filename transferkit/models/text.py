@@ -98,9 +98,14 @@ def load_hf(source: str, name: str, pretrained: bool, *, pooling: str | None,
             model = AutoModel.from_pretrained(target, **kwargs)
         else:
             model = AutoModel.from_config(AutoConfig.from_pretrained(target, **kwargs))
-    except OSError as cached_error:
-        if is_dir or local_only:
-            raise SourceError(f"cannot load '{source}' from {target}: {cached_error}") from cached_error
+    except (OSError, ValueError, RuntimeError) as cached_error:
+        if is_dir or local_only:  # damaged or incomplete files: one line, not transformers' traceback
+            first = str(cached_error).strip().split("\n")[0][:300]
+            raise SourceError(f"cannot load '{source}' from {target}: {type(cached_error).__name__}: {first}. "
+                              "Its files are damaged or incomplete: save the model again with "
+                              "save_pretrained") from cached_error
+        if not isinstance(cached_error, OSError):
+            raise
         if os.environ.get("HF_HUB_OFFLINE") == "1" or not hub.hub_reachable():
             raise hub.offline_error(source, "not in the Hugging Face cache") from cached_error
         tok = AutoTokenizer.from_pretrained(target)
