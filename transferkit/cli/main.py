@@ -14,6 +14,8 @@ from .options import EXIT_USAGE, add_train_options, config_help
 COMMAND_MODULES = {
     "compare": ("choose", "compare strategies x shots x seeds on one task"),
     "rank": ("choose", "rank source models on DATA before training (LogME, LEEP)"),
+    "export": ("ship", "write a run as timm/hf/onnx/torchscript, checked for parity"),
+    "serve": ("ship", "serve a run over HTTP with a prediction page"),
 }
 
 

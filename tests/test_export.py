@@ -1,0 +1,206 @@
+"""`transferkit export` through the real entry point on a tiny timm model and a tiny BERT: every
+format is written, reloaded by the tool its users load it with, and matches the run's logits; the
+timm and HF folders load in plain timm / transformers here too; a tampered export fails the check."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from transferkit.cli import main
+from transferkit.engine.run import load_run
+
+TINY = "timm:test_resnet@random"
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    from conftest import write_image_folder
+    root = tmp_path_factory.mktemp("export_img")
+    data = write_image_folder(root / "images")
+    run = root / "run"
+    assert main(["train", str(data), "--backbone", TINY, "--image-size", "32", "--batch-size", "8",
+                 "--steps", "3", "--strategy", "full", "--out", str(run), "--quiet"]) == 0
+    return run, data
+
+
+@pytest.fixture(scope="module")
+def text_runs(tmp_path_factory, tiny_bert_dir):
+    from test_text import _sentences, _train, _write_csv
+    root = tmp_path_factory.mktemp("export_txt")
+    data = _write_csv(root / "texts.csv", _sentences())
+    plain, lora = root / "two_phase", root / "lora"
+    assert _train(data, plain, tiny_bert_dir, steps=3) == 0
+    assert _train(data, lora, tiny_bert_dir, steps=6, strategy="lora:r=4,alpha=8", lr=3e-2) == 0
+    _final_weights_as_best(lora)
+    return plain, lora, data
+
+
+def _final_weights_as_best(run: Path) -> None:
+    """With 6 steps the best checkpoint by validation is often the head fit, taken before the adapters
+    moved (LoRA's B starts at zero); make the final weights the run's model so that merging has
+    something to merge."""
+    from safetensors import safe_open
+    with safe_open(str(run / "model.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    final = load_file(str(run / "last" / "model.safetensors"))
+    assert max(v.abs().max() for k, v in final.items() if "lora_B" in k) > 1e-3
+    save_file(final, str(run / "model.safetensors"), metadata=meta)
+
+
+def _export(run, fmt, out, capsys, *extra):
+    assert main(["export", str(run), "--format", fmt, "--out", str(out), "--json", *extra]) == 0
+    printed = capsys.readouterr().out
+    manifest = json.loads(printed[printed.index("{"):])
+    assert f"parity {fmt}:" in printed and ": OK" in printed
+    assert manifest == json.loads((out / "export.json").read_text())
+    par = manifest["parity"]
+    assert par["ok"] and par["max_abs_diff"] <= 1e-4 and par["top1_agree"] == par["n_inputs"]
+    return manifest
+
+
+def _test_images(run: Path, data: Path) -> list[Path]:
+    rows = [line.split(",") for line in (run / "splits.csv").read_text().splitlines()[1:]]
+    return [data / item for split, item, _ in rows if split == "test"]
+
+
+def _image_batch(run, data):
+    from transferkit.engine.predictor import Predictor
+    p = Predictor(run)
+    from transferkit.data import open_rgb
+    return torch.stack([p._transform(open_rgb(str(f))) for f in _test_images(run, data)]), p.model
+
+
+def test_image_run_exports_to_timm_onnx_torchscript(image_run, tmp_path, capsys):
+    import onnxruntime as ort
+    import timm
+    run, data = image_run
+    x, model = _image_batch(run, data)
+    with torch.no_grad():
+        ref = model.cpu()(x).numpy()
+    n_test = len(x)
+
+    m = _export(run, "timm", tmp_path / "timm", capsys)
+    assert m["parity"]["n_inputs"] == n_test + 1  # the test split, and its first item alone
+    assert m["classes"] == ["blue", "green", "red"] and m["preprocess"]["size"] == 32
+    cfg = json.loads((tmp_path / "timm" / "config.json").read_text())
+    assert cfg["architecture"] == "test_resnet" and cfg["label_names"] == ["blue", "green", "red"]
+    assert cfg["pretrained_cfg"]["input_size"] == [3, 32, 32]
+    keys = load_file(str(tmp_path / "timm" / "model.safetensors"))
+    assert "fc.weight" in keys and not any(k.startswith(("backbone.", "head.")) for k in keys)
+    # plain timm, both ways a timm user loads a folder / a checkpoint
+    by_dir = timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True).eval()
+    by_ckpt = timm.create_model("test_resnet", num_classes=3,
+                                checkpoint_path=str(tmp_path / "timm" / "model.safetensors")).eval()
+    assert by_dir.pretrained_cfg["label_names"] == ["blue", "green", "red"]
+    with torch.no_grad():
+        for tm in (by_dir, by_ckpt):
+            assert np.abs(tm(x).numpy() - ref).max() <= 1e-5
+
+    m = _export(run, "onnx", tmp_path / "onnx", capsys)
+    assert m["inputs"] == ["pixel_values"]
+    sess = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (x[:1], x):  # the batch axis is dynamic
+        got = sess.run(["logits"], {"pixel_values": batch.numpy()})[0]
+        assert got.shape == (len(batch), 3) and np.abs(got - ref[:len(batch)]).max() <= 1e-4
+
+    _export(run, "torchscript", tmp_path / "ts", capsys)
+    ts = torch.jit.load(str(tmp_path / "ts" / "model.pt"))
+    with torch.no_grad():
+        assert np.abs(ts(x).numpy() - ref).max() <= 1e-5
+
+
+def test_text_run_exports_to_hf_onnx_torchscript(text_runs, tmp_path, capsys):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import transferkit.ship.hf_model  # noqa: F401 - registers the exported model type
+    plain, _, _ = text_runs
+    model, _ = load_run(plain)
+    texts = ["cat dog and the bird", "rain and snow", "red green blue black white"]
+    enc = model.spec.preprocess.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = model.cpu()(dict(enc)).numpy()
+
+    _export(plain, "hf", tmp_path / "hf", capsys)
+    hf = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "hf")).eval()
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    assert hf.config.id2label == {0: "animals", 1: "colours", 2: "weather"}
+    assert hf.config.label2id == {"animals": 0, "colours": 1, "weather": 2}
+    assert hf.config.pooling == "cls"  # the tiny BERT has no sentence-transformers pooling config
+    with torch.no_grad():
+        got = hf(**tok(texts, padding=True, return_tensors="pt")).logits.numpy()
+    assert np.abs(got - ref).max() <= 1e-5
+
+    m = _export(plain, "onnx", tmp_path / "onnx", capsys)
+    assert m["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(["logits"], {k: v.numpy() for k, v in enc.items()})[0]  # batch 3, a new length
+    assert np.abs(got - ref).max() <= 1e-4
+
+    _export(plain, "torchscript", tmp_path / "ts", capsys)
+
+
+def test_lora_run_exports_merged_and_as_a_separate_adapter(text_runs, tmp_path, capsys, tiny_bert_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    import transferkit.ship.hf_model  # noqa: F401
+    _, lora, _ = text_runs
+    source = load_file(str(tiny_bert_dir / "model.safetensors"))
+    q = "encoder.layer.0.attention.self.query.weight"
+
+    m = _export(lora, "hf", tmp_path / "merged", capsys)
+    assert m["lora"] == "merged" and not (tmp_path / "merged" / "adapter").exists()
+    merged = load_file(str(tmp_path / "merged" / "model.safetensors"))
+    assert not any("lora_" in k for k in merged)
+    # the adapters moved the weights, so identical logits are not a trivial result
+    assert (merged[f"encoder.model.{q}"] - source[q]).abs().max() > 1e-3
+
+    m = _export(lora, "hf", tmp_path / "apart", capsys, "--no-merge")
+    assert m["lora"] == "adapter"
+    base = load_file(str(tmp_path / "apart" / "model.safetensors"))
+    assert torch.equal(base[f"encoder.model.{q}"], source[q])  # the source weights, untouched
+    adapter_cfg = json.loads((tmp_path / "apart" / "adapter" / "adapter_config.json").read_text())
+    assert adapter_cfg["r"] == 4 and adapter_cfg["lora_alpha"] == 8
+    model = PeftModel.from_pretrained(
+        AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "apart")),
+        str(tmp_path / "apart" / "adapter")).eval()
+    run_model, _ = load_run(lora)
+    enc = run_model.spec.preprocess.tokenizer(["sun and wind", "a fish"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert np.abs(model(**enc).logits.numpy() - run_model.cpu()(dict(enc)).numpy()).max() <= 1e-5
+
+
+def test_a_tampered_export_fails_the_parity_check(image_run, tmp_path, capsys, monkeypatch):
+    from transferkit.ship import timm_format
+    real = timm_format.write_timm
+
+    def write_then_tamper(model, out, pre):
+        files = real(model, out, pre)
+        state = load_file(str(out / "model.safetensors"))
+        state["fc.bias"] = state["fc.bias"] + torch.tensor([0.0, 0.0, 0.01])
+        save_file(state, str(out / "model.safetensors"))
+        return files
+    monkeypatch.setattr(timm_format, "write_timm", write_then_tamper)
+    run, _ = image_run
+    assert main(["export", str(run), "--format", "timm", "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert "max |logit diff| 1.00e-02" in err and "FAILED" in err
+
+
+def test_export_refuses_bad_requests(image_run, tmp_path, capsys):
+    run, _ = image_run
+    assert main(["export", str(run), "--format", "hf", "--out", str(tmp_path / "h")]) == 2
+    assert "--format hf exports text runs" in capsys.readouterr().err
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    assert main(["export", str(run), "--format", "onnx", "--out", str(theirs)]) == 2
+    assert "transferkit did not write" in capsys.readouterr().err
+    assert (theirs / "notes.txt").read_text() == "mine" and len(list(theirs.iterdir())) == 1
+    assert main(["export", str(tmp_path / "nope"), "--format", "onnx", "--out", str(tmp_path / "o")]) == 2
+    assert "not a finished transferkit run" in capsys.readouterr().err

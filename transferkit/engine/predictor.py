@@ -1,0 +1,54 @@
+"""A loaded run kept in memory for many predictions (the server's model): in-memory images and
+strings in, top-k labels out, through the same transforms, batching and probabilities as
+`transferkit predict` (`engine.run`)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import torch
+
+from ..data import Example
+from .evaluate import collate_for, make_dataset, predict_probs
+from .run import _device, _topk_rows, load_run
+
+
+class Predictor:
+    """`predict_images([PIL images])` / `predict_texts([strings])` -> rows of top-k labels.
+
+    Calls are serialised by a lock: one model, one device, and fast tokenizers are not re-entrant.
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.model, self.cfg = load_run(run_dir)
+        self.run_dir = Path(run_dir)
+        self.modality = self.model.spec.modality
+        self.classes = list(self.model.class_names)
+        self._lock = threading.Lock()
+        if self.modality == "image":
+            ds = make_dataset(self.model, [], train=False, augment=False,
+                              image_size=self.cfg.image_size, seed=0)
+            self._transform = ds.transform
+
+    def info(self) -> dict:
+        from ..ship.export import preprocess_of
+        return {"classes": self.classes, "modality": self.modality,
+                "source": self.model.spec.source.to_dict(), "preprocess": preprocess_of(self.model, self.cfg),
+                "strategy": self.cfg.strategy, "tta": bool(self.cfg.tta and self.modality == "image")}
+
+    def predict_images(self, images: list, names: list[str] | None = None, top_k: int = 5) -> list[dict]:
+        x = torch.stack([self._transform(im.convert("RGB")) for im in images])
+        return self._predict([x], names or [f"image{i}" for i in range(len(images))], top_k)
+
+    def predict_texts(self, texts: list[str], top_k: int = 5) -> list[dict]:
+        collate = collate_for(self.model)
+        with self._lock:  # the tokenizer too
+            batch, _ = collate([(t, -1) for t in texts])
+        return self._predict([batch], texts, top_k)
+
+    def _predict(self, batches: list, names: list[str], top_k: int) -> list[dict]:
+        loader = [(b, torch.full((len(names),), -1)) for b in batches]
+        with self._lock:
+            probs, _ = predict_probs(self.model, loader, _device(), tta=self.cfg.tta)
+        return _topk_rows([Example(n, "") for n in names], torch.from_numpy(probs), self.classes, top_k)
