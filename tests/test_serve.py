@@ -1,0 +1,196 @@
+"""`transferkit serve`: the real command in a subprocess on a free loopback port, asked with a real
+HTTP client (httpx); a text run's app under uvicorn in a thread; and the page in headless Chromium
+(Debian's /usr/bin/chromium driven by Playwright), uploading an image and reading the label."""
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from transferkit.cli import main
+from transferkit.engine.run import predict_run
+
+TINY = "timm:test_resnet@random"
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _client(base: str) -> httpx.Client:
+    return httpx.Client(base_url=base, trust_env=False, timeout=60)  # loopback only, no proxies
+
+
+def _wait_healthy(base: str, proc=None, seconds: float = 120) -> None:
+    end = time.time() + seconds
+    while time.time() < end:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"server exited: {proc.stdout.read()}")
+        try:
+            if _client(base).get("/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise AssertionError("server did not come up")
+
+
+@pytest.fixture(scope="module")
+def image_server(tmp_path_factory):
+    """`transferkit serve RUN --port P` on a tiny image run, with a 64 KiB body limit and 3 files."""
+    from conftest import write_image_folder
+    root = tmp_path_factory.mktemp("serve_img")
+    data = write_image_folder(root / "images")
+    run = root / "run"
+    assert main(["train", str(data), "--backbone", TINY, "--image-size", "32", "--batch-size", "8",
+                 "--steps", "3", "--strategy", "full", "--out", str(run), "--quiet"]) == 0
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "transferkit", "serve", str(run), "--host", "127.0.0.1",
+                             "--port", str(port), "--max-mb", "0.0625", "--max-items", "3", "--top-k", "3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(base, proc)
+        yield base, run, data
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _png(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def test_health_info_and_page(image_server):
+    base, _, _ = image_server
+    c = _client(base)
+    assert c.get("/health").json() == {"status": "ok"}
+    info = c.get("/info").json()
+    assert info["classes"] == ["blue", "green", "red"] and info["modality"] == "image"
+    assert info["source"]["id"] == TINY and info["preprocess"]["size"] == 32
+    page = c.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "<script>" in page.text and "http://" not in page.text and "https://" not in page.text
+
+
+def test_predict_several_images_as_transferkit_predict_does(image_server):
+    base, run, data = image_server
+    files = [data / "red" / "red_00.png", data / "blue" / "blue_03.png"]
+    r = _client(base).post("/predict", files=[("file", (f.name, _png(f), "image/png")) for f in files])
+    assert r.status_code == 200
+    preds = r.json()["predictions"]
+    assert [p["input"] for p in preds] == [f.name for f in files]
+    expected = predict_run(run, [str(f) for f in files], top_k=3)
+    for got, want in zip(preds, expected):
+        assert got["label"] == want["label"] and len(got["top"]) == 3
+        assert [t["label"] for t in got["top"]] == [t["label"] for t in want["top"]]
+        assert abs(got["probability"] - want["probability"]) <= 1e-5
+        assert abs(sum(t["probability"] for t in got["top"]) - 1.0) <= 1e-4
+
+
+def test_bad_requests_get_clear_4xx(image_server):
+    base, _, data = image_server
+    c = _client(base)
+    img = _png(data / "red" / "red_00.png")
+    cases = [
+        (dict(files={"file": ("notes.png", b"not an image at all", "image/png")}), 400, "not an image"),
+        (dict(files={"file": ("empty.png", b"", "image/png")}), 400, "is empty"),
+        (dict(files={"photo": ("a.png", img, "image/png")}), 400, "field 'file'"),
+        (dict(files={"file": ("big.png", b"\0" * 70_000, "image/png")}), 413, "over the limit"),
+        (dict(files=[("file", ("a.png", img, "image/png"))] * 4), 400, "Too many files"),
+        (dict(json={"text": "a red square"}), 400, "classifies images"),
+        (dict(content=b"hello", headers={"content-type": "text/plain"}), 415, "not accepted"),
+    ]
+    for kwargs, status, words in cases:
+        r = c.post("/predict", **kwargs)
+        assert r.status_code == status, (kwargs.keys(), r.text)
+        assert words in r.json()["detail"], r.text
+    assert c.get("/health").status_code == 200  # still serving
+
+
+@pytest.fixture(scope="module")
+def text_server(tmp_path_factory, tiny_bert_dir):
+    import uvicorn
+
+    from test_text import _sentences, _train, _write_csv
+    from transferkit.engine.predictor import Predictor
+    from transferkit.ship.serve import create_app
+    root = tmp_path_factory.mktemp("serve_txt")
+    data = _write_csv(root / "texts.csv", _sentences())
+    run = root / "run"
+    assert _train(data, run, tiny_bert_dir, steps=3) == 0
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(Predictor(run), top_k=2), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    _wait_healthy(base)
+    yield base, run
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+def test_text_predictions_and_bad_json(text_server):
+    base, run = text_server
+    c = _client(base)
+    one = c.post("/predict", json={"text": "cat dog bird"}).json()["predictions"]
+    many = c.post("/predict?top_k=3", json={"texts": ["rain and snow", "red blue"]}).json()["predictions"]
+    assert len(one) == 1 and len(one[0]["top"]) == 2 and len(many) == 2 and len(many[0]["top"]) == 3
+    expected = predict_run(run, ["cat dog bird", "rain and snow", "red blue"], top_k=3)
+    for got, want in zip(one + many, expected):
+        assert got["label"] == want["label"] and abs(got["probability"] - want["probability"]) <= 1e-5
+    cases = [
+        (dict(content=b"{not json", headers={"content-type": "application/json"}), 400, "not valid JSON"),
+        (dict(json={"sentence": "x"}), 422, "exactly one of"),
+        (dict(json={"texts": []}), 422, "empty text"),
+        (dict(json={"texts": ["ok", 3]}), 422, "list of strings"),
+        (dict(json={"texts": ["a"] * 33}), 413, "over the limit"),
+        (dict(files={"file": ("a.png", b"x", "image/png")}), 400, "classifies text"),
+    ]
+    for kwargs, status, words in cases:
+        r = c.post("/predict", **kwargs)
+        assert r.status_code == status and words in r.json()["detail"], r.text
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                    reason=f"Debian chromium is not installed at {CHROMIUM} (apt-get install chromium; "
+                           ".ci/run installs it)")
+def test_page_in_headless_chromium_shows_the_label_of_an_uploaded_image(image_server):
+    from playwright.sync_api import sync_playwright
+    base, _, data = image_server
+    image = data / "green" / "green_05.png"
+    want = _client(base).post("/predict", files={"file": (image.name, _png(image), "image/png")}).json()
+    want_label = want["predictions"][0]["label"]
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--no-proxy-server"]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=args, headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(base + "/")
+            page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+            assert "3 classes" in page.inner_text("#meta")
+            page.set_input_files("#file", str(image))
+            page.wait_for_selector("#results .pred", timeout=30_000)
+            shown = page.get_attribute("#results .pred", "data-label")
+            labels = page.locator("#results .pred .lbl").all_inner_texts()
+            widths = page.locator("#results .pred .bar").evaluate_all("bs => bs.map(b => b.style.width)")
+            assert page.inner_text("#status") == ""
+        finally:
+            browser.close()
+    assert shown == want_label and labels[0] == want_label and len(labels) == 3
+    top = want["predictions"][0]["top"][0]["probability"]
+    assert widths[0] == f"{100 * top:.1f}%"
