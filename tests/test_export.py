@@ -42,13 +42,14 @@ def text_runs(tmp_path_factory, tiny_bert_dir):
 def _final_weights_as_best(run: Path) -> None:
     """With 6 steps the best checkpoint by validation is often the head fit, taken before the adapters
     moved (LoRA's B starts at zero); make the final weights the run's model so that merging has
-    something to merge."""
+    something to merge (written as the run writes it, checksum included)."""
     from safetensors import safe_open
     with safe_open(str(run / "model.safetensors"), framework="pt") as f:
         meta = f.metadata()
     final = load_file(str(run / "last" / "model.safetensors"))
     assert max(v.abs().max() for k, v in final.items() if "lora_B" in k) > 1e-3
-    save_file(final, str(run / "model.safetensors"), metadata=meta)
+    from transferkit.engine.checkpoint import atomic_save_tensors
+    atomic_save_tensors(run / "model.safetensors", final, meta)  # with a fresh checksum
 
 
 def _export(run, fmt, out, capsys, *extra):
