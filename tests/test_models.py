@@ -5,6 +5,7 @@ weights, so the tests check that the *cached file* is what gets loaded, with no 
 """
 
 import hashlib
+import os
 
 import pytest
 import torch
@@ -124,8 +125,11 @@ def test_timm_uncached_offline_is_a_clear_error(tmp_path, monkeypatch, offline_e
     cache = tmp_path / "empty" / "hub"
     cache.mkdir(parents=True)
     _point_hf_cache(monkeypatch, cache)
+    import huggingface_hub.constants as hfc
     if offline_env is None:
         monkeypatch.delenv("HF_HUB_OFFLINE")
+        monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+        monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
     probes = []
     monkeypatch.setattr(hub_mod, "hub_reachable", lambda *a, **k: probes.append(1) or False)
     with pytest.raises(SourceError) as e:
@@ -134,6 +138,25 @@ def test_timm_uncached_offline_is_a_clear_error(tmp_path, monkeypatch, offline_e
     assert "bundled:" in msg and "file:" in msg and "timm:resnet10t" in msg
     # with HF_HUB_OFFLINE set nothing is probed; without it, the one quick probe says "unreachable"
     assert len(probes) == (0 if offline_env else 1)
+    # huggingface_hub's switch is read, never overwritten
+    assert hfc.HF_HUB_OFFLINE is (offline_env is not None)
+    assert os.environ.get("HF_HUB_OFFLINE") == offline_env
+
+
+def test_timm_cached_weights_need_no_hub_even_when_online(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hfc
+    import timm
+    hub_id = timm.create_model("resnet18", pretrained=False).pretrained_cfg["hf_hub_id"]
+    ref = _timm("resnet18", seed=7).state_dict()
+    cache = tmp_path / "hf" / "hub"
+    _fake_hf_cache(cache, hub_id, "model.safetensors", ref)
+    _point_hf_cache(monkeypatch, cache)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_mod, "hub_reachable", lambda *a, **k: pytest.fail("network probed"))
+    bb = load_backbone("timm:resnet18")
+    torch.testing.assert_close(bb.module.conv1.weight, ref["conv1.weight"], rtol=0, atol=0)
 
 
 def test_torchvision_pretrained_from_local_torch_home(tmp_path, monkeypatch):

@@ -32,6 +32,12 @@ CHECKSUMS = "checksums.json"     # in a checkpoint folder: sha256 of every file,
 _DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _tmp_beside(path: Path) -> Path:
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
@@ -52,6 +58,8 @@ def _write_via_tmp(path: Path, write) -> None:
     tmp = _tmp_beside(path)
     try:
         write(tmp)
+        # mkstemp (and safetensors) make 0600; the file gets what a plain open() would give: the umask
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -98,6 +106,7 @@ def atomic_replace_dir(build, final: Path) -> None:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp.", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; colleagues should read a run as any folder
     try:
         build(tmp)
         sums = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}

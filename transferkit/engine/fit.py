@@ -30,6 +30,7 @@ from . import checkpoint as ck
 from . import interrupt
 from .build import anchor_hash, build_model, build_regularizers_for, verify_anchor
 from .resume import restore_optimizer_and_rng, resume_point
+from .environment import write_environment
 from .runfolder import check_out_dir, claim_out_dir
 from .evaluate import (collate_for, eval_loader, extract_features, fit_head, make_dataset,
                        predict_probs, to_device)
@@ -196,6 +197,7 @@ def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: 
 def _start_run_folder(run: Path, cfg: TrainConfig, task: Task, model, anchor, log) -> None:
     claim_out_dir(cfg, overwrite=cfg.overwrite, log=log)
     save_config(cfg, run / "config.yaml")
+    write_environment(run)
     _write_splits(run, task)
     ck.atomic_write_json(run / "source.json", model.spec.source.to_dict())
     if cfg.store_anchor and anchor is not None:

@@ -76,22 +76,33 @@ def _create_timm(name: str, pretrained: bool, source: str, **kwargs) -> nn.Modul
     if not pretrained:
         return timm.create_model(name, pretrained=False, **kwargs)
     # First the local cache only (no network call), then the hub if it answers.
-    old = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        hub.reload_hf_constants()
-        return timm.create_model(name, pretrained=True, **kwargs)
-    except Exception as cached_error:  # noqa: BLE001 - any failure here means "not cached"
-        first = cached_error
-    finally:
-        if old is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = old
-        hub.reload_hf_constants()
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or not hub.hub_reachable():
-        raise hub.offline_error(source, f"{type(first).__name__}")
+    cfg = timm.models.get_pretrained_cfg(name)
+    local = _timm_cached_weights(cfg)
+    if local is not None:
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": local}, **kwargs)
+    hub_id = getattr(cfg, "hf_hub_id", None)
+    if hub.offline_mode() or (hub_id and not hub.hub_reachable(hub_id)):
+        raise hub.offline_error(source, "not in the local cache")
     return timm.create_model(name, pretrained=True, **kwargs)
+
+
+def _timm_cached_weights(cfg) -> str | None:
+    """The weights of a timm pretrained config in the Hugging Face cache or torch hub's
+    checkpoint folder (where timm downloads `url` weights), or None. No network call."""
+    if cfg is None:
+        return None
+    if getattr(cfg, "hf_hub_id", None):
+        repo = cfg.hf_hub_id.split("@")[0]
+        names = [cfg.hf_hub_filename] if getattr(cfg, "hf_hub_filename", None) else []
+        found = hub.cached_file(repo, names + ["model.safetensors", "pytorch_model.bin"])
+        if found:
+            return found
+    if getattr(cfg, "url", None):
+        from torch.hub import get_dir
+        p = Path(get_dir()) / "checkpoints" / os.path.basename(cfg.url.split("?")[0])
+        if p.is_file():
+            return str(p)
+    return None
 
 
 def _timm_backbone(model: nn.Module, source: str, arch: str, pretrained: bool,

@@ -106,7 +106,7 @@ def load_hf(source: str, name: str, pretrained: bool, *, pooling: str | None,
                               "save_pretrained") from cached_error
         if not isinstance(cached_error, OSError):
             raise
-        if os.environ.get("HF_HUB_OFFLINE") == "1" or not hub.hub_reachable():
+        if hub.offline_mode() or not hub.hub_reachable(target):
             raise hub.offline_error(source, "not in the Hugging Face cache") from cached_error
         tok = AutoTokenizer.from_pretrained(target)
         model = AutoModel.from_pretrained(target) if pretrained else \
