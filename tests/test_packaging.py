@@ -3,6 +3,7 @@ library versions recorded in every run."""
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -68,8 +69,14 @@ def test_run_by_recipe_name_readable_by_colleagues_with_versions(tmp_path, image
 
 
 def test_wheel_ships_the_recipes(tmp_path):
+    # build from a copy: setuptools writes build/ and *.egg-info beside the sources
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "transferkit", src / "transferkit",
+                    ignore=shutil.ignore_patterns("__pycache__", "demo_data"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                        "-w", str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=300,
+                        "-w", str(tmp_path), str(src)], capture_output=True, text=True, timeout=300,
                        env={**os.environ, "PIP_NO_INDEX": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
     wheel = next(tmp_path.glob("transferkit-*.whl"))
