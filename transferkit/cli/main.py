@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the metrics as JSON (default: off)")
     e.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="test-time augmentation (default: as the run was trained)")
+    e.add_argument("--out", metavar="DIR", help="also write DIR/metrics.json, predictions.csv (one row per "
+                   "item) and report.html with the most confident mistakes (default: none)")
 
     pr = sub.add_parser("predict", help="labels for new inputs, from a run or a source model as it is")
     pr.add_argument("inputs", nargs="+", help="RUN_DIR then files/folders/texts, or files with --model")
@@ -51,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--top-k", type=_positive_int, default=None, metavar="K",
                     help="labels per input (default: 1 for a run, 5 with --model)")
     pr.add_argument("--json", action="store_true", help="print the rows as JSON (default: off)")
+    pr.add_argument("--output", metavar="FILE", help="also write the rows to FILE: .csv or .jsonl; an "
+                    "existing file is never replaced (default: none)")
 
     d = sub.add_parser("demo", help="the end-to-end demo on the bundled data sets")
     d.add_argument("--text", action="store_true", help="the text demo (Debian package descriptions)")
@@ -109,6 +113,9 @@ def cmd_models(args) -> int:
 
 def cmd_predict(args) -> int:
     from ..engine.run import predict_run, predict_source
+    if args.output:
+        from ..report.outputs import check_predictions_path, write_predictions
+        check_predictions_path(args.output)
     if args.model:
         rows = predict_source(args.model, args.inputs, top_k=args.top_k or 5)
     else:
@@ -120,6 +127,8 @@ def cmd_predict(args) -> int:
     if failed:
         print(f"transferkit: warning: no prediction for {len(failed)} input(s), marked 'error' in the output",
               file=sys.stderr)
+    if args.output:
+        print(f"wrote {write_predictions(rows, args.output)} ({len(rows)} rows)", file=sys.stderr)
     if args.json:
         print(json.dumps(_strict_json(rows), indent=2))
         return 0
@@ -174,8 +183,15 @@ def _report_interrupted(result) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from ..engine.run import evaluate_run
-    m = evaluate_run(args.run_dir, args.data, tta=args.tta)
+    from ..engine.run import evaluate_loaded, load_run
+    if args.out:
+        from ..report.outputs import check_evaluation_dir, write_evaluation
+        check_evaluation_dir(args.out)
+    model, cfg = load_run(args.run_dir)
+    m, items, probs = evaluate_loaded(model, cfg, args.data, tta=args.tta)
+    if args.out:
+        d = write_evaluation(args.out, args.run_dir, model, cfg, m, items, probs)
+        print(f"wrote {d}/metrics.json, predictions.csv, report.html", file=sys.stderr)
     if args.json:
         print(json.dumps(_strict_json(m), indent=2))
         return 0

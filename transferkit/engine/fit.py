@@ -418,7 +418,9 @@ def _finish(run: Path, cfg: TrainConfig, model, task: Task, state: RunState, dev
     """Reload the best weights, evaluate on the test split, write metrics, history and report
     (the files only from the main process)."""
     from ..report import write_report
+    from ..report.gallery import worst_errors
     from ..report.metrics import classification_metrics
+    errors = None
     if (run / "model.safetensors").exists():
         model.load_state_dict(ck.load_tensors(run / "model.safetensors"))
     elif write:
@@ -430,6 +432,7 @@ def _finish(run: Path, cfg: TrainConfig, model, task: Task, state: RunState, dev
                              cfg.batch_size * 2, cfg.num_workers)
         probs, y = predict_probs(model, loader, device, tta=cfg.tta, autocast=autocast)
         metrics.update(classification_metrics(y, probs, model.class_names))
+        errors = worst_errors(task.test, probs, y, model.class_names)
     metrics["best_step"] = state.best_step
     metrics["parameters"] = parameter_summary(model)
     metrics["skipped"] = task.skipped
@@ -442,7 +445,7 @@ def _finish(run: Path, cfg: TrainConfig, model, task: Task, state: RunState, dev
         log(f"warning: the model produced NaN/infinite values ({', '.join(non_finite[:5])}); written as null")
     ck.atomic_write_json(run / "metrics.json", metrics)
     _write_history(run, state.history)
-    write_report(run, cfg, model, metrics, state.history)
+    write_report(run, cfg, model, metrics, state.history, errors=errors)
     log(f"test accuracy {metrics.get('accuracy', float('nan')):.4f}, macro-F1 "
         f"{metrics.get('macro_f1', float('nan')):.4f} -> {run}")
     return metrics

@@ -105,15 +105,19 @@ def _table(headers: list[str], rows: list[list]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def write_report(run: Path, cfg, model, metrics: dict, history: list[dict]) -> Path:
-    """Write RUN/report.html: one file, images inlined, readable in any browser."""
+def write_report(run: Path, cfg, model, metrics: dict, history: list[dict], *,
+                 errors: list[dict] | None = None, title: str | None = None,
+                 accuracy_label: str = "test accuracy") -> Path:
+    """Write RUN/report.html: one file, images inlined, readable in any browser. `errors`: the
+    gallery of worst errors (see report.gallery.worst_errors)."""
+    from .gallery import GALLERY_CSS, gallery_html
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>transferkit run {e(str(run))}</title>"
-             f"<style>{_CSS}</style></head><body>",
-             f"<h1>{e(Path(run).name)}</h1><div class='sub'>{e(cfg.backbone)} &rarr; {len(model.class_names)} "
+             f"<style>{_CSS}{GALLERY_CSS}</style></head><body>",
+             f"<h1>{e(title or Path(run).name)}</h1><div class='sub'>{e(cfg.backbone)} &rarr; {len(model.class_names)} "
              f"classes &middot; strategy <b>{e(cfg.strategy)}</b>"
              + (f" &middot; regularizer <b>{e(cfg.reg)}</b>" if cfg.reg else "") + "</div>"]
-    cards = [("test accuracy", metrics.get("accuracy")), ("macro-F1", metrics.get("macro_f1")),
+    cards = [(accuracy_label, metrics.get("accuracy")), ("macro-F1", metrics.get("macro_f1")),
              ("ECE", metrics.get("ece"))]
     parts.append("<div class='cards'>" + "".join(
         f"<div class='card'>{e(k)}<b>{'–' if v is None else f'{v:.3f}'}</b></div>" for k, v in cards)
@@ -136,6 +140,7 @@ def write_report(run: Path, cfg, model, metrics: dict, history: list[dict]) -> P
         cm = _confusion(metrics)
         if cm:
             parts.append(f"<h2>Confusion matrix</h2><img src='{cm}' alt='confusion matrix'>")
+    parts.append(gallery_html(errors or [], model.spec.modality))
     params = metrics.get("parameters") or []
     if params:
         parts.append("<h2>Trainable vs frozen parameters (final phase)</h2>" + _table(

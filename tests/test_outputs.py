@@ -1,0 +1,99 @@
+"""Outputs people look at: predict --output (CSV/JSONL), evaluate --out (metrics, per-item
+predictions, report with the most confident mistakes), and the gallery in the training report."""
+
+import csv
+import json
+import re
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from transferkit.cli import main
+from transferkit.report.gallery import gallery_html, worst_errors
+
+TINY = "timm:test_resnet@random"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from conftest import write_image_folder
+    root = tmp_path_factory.mktemp("outputs")
+    data = write_image_folder(root / "images")
+    out = root / "run"
+    assert main(["train", str(data), "--backbone", TINY, "--image-size", "32", "--batch-size", "8",
+                 "--steps", "4", "--strategy", "full", "--out", str(out), "--quiet"]) == 0
+    # the same images under rotated labels: a model that learnt anything is confidently wrong here
+    swapped = root / "swapped"
+    for a, b in (("blue", "green"), ("green", "red"), ("red", "blue")):
+        shutil.copytree(data / a, swapped / b)
+    return SimpleNamespace(root=root, data=data, out=out, swapped=swapped)
+
+
+def test_worst_errors_order_and_gallery_escaping():
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.3, 0.7]])
+    y = np.array([1, 1, 1, 0])
+    items = [SimpleNamespace(x=t) for t in ("a", "b <script>", "c", "d")]
+    errs = worst_errors(items, probs, y, ["neg", "pos"])
+    assert [e["item"] for e in errs] == ["a", "d", "b <script>"]  # wrong ones, most confident first
+    assert errs[0] == {"item": "a", "true": "pos", "predicted": "neg", "confidence": 0.9, "p_true": 0.1}
+    page = gallery_html(errs, "text")
+    assert page.count("class='err'") == 3 and "<script>" not in page and "&lt;script&gt;" in page
+    assert gallery_html([], "text") == ""
+
+
+def test_predict_output_csv_and_jsonl(run, tmp_path, capsys):
+    inputs = [str(p) for p in sorted(run.data.rglob("*.png"))[:5]]
+    assert main(["predict", str(run.out), *inputs, "--json", "--top-k", "2", "--output", str(tmp_path / "p.csv")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    with open(tmp_path / "p.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["input"] for r in rows] == inputs
+    assert [r["label"] for r in rows] == [p["label"] for p in printed]
+    assert [float(r["probability"]) for r in rows] == pytest.approx([p["probability"] for p in printed], abs=1e-6)
+    assert all(len(r["top"].split("|")) == 2 for r in rows)
+    assert main(["predict", str(run.out), *inputs, "--output", str(tmp_path / "p.jsonl")]) == 0
+    lines = (tmp_path / "p.jsonl").read_text().splitlines()
+    assert [json.loads(line)["label"] for line in lines] == [p["label"] for p in printed]
+    # never replaced, and a format we cannot write is refused before any work
+    before = (tmp_path / "p.csv").read_bytes()
+    assert main(["predict", str(run.out), inputs[0], "--output", str(tmp_path / "p.csv")]) == 2
+    assert (tmp_path / "p.csv").read_bytes() == before
+    assert main(["predict", str(run.out), inputs[0], "--output", str(tmp_path / "p.txt")]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_evaluate_out_writes_report_and_per_item_predictions(run, tmp_path, capsys):
+    out = tmp_path / "ev"
+    assert main(["evaluate", str(run.out), str(run.swapped), "--json", "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["accuracy"] == pytest.approx(printed["accuracy"]) and m["run"] == str(run.out)
+    with open(out / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == printed["n"] == 36
+    assert np.mean([int(r["correct"]) for r in rows]) == pytest.approx(printed["accuracy"])
+    assert all(abs(sum(float(r[f"p:{c}"]) for c in ("blue", "green", "red")) - 1) < 1e-4 for r in rows)
+    wrong = sorted((r for r in rows if r["correct"] == "0"), key=lambda r: -float(r["probability"]))
+    assert wrong, "the swapped labels should give wrong predictions"
+    page = (out / "report.html").read_text()
+    assert "Most confident mistakes" in page
+    figures = re.findall(r"<figure class='err' title='([^']*)'>", page)
+    assert len(figures) == min(16, len(wrong))
+    assert figures[0] == wrong[0]["item"]
+    assert page.count("data:image/jpeg;base64,") == len(figures)
+    # rerun into its own folder is fine; a folder with someone else's files is refused
+    assert main(["evaluate", str(run.out), str(run.swapped), "--out", str(out)]) == 0
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    assert main(["evaluate", str(run.out), str(run.swapped), "--out", str(tmp_path / "other")]) == 2
+    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["notes.txt"]
+
+
+def test_training_report_has_the_gallery_when_the_test_split_has_errors(run):
+    m = json.loads((run.out / "metrics.json").read_text())
+    page = (run.out / "report.html").read_text()
+    n_wrong = round((1 - m["accuracy"]) * m["n_test"])
+    assert ("Most confident mistakes" in page) == (n_wrong > 0)
+    assert len(re.findall(r"<figure class='err'", page)) == min(16, n_wrong)
