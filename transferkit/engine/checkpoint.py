@@ -125,6 +125,8 @@ def atomic_replace_dir(build, final: Path) -> None:
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
+    for stale in final.parent.glob(f".{final.name}.tmp.*"):  # left by a process killed mid-write
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def verify_dir(folder: Path) -> None:

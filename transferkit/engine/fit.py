@@ -175,6 +175,7 @@ def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: 
                 state.phase += 1
                 _save_last(run, model, None, state)
                 return _stopped(run, state, log)
+            resume = None  # the next phase starts from this process's state, not the checkpoint
         else:
             interrupted = _sgd_phase(model, cfg, state, phase, phase_steps[state.phase], train_ds,
                                      val_loader, accel, regs, run, resume, log, progress)
@@ -305,6 +306,8 @@ def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, tr
     groups = param_groups(model, phase, lr=cfg.lr, weight_decay=cfg.weight_decay,
                           layer_decay=cfg.layer_decay, no_weight_decay=no_wd)
     optimizer = _make_optimizer(cfg, groups)
+    # no gradient left over from the head fit (LBFGS) may join the first step: a resumed run has none
+    optimizer.zero_grad(set_to_none=True)
     if resume:
         restore_optimizer_and_rng(resume, run, cfg, state, optimizer, log)
     ddp_model = accel.prepare_model(model) if accel.num_processes > 1 else model

@@ -29,8 +29,11 @@ def resume_point(run: Path, cfg: TrainConfig, log):
         raise ConfigError(f"nothing to resume in {run}: it holds no transferkit run (no config.yaml); "
                           "start it with 'transferkit train DATA --out RUN_DIR'")
     saved = read_config(run / "config.yaml")
-    for name in RUNTIME_OPTIONS:
+    for name in ("stop_after", "resume_inexact"):  # for this invocation only
         setattr(saved, name, getattr(cfg, name))
+    for name in ("checkpoint_every", "checkpoint_seconds"):  # the run's own, unless given again
+        if getattr(cfg, name) != TrainConfig.__dataclass_fields__[name].default:
+            setattr(saved, name, getattr(cfg, name))
     last = ck.find_checkpoint(run, log=log)
     if last is None:  # stopped during setup, before the first checkpoint: start again, same config
         log(f"{run} has no checkpoint yet; starting the run from the beginning")

@@ -140,7 +140,8 @@ def check_out_dir(cfg: TrainConfig) -> None:
     if is_run(out) and ((out / "last").exists() or (out / ".last.old").exists()):
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it, --overwrite "
                               "to start it again, or choose another --out")
-    entries = sorted(p.name for p in out.iterdir())
+    # a temporary file of ours left by a kill before run.json was renamed into place is not the user's
+    entries = sorted(p.name for p in out.iterdir() if not p.name.startswith(f".{RUN_META}."))
     if entries and not is_run(out):
         shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
         raise FileExistsError(f"--out {out} is not empty and is not a transferkit run (it holds {shown}); "
