@@ -219,3 +219,16 @@ def test_disk_full_while_checkpointing_keeps_the_previous_one(data, whole, tmp_p
     assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []  # no temporary leftovers
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     _same_weights(whole, run)
+
+
+# ------------------------------------------------- numeric flags (their ranges live in TrainConfig)
+
+@pytest.mark.parametrize("flag,value", [("--steps", "0"), ("--shots", "0"), ("--image-size", "1"),
+                                        ("--batch-size", "0"), ("--checkpoint-every", "0"),
+                                        ("--checkpoint-seconds", "0")])
+def test_out_of_range_numbers_stop_before_anything_is_written(data, tmp_path, capsys, flag, value):
+    out = tmp_path / "run"
+    assert main(["train", str(data), "--backbone", TINY, "--out", str(out), flag, value, "--quiet"]) == 2
+    err = _err(capsys)
+    assert flag in err and f"got {value}" in err
+    assert not out.exists()

@@ -171,6 +171,34 @@ def build_transforms(pre: ImagePreprocess, image_size: int | None = None, augmen
     return train_tf, eval_tf
 
 
+class _ImageCache:
+    """Decoded images by path, least recently used dropped first beyond `limit` bytes. One per
+    process, shared by the train/val/test datasets (they read the same files)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+        self._items: OrderedDict[str, Image.Image] = OrderedDict()
+
+    def get(self, path: str) -> Image.Image | None:
+        im = self._items.get(path)
+        if im is not None:
+            self._items.move_to_end(path)
+        return im
+
+    def put(self, path: str, im: Image.Image) -> None:
+        size = im.width * im.height * 3
+        if size > self.limit or path in self._items:
+            return
+        while self._items and self.used + size > self.limit:
+            old = self._items.popitem(last=False)[1]
+            self.used -= old.width * old.height * 3
+        self._items[path] = im
+        self.used += size
+
+
+_CACHE = _ImageCache(CACHE_BYTES)
+
+
 class ImageDataset(Dataset):
     """Images with labels; optionally keeps decoded images in memory, up to CACHE_BYTES with the least
     recently used dropped first (few-shot sets fit whole, and decoding dominates CPU time otherwise).
@@ -185,25 +213,18 @@ class ImageDataset(Dataset):
         self.class_to_idx = class_to_idx
         self.transform = transform
         self.seed = seed
-        self._cache: OrderedDict[int, Image.Image] | None = OrderedDict() if cache else None
-        self._cache_bytes = 0
+        self._cache = _CACHE if cache else None
 
     def __len__(self) -> int:
         return len(self.items)
 
     def _image(self, i: int) -> Image.Image:
-        if self._cache is not None and i in self._cache:
-            self._cache.move_to_end(i)
-            return self._cache[i]
-        im = open_rgb(self.items[i].x)
-        if self._cache is not None:
-            size = im.width * im.height * 3
-            while self._cache and self._cache_bytes + size > CACHE_BYTES:
-                old = self._cache.popitem(last=False)[1]
-                self._cache_bytes -= old.width * old.height * 3
-            if size <= CACHE_BYTES:
-                self._cache[i] = im
-                self._cache_bytes += size
+        path = self.items[i].x
+        im = self._cache.get(path) if self._cache is not None else None
+        if im is None:
+            im = open_rgb(path)
+            if self._cache is not None:
+                self._cache.put(path, im)
         return im
 
     def __getitem__(self, key):
