@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -106,14 +107,12 @@ def fit(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool = T
     """Train according to `cfg` and write the run directory; with `resume`, continue `cfg.out`.
     `evaluate_test=False` leaves the test split untouched (model selection runs, e.g. l2sp:auto).
     SIGINT/SIGTERM finish the current step, write `last/` and return an interrupted result."""
-    import os
     single = os.environ.get("WORLD_SIZE", "1") == "1"  # under torchrun, the launcher owns the signals
     with interrupt.stop_on_signals(enabled=single):
         return _fit(cfg, resume=resume, log=log, progress=progress, evaluate_test=evaluate_test)
 
 
 def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: bool) -> FitResult:
-    import os
     run = Path(cfg.out)
     state = RunState()
     if resume:
@@ -174,7 +173,7 @@ def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: 
             if interrupt.requested():
                 state.phase += 1
                 _save_last(run, model, None, state)
-                return _stopped(run, state, log)
+                return _stopped(run, state)
             resume = None  # the next phase starts from this process's state, not the checkpoint
         else:
             interrupted = _sgd_phase(model, cfg, state, phase, phase_steps[state.phase], train_ds,
@@ -287,7 +286,7 @@ def _save_last(run: Path, model, optimizer, state: RunState) -> None:
     ck.atomic_replace_dir(build, run / "last")
 
 
-def _stopped(run: Path, state: RunState, log) -> FitResult:
+def _stopped(run: Path, state: RunState) -> FitResult:
     return FitResult(run, None, state, interrupted=True, signal=interrupt.requested())
 
 
