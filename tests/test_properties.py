@@ -17,7 +17,7 @@ from transferkit.data.text import read_text_items
 from transferkit.regularizers.spec import parse_regularizer
 from transferkit.strategies.plan import plan_strategy
 
-SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 STAGES = 6
 
 strategy_text = st.one_of(

@@ -68,6 +68,9 @@ def evaluate_loaded(model, cfg, data: str | Path, *, batch_size: int = 64, tta: 
     m = classification_metrics(y, probs, model.class_names)
     m["skipped"] = skipped
     m["data"] = str(data)
+    non_finite = ck.json_safe(m)[1]
+    if non_finite:  # a model that outputs NaN: JSON gets null, and says where
+        m["non_finite"] = non_finite
     return m, items, probs
 
 
