@@ -1,0 +1,187 @@
+"""Text to image on Debian icon themes: a DeViSE bridge, zero-shot on held-out classes, name priors.
+
+Data: icons of six Debian icon themes paired with the words of their names (scripts/build_icon_pairs.py;
+built on first run into --pairs, needs the apt packages it names). Per seed, --held-out classes are
+drawn at random; the bridge (bundled:efficientnet_lite0 features -> bundled:minilm-l6 space) is
+trained only on the images of the other classes, each paired with its own icon name ("battery
+caution"). Then, on the held-out classes only:
+
+- zero-shot: each image gets the nearest class description (classes.csv) among the held-out ones;
+- 1-2 labels per class: the plain probe (L2 logistic regression on frozen features, C on validation,
+  as `linear_probe`) against the same probe pulled toward the class-name head (transferkit.zeroshot.prior).
+
+    python benchmarks/zero_shot.py --image-size 96 --threads 1 --seeds 3
+
+Writes OUT/zero_shot.json and OUT/zero_shot.md (copy them to benchmarks/results/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transferkit.data import Example, sample_shots, stratified_split
+from transferkit.engine.evaluate import fit_head
+from transferkit.zeroshot import BridgeConfig, fit_bridge, head_prior, read_class_text, text_embedder
+from transferkit.zeroshot.pairs import image_features
+from transferkit.zeroshot.space import JointSpace
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _ensure_pairs(out: Path) -> None:
+    if (out / "pairs.csv").is_file():
+        return
+    print(f"building the icon pairs into {out} (scripts/build_icon_pairs.py) ...")
+    rc = subprocess.call([sys.executable, str(ROOT / "scripts" / "build_icon_pairs.py"), "--out", str(out)])
+    if rc != 0:
+        raise SystemExit("could not build the icon pairs; install the Debian packages adwaita-icon-theme "
+                         "tango-icon-theme gnome-icon-theme mate-icon-theme oxygen-icon-theme "
+                         "elementary-xfce-icon-theme")
+
+
+def _features(pairs: Path, rows: list[dict], image_size: int, cache: Path):
+    if cache.is_file():
+        saved = torch.load(cache, weights_only=True)
+        if saved["n"] == len(rows) and saved["image_size"] == image_size:
+            return saved["feats"], saved["flipped"], saved["seconds"]
+    from transferkit.models import load_backbone
+    t0 = time.time()
+    bb = load_backbone("bundled:efficientnet_lite0")
+    feats, flipped = image_features(bb, [str(pairs / r["path"]) for r in rows], image_size=image_size)
+    secs = time.time() - t0
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"n": len(rows), "image_size": image_size, "feats": feats, "flipped": flipped,
+                "seconds": secs}, cache)
+    return feats, flipped, secs
+
+
+def _acc(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return float((logits.argmax(1) == y).float().mean())
+
+
+def _probe(feats, flipped, tr, va, y, k, prior=None) -> torch.nn.Linear:
+    head = torch.nn.Linear(feats.shape[1], k)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    x = torch.cat([feats[tr], flipped[tr]])
+    fit_head(head, x, torch.cat([y[tr], y[tr]]), val=(feats[va], y[va]), prior=prior)
+    return head
+
+
+def run_seed(seed, rows, feats, flipped, class_text, embed, args) -> dict:
+    classes = sorted({r["label"] for r in rows})
+    held = sorted(random.Random(seed).sample(classes, args.held_out))
+    seen_idx = [i for i, r in enumerate(rows) if r["label"] not in held]
+    texts = sorted({rows[i]["text"] for i in seen_idx})
+    t_index = {t: j for j, t in enumerate(texts)}
+    targets = torch.tensor([t_index[rows[i]["text"]] for i in seen_idx])
+    cfg = BridgeConfig(loss=args.loss, steps=args.bridge_steps, seed=seed)
+    t0 = time.time()
+    bridge, curve = fit_bridge(torch.cat([feats[seen_idx], flipped[seen_idx]]),
+                               torch.cat([targets, targets]), embed(texts), cfg)
+    bridge_s = time.time() - t0
+    space = JointSpace("bundled:efficientnet_lite0", bridge, embed, "benchmark")
+    # --- zero-shot on all images of the held-out classes
+    h_idx = [i for i, r in enumerate(rows) if r["label"] in held]
+    y_all = torch.tensor([held.index(r["label"]) for r in rows if r["label"] in held])
+    held_texts = [class_text[c] for c in held]
+    zs = _acc(space.scores(feats[h_idx], held_texts), y_all)
+    # --- 1-2 labels per class on the held-out classes: test half, validation from the rest
+    items = [Example(str(i), rows[i]["label"], str(i)) for i in h_idx]
+    rest, test = stratified_split(items, 0.5, seed)
+    pool, val = stratified_split(rest, 0.25, seed + 1)
+    te = torch.tensor([int(e.x) for e in test])
+    va = torch.tensor([int(e.x) for e in val])
+    y = torch.full((len(rows),), -1, dtype=torch.long)
+    for i in h_idx:
+        y[i] = held.index(rows[i]["label"])
+    prior = head_prior(space, held_texts)
+    out = {"seed": seed, "held_out": held, "n_bridge_images": len(seen_idx), "n_bridge_texts": len(texts),
+           "bridge_loss": curve, "bridge_seconds": round(bridge_s, 2), "n_zero_shot": len(h_idx),
+           "zero_shot": zs, "zero_shot_test": _acc(space.scores(feats[te], held_texts), y[te]),
+           "n_test": len(te), "n_val": len(va)}
+    for k in args.shots:
+        tr = torch.tensor([int(e.x) for e in sample_shots(pool, k, seed)])
+        plain = _probe(feats, flipped, tr, va, y, len(held))
+        named = _probe(feats, flipped, tr, va, y, len(held), prior=prior)
+        out[f"probe_{k}"] = _acc(plain(feats[te]), y[te])
+        out[f"prior_{k}"] = _acc(named(feats[te]), y[te])
+    return out
+
+
+def _fmt(vals: list[float]) -> str:
+    return f"{np.mean(vals):.3f} ± {np.std(vals):.3f}"
+
+
+def report(results: list[dict], args, command: str, feature_s: float, n_images: int, n_classes: int) -> str:
+    chance = 1.0 / args.held_out
+    lines = [f"Command: `{command}`", "",
+             f"{n_images} icon images, {n_classes} classes; per seed {args.held_out} classes held out of the "
+             f"bridge's training (bridge: {args.loss} loss, {args.bridge_steps} steps); "
+             f"{len(results)} seeds; mean ± std over seeds. Features: bundled:efficientnet_lite0 at "
+             f"{args.image_size} px ({feature_s:.0f} s once); text: bundled:minilm-l6.", "",
+             "| on the held-out classes | accuracy | vs chance |", "|---|---:|---:|",
+             f"| chance (1/{args.held_out}) | {chance:.3f} | 1.0x |"]
+    zs = [r["zero_shot"] for r in results]
+    lines.append(f"| zero-shot (0 labels, nearest class text), all held-out images | {_fmt(zs)} | "
+                 f"{np.mean(zs) / chance:.1f}x |")
+    zt = [r["zero_shot_test"] for r in results]
+    lines.append(f"| zero-shot on the few-label test half | {_fmt(zt)} | {np.mean(zt) / chance:.1f}x |")
+    for k in args.shots:
+        p, q = [r[f"probe_{k}"] for r in results], [r[f"prior_{k}"] for r in results]
+        lines.append(f"| {k} label(s)/class: probe | {_fmt(p)} | {np.mean(p) / chance:.1f}x |")
+        d = [b - a for a, b in zip(p, q)]
+        lines.append(f"| {k} label(s)/class: probe + name prior | {_fmt(q)} | {np.mean(q) / chance:.1f}x "
+                     f"(prior - probe: {np.mean(d):+.3f}, per seed {', '.join(f'{x:+.3f}' for x in d)}) |")
+    lines += ["", "Held-out classes per seed: " + "; ".join(", ".join(r["held_out"]) for r in results)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pairs", default="runs/icon_pairs", help="built here by scripts/build_icon_pairs.py if missing")
+    ap.add_argument("--image-size", type=int, default=96)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--held-out", type=int, default=10, help="classes held out of the bridge per seed")
+    ap.add_argument("--shots", default="1,2")
+    ap.add_argument("--loss", default="hinge", choices=["hinge", "softmax"])
+    ap.add_argument("--bridge-steps", type=int, default=300)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default="runs/bench/zero_shot")
+    args = ap.parse_args(argv)
+    args.shots = [int(s) for s in args.shots.split(",")]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pairs, out = Path(args.pairs), Path(args.out)
+    _ensure_pairs(pairs)
+    with open(pairs / "pairs.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    classes = sorted({r["label"] for r in rows})
+    class_text = read_class_text(pairs / "classes.csv", classes)
+    feats, flipped, feature_s = _features(pairs, rows, args.image_size,
+                                          out / f"features_{args.image_size}.pt")
+    embed = text_embedder("bundled:minilm-l6")
+    results = [run_seed(s, rows, feats, flipped, class_text, embed, args) for s in range(args.seeds)]
+    command = "python benchmarks/zero_shot.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    md = report(results, args, command, feature_s, len(rows), len(classes))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "zero_shot.json").write_text(json.dumps({"command": command, "args": vars(args),
+                                                    "results": results}, indent=2))
+    (out / "zero_shot.md").write_text(md + "\n")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
