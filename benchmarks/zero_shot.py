@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     classes = sorted({r["label"] for r in rows})
     class_text = read_class_text(pairs / "classes.csv", classes)
     feats, flipped, feature_s = _features(pairs, rows, args.image_size,
-                                          out / f"features_{args.image_size}.pt")
+                                          pairs / f"features_{args.image_size}.pt")
     embed = text_embedder("bundled:minilm-l6")
     results = [run_seed(s, rows, feats, flipped, class_text, embed, args) for s in range(args.seeds)]
     command = "python benchmarks/zero_shot.py " + shlex.join(sys.argv[1:] if argv is None else argv)

@@ -99,6 +99,10 @@ class TrainConfig:
                                  none="the model family's")
     arch: str | None = option(None, "timm architecture for file: weights without metadata",
                               none="from the file")
+    class_text: str | None = option(None, "CSV/JSON class -> words: the class names through --bridge (or a "
+                                    "clip: backbone) as a prior for the head", none="no prior")
+    bridge: str | None = option(None, "bridge directory from 'transferkit bridge', for --class-text",
+                                none="the backbone's own (clip:)")
     stop_after: int | None = option(None, "stop (as if interrupted) after N steps; resume later", low=1,
                                     none="off")
     overwrite: bool = option(False, "write into a non-empty --out that is not a run (your files are kept "

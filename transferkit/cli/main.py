@@ -16,6 +16,7 @@ COMMAND_MODULES = {
     "rank": ("choose", "rank source models on DATA before training (LogME, LEEP)"),
     "export": ("ship", "write a run as timm/hf/onnx/torchscript, checked for parity"),
     "serve": ("ship", "serve a run over HTTP with a prediction page"),
+    "bridge": ("bridge", "learn a bridge from image features to a text encoder (zero-shot, name priors)"),
 }
 
 
@@ -55,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print the rows as JSON (default: off)")
     pr.add_argument("--output", metavar="FILE", help="also write the rows to FILE: .csv or .jsonl; an "
                     "existing file is never replaced (default: none)")
+    pr.add_argument("--zero-shot", metavar="BRIDGE_DIR|clip:NAME",
+                    help="classify images by class words in a joint space (a bridge from 'transferkit bridge', "
+                         "or a clip: model); classes from --classes/--class-text (default: off)")
+    pr.add_argument("--classes", help='zero-shot candidate classes, "a,b,c" (their names are their words)')
+    pr.add_argument("--class-text", help="zero-shot: CSV/JSON class -> description")
 
     d = sub.add_parser("demo", help="the end-to-end demo on the bundled data sets")
     d.add_argument("--text", action="store_true", help="the text demo (Debian package descriptions)")
@@ -116,7 +122,11 @@ def cmd_predict(args) -> int:
     if args.output:
         from ..report.outputs import check_predictions_path, write_predictions
         check_predictions_path(args.output)
-    if args.model:
+    if args.zero_shot:
+        from ..zeroshot.predict import predict_zero_shot
+        rows = predict_zero_shot(args.zero_shot, args.inputs, classes=args.classes,
+                                 class_text=args.class_text, top_k=args.top_k or 1)
+    elif args.model:
         rows = predict_source(args.model, args.inputs, top_k=args.top_k or 5)
     else:
         run, inputs = args.inputs[0], args.inputs[1:]

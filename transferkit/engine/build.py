@@ -20,6 +20,9 @@ def build_model(cfg: TrainConfig, classes: list[str]) -> tuple[TransferModel, di
     backbone = load_backbone(cfg.backbone, arch=cfg.arch, pooling=cfg.pooling, max_length=cfg.max_length)
     torch.manual_seed(cfg.seed)  # the head's initialisation is part of the run's seed
     model = attach_head(backbone, classes, hidden=cfg.head_hidden, dropout=cfg.head_dropout)
+    if cfg.class_text:
+        from ..zeroshot.prior import attach_name_prior
+        attach_name_prior(model, cfg)
     anchor = None
     if cfg.reg and "l2sp" in cfg.reg:
         from ..regularizers import anchor_from

@@ -216,7 +216,8 @@ def _head_phase(model, cfg, state: RunState, plain_train, val_loader, device, au
     loader = eval_loader(model, plain_train, cfg.batch_size * 2, cfg.num_workers)
     feats, labels = extract_features(model.backbone, loader, device, flip=cfg.augment, autocast=autocast)
     vf = extract_features(model.backbone, val_loader, device, autocast=autocast) if len(val_loader.dataset) else None
-    info = fit_head(model.head, feats, labels, val=vf, label_smoothing=cfg.label_smoothing)
+    info = fit_head(model.head, feats, labels, val=vf, label_smoothing=cfg.label_smoothing,
+                    prior=getattr(model, "head_prior", None))
     state.head_fit = info
     row = {"phase": state.phase, "step": state.global_step, "epoch": state.epoch, "lr": "",
            "train_loss": "", "seconds": round(time.time() - t0, 2)}

@@ -34,6 +34,7 @@ def load_run(run_dir: str | Path):
     if kind in ("timm", "torchvision") and pretrained:
         # the architecture is all we need: the run's own weights replace the source's
         cfg.backbone = cfg.backbone + "@random"
+    cfg.class_text = None  # the prior shaped training only; the run's own weights replace the head
     model, _ = build_model(cfg, classes)
     try:
         load_state_dict_checked(model, ck.load_tensors(weights), str(weights))

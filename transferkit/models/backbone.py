@@ -82,6 +82,7 @@ class Backbone:
     modality: str
     source_head: nn.Module | None = None
     source_classes: list[str] | None = None
+    joint: Any = None  # a joint image-text model's text side (clip:), see transferkit/models/clip.py
 
     @property
     def num_stages(self) -> int:

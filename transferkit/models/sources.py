@@ -19,7 +19,7 @@ from .backbone import (Backbone, ImagePreprocess, SourceInfo, Stage, check_stage
 from .hub import SourceError
 from .text import load_hf
 
-KINDS = ("timm", "torchvision", "hf", "file", "bundled")
+KINDS = ("timm", "torchvision", "hf", "file", "bundled", "clip")
 
 
 # --------------------------------------------------------------------------------------------- ids
@@ -62,6 +62,9 @@ def load_backbone(source: str, *, arch: str | None = None, pooling: str | None =
         return load_hf(source, name, pretrained, pooling=pooling, max_length=max_length)
     if kind == "file":
         return _load_file(source, name, arch)
+    if kind == "clip":
+        from .clip import load_clip
+        return load_clip(source, name, pretrained)
     return _load_bundled(source, name, pretrained, pooling=pooling, max_length=max_length)
 
 

@@ -50,3 +50,28 @@ def zero_shot_probs(space: JointSpace, feats: torch.Tensor, texts: list[str],
                     temperature: float = 0.01) -> torch.Tensor:
     """[N, K] probabilities from the cosine of image and class-text embeddings (CLIP's 1/100 scale)."""
     return (space.scores(feats, texts) / temperature).softmax(-1)
+
+
+def attach_name_prior(model, cfg) -> None:
+    """For `train --class-text FILE [--bridge DIR]`: start the head at the class-name head and keep it
+    as `model.head_prior`, the centre of the head fit's penalty (engine.evaluate.fit_head)."""
+    from ..config import ConfigError
+    from .classtext import read_class_text
+    from .space import load_space
+    if model.spec.modality != "image":
+        raise ConfigError("--class-text maps class words onto image features; this backbone is a text model")
+    table = read_class_text(cfg.class_text, model.class_names)
+    spec = cfg.bridge or (cfg.backbone if model.spec.joint is not None else None)
+    if spec is None:
+        raise ConfigError(f"--class-text {cfg.class_text} needs --bridge DIR (trained with 'transferkit bridge') "
+                          "or a joint image-text backbone (--backbone clip:NAME_OR_DIR)")
+    space = load_space(spec, model.spec)
+    if space.backbone != cfg.backbone:
+        raise ConfigError(f"--bridge {spec} maps the features of '{space.backbone}', but this run uses "
+                          f"'{cfg.backbone}'; train a bridge for this backbone or use --backbone {space.backbone}")
+    if space.weights_hash and space.weights_hash != model.spec.source.weights_hash:
+        raise ConfigError(f"--bridge {spec} was trained on other weights of '{cfg.backbone}' "
+                          f"({space.weights_hash}, now {model.spec.source.weights_hash}); retrain the bridge")
+    prior = head_prior(space, [table[c] for c in model.class_names])
+    set_head_from_prior(model.head, prior)
+    model.head_prior = prior

@@ -23,6 +23,8 @@ class JointSpace:
     image_map: LinearBridge                         # pooled image features -> joint space
     embed_texts: Callable[[list[str]], torch.Tensor]  # texts -> unit-norm rows in the joint space
     origin: str                                     # the bridge directory or the joint model id
+    image_size: int | None = None                   # image size the bridge's features were taken at
+    weights_hash: str | None = None                 # of the image backbone the bridge was trained on
 
     def scores(self, feats: torch.Tensor, texts: list[str]) -> torch.Tensor:
         """[N, K] cosine of each image's embedding with each text's: the zero-shot logits' order."""
@@ -66,5 +68,8 @@ def load_space(spec: str, backbone=None) -> JointSpace:
     if not Path(spec).is_dir():
         raise SourceError(f"'{spec}' is neither a bridge directory (from 'transferkit bridge') nor a joint "
                           "image-text model id (clip:NAME_OR_DIR)")
+    import json
     bridge, cfg = load_bridge(spec)
-    return JointSpace(cfg.backbone, bridge, text_embedder(cfg.text_encoder), str(spec))
+    meta = json.loads((Path(spec) / "bridge.json").read_text())
+    return JointSpace(cfg.backbone, bridge, text_embedder(cfg.text_encoder), str(spec), cfg.image_size,
+                      meta.get("weights_hash"))
