@@ -31,7 +31,7 @@ def test_models_json(capsys):
     assert (lite0["modality"], lite0["feature_dim"], lite0["num_stages"]) == ("image", 1280, 8)
     assert (minilm["modality"], minilm["feature_dim"], minilm["num_stages"]) == ("text", 384, 7)
     assert 3_000_000 < lite0["params"] < 4_000_000  # Lite0 without its classifier: ~3.4M
-    assert set(out["kinds"]) == {"timm", "torchvision", "hf", "file", "bundled"}
+    assert set(out["kinds"]) == {"timm", "torchvision", "hf", "file", "bundled", "clip"}
 
 
 def test_models_table(capsys):

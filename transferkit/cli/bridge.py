@@ -17,16 +17,21 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("pairs", help="CSV with path,text columns (images and their words), or a folder of "
                                   "folders named by their words")
     ap.add_argument("--out", required=True, help="directory for bridge.safetensors and bridge.json")
-    ap.add_argument("--backbone", default=d.backbone)
-    ap.add_argument("--text-encoder", default=d.text_encoder)
+    ap.add_argument("--backbone", default=d.backbone,
+                    help=f"image source whose pooled features are mapped (default: {d.backbone})")
+    ap.add_argument("--text-encoder", default=d.text_encoder,
+                    help=f"text source whose embedding space is the target (default: {d.text_encoder})")
     ap.add_argument("--loss", default=d.loss, choices=["hinge", "softmax"],
-                    help="hinge: DeViSE's rank loss (margin --margin); softmax: cross-entropy over cosines")
-    ap.add_argument("--margin", type=float, default=d.margin)
-    ap.add_argument("--steps", type=int, default=d.steps)
-    ap.add_argument("--lr", type=float, default=d.lr)
-    ap.add_argument("--image-size", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quiet", action="store_true")
+                    help="hinge: DeViSE's rank loss with --margin; softmax: cross-entropy over cosines "
+                         f"(default: {d.loss})")
+    ap.add_argument("--margin", type=float, default=d.margin, help=f"hinge margin (default: {d.margin})")
+    ap.add_argument("--steps", type=int, default=d.steps,
+                    help=f"full-batch AdamW steps on the cached features (default: {d.steps})")
+    ap.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default: {d.lr})")
+    ap.add_argument("--image-size", type=int, default=None,
+                    help="input size in pixels (default: the backbone's own)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the map's initialisation (default: 0)")
+    ap.add_argument("--quiet", action="store_true", help="no progress messages (default: off)")
     return ap
 
 

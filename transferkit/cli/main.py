@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--zero-shot", metavar="BRIDGE_DIR|clip:NAME",
                     help="classify images by class words in a joint space (a bridge from 'transferkit bridge', "
                          "or a clip: model); classes from --classes/--class-text (default: off)")
-    pr.add_argument("--classes", help='zero-shot candidate classes, "a,b,c" (their names are their words)')
-    pr.add_argument("--class-text", help="zero-shot: CSV/JSON class -> description")
+    pr.add_argument("--classes", help='zero-shot candidate classes, "a,b,c"; their names are their words '
+                                      "(default: all classes of --class-text)")
+    pr.add_argument("--class-text", help="zero-shot: CSV/JSON class -> description (default: the names)")
 
     d = sub.add_parser("demo", help="the end-to-end demo on the bundled data sets")
     d.add_argument("--text", action="store_true", help="the text demo (Debian package descriptions)")
@@ -113,7 +114,7 @@ def cmd_models(args) -> int:
                    "params": f"{r['params'] / 1e6:.1f}M" if "params" in r else "-"} for r in rows],
                  ["id", "modality", "feature_dim", "stages", "params", "description"])
     print("\nother sources: timm:NAME (e.g. timm:resnet50), torchvision:NAME, hf:NAME_OR_DIR, "
-          "file:PATH [--arch NAME]; add @random for random init (e.g. timm:tf_efficientnet_lite0@random)")
+          "file:PATH [--arch NAME], clip:NAME_OR_DIR (joint image-text); add @random for random init (e.g. timm:tf_efficientnet_lite0@random)")
     return 0
 
 
