@@ -4,7 +4,8 @@ Data: icons of six Debian icon themes paired with the words of their names (scri
 built on first run into --pairs, needs the apt packages it names). Per seed, --held-out classes are
 drawn at random; the bridge (bundled:efficientnet_lite0 features -> bundled:minilm-l6 space) is
 trained only on the images of the other classes, each paired with its own icon name ("battery
-caution"). Then, on the held-out classes only:
+caution"), and a second bridge on those plus the icons of no class (extra_pairs.csv) whose names share
+no word with a held-out class. Then, on the held-out classes only:
 
 - zero-shot: each image gets the nearest class description (classes.csv) among the held-out ones;
 - 1-2 labels per class: the plain probe (L2 logistic regression on frozen features, C on validation,
@@ -53,7 +54,7 @@ def _ensure_pairs(out: Path) -> None:
 def _features(pairs: Path, rows: list[dict], image_size: int, cache: Path):
     if cache.is_file():
         saved = torch.load(cache, weights_only=True)
-        if saved["n"] == len(rows) and saved["image_size"] == image_size:
+        if saved["paths"] == [r["path"] for r in rows] and saved["image_size"] == image_size:
             return saved["feats"], saved["flipped"], saved["seconds"]
     from transferkit.models import load_backbone
     t0 = time.time()
@@ -61,7 +62,7 @@ def _features(pairs: Path, rows: list[dict], image_size: int, cache: Path):
     feats, flipped = image_features(bb, [str(pairs / r["path"]) for r in rows], image_size=image_size)
     secs = time.time() - t0
     cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"n": len(rows), "image_size": image_size, "feats": feats, "flipped": flipped,
+    torch.save({"paths": [r["path"] for r in rows], "image_size": image_size, "feats": feats, "flipped": flipped,
                 "seconds": secs}, cache)
     return feats, flipped, secs
 
@@ -79,24 +80,33 @@ def _probe(feats, flipped, tr, va, y, k, prior=None) -> torch.nn.Linear:
     return head
 
 
-def run_seed(seed, rows, feats, flipped, class_text, embed, args) -> dict:
-    classes = sorted({r["label"] for r in rows})
-    held = sorted(random.Random(seed).sample(classes, args.held_out))
-    seen_idx = [i for i, r in enumerate(rows) if r["label"] not in held]
-    texts = sorted({rows[i]["text"] for i in seen_idx})
+def _bridge(texts_of, feats, flipped, embed, args, seed):
+    texts = sorted(set(texts_of))
     t_index = {t: j for j, t in enumerate(texts)}
-    targets = torch.tensor([t_index[rows[i]["text"]] for i in seen_idx])
+    targets = torch.tensor([t_index[t] for t in texts_of])
     cfg = BridgeConfig(loss=args.loss, steps=args.bridge_steps, seed=seed)
     t0 = time.time()
-    bridge, curve = fit_bridge(torch.cat([feats[seen_idx], flipped[seen_idx]]),
-                               torch.cat([targets, targets]), embed(texts), cfg)
-    bridge_s = time.time() - t0
-    space = JointSpace("bundled:efficientnet_lite0", bridge, embed, "benchmark")
+    bridge, curve = fit_bridge(torch.cat([feats, flipped]), torch.cat([targets, targets]), embed(texts), cfg)
+    return JointSpace("bundled:efficientnet_lite0", bridge, embed, "benchmark"), {
+        "images": len(texts_of), "texts": len(texts), "loss": curve, "seconds": round(time.time() - t0, 2)}
+
+
+def run_seed(seed, rows, feats, flipped, extra, class_text, embed, args) -> dict:
+    classes = sorted({r["label"] for r in rows})
+    held = sorted(random.Random(seed).sample(classes, args.held_out))
+    held_texts = [class_text[c] for c in held]
+    seen_idx = [i for i, r in enumerate(rows) if r["label"] not in held]
+    space, info = _bridge([rows[i]["text"] for i in seen_idx], feats[seen_idx], flipped[seen_idx],
+                          embed, args, seed)
+    # the extra icons whose names share no word with a held-out class (name or description)
+    banned = {w for c in held for w in (c + " " + class_text[c]).split()}
+    ok = [j for j, r in enumerate(extra["rows"]) if not banned & set(r["text"].split())]
+    space_x, info_x = _bridge([rows[i]["text"] for i in seen_idx] + [extra["rows"][j]["text"] for j in ok],
+                              torch.cat([feats[seen_idx], extra["feats"][ok]]),
+                              torch.cat([flipped[seen_idx], extra["flipped"][ok]]), embed, args, seed)
     # --- zero-shot on all images of the held-out classes
     h_idx = [i for i, r in enumerate(rows) if r["label"] in held]
     y_all = torch.tensor([held.index(r["label"]) for r in rows if r["label"] in held])
-    held_texts = [class_text[c] for c in held]
-    zs = _acc(space.scores(feats[h_idx], held_texts), y_all)
     # --- 1-2 labels per class on the held-out classes: test half, validation from the rest
     items = [Example(str(i), rows[i]["label"], str(i)) for i in h_idx]
     rest, test = stratified_split(items, 0.5, seed)
@@ -106,17 +116,18 @@ def run_seed(seed, rows, feats, flipped, class_text, embed, args) -> dict:
     y = torch.full((len(rows),), -1, dtype=torch.long)
     for i in h_idx:
         y[i] = held.index(rows[i]["label"])
-    prior = head_prior(space, held_texts)
-    out = {"seed": seed, "held_out": held, "n_bridge_images": len(seen_idx), "n_bridge_texts": len(texts),
-           "bridge_loss": curve, "bridge_seconds": round(bridge_s, 2), "n_zero_shot": len(h_idx),
-           "zero_shot": zs, "zero_shot_test": _acc(space.scores(feats[te], held_texts), y[te]),
+    out = {"seed": seed, "held_out": held, "bridge": info, "bridge_extra": info_x, "n_zero_shot": len(h_idx),
            "n_test": len(te), "n_val": len(va)}
+    for tag, sp in (("", space), ("x", space_x)):
+        out[f"zero_shot{tag}"] = _acc(sp.scores(feats[h_idx], held_texts), y_all)
+        out[f"zero_shot_test{tag}"] = _acc(sp.scores(feats[te], held_texts), y[te])
+    priors = {"": head_prior(space, held_texts), "x": head_prior(space_x, held_texts)}
     for k in args.shots:
         tr = torch.tensor([int(e.x) for e in sample_shots(pool, k, seed)])
-        plain = _probe(feats, flipped, tr, va, y, len(held))
-        named = _probe(feats, flipped, tr, va, y, len(held), prior=prior)
-        out[f"probe_{k}"] = _acc(plain(feats[te]), y[te])
-        out[f"prior_{k}"] = _acc(named(feats[te]), y[te])
+        out[f"probe_{k}"] = _acc(_probe(feats, flipped, tr, va, y, len(held))(feats[te]), y[te])
+        for tag, prior in priors.items():
+            named = _probe(feats, flipped, tr, va, y, len(held), prior=prior)
+            out[f"prior{tag}_{k}"] = _acc(named(feats[te]), y[te])
     return out
 
 
@@ -124,26 +135,37 @@ def _fmt(vals: list[float]) -> str:
     return f"{np.mean(vals):.3f} ± {np.std(vals):.3f}"
 
 
+def _row(results, key, label, chance, base=None) -> str:
+    v = [r[key] for r in results]
+    cell = f"| {label} | {_fmt(v)} | {np.mean(v) / chance:.1f}x |"
+    if base is None:
+        return cell + " |"
+    d = [r[key] - r[base] for r in results]
+    return cell + f" {np.mean(d):+.3f} ({', '.join(f'{x:+.3f}' for x in d)}) |"
+
+
 def report(results: list[dict], args, command: str, feature_s: float, n_images: int, n_classes: int) -> str:
     chance = 1.0 / args.held_out
+    b, bx = results[0]["bridge"], results[0]["bridge_extra"]
     lines = [f"Command: `{command}`", "",
-             f"{n_images} icon images, {n_classes} classes; per seed {args.held_out} classes held out of the "
-             f"bridge's training (bridge: {args.loss} loss, {args.bridge_steps} steps); "
-             f"{len(results)} seeds; mean ± std over seeds. Features: bundled:efficientnet_lite0 at "
-             f"{args.image_size} px ({feature_s:.0f} s once); text: bundled:minilm-l6.", "",
-             "| on the held-out classes | accuracy | vs chance |", "|---|---:|---:|",
-             f"| chance (1/{args.held_out}) | {chance:.3f} | 1.0x |"]
-    zs = [r["zero_shot"] for r in results]
-    lines.append(f"| zero-shot (0 labels, nearest class text), all held-out images | {_fmt(zs)} | "
-                 f"{np.mean(zs) / chance:.1f}x |")
-    zt = [r["zero_shot_test"] for r in results]
-    lines.append(f"| zero-shot on the few-label test half | {_fmt(zt)} | {np.mean(zt) / chance:.1f}x |")
+             f"{n_images} icon images in {n_classes} classes; per seed {args.held_out} classes held out of the "
+             f"bridges' training. Bridge A: the other classes' images with their icon names (seed 0: "
+             f"{b['images']} images, {b['texts']} texts); bridge B: those plus extra icons of no class whose "
+             f"names share no word with a held-out class (seed 0: {bx['images']} images, {bx['texts']} texts). "
+             f"{args.loss} loss, {args.bridge_steps} steps. {len(results)} seeds, mean ± std over seeds. "
+             f"Features: bundled:efficientnet_lite0 at {args.image_size} px ({feature_s:.0f} s once); "
+             "text: bundled:minilm-l6.", "",
+             "| on the held-out classes | accuracy | vs chance | vs probe (per seed) |", "|---|---:|---:|---:|",
+             f"| chance (1/{args.held_out}) | {chance:.3f} | 1.0x | |",
+             _row(results, "zero_shot", "zero-shot, bridge A (0 labels), all held-out images", chance),
+             _row(results, "zero_shotx", "zero-shot, bridge B (0 labels), all held-out images", chance),
+             _row(results, "zero_shot_testx", "zero-shot, bridge B, on the few-label test half", chance)]
     for k in args.shots:
-        p, q = [r[f"probe_{k}"] for r in results], [r[f"prior_{k}"] for r in results]
-        lines.append(f"| {k} label(s)/class: probe | {_fmt(p)} | {np.mean(p) / chance:.1f}x |")
-        d = [b - a for a, b in zip(p, q)]
-        lines.append(f"| {k} label(s)/class: probe + name prior | {_fmt(q)} | {np.mean(q) / chance:.1f}x "
-                     f"(prior - probe: {np.mean(d):+.3f}, per seed {', '.join(f'{x:+.3f}' for x in d)}) |")
+        lines += [_row(results, f"probe_{k}", f"{k} label(s)/class: probe", chance),
+                  _row(results, f"prior_{k}", f"{k} label(s)/class: probe + name prior (bridge A)", chance,
+                       f"probe_{k}"),
+                  _row(results, f"priorx_{k}", f"{k} label(s)/class: probe + name prior (bridge B)", chance,
+                       f"probe_{k}")]
     lines += ["", "Held-out classes per seed: " + "; ".join(", ".join(r["held_out"]) for r in results)]
     return "\n".join(lines)
 
@@ -171,8 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     class_text = read_class_text(pairs / "classes.csv", classes)
     feats, flipped, feature_s = _features(pairs, rows, args.image_size,
                                           pairs / f"features_{args.image_size}.pt")
+    with open(pairs / "extra_pairs.csv", newline="", encoding="utf-8") as f:
+        extra_rows = list(csv.DictReader(f))
+    ef, efl, extra_s = _features(pairs, extra_rows, args.image_size, pairs / f"features_extra_{args.image_size}.pt")
+    extra = {"rows": extra_rows, "feats": ef, "flipped": efl}
     embed = text_embedder("bundled:minilm-l6")
-    results = [run_seed(s, rows, feats, flipped, class_text, embed, args) for s in range(args.seeds)]
+    results = [run_seed(s, rows, feats, flipped, extra, class_text, embed, args) for s in range(args.seeds)]
+    feature_s += extra_s
     command = "python benchmarks/zero_shot.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     md = report(results, args, command, feature_s, len(rows), len(classes))
     out.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,8 @@ battery, printer, padlock, ...), and writes
     OUT/images/<concept>/<theme>__<icon>.png   64x64 RGB on white (an ImageFolder tree)
     OUT/pairs.csv     path,label,text,theme,icon   (text = the icon name as words: "battery caution")
     OUT/classes.csv   class,text                   (the concept's words, a --class-text file)
+    OUT/extra/<theme>__<icon>.png, OUT/extra_pairs.csv   path,text,theme,icon: icons of no concept,
+                      more pairs for a bridge (the benchmark drops those sharing a word with a held-out class)
 
 Exact duplicates (the same pixels in two themes, e.g. MATE's copies of GNOME icons) are kept once.
 Symbolic (monochrome) icons are left out.
@@ -84,9 +86,8 @@ CONCEPTS: dict[str, tuple[str, str]] = {
 SIZE = 64
 
 
-def concept_of(icon: str) -> str | None:
-    hits = [c for c, (_, rx) in CONCEPTS.items() if re.search(rx, icon)]
-    return hits[0] if len(hits) == 1 else None
+def concepts_of(icon: str) -> list[str]:
+    return [c for c, (_, rx) in CONCEPTS.items() if re.search(rx, icon)]
 
 
 def icon_words(icon: str) -> str:
@@ -131,42 +132,57 @@ def _render(path: Path) -> Image.Image:
         return bg.resize((SIZE, SIZE), Image.Resampling.LANCZOS)
 
 
-def build(root: Path, out: Path, max_per_class: int) -> dict:
+def _save(img: Image.Image, out: Path, rel: Path) -> None:
+    (out / rel.parent).mkdir(parents=True, exist_ok=True)
+    img.save(out / rel, optimize=True)
+
+
+def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def build(root: Path, out: Path, max_per_class: int, max_extra: int) -> dict:
     icons = find_icons(root)
     if not icons:
         raise SystemExit(f"no icon themes found under {root}: install the Debian packages "
                          f"{' '.join(APT_PACKAGES)} (apt-get install ...)")
-    rows, seen = [], set()
+    rows, extra, seen = [], [], set()
     per_class: dict[str, int] = {}
-    for (theme, name), path in sorted(icons.items()):
-        concept = concept_of(name)
-        if concept is None or per_class.get(concept, 0) >= max_per_class:
+    # concept icons first, so an extra icon with the same pixels (an alias) never takes their place
+    ordered = sorted(icons.items(), key=lambda kv: (not concepts_of(kv[0][1]), kv[0]))
+    for (theme, name), path in ordered:
+        hits = concepts_of(name)
+        if len(hits) > 1 or (hits and per_class.get(hits[0], 0) >= max_per_class):
+            continue  # ambiguous (two concepts), or the class is full
+        if not hits and (len(extra) >= max_extra or not icon_words(name)):
             continue
         img = _render(path)
         digest = hashlib.sha1(img.tobytes()).hexdigest()
         if digest in seen:
             continue
         seen.add(digest)
-        rel = Path("images") / concept / f"{theme}__{name}.png"
-        (out / rel.parent).mkdir(parents=True, exist_ok=True)
-        img.save(out / rel, optimize=True)
-        rows.append({"path": str(rel), "label": concept, "text": icon_words(name), "theme": theme,
-                     "icon": name})
-        per_class[concept] = per_class.get(concept, 0) + 1
+        row = {"text": icon_words(name), "theme": theme, "icon": name}
+        if hits:
+            row.update(path=str(Path("images") / hits[0] / f"{theme}__{name}.png"), label=hits[0])
+            rows.append(row)
+            per_class[hits[0]] = per_class.get(hits[0], 0) + 1
+        else:
+            row.update(path=str(Path("extra") / f"{theme}__{name}.png"))
+            extra.append(row)
+        _save(img, out, Path(row["path"]))
     keep = {c for c, n in per_class.items() if n >= 10}
     for r in [r for r in rows if r["label"] not in keep]:
         (out / r["path"]).unlink()
     rows = [r for r in rows if r["label"] in keep]
-    with open(out / "pairs.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "label", "text", "theme", "icon"])
-        w.writeheader()
-        w.writerows(rows)
-    with open(out / "classes.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["class", "text"])
-        for c in sorted(keep):
-            w.writerow([c, CONCEPTS[c][0]])
-    return {"images": len(rows), "classes": len(keep), "themes": sorted({r["theme"] for r in rows})}
+    _write_csv(out / "pairs.csv", rows, ["path", "label", "text", "theme", "icon"])
+    _write_csv(out / "extra_pairs.csv", extra, ["path", "text", "theme", "icon"])
+    _write_csv(out / "classes.csv", [{"class": c, "text": CONCEPTS[c][0]} for c in sorted(keep)],
+               ["class", "text"])
+    return {"images": len(rows), "extra": len(extra), "classes": len(keep),
+            "themes": sorted({r["theme"] for r in rows})}
 
 
 def main(argv=None) -> int:
@@ -174,13 +190,15 @@ def main(argv=None) -> int:
     ap.add_argument("--icons", default="/usr/share/icons", help="where the themes are installed")
     ap.add_argument("--out", default="runs/icon_pairs")
     ap.add_argument("--max-per-class", type=int, default=80)
+    ap.add_argument("--max-extra", type=int, default=3000, help="icons of no concept kept as extra pairs")
     args = ap.parse_args(argv)
     out = Path(args.out)
     if (out / "pairs.csv").exists():
         print(f"{out} already holds a build; remove it to rebuild", file=sys.stderr)
         return 1
-    info = build(Path(args.icons), out, args.max_per_class)
-    print(f"{info['images']} images, {info['classes']} classes, themes {', '.join(info['themes'])} -> {out}")
+    info = build(Path(args.icons), out, args.max_per_class, args.max_extra)
+    print(f"{info['images']} images in {info['classes']} classes (+{info['extra']} extra pairs), themes "
+          f"{', '.join(info['themes'])} -> {out}")
     return 0
 
 
