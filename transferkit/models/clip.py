@@ -8,7 +8,6 @@ embedding space, so zero-shot prediction and class-name priors need no bridge tr
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -89,7 +88,7 @@ def load_clip(source: str, name: str, pretrained: bool) -> Backbone:
     except OSError as cached_error:
         if is_dir:
             raise SourceError(f"cannot load '{source}' from {target}: {cached_error}") from cached_error
-        if os.environ.get("HF_HUB_OFFLINE") == "1" or not hub.hub_reachable():
+        if hub.offline_mode() or not hub.hub_reachable(target):
             raise hub.offline_error(source, "this CLIP model is not in the Hugging Face cache") from cached_error
         tok = AutoTokenizer.from_pretrained(target)
         cfg = CLIPConfig.from_pretrained(target)
