@@ -4,8 +4,8 @@ Data: icons of six Debian icon themes paired with the words of their names (scri
 built on first run into --pairs, needs the apt packages it names). Per seed, --held-out classes are
 drawn at random; the bridge (bundled:efficientnet_lite0 features -> bundled:minilm-l6 space) is
 trained only on the images of the other classes, each paired with its own icon name ("battery
-caution"), and a second bridge on those plus the icons of no class (extra_pairs.csv) whose names share
-no word with a held-out class. Then, on the held-out classes only:
+caution"); with --extra-pairs, a second bridge on those plus the icons of no class (extra_pairs.csv)
+whose names share no word with a held-out class. Then, on the held-out classes only:
 
 - zero-shot: each image gets the nearest class description (classes.csv) among the held-out ones;
 - 1-2 labels per class: the plain probe (L2 logistic regression on frozen features, C on validation,
@@ -80,13 +80,14 @@ def _probe(feats, flipped, tr, va, y, k, prior=None) -> torch.nn.Linear:
     return head
 
 
-def _bridge(texts_of, feats, flipped, embed, args, seed):
+def _bridge(texts_of, feats, embed, args, seed):
+    # the bridge sees each icon once (mirror images would double its cost for little on icons)
     texts = sorted(set(texts_of))
     t_index = {t: j for j, t in enumerate(texts)}
     targets = torch.tensor([t_index[t] for t in texts_of])
     cfg = BridgeConfig(loss=args.loss, steps=args.bridge_steps, seed=seed)
     t0 = time.time()
-    bridge, curve = fit_bridge(torch.cat([feats, flipped]), torch.cat([targets, targets]), embed(texts), cfg)
+    bridge, curve = fit_bridge(feats, targets, embed(texts), cfg)
     return JointSpace("bundled:efficientnet_lite0", bridge, embed, "benchmark"), {
         "images": len(texts_of), "texts": len(texts), "loss": curve, "seconds": round(time.time() - t0, 2)}
 
@@ -96,14 +97,16 @@ def run_seed(seed, rows, feats, flipped, extra, class_text, embed, args) -> dict
     held = sorted(random.Random(seed).sample(classes, args.held_out))
     held_texts = [class_text[c] for c in held]
     seen_idx = [i for i, r in enumerate(rows) if r["label"] not in held]
-    space, info = _bridge([rows[i]["text"] for i in seen_idx], feats[seen_idx], flipped[seen_idx],
-                          embed, args, seed)
-    # the extra icons whose names share no word with a held-out class (name or description)
-    banned = {w for c in held for w in (c + " " + class_text[c]).split()}
-    ok = [j for j, r in enumerate(extra["rows"]) if not banned & set(r["text"].split())]
-    space_x, info_x = _bridge([rows[i]["text"] for i in seen_idx] + [extra["rows"][j]["text"] for j in ok],
-                              torch.cat([feats[seen_idx], extra["feats"][ok]]),
-                              torch.cat([flipped[seen_idx], extra["flipped"][ok]]), embed, args, seed)
+    space, info = _bridge([rows[i]["text"] for i in seen_idx], feats[seen_idx], embed, args, seed)
+    spaces = {"": space}
+    out = {"seed": seed, "held_out": held, "bridge": info}
+    if extra is not None:
+        # the extra icons whose names share no word with a held-out class (name or description)
+        banned = {w for c in held for w in (c + " " + class_text[c]).split()}
+        ok = [j for j, r in enumerate(extra["rows"]) if not banned & set(r["text"].split())]
+        spaces["x"], out["bridge_extra"] = _bridge(
+            [rows[i]["text"] for i in seen_idx] + [extra["rows"][j]["text"] for j in ok],
+            torch.cat([feats[seen_idx], extra["feats"][ok]]), embed, args, seed)
     # --- zero-shot on all images of the held-out classes
     h_idx = [i for i, r in enumerate(rows) if r["label"] in held]
     y_all = torch.tensor([held.index(r["label"]) for r in rows if r["label"] in held])
@@ -116,12 +119,11 @@ def run_seed(seed, rows, feats, flipped, extra, class_text, embed, args) -> dict
     y = torch.full((len(rows),), -1, dtype=torch.long)
     for i in h_idx:
         y[i] = held.index(rows[i]["label"])
-    out = {"seed": seed, "held_out": held, "bridge": info, "bridge_extra": info_x, "n_zero_shot": len(h_idx),
-           "n_test": len(te), "n_val": len(va)}
-    for tag, sp in (("", space), ("x", space_x)):
+    out.update(n_zero_shot=len(h_idx), n_test=len(te), n_val=len(va))
+    for tag, sp in spaces.items():
         out[f"zero_shot{tag}"] = _acc(sp.scores(feats[h_idx], held_texts), y_all)
         out[f"zero_shot_test{tag}"] = _acc(sp.scores(feats[te], held_texts), y[te])
-    priors = {"": head_prior(space, held_texts), "x": head_prior(space_x, held_texts)}
+    priors = {tag: head_prior(sp, held_texts) for tag, sp in spaces.items()}
     for k in args.shots:
         tr = torch.tensor([int(e.x) for e in sample_shots(pool, k, seed)])
         out[f"probe_{k}"] = _acc(_probe(feats, flipped, tr, va, y, len(held))(feats[te]), y[te])
@@ -146,26 +148,30 @@ def _row(results, key, label, chance, base=None) -> str:
 
 def report(results: list[dict], args, command: str, feature_s: float, n_images: int, n_classes: int) -> str:
     chance = 1.0 / args.held_out
-    b, bx = results[0]["bridge"], results[0]["bridge_extra"]
+    b, bx = results[0]["bridge"], results[0].get("bridge_extra")
+    extra = bx is not None
     lines = [f"Command: `{command}`", "",
              f"{n_images} icon images in {n_classes} classes; per seed {args.held_out} classes held out of the "
-             f"bridges' training. Bridge A: the other classes' images with their icon names (seed 0: "
-             f"{b['images']} images, {b['texts']} texts); bridge B: those plus extra icons of no class whose "
-             f"names share no word with a held-out class (seed 0: {bx['images']} images, {bx['texts']} texts). "
-             f"{args.loss} loss, {args.bridge_steps} steps. {len(results)} seeds, mean ± std over seeds. "
+             f"bridge's training. Bridge A: the other classes' images with their icon names (seed 0: "
+             f"{b['images']} images, {b['texts']} texts)"
+             + (f"; bridge B: those plus extra icons of no class whose names share no word with a held-out "
+                f"class (seed 0: {bx['images']} images, {bx['texts']} texts). " if extra else ". ")
+             + f"{args.loss} loss, {args.bridge_steps} steps. {len(results)} seeds, mean ± std over seeds. "
              f"Features: bundled:efficientnet_lite0 at {args.image_size} px ({feature_s:.0f} s once); "
              "text: bundled:minilm-l6.", "",
              "| on the held-out classes | accuracy | vs chance | vs probe (per seed) |", "|---|---:|---:|---:|",
              f"| chance (1/{args.held_out}) | {chance:.3f} | 1.0x | |",
              _row(results, "zero_shot", "zero-shot, bridge A (0 labels), all held-out images", chance),
-             _row(results, "zero_shotx", "zero-shot, bridge B (0 labels), all held-out images", chance),
-             _row(results, "zero_shot_testx", "zero-shot, bridge B, on the few-label test half", chance)]
+             _row(results, "zero_shot_test", "zero-shot, bridge A, on the few-label test half", chance)]
+    if extra:
+        lines += [_row(results, "zero_shotx", "zero-shot, bridge B (0 labels), all held-out images", chance)]
     for k in args.shots:
         lines += [_row(results, f"probe_{k}", f"{k} label(s)/class: probe", chance),
                   _row(results, f"prior_{k}", f"{k} label(s)/class: probe + name prior (bridge A)", chance,
-                       f"probe_{k}"),
-                  _row(results, f"priorx_{k}", f"{k} label(s)/class: probe + name prior (bridge B)", chance,
                        f"probe_{k}")]
+        if extra:
+            lines += [_row(results, f"priorx_{k}", f"{k} label(s)/class: probe + name prior (bridge B)", chance,
+                           f"probe_{k}")]
     lines += ["", "Held-out classes per seed: " + "; ".join(", ".join(r["held_out"]) for r in results)]
     return "\n".join(lines)
 
@@ -179,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shots", default="1,2")
     ap.add_argument("--loss", default="hinge", choices=["hinge", "softmax"])
     ap.add_argument("--bridge-steps", type=int, default=300)
+    ap.add_argument("--extra-pairs", action="store_true",
+                    help="also train bridge B on the extra icons (about 5x the bridge's cost)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default="runs/bench/zero_shot")
     args = ap.parse_args(argv)
@@ -193,13 +201,15 @@ def main(argv: list[str] | None = None) -> int:
     class_text = read_class_text(pairs / "classes.csv", classes)
     feats, flipped, feature_s = _features(pairs, rows, args.image_size,
                                           pairs / f"features_{args.image_size}.pt")
-    with open(pairs / "extra_pairs.csv", newline="", encoding="utf-8") as f:
-        extra_rows = list(csv.DictReader(f))
-    ef, efl, extra_s = _features(pairs, extra_rows, args.image_size, pairs / f"features_extra_{args.image_size}.pt")
-    extra = {"rows": extra_rows, "feats": ef, "flipped": efl}
+    extra = None
+    if args.extra_pairs:
+        with open(pairs / "extra_pairs.csv", newline="", encoding="utf-8") as f:
+            extra_rows = list(csv.DictReader(f))
+        ef, _, extra_s = _features(pairs, extra_rows, args.image_size, pairs / f"features_extra_{args.image_size}.pt")
+        extra = {"rows": extra_rows, "feats": ef}
+        feature_s += extra_s
     embed = text_embedder("bundled:minilm-l6")
     results = [run_seed(s, rows, feats, flipped, extra, class_text, embed, args) for s in range(args.seeds)]
-    feature_s += extra_s
     command = "python benchmarks/zero_shot.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     md = report(results, args, command, feature_s, len(rows), len(classes))
     out.mkdir(parents=True, exist_ok=True)
