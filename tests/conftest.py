@@ -9,6 +9,13 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # Tiny models gain nothing from intra-op threads, and on a shared CPU the thread pool's contention
 # makes a training step ~10x slower; one thread keeps the suite fast and its timings stable.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The feature cache is on by default; tests must never write into the user's ~/.cache.
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+os.environ["TRANSFERKIT_CACHE"] = tempfile.mkdtemp(prefix="transferkit-test-cache-")
+atexit.register(shutil.rmtree, os.environ["TRANSFERKIT_CACHE"], True)
 
 from pathlib import Path  # noqa: E402
 

@@ -148,6 +148,7 @@ class FeatureStore:
     """
 
     def __init__(self, cfg: TrainConfig, tasks: list[Task], seed: int, *, flip: bool, log=print):
+        from ..data.feature_cache import feature_cache_for
         from ..models import load_backbone
         from .rank import frozen_features
         t0 = time.time()
@@ -159,7 +160,7 @@ class FeatureStore:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.feats, _, self.flipped = frozen_features(
             self.backbone, list(items.values()), tasks[0].classes, image_size=cfg.image_size,
-            batch_size=cfg.batch_size * 2, flip=flip, device=device)
+            batch_size=cfg.batch_size * 2, flip=flip, device=device, cache=feature_cache_for(cfg))
         self.backbone.module.cpu()
         self.seconds = round(time.time() - t0, 2)
         log(f"frozen features of {len(items)} items from {cfg.backbone}: {self.seconds:.1f}s")

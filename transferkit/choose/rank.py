@@ -23,31 +23,25 @@ from ..models import Backbone, attach_head, load_backbone
 from .transferability import leep, logme
 
 
-@torch.no_grad()
 def frozen_features(backbone: Backbone, items: list[Example], classes: list[str], *,
                     image_size: int | None = None, batch_size: int = 64, flip: bool = False,
-                    device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                    device: str | torch.device = "cpu", cache=None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Pooled features of `items` from the frozen `backbone` in eval mode, with no augmentation.
 
     Returns (features [N, D], labels [N], features of the mirrored images [N, D] or None). The
     mirrored pass runs only with `flip` and only for image batches; it is what the engine adds to the
-    training features of a head fit when augmentation is on.
+    training features of a head fit when augmentation is on. With a `FeatureCache`, rows computed
+    before by any command are read from disk.
     """
-    from ..engine.evaluate import eval_loader, make_dataset, to_device
+    from ..engine.evaluate import eval_loader, make_dataset
+    from ..engine.features import features_by_view
     model = attach_head(backbone, classes)  # the head is unused: it carries the class order
     ds = make_dataset(model, items, train=False, augment=False, image_size=image_size, seed=0)
     module = backbone.module.to(device)
-    was = module.training
-    module.eval()
-    feats, flipped, labels = [], [], []
-    for x, y in eval_loader(model, ds, batch_size):
-        x = to_device(x, device)
-        feats.append(module(x).float().cpu())
-        labels.append(torch.as_tensor(y))
-        if flip and isinstance(x, torch.Tensor) and x.ndim == 4:
-            flipped.append(module(torch.flip(x, dims=[3])).float().cpu())
-    module.train(was)
-    return torch.cat(feats), torch.cat(labels), (torch.cat(flipped) if flipped else None)
+    feats, flipped, labels = features_by_view(module, eval_loader(model, ds, batch_size), device,
+                                              flip=flip, cache=cache)
+    return feats, labels, flipped
 
 
 @torch.no_grad()
@@ -68,7 +62,8 @@ def rank_sources(data: str, backbones: list[str | Backbone], *, shots: int | Non
                  seed: int = 0, image_size: int | None = None, batch_size: int = 64,
                  val: str | None = None, test: str | None = None, val_fraction: float = 0.2,
                  test_fraction: float = 0.2, text_col: str = "text", label_col: str = "label",
-                 pooling: str | None = None, max_length: int | None = None, log=print) -> list[dict]:
+                 pooling: str | None = None, max_length: int | None = None, cache=None,
+                 log=print) -> list[dict]:
     """Score every source on the frozen features of DATA's training split (the same split that
     `transferkit train` with this seed/shots would use) and return rows sorted by LogME, best first.
 
@@ -89,7 +84,7 @@ def rank_sources(data: str, backbones: list[str | Backbone], *, shots: int | Non
         if bb.modality != task.modality:
             raise ValueError(f"{bb.source.id} is a {bb.modality} model but {data} holds {task.modality} data")
         feats, labels, _ = frozen_features(bb, task.train, task.classes, image_size=image_size,
-                                           batch_size=batch_size, device=device)
+                                           batch_size=batch_size, device=device, cache=cache)
         row = {"source": bb.source.id, **score_source(bb, feats, labels),
                "feature_dim": int(feats.shape[1]), "n": int(len(labels)),
                "seconds": round(time.time() - t0, 2)}

@@ -36,7 +36,7 @@ def _compare_parser() -> argparse.ArgumentParser:
 
 
 _RANK_KEEP = {"shots", "seed", "image_size", "val", "test", "val_fraction", "test_fraction",
-              "text_col", "label_col"}
+              "text_col", "label_col", "cache", "cache_dir"}
 _RANK_SKIP = set(FIELD_NAMES) - _RANK_KEEP
 
 
@@ -85,6 +85,7 @@ def cmd_rank(argv: list[str]) -> int:
     args = _rank_parser().parse_args(argv)
     from ..choose.rank import format_ranking, rank_sources
     from ..config import make_config
+    from ..data.feature_cache import open_cache
     sources = [s.strip() for s in args.backbones.split(",") if s.strip()]
     given = {k: getattr(args, k) for k in _RANK_KEEP | {"batch_size"}}
     c = make_config(None, data=args.data, **given)
@@ -92,7 +93,7 @@ def cmd_rank(argv: list[str]) -> int:
                         batch_size=c.batch_size, val=c.val, test=c.test,
                         val_fraction=c.val_fraction, test_fraction=c.test_fraction,
                         text_col=c.text_col, label_col=c.label_col,
-                        log=(lambda *a, **k: None) if args.json else print)
+                        cache=open_cache(c.cache, c.cache_dir), log=(lambda *a, **k: None) if args.json else print)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

@@ -65,23 +65,22 @@ def predict_probs(model: TransferModel, loader: DataLoader, device, *, tta: bool
     return torch.cat(probs).numpy(), torch.cat(labels).numpy()
 
 
-@torch.no_grad()
 def extract_features(backbone: nn.Module, loader: DataLoader, device, *, flip: bool = False,
-                     autocast=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled features of the frozen backbone (eval mode); with `flip`, the mirrored images too."""
-    was = backbone.training
-    backbone.eval()
-    feats, labels = [], []
-    for x, y in loader:
-        x = to_device(x, device)
-        with autocast() if autocast else _null():
-            feats.append(backbone(x).float().cpu())
-            labels.append(torch.as_tensor(y))
-            if flip and _flip(x) is not None:
-                feats.append(backbone(_flip(x)).float().cpu())
-                labels.append(torch.as_tensor(y))
-    backbone.train(was)
-    return torch.cat(feats), torch.cat(labels)
+                     autocast=None, cache=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled features of the frozen backbone (eval mode); with `flip`, the mirrored images too
+    (after each batch's own rows). With a `FeatureCache` (`transferkit.data.feature_cache`), rows
+    already computed are read from disk instead (see `transferkit.engine.features`)."""
+    from .features import features_by_view
+    plain, flipped, labels = features_by_view(backbone, loader, device, flip=flip, autocast=autocast,
+                                              cache=cache)
+    if flipped is None:
+        return plain, labels
+    b = loader.batch_size or len(plain)
+    feats, ys = [], []
+    for i in range(0, len(plain), b):
+        feats += [plain[i:i + b], flipped[i:i + b]]
+        ys += [labels[i:i + b], labels[i:i + b]]
+    return torch.cat(feats), torch.cat(ys)
 
 
 class _null:

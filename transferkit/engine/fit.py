@@ -25,6 +25,7 @@ from torch import nn
 from ..config import TrainConfig, save_config
 from ..data import Task, load_task
 from ..data.checks import report_data_issues
+from ..data.feature_cache import feature_cache_for
 from ..strategies import (freeze_stages, param_groups, parameter_summary, plan_strategy, resolve_bn,
                           set_train_mode)
 from . import checkpoint as ck
@@ -214,8 +215,11 @@ def _bb_mult(cfg: TrainConfig, model) -> float:
 def _head_phase(model, cfg, state: RunState, plain_train, val_loader, device, autocast, log) -> None:
     t0 = time.time()
     loader = eval_loader(model, plain_train, cfg.batch_size * 2, cfg.num_workers)
-    feats, labels = extract_features(model.backbone, loader, device, flip=cfg.augment, autocast=autocast)
-    vf = extract_features(model.backbone, val_loader, device, autocast=autocast) if len(val_loader.dataset) else None
+    cache = feature_cache_for(cfg)  # frozen + deterministic preprocessing: rows come from disk
+    feats, labels = extract_features(model.backbone, loader, device, flip=cfg.augment, autocast=autocast,
+                                     cache=cache)
+    vf = (extract_features(model.backbone, val_loader, device, autocast=autocast, cache=cache)
+          if len(val_loader.dataset) else None)
     info = fit_head(model.head, feats, labels, val=vf, label_smoothing=cfg.label_smoothing,
                     prior=getattr(model, "head_prior", None))
     state.head_fit = info

@@ -1,0 +1,113 @@
+"""Frozen pooled features of a data set, through the on-disk feature cache when it applies.
+
+`features_by_view` is what every frozen-feature path calls (the head phase of `train`, `compare`,
+`rank`, `embed`, `knn`, `cluster`). With a `FeatureCache` and deterministic preprocessing, rows
+already on disk are read (memory-mapped) and only the missing items go through the backbone;
+otherwise everything is computed as before. Either way the result is the same tensors.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from ..data.feature_cache import FeatureCache, item_key, namespace, preprocess_key
+from ..models.backbone import weights_hash
+
+
+def _flip(x):
+    return torch.flip(x, dims=[3]) if isinstance(x, torch.Tensor) and x.ndim == 4 else None
+
+
+def _to_device(x, device):
+    if isinstance(x, dict):
+        return {k: v.to(device) for k, v in x.items()}
+    return x.to(device)
+
+
+@torch.no_grad()
+def _compute(backbone: nn.Module, loader: DataLoader, device, flip: bool, autocast):
+    was = backbone.training
+    backbone.eval()
+    feats, flipped, labels = [], [], []
+    for x, y in loader:
+        x = _to_device(x, device)
+        with autocast() if autocast else nullcontext():
+            feats.append(backbone(x).float().cpu())
+            if flip and _flip(x) is not None:
+                flipped.append(backbone(_flip(x)).float().cpu())
+        labels.append(torch.as_tensor(y))
+    backbone.train(was)
+    return torch.cat(feats), (torch.cat(flipped) if flipped else None), torch.cat(labels)
+
+
+def _autocast_tag(autocast, device_type: str) -> str:
+    """'' when the autocast context does nothing (fp32), else the dtype it computes in."""
+    if not autocast:
+        return ""
+    with autocast():
+        try:
+            on = torch.is_autocast_enabled(device_type)
+            dtype = torch.get_autocast_dtype(device_type) if on else None
+        except TypeError:  # older torch: no per-device query
+            on = torch.is_autocast_enabled()
+            dtype = torch.get_autocast_gpu_dtype() if on else None
+    return str(dtype) if on else ""
+
+
+def _spaces(backbone: nn.Module, loader: DataLoader, device, flip: bool, autocast) -> dict | None:
+    """{view: (namespace, parts)} for the cache, or None when these features may not be cached."""
+    pre = preprocess_key(loader.dataset, loader.collate_fn)
+    if pre is None:
+        return None
+    dev = torch.device(device).type
+    tag = dev + (f"+autocast:{_autocast_tag(autocast, dev)}" if _autocast_tag(autocast, dev) else "")
+    module = type(backbone).__name__ + (f"/pool:{backbone.pooling}" if hasattr(backbone, "pooling") else "")
+    weights = weights_hash(backbone)
+    views = ["plain"] + (["flip"] if flip and pre["kind"] == "image" else [])
+    return {v: namespace(weights, module, pre, v, tag) for v in views}
+
+
+def _dataset_labels(ds) -> torch.Tensor:
+    return torch.tensor([ds.class_to_idx.get(ex.label, -1) for ex in ds.items], dtype=torch.long)
+
+
+def features_by_view(backbone: nn.Module, loader: DataLoader, device, *, flip: bool = False,
+                     autocast=None, cache: FeatureCache | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(features [N, D], features of the mirrored images [N, D] or None, labels [N]) of the
+    frozen `backbone` in eval mode, in the loader's order. The mirrored view exists only with
+    `flip` and image data."""
+    spaces = _spaces(backbone, loader, device, flip, autocast) if cache is not None else None
+    if spaces is None:
+        return _compute(backbone, loader, device, flip, autocast)
+    ds = loader.dataset
+    modality = "text" if loader.collate_fn is not None else "image"
+    keys = [item_key(ex, modality) for ex in ds.items]
+    found = {v: cache.lookup(ns, keys) for v, (ns, _) in spaces.items()}
+    todo = sorted(set().union(*(set(m) for _, m in found.values())))
+    out = {}
+    if todo:
+        sub = DataLoader(Subset(ds, todo), batch_size=loader.batch_size, shuffle=False,
+                         collate_fn=loader.collate_fn)
+        plain, flipped, _ = _compute(backbone, sub, device, "flip" in spaces, autocast)
+        fresh = {"plain": plain.numpy(), "flip": flipped.numpy() if flipped is not None else None}
+        pos = {i: j for j, i in enumerate(todo)}
+        for v, (ns, parts) in spaces.items():
+            arr, missing = found[v]
+            rows = fresh[v][[pos[i] for i in missing]] if missing else None
+            if missing:
+                cache.store(ns, parts, [keys[i] for i in missing], rows)
+            if arr is None:
+                arr = np.zeros((len(keys), fresh[v].shape[1]), dtype=np.float32)
+            if missing:
+                arr[missing] = rows
+            out[v] = arr
+    else:
+        out = {v: arr for v, (arr, _) in found.items()}
+    flipped = torch.from_numpy(out["flip"]) if "flip" in out else None
+    return torch.from_numpy(out["plain"]), flipped, _dataset_labels(ds)
