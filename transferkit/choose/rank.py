@@ -18,30 +18,10 @@ import time
 
 import torch
 
-from ..data import Example, load_task
+from ..data import load_task
+from ..engine.features import frozen_features
 from ..models import Backbone, attach_head, load_backbone
 from .transferability import leep, logme
-
-
-def frozen_features(backbone: Backbone, items: list[Example], classes: list[str], *,
-                    image_size: int | None = None, batch_size: int = 64, flip: bool = False,
-                    device: str | torch.device = "cpu", cache=None
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Pooled features of `items` from the frozen `backbone` in eval mode, with no augmentation.
-
-    Returns (features [N, D], labels [N], features of the mirrored images [N, D] or None). The
-    mirrored pass runs only with `flip` and only for image batches; it is what the engine adds to the
-    training features of a head fit when augmentation is on. With a `FeatureCache`, rows computed
-    before by any command are read from disk.
-    """
-    from ..engine.evaluate import eval_loader, make_dataset
-    from ..engine.features import features_by_view
-    model = attach_head(backbone, classes)  # the head is unused: it carries the class order
-    ds = make_dataset(model, items, train=False, augment=False, image_size=image_size, seed=0)
-    module = backbone.module.to(device)
-    feats, flipped, labels = features_by_view(module, eval_loader(model, ds, batch_size), device,
-                                              flip=flip, cache=cache)
-    return feats, labels, flipped
 
 
 @torch.no_grad()

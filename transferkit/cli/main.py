@@ -17,6 +17,10 @@ COMMAND_MODULES = {
     "export": ("ship", "write a run as timm/hf/onnx/torchscript, checked for parity"),
     "serve": ("ship", "serve a run over HTTP with a prediction page"),
     "bridge": ("bridge", "learn a bridge from image features to a text encoder (zero-shot, name priors)"),
+    "embed": ("embeddings", "pooled features of DATA from a frozen source model, to .npy/.safetensors"),
+    "knn": ("embeddings", "nearest class mean and k-NN on frozen features from a few labels"),
+    "cluster": ("embeddings", "k-means on frozen features with no labels, a contact sheet per cluster"),
+    "cache": ("cache", "the feature cache: info | clear"),
 }
 
 

@@ -19,7 +19,8 @@ def build_model(cfg: TrainConfig, classes: list[str]) -> tuple[TransferModel, di
     needs one. The anchor is taken before adapters are added and its names follow the adapters' renames."""
     backbone = load_backbone(cfg.backbone, arch=cfg.arch, pooling=cfg.pooling, max_length=cfg.max_length)
     torch.manual_seed(cfg.seed)  # the head's initialisation is part of the run's seed
-    model = attach_head(backbone, classes, hidden=cfg.head_hidden, dropout=cfg.head_dropout)
+    model = attach_head(backbone, classes, hidden=cfg.head_hidden, dropout=cfg.head_dropout,
+                        prototypes=cfg.strategy.strip() == "prototypes")
     if cfg.class_text:
         from ..zeroshot.prior import attach_name_prior
         attach_name_prior(model, cfg)

@@ -104,6 +104,8 @@ def fit_head(head: nn.Module, feats: torch.Tensor, labels: torch.Tensor, *,
     With a `prior` head ({"weight", "bias"}, e.g. class names through a joint image-text space), the
     head starts there and the penalty pulls toward it, ||W - W_prior||^2 (transferkit.zeroshot.prior).
     """
+    if hasattr(head, "fit_prototypes"):  # nearest class mean: a closed form, nothing to optimise
+        return head.fit_prototypes(feats, labels, val=val)
     device = next(head.parameters()).device
     feats, labels = feats.to(device), labels.to(device)
     centre = {}

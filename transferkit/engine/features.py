@@ -86,7 +86,7 @@ def features_by_view(backbone: nn.Module, loader: DataLoader, device, *, flip: b
     if spaces is None:
         return _compute(backbone, loader, device, flip, autocast)
     ds = loader.dataset
-    modality = "text" if loader.collate_fn is not None else "image"
+    modality = next(iter(spaces.values()))[1]["preprocess"]["kind"]
     keys = [item_key(ex, modality) for ex in ds.items]
     found = {v: cache.lookup(ns, keys) for v, (ns, _) in spaces.items()}
     todo = sorted(set().union(*(set(m) for _, m in found.values())))
@@ -111,3 +111,24 @@ def features_by_view(backbone: nn.Module, loader: DataLoader, device, *, flip: b
         out = {v: arr for v, (arr, _) in found.items()}
     flipped = torch.from_numpy(out["flip"]) if "flip" in out else None
     return torch.from_numpy(out["plain"]), flipped, _dataset_labels(ds)
+
+
+def frozen_features(backbone, items, classes: list[str], *, image_size: int | None = None,
+                    batch_size: int = 64, flip: bool = False, device: str | torch.device = "cpu",
+                    cache: FeatureCache | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Pooled features of `items` (Examples) from a frozen `Backbone`, eval transforms, no augmentation.
+
+    Returns (features [N, D], labels [N] (-1 for a label not in `classes`), features of the mirrored
+    images [N, D] or None). The mirrored pass runs only with `flip` and image data; it is what the
+    engine adds to the training features of a head fit when augmentation is on. With a
+    `FeatureCache`, rows computed before by any command are read from disk.
+    """
+    from ..models import attach_head
+    from .evaluate import eval_loader, make_dataset
+    model = attach_head(backbone, classes)  # the head is unused: it carries the class order
+    ds = make_dataset(model, items, train=False, augment=False, image_size=image_size, seed=0)
+    module = backbone.module.to(device)
+    feats, flipped, labels = features_by_view(module, eval_loader(model, ds, batch_size), device,
+                                              flip=flip, cache=cache)
+    return feats, labels, flipped

@@ -35,10 +35,14 @@ class TransferModel(nn.Module):
 
 
 def make_head(feature_dim: int, num_classes: int, hidden: int | None = None,
-              dropout: float = 0.0) -> nn.Module:
-    """A linear head, or a small MLP (Linear-GELU-Dropout-Linear) when `hidden` is given."""
+              dropout: float = 0.0, prototypes: bool = False) -> nn.Module:
+    """A linear head, or a small MLP (Linear-GELU-Dropout-Linear) when `hidden` is given, or with
+    `prototypes` the nearest-class-mean head on normalised features (`models.prototypes`)."""
     if num_classes < 2:
         raise ValueError(f"a classification head needs at least 2 classes, got {num_classes}")
+    if prototypes:
+        from .prototypes import PrototypeHead
+        return PrototypeHead(feature_dim, num_classes)
     layers: list[nn.Module] = []
     if hidden:
         layers += [nn.Linear(feature_dim, hidden), nn.GELU()]
@@ -52,12 +56,13 @@ def make_head(feature_dim: int, num_classes: int, hidden: int | None = None,
 
 
 def attach_head(backbone: Backbone, class_names: list[str] | int, *, hidden: int | None = None,
-                dropout: float = 0.0) -> TransferModel:
+                dropout: float = 0.0, prototypes: bool = False) -> TransferModel:
     """Attach a freshly initialised head for the target classes to `backbone`.
 
     `class_names` is the list of target class names (or a class count, named "0".."K-1").
     """
     if isinstance(class_names, int):
         class_names = [str(i) for i in range(class_names)]
-    head = make_head(backbone.feature_dim, len(class_names), hidden=hidden, dropout=dropout)
+    head = make_head(backbone.feature_dim, len(class_names), hidden=hidden, dropout=dropout,
+                     prototypes=prototypes)
     return TransferModel(backbone, head, class_names)

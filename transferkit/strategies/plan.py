@@ -9,6 +9,8 @@ A strategy string becomes a `Plan` of one or more `Phase`s:
                    unfreeze everything and train with backbone LR = head LR x `backbone_lr_mult`
 - `stages:A-B[,C]` (or `freeze=stages:A-B`): freeze exactly those stage indices
 - `lora:r=R[,alpha=A]` low-rank adapters on a text encoder (PEFT): head fit first, then adapters + head
+- `prototypes`     backbone frozen; the head is the nearest class mean on L2-normalised features
+                   (`transferkit.models.prototypes.PrototypeHead`): no optimisation at all
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
-STRATEGIES = ("linear_probe", "partial:K", "full", "two_phase", "stages:A-B", "lora:r=R")
+STRATEGIES = ("linear_probe", "partial:K", "full", "two_phase", "stages:A-B", "lora:r=R", "prototypes")
 
 
 @dataclass
@@ -58,6 +60,8 @@ def plan_strategy(strategy: str, num_stages: int, *, backbone_lr_mult: float = 0
     try:
         if s == "linear_probe":
             return Plan(s, [Phase("linear_probe", everything, 1.0, head_only=True)])
+        if s == "prototypes":
+            return Plan(s, [Phase("prototypes", everything, 1.0, head_only=True)])
         if s == "full":
             return Plan(s, [Phase("full", [], 1.0, backbone_lr_mult=backbone_lr_mult)])
         if s == "two_phase":
@@ -92,7 +96,8 @@ def plan_strategy(strategy: str, num_stages: int, *, backbone_lr_mult: float = 0
             raise ValueError(f"cannot read strategy '{strategy}': {e}. Forms: {', '.join(STRATEGIES)}") from e
         raise
     base = s.split(":")[0]
-    near = difflib.get_close_matches(base, ["linear_probe", "partial", "full", "two_phase", "stages", "lora"], n=1)
+    near = difflib.get_close_matches(base, ["linear_probe", "partial", "full", "two_phase", "stages", "lora",
+                                                  "prototypes"], n=1)
     raise ValueError(f"unknown strategy '{strategy}'" + (f"; did you mean '{near[0]}'?" if near else "")
                      + f" Forms: {', '.join(STRATEGIES)}")
 

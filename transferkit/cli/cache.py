@@ -1,0 +1,37 @@
+"""`transferkit cache info|clear`: what the feature cache holds, and emptying it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="transferkit cache", allow_abbrev=False,
+                                description="The on-disk cache of frozen features (used by train's head-only "
+                                            "phases, compare, rank, embed, knn and cluster).")
+    p.add_argument("action", choices=["info", "clear"])
+    p.add_argument("--cache-dir", default=None,
+                   help="cache root (default $TRANSFERKIT_CACHE or ~/.cache/transferkit)")
+    p.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    from ..data.feature_cache import FeatureCache
+    a = _parser().parse_args(argv[1:])
+    cache = FeatureCache(a.cache_dir)
+    if a.action == "clear":
+        freed = cache.clear()
+        print(json.dumps({"root": str(cache.root), "freed_bytes": freed}) if a.json
+              else f"cleared {freed / 1e6:.1f} MB of cached features under {cache.root}")
+        return 0
+    info = cache.info()
+    if a.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{info['root']}: {len(info['spaces'])} feature spaces, {info['bytes'] / 1e6:.1f} MB")
+    for s in info["spaces"]:
+        print(f"  {s['namespace']}  {s['rows']:>7} rows  {s['bytes'] / 1e6:8.1f} MB  {s['preprocess']}/{s['view']}  "
+              f"weights {s['weights']}")
+    return 0
