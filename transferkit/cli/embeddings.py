@@ -32,6 +32,7 @@ def _embed_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="images (a folder, class folders optional, or a CSV with 'path'), or text "
                                 "(CSV/TSV/JSONL with a text column, or .txt with one text per line)")
     p.add_argument("--out", required=True, help="FILE.npy or FILE.safetensors")
+    p.add_argument("--seed", type=int, default=0, help="seeds a random-init source (SRC@random)")
     _common(p)
     return p
 
@@ -74,7 +75,7 @@ def cmd_embed(argv: list[str]) -> int:
     a = _embed_parser().parse_args(argv)
     emb = compute_embeddings(a.data, a.backbone, image_size=a.image_size, batch_size=a.batch_size,
                              cache=open_cache(a.cache, a.cache_dir), text_col=a.text_col,
-                             label_col=a.label_col, pooling=a.pooling, max_length=a.max_length)
+                             label_col=a.label_col, pooling=a.pooling, max_length=a.max_length, seed=a.seed)
     for s in emb.skipped:
         print(f"skipped: {s}")
     paths = write_embeddings(emb, a.out, data=a.data)

@@ -64,15 +64,19 @@ def contact_sheet(paths: list[str], title: str, *, thumb: int = 96, columns: int
     return sheet
 
 
-def _check_out(out: Path) -> None:
-    if out.exists() and any(out.iterdir()):
-        try:
-            ours = json.loads((out / "summary.json").read_text()).get("written_by") == WRITTEN_BY
-        except (OSError, ValueError):
-            ours = False
-        if not ours:
-            raise FileExistsError(f"{out} is not empty and holds no earlier 'transferkit cluster' output; "
-                                  "choose another --out")
+def _check_out(out: Path) -> dict:
+    """The summary of an earlier `cluster` output in OUT ({} if OUT is new or empty); any other
+    content is refused, never overwritten."""
+    if not out.exists() or not any(out.iterdir()):
+        return {}
+    try:
+        earlier = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        earlier = {}
+    if earlier.get("written_by") != WRITTEN_BY:
+        raise FileExistsError(f"{out} is not empty and holds no earlier 'transferkit cluster' output; "
+                              "choose another --out")
+    return earlier
 
 
 def cluster_data(data: str | Path, backbone, k: int, out: str | Path, *, seed: int = 0,
@@ -81,12 +85,15 @@ def cluster_data(data: str | Path, backbone, k: int, out: str | Path, *, seed: i
                  pooling: str | None = None, max_length: int | None = None) -> dict:
     """Cluster every input of DATA into `k` groups and write OUT (see the module docstring)."""
     out = Path(out)
-    _check_out(out)
+    earlier = _check_out(out)
     emb = compute_embeddings(data, backbone, image_size=image_size, batch_size=batch_size, cache=cache,
-                             text_col=text_col, label_col=label_col, pooling=pooling, max_length=max_length)
+                             text_col=text_col, label_col=label_col, pooling=pooling, max_length=max_length,
+                             seed=seed)
     if not 2 <= k <= len(emb.items):
         raise ValueError(f"--k {k}: need 2 <= k <= the number of inputs ({len(emb.items)})")
     clusters, dist = kmeans(emb.feats, k, seed)
+    for rel in earlier.get("sheets", {}).values():  # the earlier run's sheets: k may have changed
+        (out / rel).unlink(missing_ok=True)
     return write_clusters(emb, clusters, dist, out, data=str(data), seed=seed, per_sheet=per_sheet, thumb=thumb)
 
 

@@ -40,21 +40,26 @@ def device() -> str:
 
 
 def load_source(backbone, *, arch: str | None = None, pooling: str | None = None,
-                max_length: int | None = None):
+                max_length: int | None = None, seed: int = 0):
+    """A Backbone from a source id (after `torch.manual_seed(seed)`, so a random-init `@random`
+    source is the one `train --seed` builds), or the Backbone given."""
     from ..models import Backbone, load_backbone
-    return backbone if isinstance(backbone, Backbone) else load_backbone(
-        backbone, arch=arch, pooling=pooling, max_length=max_length)
+    if isinstance(backbone, Backbone):
+        return backbone
+    torch.manual_seed(seed)
+    return load_backbone(backbone, arch=arch, pooling=pooling, max_length=max_length)
 
 
 def compute_embeddings(data: str | Path, backbone, *, image_size: int | None = None,
                        batch_size: int = 64, cache: FeatureCache | None = None,
                        text_col: str = "text", label_col: str = "label", arch: str | None = None,
-                       pooling: str | None = None, max_length: int | None = None) -> Embeddings:
+                       pooling: str | None = None, max_length: int | None = None,
+                       seed: int = 0) -> Embeddings:
     """Frozen pooled features of every readable input of DATA (labelled or not)."""
     from ..engine.features import frozen_features
     t0 = time.time()
     modality, items, skipped = read_inputs(data, text_col=text_col, label_col=label_col)
-    bb = load_source(backbone, arch=arch, pooling=pooling, max_length=max_length)
+    bb = load_source(backbone, arch=arch, pooling=pooling, max_length=max_length, seed=seed)
     if bb.modality != modality:
         raise ValueError(f"{bb.source.id} is a {bb.modality} model but {data} holds {modality} data")
     classes = sorted({ex.label for ex in items if ex.label})

@@ -31,7 +31,7 @@ def knn_classify(data: str | Path, backbone, *, shots: int | None = None, k: int
                      test_fraction=test_fraction, text_col=text_col, label_col=label_col)
     if not task.test:
         raise ValueError(f"{data}: no test items to score; pass --test DATA or a --test-fraction above 0")
-    bb = load_source(backbone, pooling=pooling, max_length=max_length)
+    bb = load_source(backbone, pooling=pooling, max_length=max_length, seed=seed)
     if bb.modality != task.modality:
         raise ValueError(f"{bb.source.id} is a {bb.modality} model but {data} holds {task.modality} data")
     feats, labels, _ = frozen_features(bb, task.train + task.test, task.classes, image_size=image_size,
