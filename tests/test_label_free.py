@@ -182,3 +182,26 @@ def test_cluster_with_and_without_labels(image_folder, tmp_path, capsys):
     capsys.readouterr()
     assert main(["cluster", str(flat), "--backbone", TINY, "--k", "1", "--out", str(tmp_path / "x")]) == 2
     assert "--k 1" in capsys.readouterr().err
+
+
+def test_help_of_the_new_commands(capsys):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from transferkit.cli.cache import _parser as cache_parser
+    from transferkit.cli.embeddings import _cluster_parser, _embed_parser, _knn_parser
+    for p in (_embed_parser(), _knn_parser(), _cluster_parser(), cache_parser()):
+        for a in (a for a in p._actions if a.option_strings and a.dest != "help"):
+            assert len(a.help.split("(default:")[0].strip()) >= 8 and "default:" in a.help, a.option_strings
+    code = ("import sys\nfrom transferkit.cli import main\n"
+            "for c in ('embed', 'knn', 'cluster', 'cache'):\n"
+            "    try:\n        main([c, '--help'])\n    except SystemExit:\n        pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported by --help'\nprint('ok')")
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo,
+                       env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr
+    # values are checked as for train, before any work
+    assert main(["embed", "x", "--out", "y.npy", "--image-size", "1"]) == 2
+    assert "image_size" in capsys.readouterr().err

@@ -10,16 +10,17 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="transferkit cache", allow_abbrev=False,
                                 description="The on-disk cache of frozen features (used by train's head-only "
                                             "phases, compare, rank, embed, knn and cluster).")
-    p.add_argument("action", choices=["info", "clear"])
+    p.add_argument("action", choices=["info", "clear"],
+                   help="info: feature spaces, rows and bytes held; clear: delete the cached features")
     p.add_argument("--cache-dir", default=None,
-                   help="cache root (default $TRANSFERKIT_CACHE or ~/.cache/transferkit)")
-    p.add_argument("--json", action="store_true")
+                   help="feature cache root (default: $TRANSFERKIT_CACHE or ~/.cache/transferkit)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON (default: off)")
     return p
 
 
 def main(argv: list[str]) -> int:
-    from ..data.feature_cache import FeatureCache
     a = _parser().parse_args(argv[1:])
+    from ..data.feature_cache import FeatureCache
     cache = FeatureCache(a.cache_dir)
     if a.action == "clear":
         freed = cache.clear()

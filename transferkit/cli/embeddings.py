@@ -6,22 +6,27 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..data.feature_cache import open_cache
+from ..config import FIELD_NAMES
+from .options import add_train_options
+
+# the options these commands share with `train`: same flags, same help, same checks (make_config)
+_SHARED = {"backbone", "image_size", "batch_size", "seed", "text_col", "label_col", "pooling",
+           "max_length", "cache", "cache_dir"}
+_SPLITS = {"shots", "val", "test", "val_fraction", "test_fraction"}
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backbone", default="bundled:efficientnet_lite0",
-                   help="source model id (see `transferkit models`), e.g. bundled:minilm-l6 or hf:DIR for text")
-    p.add_argument("--image-size", type=int, default=None, help="default: the backbone's own input size")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--text-col", default="text")
-    p.add_argument("--label-col", default="label")
-    p.add_argument("--pooling", default=None, help="text pooling: mean | cls (default from the model)")
-    p.add_argument("--max-length", type=int, default=None, help="tokens (default from the tokenizer)")
-    p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
-                   help="read/write features in the feature cache (--no-cache: compute afresh)")
-    p.add_argument("--cache-dir", default=None,
-                   help="feature cache root (default $TRANSFERKIT_CACHE or ~/.cache/transferkit)")
+def _common(p: argparse.ArgumentParser, keep: set[str] = _SHARED) -> None:
+    add_train_options(p, skip=set(FIELD_NAMES) - keep, title="options (as for train)")
+
+
+def _config(a: argparse.Namespace, keep: set[str] = _SHARED):
+    from ..config import make_config
+    return make_config(None, data=a.data, **{k: getattr(a, k) for k in keep})
+
+
+def _cache(c):
+    from ..data.feature_cache import open_cache
+    return open_cache(c.cache, c.cache_dir)
 
 
 def _embed_parser() -> argparse.ArgumentParser:
@@ -31,8 +36,7 @@ def _embed_parser() -> argparse.ArgumentParser:
                                             "OUT.index.csv (row, item, label) and OUT.meta.json.")
     p.add_argument("data", help="images (a folder, class folders optional, or a CSV with 'path'), or text "
                                 "(CSV/TSV/JSONL with a text column, or .txt with one text per line)")
-    p.add_argument("--out", required=True, help="FILE.npy or FILE.safetensors")
-    p.add_argument("--seed", type=int, default=0, help="seeds a random-init source (SRC@random)")
+    p.add_argument("--out", required=True, help="FILE.npy or FILE.safetensors (default: none, required)")
     _common(p)
     return p
 
@@ -42,16 +46,12 @@ def _knn_parser() -> argparse.ArgumentParser:
                                 description="Nearest class mean and k-NN on frozen, L2-normalised features "
                                             "from DATA's training split (N --shots per class), scored "
                                             "on its test split.")
-    p.add_argument("data")
-    p.add_argument("--shots", type=int, default=None, help="labelled examples per class (default: all)")
-    p.add_argument("--k", type=int, default=5, help="neighbours that vote (weighted by similarity)")
-    p.add_argument("--seed", type=int, default=0, help="the split/shot seed (as for train)")
-    p.add_argument("--val", default=None)
-    p.add_argument("--test", default=None)
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--test-fraction", type=float, default=0.2)
-    p.add_argument("--out", default=None, help="directory for knn.json and predictions.csv")
-    _common(p)
+    p.add_argument("data", help="labelled data: folder of class folders, image CSV (path,label), or text "
+                                "CSV/TSV/JSONL")
+    p.add_argument("--k", type=int, default=5, help="neighbours that vote, weighted by similarity (default: 5)")
+    p.add_argument("--out", default=None, help="directory for knn.json and predictions.csv (default: none, "
+                                               "print only)")
+    _common(p, _SHARED | _SPLITS)
     return p
 
 
@@ -60,22 +60,24 @@ def _cluster_parser() -> argparse.ArgumentParser:
                                 description="k-means on frozen features of DATA with no labels: OUT/clusters.csv, "
                                             "a contact sheet per cluster in OUT/sheets/, OUT/summary.json "
                                             "(with purity and adjusted Rand index when DATA has labels).")
-    p.add_argument("data")
-    p.add_argument("--k", type=int, required=True, help="number of clusters")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--per-sheet", type=int, default=36, help="thumbnails (or texts) per contact sheet")
-    p.add_argument("--thumb", type=int, default=96, help="thumbnail size in pixels")
+    p.add_argument("data", help="images (a folder, class folders optional, or a CSV with 'path'), or text "
+                                "(CSV/TSV/JSONL with a text column, or .txt with one text per line)")
+    p.add_argument("--k", type=int, required=True, help="number of clusters (default: none, required)")
+    p.add_argument("--out", required=True, help="output directory (default: none, required)")
+    p.add_argument("--per-sheet", type=int, default=36,
+                   help="thumbnails (or texts) per contact sheet, nearest the centre first (default: 36)")
+    p.add_argument("--thumb", type=int, default=96, help="thumbnail size in pixels (default: 96)")
     _common(p)
     return p
 
 
 def cmd_embed(argv: list[str]) -> int:
-    from ..embeddings import compute_embeddings, write_embeddings
     a = _embed_parser().parse_args(argv)
-    emb = compute_embeddings(a.data, a.backbone, image_size=a.image_size, batch_size=a.batch_size,
-                             cache=open_cache(a.cache, a.cache_dir), text_col=a.text_col,
-                             label_col=a.label_col, pooling=a.pooling, max_length=a.max_length, seed=a.seed)
+    from ..embeddings import compute_embeddings, write_embeddings
+    c = _config(a)
+    emb = compute_embeddings(a.data, c.backbone, image_size=c.image_size, batch_size=c.batch_size,
+                             cache=_cache(c), text_col=c.text_col, label_col=c.label_col,
+                             pooling=c.pooling, max_length=c.max_length, seed=c.seed)
     for s in emb.skipped:
         print(f"skipped: {s}")
     paths = write_embeddings(emb, a.out, data=a.data)
@@ -85,12 +87,13 @@ def cmd_embed(argv: list[str]) -> int:
 
 
 def cmd_knn(argv: list[str]) -> int:
-    from ..embeddings.knn import knn_classify
     a = _knn_parser().parse_args(argv)
-    r = knn_classify(a.data, a.backbone, shots=a.shots, k=a.k, seed=a.seed, val=a.val, test=a.test,
-                     val_fraction=a.val_fraction, test_fraction=a.test_fraction, image_size=a.image_size,
-                     batch_size=a.batch_size, cache=open_cache(a.cache, a.cache_dir), text_col=a.text_col,
-                     label_col=a.label_col, pooling=a.pooling, max_length=a.max_length)
+    from ..embeddings.knn import knn_classify
+    c = _config(a, _SHARED | _SPLITS)
+    r = knn_classify(a.data, c.backbone, shots=c.shots, k=a.k, seed=c.seed, val=c.val, test=c.test,
+                     val_fraction=c.val_fraction, test_fraction=c.test_fraction, image_size=c.image_size,
+                     batch_size=c.batch_size, cache=_cache(c), text_col=c.text_col, label_col=c.label_col,
+                     pooling=c.pooling, max_length=c.max_length)
     if a.out:
         _write_knn(a.out, r)
     print(json.dumps({"source": r["source"], "n_train": r["n_train"], "n_test": r["n_test"],
@@ -118,12 +121,14 @@ def _write_knn(out: str, r: dict) -> None:
 
 
 def cmd_cluster(argv: list[str]) -> int:
-    from ..embeddings.cluster import cluster_data
     a = _cluster_parser().parse_args(argv)
-    s = cluster_data(a.data, a.backbone, a.k, a.out, seed=a.seed, image_size=a.image_size,
-                     batch_size=a.batch_size, cache=open_cache(a.cache, a.cache_dir), per_sheet=a.per_sheet,
-                     thumb=a.thumb, text_col=a.text_col, label_col=a.label_col, pooling=a.pooling,
-                     max_length=a.max_length)
+    from ..embeddings.cluster import cluster_data
+    c = _config(a)
+    if a.per_sheet < 1 or a.thumb < 8:
+        raise ValueError("--per-sheet must be at least 1 and --thumb at least 8 pixels")
+    s = cluster_data(a.data, c.backbone, a.k, a.out, seed=c.seed, image_size=c.image_size,
+                     batch_size=c.batch_size, cache=_cache(c), per_sheet=a.per_sheet, thumb=a.thumb,
+                     text_col=c.text_col, label_col=c.label_col, pooling=c.pooling, max_length=c.max_length)
     print("cluster sizes: " + ", ".join(f"{c}: {n}" for c, n in s["sizes"].items()))
     if "purity" in s:
         print(f"against the labels: purity {s['purity']:.3f}, adjusted Rand {s['adjusted_rand']:.3f}, "
