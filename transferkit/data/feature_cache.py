@@ -5,7 +5,8 @@ A cached feature row is found by two keys:
 - the *namespace*: everything that decides the feature of an item besides the item itself: a
   content hash of the backbone's weights as they are now (BatchNorm statistics included), the
   module's class and pooling, the preprocessing (the full eval transform for images, the tokenizer's
-  vocabulary and max length for text), the view (`plain` or `flip`) and the device / autocast;
+  vocabulary and max length for text), the view (`plain` or `flip`), the device / autocast and the
+  transferkit version;
 - the *item key*: an image is its absolute path with its size and modification time (touching or
   rewriting a file makes a new key, so a changed file is computed afresh); a text is its SHA-256.
 
@@ -78,8 +79,9 @@ def preprocess_key(dataset: Any, collate_fn: Any = None) -> dict | None:
 
 def namespace(weights: str, module: str, preprocess: dict, view: str, device: str) -> tuple[str, dict]:
     """(directory name, key parts) of one feature space."""
-    parts = {"format": FORMAT, "weights": weights, "module": module, "preprocess": preprocess,
-             "view": view, "device": device}
+    from .. import __version__  # image decoding or pooling may change between versions
+    parts = {"format": FORMAT, "transferkit": __version__, "weights": weights, "module": module,
+             "preprocess": preprocess, "view": view, "device": device}
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
     return digest, parts
 

@@ -33,7 +33,8 @@ def input_modality(path: str | Path) -> str:
 
 
 def _unlabelled_images(root: Path) -> list[Example]:
-    files = sorted(f for f in root.rglob("*") if f.suffix.lower() in IMAGE_EXTS and f.is_file())
+    files = sorted(f for f in root.rglob("*") if f.suffix.lower() in IMAGE_EXTS and f.is_file()
+                   and not any(part.startswith(".") for part in f.relative_to(root).parts))
     return [Example(str(f), "", str(f.relative_to(root))) for f in files]
 
 
