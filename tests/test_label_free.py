@@ -98,6 +98,9 @@ def test_prototypes_strategy_trains_evaluates_and_predicts(image_folder, tmp_pat
     # predict and evaluate agree (both use the same TTA setting from the run)
     assert acc == pytest.approx(ev["accuracy"], abs=1e-9)
     assert metrics["n_train"] == len(train)
+    # timm's classifier is a plain Linear: exporting there would silently drop the normalisation
+    assert main(["export", str(run), "--format", "timm", "--out", str(tmp_path / "exp")]) == 2
+    assert "prototypes" in capsys.readouterr().err and not (tmp_path / "exp").exists()
 
 
 # -------------------------------------------------------------------------- the commands

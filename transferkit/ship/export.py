@@ -43,6 +43,9 @@ def _check_format(fmt: str, model) -> None:
         near = difflib.get_close_matches(fmt, FORMATS, n=1)
         raise ValueError(f"unknown --format {fmt!r}" + (f"; did you mean {near[0]!r}?" if near else "")
                          + f" Formats: {', '.join(FORMATS)}")
+    if fmt in ("timm", "hf") and hasattr(model.head, "fit_prototypes"):
+        raise ValueError(f"--format {fmt} has a plain Linear classifier, but a 'prototypes' run's head "
+                         "L2-normalises the features first; use --format onnx or torchscript for it")
     if fmt == "timm":
         from .timm_format import _head_linear, timm_arch
         timm_arch(model)
