@@ -162,20 +162,22 @@ def test_weights_and_image_size_are_part_of_the_key(setup, tmp_path):
     assert not torch.allclose(a, b) and not torch.allclose(a, c)
 
 
-def _train(data, out, cache_dir, *extra):
+def _train(data, out, *extra):
     return main(["train", str(data), "--backbone", TINY, "--image-size", "32", "--batch-size", "8",
-                 "--strategy", "linear_probe", "--out", str(out), "--cache-dir", str(cache_dir), "--quiet",
-                 *extra])
+                 "--strategy", "linear_probe", "--out", str(out), "--quiet", *extra])
 
 
-def test_train_and_cache_command_end_to_end(image_folder, tmp_path, capsys):
+def test_train_and_cache_command_end_to_end(image_folder, tmp_path, capsys, monkeypatch):
     cache_dir = tmp_path / "cache"
-    assert _train(image_folder, tmp_path / "r1", cache_dir) == 0
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(cache_dir))
+    assert _train(image_folder, tmp_path / "r1") == 0
     shards = sorted(cache_dir.rglob("*.npy"))
     assert len(shards) == 3  # train (plain + mirrored) and validation
-    assert _train(image_folder, tmp_path / "r2", cache_dir) == 0
+    assert _train(image_folder, tmp_path / "r2") == 0
     assert sorted(cache_dir.rglob("*.npy")) == shards  # the second run only read
-    assert _train(image_folder, tmp_path / "r3", tmp_path / "unused", "--no-cache") == 0
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "unused"))
+    monkeypatch.setenv("TRANSFERKIT_NO_CACHE", "1")
+    assert _train(image_folder, tmp_path / "r3") == 0
     assert not (tmp_path / "unused").exists()
     m = [json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("r1", "r2", "r3")]
     assert m[0]["accuracy"] == m[1]["accuracy"] == m[2]["accuracy"]

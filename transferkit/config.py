@@ -43,7 +43,7 @@ class TrainConfig:
                            "kind:NAME[@random]", syntax="backbone")
     out: str = option("", "run directory to write")
     strategy: str = option("two_phase", "what trains: linear_probe | partial:K | full | two_phase | "
-                           "stages:A-B | lora:r=R[,alpha=A] | prototypes", syntax="strategy")
+                           "stages:A-B | lora:r=R[,alpha=A]", syntax="strategy")
     shots: int | None = option(None, "keep N labelled training examples per class", low=1, none="all")
     epochs: int | None = option(None, "passes over the training split (steps wins if both are set)",
                                 low=1, none="from steps")
@@ -114,9 +114,6 @@ class TrainConfig:
     checkpoint_seconds: float = option(60.0, "rewrite last/ at least every N seconds", low=0, open_low=True)
     strict_images: bool = option(False, "stop on an unreadable image (default: skip it and list it)")
     strict_shots: bool = option(False, "stop when a class has fewer than --shots images (default: warn)")
-    cache: bool = option(True, "keep frozen features on disk and reuse them in head-only phases "
-                         "(--no-cache: compute them afresh)")
-    cache_dir: str | None = option(None, "feature cache root", none="$TRANSFERKIT_CACHE or ~/.cache/transferkit")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

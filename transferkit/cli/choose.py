@@ -36,7 +36,7 @@ def _compare_parser() -> argparse.ArgumentParser:
 
 
 _RANK_KEEP = {"shots", "seed", "image_size", "val", "test", "val_fraction", "test_fraction",
-              "text_col", "label_col", "cache", "cache_dir"}
+              "text_col", "label_col"}
 _RANK_SKIP = set(FIELD_NAMES) - _RANK_KEEP
 
 
@@ -54,6 +54,8 @@ def _rank_parser() -> argparse.ArgumentParser:
                    help="feature extraction batch size (default: 64; allowed: 1 <= integer <= 65536)")
     # the data options mean what they mean for `train`, and are checked the same way
     add_train_options(p, skip=_RANK_SKIP, title="data options (as for train)")
+    from .embeddings import add_cache_options
+    add_cache_options(p)
     return p
 
 
@@ -93,7 +95,7 @@ def cmd_rank(argv: list[str]) -> int:
                         batch_size=c.batch_size, val=c.val, test=c.test,
                         val_fraction=c.val_fraction, test_fraction=c.test_fraction,
                         text_col=c.text_col, label_col=c.label_col,
-                        cache=open_cache(c.cache, c.cache_dir), log=(lambda *a, **k: None) if args.json else print)
+                        cache=open_cache(args.cache, args.cache_dir), log=(lambda *a, **k: None) if args.json else print)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

@@ -11,12 +11,21 @@ from .options import add_train_options
 
 # the options these commands share with `train`: same flags, same help, same checks (make_config)
 _SHARED = {"backbone", "image_size", "batch_size", "seed", "text_col", "label_col", "pooling",
-           "max_length", "cache", "cache_dir"}
+           "max_length"}
 _SPLITS = {"shots", "val", "test", "val_fraction", "test_fraction"}
 
 
 def _common(p: argparse.ArgumentParser, keep: set[str] = _SHARED) -> None:
+    add_cache_options(p)
     add_train_options(p, skip=set(FIELD_NAMES) - keep, title="options (as for train)")
+
+
+def add_cache_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
+                   help="read and write frozen features in the feature cache; --no-cache computes them "
+                        "afresh (default: on, unless TRANSFERKIT_NO_CACHE=1)")
+    p.add_argument("--cache-dir", default=None, help="feature cache root (default: $TRANSFERKIT_CACHE "
+                   "or ~/.cache/transferkit)")
 
 
 def _config(a: argparse.Namespace, keep: set[str] = _SHARED):
@@ -24,9 +33,9 @@ def _config(a: argparse.Namespace, keep: set[str] = _SHARED):
     return make_config(None, data=a.data, **{k: getattr(a, k) for k in keep})
 
 
-def _cache(c):
+def _cache(a: argparse.Namespace):
     from ..data.feature_cache import open_cache
-    return open_cache(c.cache, c.cache_dir)
+    return open_cache(a.cache, a.cache_dir)
 
 
 def _embed_parser() -> argparse.ArgumentParser:
@@ -76,7 +85,7 @@ def cmd_embed(argv: list[str]) -> int:
     from ..embeddings import compute_embeddings, write_embeddings
     c = _config(a)
     emb = compute_embeddings(a.data, c.backbone, image_size=c.image_size, batch_size=c.batch_size,
-                             cache=_cache(c), text_col=c.text_col, label_col=c.label_col,
+                             cache=_cache(a), text_col=c.text_col, label_col=c.label_col,
                              pooling=c.pooling, max_length=c.max_length, seed=c.seed)
     for s in emb.skipped:
         print(f"skipped: {s}")
@@ -92,7 +101,7 @@ def cmd_knn(argv: list[str]) -> int:
     c = _config(a, _SHARED | _SPLITS)
     r = knn_classify(a.data, c.backbone, shots=c.shots, k=a.k, seed=c.seed, val=c.val, test=c.test,
                      val_fraction=c.val_fraction, test_fraction=c.test_fraction, image_size=c.image_size,
-                     batch_size=c.batch_size, cache=_cache(c), text_col=c.text_col, label_col=c.label_col,
+                     batch_size=c.batch_size, cache=_cache(a), text_col=c.text_col, label_col=c.label_col,
                      pooling=c.pooling, max_length=c.max_length)
     if a.out:
         _write_knn(a.out, r)
@@ -127,7 +136,7 @@ def cmd_cluster(argv: list[str]) -> int:
     if a.per_sheet < 1 or a.thumb < 8:
         raise ValueError("--per-sheet must be at least 1 and --thumb at least 8 pixels")
     s = cluster_data(a.data, c.backbone, a.k, a.out, seed=c.seed, image_size=c.image_size,
-                     batch_size=c.batch_size, cache=_cache(c), per_sheet=a.per_sheet, thumb=a.thumb,
+                     batch_size=c.batch_size, cache=_cache(a), per_sheet=a.per_sheet, thumb=a.thumb,
                      text_col=c.text_col, label_col=c.label_col, pooling=c.pooling, max_length=c.max_length)
     print("cluster sizes: " + ", ".join(f"{c}: {n}" for c, n in s["sizes"].items()))
     if "purity" in s:

@@ -215,11 +215,16 @@ class FeatureCache:
         return freed
 
 
+def cache_disabled() -> bool:
+    """``TRANSFERKIT_NO_CACHE=1`` turns the cache off for every command (`train`, `compare` too)."""
+    return os.environ.get("TRANSFERKIT_NO_CACHE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def open_cache(enabled: bool = True, cache_dir: str | Path | None = None) -> FeatureCache | None:
-    """The cache the options ask for: None with ``--no-cache``."""
-    return FeatureCache(cache_dir) if enabled else None
+    """The cache the options ask for: None with ``--no-cache`` or ``TRANSFERKIT_NO_CACHE=1``."""
+    return FeatureCache(cache_dir) if enabled and not cache_disabled() else None
 
 
 def feature_cache_for(cfg: Any) -> FeatureCache | None:
-    """The cache of a run configuration (`TrainConfig.cache`, `TrainConfig.cache_dir`)."""
+    """The cache of a training run: the default root (``$TRANSFERKIT_CACHE``), unless turned off."""
     return open_cache(getattr(cfg, "cache", True), getattr(cfg, "cache_dir", None))
