@@ -220,11 +220,14 @@ class ImageDataset(Dataset):
 
     def _image(self, i: int) -> Image.Image:
         path = self.items[i].x
-        im = self._cache.get(path) if self._cache is not None else None
+        # keyed by size and mtime too: a file edited while the process runs is decoded again
+        st = os.stat(path)
+        key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+        im = self._cache.get(key) if self._cache is not None else None
         if im is None:
             im = open_rgb(path)
             if self._cache is not None:
-                self._cache.put(path, im)
+                self._cache.put(key, im)
         return im
 
     def __getitem__(self, key):
