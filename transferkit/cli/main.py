@@ -17,6 +17,7 @@ COMMAND_MODULES = {
     "export": ("ship", "write a run as timm/hf/onnx/torchscript, checked for parity"),
     "serve": ("ship", "serve a run over HTTP with a prediction page"),
     "bridge": ("bridge", "learn a bridge from image features to a text encoder (zero-shot, name priors)"),
+    "adapt": ("adapt", "unsupervised domain adaptation: labelled source + unlabelled target (dann, mcc)"),
 }
 
 

@@ -107,9 +107,10 @@ def _table(headers: list[str], rows: list[list]) -> str:
 
 def write_report(run: Path, cfg, model, metrics: dict, history: list[dict], *,
                  errors: list[dict] | None = None, title: str | None = None,
-                 accuracy_label: str = "test accuracy") -> Path:
+                 accuracy_label: str = "test accuracy", extra_html=()) -> Path:
     """Write RUN/report.html: one file, images inlined, readable in any browser. `errors`: the
-    gallery of worst errors (see report.gallery.worst_errors)."""
+    gallery of worst errors (see report.gallery.worst_errors). `extra_html`: sections (trusted HTML
+    made by transferkit) placed after the summary cards."""
     from .gallery import GALLERY_CSS, gallery_html
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>transferkit run {e(str(run))}</title>"
@@ -123,6 +124,7 @@ def write_report(run: Path, cfg, model, metrics: dict, history: list[dict], *,
         f"<div class='card'>{e(k)}<b>{'–' if v is None else f'{v:.3f}'}</b></div>" for k, v in cards)
         + "".join(f"<div class='card'>{k}<b>{metrics.get(k, 0)}</b></div>" for k in ("n_train", "n_val", "n_test"))
         + "</div>")
+    parts += list(extra_html)
     curves = _curves(history)
     if curves:
         parts.append(f"<h2>Learning curves</h2><img src='{curves}' alt='learning curves'>")
