@@ -239,3 +239,15 @@ def test_adapt_bad_input_is_one_clear_line(domains, tmp_path, capsys, extra, nee
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()  # nothing written for a run that cannot start
+
+
+def test_adapt_never_writes_into_its_data_or_over_a_users_folder(domains, tmp_path, capsys):
+    src, tgt = domains
+    assert _adapt(src, tgt, tgt / "run") == 2  # inside the unlabelled target folder
+    assert "inside the --target folder" in capsys.readouterr().err and not (tgt / "run").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    assert _adapt(src, tgt, mine) == 2
+    assert "not empty and is not a transferkit run" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]

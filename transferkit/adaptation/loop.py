@@ -10,7 +10,6 @@ the method's own weights (DANN's discriminator), optimizer state and every RNG s
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -25,6 +24,8 @@ from torch.nn import functional as F
 from ..config import ConfigError, save_config
 from ..engine import checkpoint as ck
 from ..engine.build import build_model
+from ..engine.environment import write_environment
+from ..engine.runfolder import check_out_dir, claim_out_dir
 from ..engine.evaluate import eval_loader, make_dataset, predict_probs
 from ..strategies import freeze_stages, param_groups, plan_strategy, resolve_bn, set_train_mode
 from . import build_method
@@ -69,13 +70,17 @@ def adapt(cfg: AdaptConfig, *, resume: bool = False, log=print, progress: bool =
     """Adapt according to `cfg` and write the run directory; with `resume`, continue `cfg.out`."""
     run = Path(cfg.out)
     state = AdaptState()
+    ckpt = None
     if resume:
         stop_after = cfg.stop_after
         cfg = read_adapt_config(run / "adapt.yaml")
         cfg.stop_after = stop_after
-        state = AdaptState(**json.loads((run / "last" / "state.json").read_text())["state"])
-    elif (run / "last").exists() or (run / "adapt.yaml").exists():
-        raise FileExistsError(f"{run} already holds a run; pass --resume to continue it or choose another --out")
+        ckpt = ck.find_checkpoint(run, log)  # last/, verified against its checksums (or the copy before it)
+        if ckpt is None:
+            raise FileNotFoundError(f"{run} has no checkpoint to resume from (last/state.json)")
+        state = AdaptState(**ck.read_json(ckpt / "state.json")["state"])
+    else:
+        _check_out(cfg)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
@@ -90,10 +95,10 @@ def adapt(cfg: AdaptConfig, *, resume: bool = False, log=print, progress: bool =
     model.to(accel.device)
     method.to(accel.device)
     optimizer = _optimizer(cfg, model, method, phase)
-    if resume:
-        _load_last(run, model, method, optimizer)
+    if ckpt is not None:
+        _load_last(ckpt, model, method, optimizer)
     else:  # data, model and method are valid: only now touch the disk
-        _start_run(run, cfg, model, domains)
+        _start_run(run, cfg, model, domains, log)
     data = _datasets(model, cfg, domains)
     log(f"source {len(domains.source_train)} train / {len(domains.source_val)} val, target "
         f"{len(domains.target)} unlabelled" + (f" / {len(domains.target_test)} test" if domains.target_test else "")
@@ -141,10 +146,24 @@ def _optimizer(cfg: AdaptConfig, model, method, phase) -> torch.optim.Optimizer:
     raise ConfigError(f"adapt: unknown --optimizer '{cfg.optimizer}'; use adamw or sgd")
 
 
-def _start_run(run: Path, cfg: AdaptConfig, model, domains: Domains) -> None:
+def _check_out(cfg: AdaptConfig) -> None:
+    """`train`'s rules for --out (never into the data, never over a user's files or another run),
+    and never inside the unlabelled --target folder either."""
+    if (Path(cfg.out) / "adapt.yaml").exists():
+        raise FileExistsError(f"{cfg.out} already holds an adapt run; pass --resume to continue it or "
+                              "choose another --out")
+    check_out_dir(cfg.train_config())
+    out, target = Path(cfg.out).expanduser().resolve(), Path(cfg.target).expanduser().resolve()
+    if target.is_dir() and (out == target or target in out.parents):
+        raise ConfigError(f"--out {cfg.out} is inside the --target folder {cfg.target}: a run must not write "
+                          "into the data it reads; choose an --out outside it (e.g. runs/NAME)")
+
+
+def _start_run(run: Path, cfg: AdaptConfig, model, domains: Domains, log) -> None:
     import csv
     import io
-    run.mkdir(parents=True, exist_ok=True)
+    claim_out_dir(cfg.train_config(), log=log)  # run.json: the folder is a transferkit run from now on
+    write_environment(run)
     save_adapt_config(cfg, run / "adapt.yaml")
     save_config(cfg.train_config(), run / "config.yaml")  # what predict/evaluate rebuild the model from
     ck.atomic_write_json(run / "source.json", model.spec.source.to_dict())
@@ -263,12 +282,11 @@ def _save_last(run: Path, model, method, optimizer, state: AdaptState) -> None:
     ck.atomic_replace_dir(build, run / "last")
 
 
-def _load_last(run: Path, model, method, optimizer) -> None:
-    last = run / "last"
-    meta = json.loads((last / "state.json").read_text())
+def _load_last(last: Path, model, method, optimizer) -> None:
+    meta = ck.read_json(last / "state.json")
     names = [g.get("name") for g in optimizer.param_groups]
     if meta["param_groups"] != names:
-        raise RuntimeError(f"cannot resume {run}: parameter groups {meta['param_groups']} were saved, "
+        raise RuntimeError(f"cannot resume from {last}: parameter groups {meta['param_groups']} were saved, "
                            f"this run builds {names}")
     model.load_state_dict(ck.load_tensors(last / "model.safetensors"))
     method.load_state_dict(ck.load_tensors(last / "method.safetensors"))

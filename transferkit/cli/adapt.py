@@ -48,8 +48,8 @@ def main(argv: list[str]) -> int:
         out = args.resume if isinstance(args.resume, str) else values.get("out")
         if not out:
             raise ValueError("--resume needs the run directory: --resume RUN_DIR")
-        if not (Path(out) / "last" / "state.json").is_file():
-            raise FileNotFoundError(f"{out} has no last/state.json to resume from (is it an `adapt` run?)")
+        if not (Path(out) / "adapt.yaml").is_file():
+            raise FileNotFoundError(f"{out} has no adapt.yaml: it is not a `transferkit adapt` run to resume")
         cfg = make_adapt_config(out=out, stop_after=values.get("stop_after"))
         result = adapt(cfg, resume=True, log=say, progress=not args.quiet)
     else:
