@@ -6,9 +6,9 @@ only score the final model). The same backbone, strategy, steps, batches and see
 source_only is the baseline, and each method's gain over it is measured seed by seed.
 
     python scripts/build_digits_da.py --out runs/digits_da          # once (needs the font packages)
-    python benchmarks/domain_adaptation.py                          # the README table
+    python benchmarks/domain_adaptation.py                          # the README table (see README for time)
     python benchmarks/domain_adaptation.py --backbone timm:test_resnet@random --steps 4 \\
-        --seeds 1 --out /tmp/da_smoke                                # smoke test
+        --seeds 1 --out /tmp/da_smoke --results ""                   # smoke test
 
 Writes OUT/<method>_s<seed>/ (one adapt run each; a finished run is reused when the command is
 run again) and benchmarks/results/domain_adaptation.{json,md}.
