@@ -41,7 +41,8 @@ def finish(run: Path, cfg, model, state, domains, data, accel, log) -> dict:
     metrics["skipped"] = domains.skipped
     ck.atomic_write_json(run / "metrics.json", metrics)
     _write_history(run, state.history)
-    write_report(run, cfg.train_config(), model, metrics, state.history, extra_html=[_section(cfg, metrics, state.history)])
+    write_report(run, cfg.train_config(), model, metrics, state.history, accuracy_label="target test accuracy",
+                 extra_html=[_section(cfg, metrics, state.history)])
     src = metrics.get("source_val", {}).get("accuracy")
     log(f"{cfg.method}: source val accuracy {src if src is None else f'{src:.4f}'}"
         + (f", target test accuracy {metrics['accuracy']:.4f}" if "accuracy" in metrics else "") + f" -> {run}")
