@@ -16,11 +16,11 @@ from ..models.heads import TransferModel
 
 
 def make_dataset(model: TransferModel, items: list[Example], *, train: bool, augment: bool,
-                 image_size: int | None, seed: int):
+                 image_size: int | None, seed: int, policy: str = "light"):
     cls = {c: i for i, c in enumerate(model.class_names)}
     if model.spec.modality == "text":
         return TextDataset(items, cls)
-    train_tf, eval_tf = build_transforms(model.spec.preprocess, image_size, augment)
+    train_tf, eval_tf = build_transforms(model.spec.preprocess, image_size, augment, policy)
     return ImageDataset(items, cls, train_tf if train else eval_tf, seed=seed)
 
 
@@ -68,20 +68,31 @@ def predict_probs(model: TransferModel, loader: DataLoader, device, *, tta: bool
 @torch.no_grad()
 def extract_features(backbone: nn.Module, loader: DataLoader, device, *, flip: bool = False,
                      autocast=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled features of the frozen backbone (eval mode); with `flip`, the mirrored images too."""
+    """Pooled features of the frozen backbone (eval mode); with `flip`, the mirrored images too
+    (appended after all the originals)."""
+    views, labels = extract_views(backbone, loader, device, flip=flip, autocast=autocast)
+    return views.reshape(-1, views.shape[-1]), labels.repeat(views.shape[0])
+
+
+@torch.no_grad()
+def extract_views(backbone: nn.Module, loader: DataLoader, device, *, flip: bool = False,
+                  autocast=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled features as views `[V, N, D]` (V = 2 with `flip` for images: as is, mirrored) and
+    labels `[N]`, the backbone in eval mode."""
     was = backbone.training
     backbone.eval()
-    feats, labels = [], []
+    feats: list[list[torch.Tensor]] = [[], []]
+    labels = []
     for x, y in loader:
         x = to_device(x, device)
         with autocast() if autocast else _null():
-            feats.append(backbone(x).float().cpu())
-            labels.append(torch.as_tensor(y))
+            feats[0].append(backbone(x).float().cpu())
             if flip and _flip(x) is not None:
-                feats.append(backbone(_flip(x)).float().cpu())
-                labels.append(torch.as_tensor(y))
+                feats[1].append(backbone(_flip(x)).float().cpu())
+        labels.append(torch.as_tensor(y))
     backbone.train(was)
-    return torch.cat(feats), torch.cat(labels)
+    views = [torch.cat(f) for f in feats if f]
+    return torch.stack(views), torch.cat(labels)
 
 
 class _null:

@@ -3,6 +3,8 @@
 A strategy string becomes a `Plan` of one or more `Phase`s:
 
 - `linear_probe`   backbone frozen, head trains
+- `multi_probe`    backbone frozen, head on pooled features of the last stages too, the stages
+                   used chosen on held-out data (see transferkit/models/multistage.py)
 - `partial:K`      the last K stages + head train
 - `full`           everything trains
 - `two_phase`      LP-FT (Kumar et al., ICLR 2022): fit the head on the frozen backbone first, then
@@ -16,7 +18,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
-STRATEGIES = ("linear_probe", "partial:K", "full", "two_phase", "stages:A-B", "lora:r=R")
+STRATEGIES = ("auto", "linear_probe", "multi_probe", "partial:K", "full", "two_phase", "stages:A-B", "lora:r=R")
 
 
 @dataclass
@@ -34,6 +36,7 @@ class Plan:
     strategy: str
     phases: list[Phase]
     lora: dict | None = field(default=None)
+    multi_stage: bool = False  # the head reads pooled features of several stages
 
 
 def _parse_indices(text: str, n: int) -> list[int]:
@@ -58,6 +61,11 @@ def plan_strategy(strategy: str, num_stages: int, *, backbone_lr_mult: float = 0
     try:
         if s == "linear_probe":
             return Plan(s, [Phase("linear_probe", everything, 1.0, head_only=True)])
+        if s == "multi_probe":
+            return Plan(s, [Phase("multi_probe", everything, 1.0, head_only=True)], multi_stage=True)
+        if s == "auto":
+            raise ValueError("strategy 'auto' is resolved into a concrete strategy before training "
+                             "(transferkit.choose.auto); the engine plans only concrete ones")
         if s == "full":
             return Plan(s, [Phase("full", [], 1.0, backbone_lr_mult=backbone_lr_mult)])
         if s == "two_phase":
@@ -92,7 +100,8 @@ def plan_strategy(strategy: str, num_stages: int, *, backbone_lr_mult: float = 0
             raise ValueError(f"cannot read strategy '{strategy}': {e}. Forms: {', '.join(STRATEGIES)}") from e
         raise
     base = s.split(":")[0]
-    near = difflib.get_close_matches(base, ["linear_probe", "partial", "full", "two_phase", "stages", "lora"], n=1)
+    near = difflib.get_close_matches(base, ["auto", "linear_probe", "multi_probe", "partial", "full", "two_phase",
+                                            "stages", "lora"], n=1)
     raise ValueError(f"unknown strategy '{strategy}'" + (f"; did you mean '{near[0]}'?" if near else "")
                      + f" Forms: {', '.join(STRATEGIES)}")
 
