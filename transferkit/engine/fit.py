@@ -438,7 +438,7 @@ def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, tr
     # uninterrupted one
     running, seen, t0 = state.running_loss, 0, time.time()
     clock = ck.CheckpointClock(cfg.checkpoint_every, cfg.checkpoint_seconds, state.step, t0)
-    bn = resolve_bn(cfg.bn, len(train_ds), model.num_classes)
+    bn = resolve_bn(cfg.bn, len(train_ds), model.num_classes, pretrained=model.spec.source.pretrained)
     batches, batches_epoch = [], None
     set_train_mode(model, bn)
     while state.step < n_steps:
