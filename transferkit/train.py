@@ -22,8 +22,5 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False, log=No
         cfg, choice = resolve_auto(cfg, log=say)
     if not resume and cfg.reg and "auto" in cfg.reg:
         from .choose.l2sp_sweep import resolve_l2sp_auto
-        from .engine.runfolder import claim_out_dir
-        if cfg.out:  # the sweep writes OUT/sweep: the folder must be ours first
-            claim_out_dir(cfg, overwrite=cfg.overwrite, log=say)
         cfg = resolve_l2sp_auto(cfg, log=say)
     return fit(cfg, resume=resume, log=say, progress=not quiet, choice=choice)

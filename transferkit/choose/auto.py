@@ -33,8 +33,10 @@ def resolve_auto(cfg: TrainConfig, log=print) -> tuple[TrainConfig, dict]:
     from ..engine.fit import WISE_DEFAULT
     from ..models import parse_source
     from .cv import best_wise, cv_finetune
+    from ..engine.runfolder import claim_out_dir
     task = load_task_for(cfg)
     _, _, pretrained = parse_source(cfg.backbone)
+    claim_out_dir(cfg, overwrite=cfg.overwrite, log=log)  # OUT/auto is written before the run starts
     root = Path(cfg.out) / "auto"
     if not pretrained:
         return _chosen(cfg, root, "full", None, "a randomly initialised backbone has no features to probe: "

@@ -65,6 +65,9 @@ def resolve_l2sp_auto(cfg: TrainConfig, log=print, grid: tuple[float, ...] | Non
     if cfg.out and (Path(cfg.out) / "last").exists():
         raise FileExistsError(f"{cfg.out} already holds a run; pass --resume to continue it or choose "
                               "another --out")
+    if cfg.out:  # the sweep writes OUT/sweep: the folder must be ours first
+        from ..engine.runfolder import claim_out_dir
+        claim_out_dir(cfg, overwrite=cfg.overwrite, log=log)
     root = Path(cfg.out) / "sweep" if cfg.out else Path(tempfile.mkdtemp(prefix="transferkit-sweep-"))
     root.mkdir(parents=True, exist_ok=True)
     task = load_task_for(cfg)
