@@ -44,9 +44,9 @@ VARIANTS = {
 
 def _cfg(job: dict, out: Path, **over):
     from transferkit.config import make_config
+    modality = {"image_size": job["image_size"]} if job["dataset"] != "text" else {"max_length": 96}
     return make_config(None, data=job["data"], backbone=job["backbone"], out=str(out), shots=job["shots"],
-                       seed=job["seed"], image_size=job["image_size"], precision="fp32", val_fraction=0.0,
-                       batch_size=32, **over)
+                       seed=job["seed"], precision="fp32", val_fraction=0.0, batch_size=32, **modality, **over)
 
 
 def _test_curve(run: Path, cfg, task, grid) -> dict:
@@ -83,7 +83,7 @@ def _plain_probe(task, job) -> float:
     model.to(dev)
 
     def feats(items):
-        ds = make_dataset(model, items, train=False, augment=False, image_size=job["image_size"], seed=0)
+        ds = make_dataset(model, items, train=False, augment=False, image_size=job.get("image_size"), seed=0)
         v, y = extract_views(model.backbone, eval_loader(model, ds, 128), dev)
         return v[0].numpy(), y.numpy()
     (Xtr, ytr), (Xte, yte) = feats(task.train), feats(task.test)
@@ -194,10 +194,15 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/fewshot")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="tk-fewshot-")
-    data = {k: v for k, v in image_datasets(tmp).items() if k in a.datasets.split(",")}
+    from datasets import TEXT
+    wanted = a.datasets.split(",")
+    data = {k: v for k, v in image_datasets(tmp).items() if k in wanted}
+    if "text" in wanted:
+        data["text"] = TEXT
     variants = a.variants.split(",")
     base = [{"dataset": d, "data": str(p), "shots": s, "seed": sd, "image_size": a.image_size,
-             "backbone": "bundled:efficientnet_lite0", "tmp": tmp, "threads": a.threads}
+             "backbone": "bundled:minilm-l6" if d == "text" else "bundled:efficientnet_lite0",
+             "tmp": tmp, "threads": a.threads}
             for (d, p), s, sd in itertools.product(data.items(), [int(x) for x in a.shots.split(",")],
                                                    range(a.seeds))]
     jobs = [{**b, "kind": "ft", "variant": v} for v in variants for b in base]

@@ -201,7 +201,7 @@ def validate(cfg: TrainConfig) -> None:
     `make_config` and `transferkit.train` call it, so a bad value stops a run before it writes."""
     for f in fields(TrainConfig):
         _check_field(f, getattr(cfg, f.name))
-    if cfg.val is None and cfg.test is None and cfg.val_fraction + cfg.test_fraction >= 1:
+    if cfg.val is None and cfg.test is None and (cfg.val_fraction or 0.2) + cfg.test_fraction >= 1:
         raise ConfigError(f"val_fraction + test_fraction must be < 1 (nothing left to train on), got "
                           f"{cfg.val_fraction} + {cfg.test_fraction}")
     _check_syntax(cfg)

@@ -202,6 +202,7 @@ def feature_cell(name: str, store: FeatureStore, task: Task, cfg: TrainConfig) -
     va, yva = store.get(task.val)
     te, yte = store.get(task.test)
     t0 = time.time()
+    choice = None
     if name == PROBE:
         from sklearn.linear_model import LogisticRegression
         clf = LogisticRegression(max_iter=2000).fit(tr.numpy(), ytr.numpy())
@@ -223,13 +224,15 @@ def feature_cell(name: str, store: FeatureStore, task: Task, cfg: TrainConfig) -
         tta = cfg.tta and flip
         te_views = torch.stack([te, store.get(task.test, flipped=True)[0]]) if tta else te[None]
         va_views = torch.stack([va, store.get(task.val, flipped=True)[0]]) if tta else va[None]
-        fit_probe(head, views, ytr, val=(va_views, yva) if len(yva) else None,
+        choice = fit_probe(head, views, ytr, val=(va_views, yva) if len(yva) else None,
                   folds=cv_folds(ytr.numpy(), cfg.cv_folds, cfg.seed),
                   fit_views=len(views) if cfg.augment else 1, score_views=len(views) if tta else 1,
                   label_smoothing=cfg.label_smoothing)
         test_probs, val_probs = view_probs(head, te_views).numpy(), view_probs(head, va_views).numpy()
     test, val = _metrics(test_probs, yte, task.classes), _metrics(val_probs, yva, task.classes)
+    est = choice.estimate() if name != PROBE and choice.method == "cv" else {}
     return {"accuracy": test.get("accuracy"), "macro_f1": test.get("macro_f1"),
+            "cv_accuracy": est.get("accuracy"), "cv_accuracy_se": est.get("accuracy_se"),
             "val_accuracy": val.get("accuracy"), "val_macro_f1": val.get("macro_f1"),
             "val_loss": val.get("nll"), "train_seconds": round(time.time() - t0, 3)}
 

@@ -26,8 +26,7 @@ import torch
 
 from ..config import TrainConfig
 from ..data import Task, cv_folds
-
-WISE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+from ..engine.fit import WISE_GRID
 
 
 def fold_tasks(task: Task, k: int, seed: int) -> list[tuple[Task, list]]:

@@ -75,7 +75,7 @@ def cmd_compare(argv: list[str]) -> int:
     metric = result["metric"]
     for shots, r in result["recommended"].items():
         label = "all labels" if shots == "all" else f"{shots} shots"
-        print(f"recommended for {label}: {r['strategy']} (mean validation {metric} {r[f'val_{metric}']:.3f})"
+        print(f"recommended for {label}: {r['strategy']} (mean {r['by'].replace('_', ' ')} {r['score']:.3f})"
               if r else f"recommended for {label}: none (no cell ran)")
     print(f"\nwrote {args.out}/compare.json, compare.md, compare.html")
     return 0
