@@ -18,7 +18,10 @@ from transferkit.choose.compare import (budget_decision, estimate_seconds, parse
 from transferkit.regularizers import L2SP_AUTO_GRID
 
 TINY = "timm:test_resnet@random"
-COMMON = ["--backbone", TINY, "--image-size", "32", "--batch-size", "8", "--steps", "3", "--quiet"]
+# an explicit validation split: these tests are about choosing by it (the few-label protocol, which
+# spends no labels on validation, has tests of its own in test_fewshot.py)
+COMMON = ["--backbone", TINY, "--image-size", "32", "--batch-size", "8", "--steps", "3", "--quiet",
+          "--val-fraction", "0.2"]
 
 
 def _rows(path):
@@ -202,20 +205,20 @@ def test_l2sp_auto_picks_best_validation(image_folder, tmp_path, monkeypatch):
         alpha = float(cfg.reg.split(":")[1].split("+")[0])
         seen.append(cfg.reg)
         Path(cfg.out).mkdir(parents=True)
-        hist = [{"step": 1, "val_accuracy": score[alpha] - 0.2, "val_loss": 1.5},
-                {"step": 2, "val_accuracy": score[alpha], "val_loss": loss[alpha]}]
+        hist = [{"step": 1, "val_accuracy": score[alpha] - 0.2, "val_loss": 1.5, "train_loss": 1.0},
+                {"step": 2, "val_accuracy": score[alpha], "val_loss": loss[alpha], "train_loss": 0.5}]
         return engine_fit.FitResult(Path(cfg.out), None, engine_fit.RunState(history=hist))
 
     monkeypatch.setattr(engine_fit, "fit", fake_fit)
     cfg = make_config(None, data=str(image_folder), backbone=TINY, out=str(tmp_path / "r"),
-                      reg="l2sp:auto+bss:0.001", steps=10, metric="accuracy")
+                      reg="l2sp:auto+bss:0.001", steps=10, metric="accuracy", val_fraction=0.2)
     chosen = resolve_l2sp_auto(cfg, log=lambda *a: None)
     assert chosen.reg == "l2sp:0.1+bss:0.001,1" and chosen.steps == 10
     assert seen == [f"l2sp:{a}+bss:0.001,1" for a in L2SP_AUTO_GRID]
 
     # the default selection metric is the validation loss: the lowest best-row loss wins
     cfg = make_config(None, data=str(image_folder), backbone=TINY, out=str(tmp_path / "r2"),
-                      reg="l2sp:auto+bss:0.001", steps=10)
+                      reg="l2sp:auto+bss:0.001", steps=10, val_fraction=0.2)
     assert resolve_l2sp_auto(cfg, log=lambda *a: None).reg == "l2sp:0.001+bss:0.001,1"
 
 

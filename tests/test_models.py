@@ -522,3 +522,11 @@ def test_bn_auto_policy_is_eval_for_few_labels_and_frozen_for_many():
     assert resolve_bn("auto", n_train=1000, n_classes=10) == "eval"     # 100 per class: still few
     assert resolve_bn("auto", n_train=1010, n_classes=10) == "frozen"
     assert resolve_bn("adapt", n_train=10, n_classes=10) == "adapt"     # an explicit choice wins
+
+
+def test_bn_auto_trains_statistics_of_a_random_init_backbone():
+    # eval-mode BatchNorm with the running statistics of initialisation (0 and 1) stops a
+    # from-scratch baseline from learning at all: it must use batch statistics
+    from transferkit.strategies import resolve_bn
+    assert resolve_bn("auto", n_train=100, n_classes=10, pretrained=False) == "frozen"
+    assert resolve_bn("auto", n_train=100, n_classes=10, pretrained=True) == "eval"

@@ -51,7 +51,7 @@ def texts_csv(tmp_path_factory) -> Path:
 def _train(data, out, bert, *extra, steps=4, strategy="two_phase", lr=3e-3):
     return main(["train", str(data), "--backbone", f"hf:{bert}", "--max-length", "32",
                  "--batch-size", "8", "--lr", str(lr), "--steps", str(steps), "--strategy", strategy,
-                 "--out", str(out), "--quiet", *extra])
+                 "--out", str(out), "--quiet", "--val-fraction", "0.2", *extra])
 
 
 def _rows(path: Path) -> list[dict]:

@@ -42,13 +42,14 @@ class TrainConfig:
     backbone: str = option("bundled:efficientnet_lite0", "source model id (see 'transferkit models'); "
                            "kind:NAME[@random]", syntax="backbone")
     out: str = option("", "run directory to write")
-    strategy: str = option("two_phase", "what trains: linear_probe | partial:K | full | two_phase | "
-                           "stages:A-B | lora:r=R[,alpha=A]", syntax="strategy")
+    strategy: str = option("auto", "what trains: auto (probe or LP-FT, chosen on held-out labels) | "
+                           "linear_probe | multi_probe | partial:K | full | two_phase | stages:A-B | "
+                           "lora:r=R[,alpha=A]", syntax="strategy")
     shots: int | None = option(None, "keep N labelled training examples per class", low=1, none="all")
     epochs: int | None = option(None, "passes over the training split (steps wins if both are set)",
                                 low=1, none="from steps")
     steps: int | None = option(None, "optimisation steps in total", low=1,
-                               none="10 epochs, at least 150")
+                               none="15 epochs, within 30..600 steps")
     lr: float = option(1e-3, "head learning rate; the backbone gets lr x backbone_lr_mult", low=0,
                        open_low=True, high=10)
     backbone_lr_mult: float = option(0.1, "discriminative LR: backbone LR / head LR", low=0, high=10)
@@ -65,11 +66,15 @@ class TrainConfig:
                        high=2**32 - 1)
     val: str | None = option(None, "labelled validation data", none="split from DATA")
     test: str | None = option(None, "labelled test data", none="split from DATA")
-    val_fraction: float = option(0.2, "share of DATA held out for validation (without --val)", low=0,
-                                 high=1, open_high=True)
+    val_fraction: float | None = option(None, "share of DATA held out for validation (without --val)", low=0,
+                                        high=1, open_high=True,
+                                        none="none at <= 20 labels per class (choices by cross-validation), else 0.2")
     test_fraction: float = option(0.2, "share of DATA held out for testing (without --test)", low=0,
                                   high=1, open_high=True)
-    augment: bool = option(True, "light training augmentation (images)")
+    augment: bool = option(True, "training augmentation (images)")
+    augment_policy: str = option("auto", "augmentation when the backbone trains: light (crop 0.6-1, flip, "
+                                 "jitter), strong (crop 0.25-1, flip, TrivialAugment); auto: strong at "
+                                 "<= 20 labels per class", choices=("auto", "light", "strong"))
     tta: bool = option(True, "test-time augmentation: average with the flipped image")
     image_size: int | None = option(None, "input size in pixels", low=16, high=4096,
                                     none="the backbone's own")
@@ -114,6 +119,11 @@ class TrainConfig:
     checkpoint_seconds: float = option(60.0, "rewrite last/ at least every N seconds", low=0, open_low=True)
     strict_images: bool = option(False, "stop on an unreadable image (default: skip it and list it)")
     strict_shots: bool = option(False, "stop when a class has fewer than --shots images (default: warn)")
+    cv_folds: int = option(5, "folds of the cross-validation that chooses at few labels (no validation split)",
+                           low=2, high=100)
+    wise: float | None = option(None, "two_phase: WiSE-FT weight of the fine-tuned weights against the probe's "
+                                "(1 = fine-tuned only, 0 = the probe)", low=0, high=1,
+                                none="chosen on validation, else 0.5")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -191,7 +201,7 @@ def validate(cfg: TrainConfig) -> None:
     `make_config` and `transferkit.train` call it, so a bad value stops a run before it writes."""
     for f in fields(TrainConfig):
         _check_field(f, getattr(cfg, f.name))
-    if cfg.val is None and cfg.test is None and cfg.val_fraction + cfg.test_fraction >= 1:
+    if cfg.val is None and cfg.test is None and (cfg.val_fraction or 0.2) + cfg.test_fraction >= 1:
         raise ConfigError(f"val_fraction + test_fraction must be < 1 (nothing left to train on), got "
                           f"{cfg.val_fraction} + {cfg.test_fraction}")
     _check_syntax(cfg)

@@ -12,20 +12,24 @@ TEXT_DEMO = DEMO_DATA / "debian_descriptions.csv"
 
 
 def _image_runs(quick: bool) -> tuple[dict, list[tuple[str, dict]]]:
-    common = {"data": str(IMAGE_DEMO), "image_size": 128, "steps": 20 if quick else 150}
+    common = {"data": str(IMAGE_DEMO), "image_size": 112}
+    if quick:
+        common["steps"] = 6
     return common, [
         ("linear_probe", {"backbone": "bundled:efficientnet_lite0", "strategy": "linear_probe"}),
-        ("two_phase", {"backbone": "bundled:efficientnet_lite0", "strategy": "two_phase"}),
-        # the same definition of "scratch" as `transferkit compare`
-        ("scratch", {"backbone": "timm:tf_efficientnet_lite0@random", "strategy": "full", "lr": 3e-3}),
+        # the default: cross-validates the probe against LP-FT on the training labels, keeps the winner
+        ("auto", {"backbone": "bundled:efficientnet_lite0", "strategy": "auto"}),
+        # the same definition of "scratch" as `transferkit compare`, with passes enough to learn
+        ("scratch", {"backbone": "timm:tf_efficientnet_lite0@random", "strategy": "full", "lr": 3e-3,
+                     **({} if quick else {"epochs": 20})}),
     ]
 
 
 def _text_runs(quick: bool) -> tuple[dict, list[tuple[str, dict]]]:
-    common = {"data": str(TEXT_DEMO), "steps": 20 if quick else 150, "batch_size": 16, "max_length": 128}
+    common = {"data": str(TEXT_DEMO), "batch_size": 16, "max_length": 128, **({"steps": 6} if quick else {})}
     return common, [
         ("linear_probe", {"backbone": "bundled:minilm-l6", "strategy": "linear_probe"}),
-        ("two_phase", {"backbone": "bundled:minilm-l6", "strategy": "two_phase", "backbone_lr_mult": 0.05}),
+        ("auto", {"backbone": "bundled:minilm-l6", "strategy": "auto", "backbone_lr_mult": 0.05}),
         ("scratch", {"backbone": "bundled:minilm-l6@random", "strategy": "full", "lr": 3e-4}),
     ]
 
@@ -38,7 +42,7 @@ def run_demo(*, text: bool = False, out: str = "runs/demo", shots: int | None = 
     from .train import train
 
     common, runs = (_text_runs if text else _image_runs)(quick)
-    shots = shots or (16 if text else 10)
+    shots = shots or (16 if text else 5)
     out_dir = Path(out) / ("text" if text else "image")
     rows = []
     log(f"transferkit demo: {'Debian package descriptions' if text else 'Debian openclipart images'}, "

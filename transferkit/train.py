@@ -9,16 +9,18 @@ from .engine.fit import FitResult, fit
 def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False, log=None) -> FitResult:
     """Fine-tune according to `cfg` (or resume `cfg.out`) and return the run's result.
 
-    `--reg l2sp:auto[,BETA]` is resolved here by a sweep over alpha on the validation split
-    (see transferkit.choose.l2sp_sweep), then the chosen value is trained and recorded in config.yaml.
+    Choices are resolved here, before fitting, and recorded in config.yaml and metrics.json:
+    `--strategy auto` by held-out evidence (transferkit.choose.auto), `--reg l2sp:auto[,BETA]` by a
+    sweep over alpha (transferkit.choose.l2sp_sweep).
     """
     if not resume:
         validate(cfg)  # the same errors as the CLI's, before anything is written
     say = log or ((lambda *a, **k: None) if quiet else print)
+    choice = None
+    if not resume and cfg.strategy == "auto":
+        from .choose.auto import resolve_auto
+        cfg, choice = resolve_auto(cfg, log=say)
     if not resume and cfg.reg and "auto" in cfg.reg:
         from .choose.l2sp_sweep import resolve_l2sp_auto
-        from .engine.runfolder import claim_out_dir
-        if cfg.out:  # the sweep writes OUT/sweep: the folder must be ours first
-            claim_out_dir(cfg, overwrite=cfg.overwrite, log=say)
         cfg = resolve_l2sp_auto(cfg, log=say)
-    return fit(cfg, resume=resume, log=say, progress=not quiet)
+    return fit(cfg, resume=resume, log=say, progress=not quiet, choice=choice)

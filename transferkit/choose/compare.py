@@ -11,7 +11,7 @@ Rows:
   every fine-tuning strategy has to beat (the linear-evaluation protocol of Kornblith, Shlens & Le,
   "Do Better ImageNet Models Transfer Better?", CVPR 2019, who also tune C).
 - ``linear_probe``: exactly what ``transferkit train --strategy linear_probe`` does (the engine's
-  `fit_head` on cached features, C picked on validation), run on the same cached features: seconds.
+  `fit_probe` on cached features, C picked on validation or by cross-validation), run on the same cached features: seconds.
 - ``STRATEGY[+REG]`` (``full``, ``partial:1``, ``two_phase+l2sp:0.001``, ``full+bss:0.001``; a bare
   ``l2sp`` means ``l2sp:0.01``) and ``scratch`` (the same architecture from random initialisation,
   strategy ``full``, lr 3e-3): one engine run per cell in
@@ -106,6 +106,8 @@ def _check_strategies(names: list[str], backbone=None) -> None:
     from ..strategies import plan_strategy
     for name in names:
         over = strategy_overrides(name, "x:x")
+        if over["strategy"] == "auto":  # resolved per cell by transferkit.choose.auto
+            continue
         plan_strategy(over["strategy"], backbone.num_stages if backbone is not None else 1000)
 
 
@@ -195,12 +197,13 @@ def _metrics(probs: np.ndarray, y: torch.Tensor, classes: list[str]) -> dict:
 
 def feature_cell(name: str, store: FeatureStore, task: Task, cfg: TrainConfig) -> dict:
     """A ``probe`` or ``linear_probe`` cell on cached features: test and validation metrics."""
-    from ..engine.evaluate import fit_head
+    from ..engine.headfit import fit_probe, view_probs
     from ..models import attach_head
     tr, ytr = store.get(task.train)
     va, yva = store.get(task.val)
     te, yte = store.get(task.test)
     t0 = time.time()
+    choice = None
     if name == PROBE:
         from sklearn.linear_model import LogisticRegression
         clf = LogisticRegression(max_iter=2000).fit(tr.numpy(), ytr.numpy())
@@ -212,23 +215,25 @@ def feature_cell(name: str, store: FeatureStore, task: Task, cfg: TrainConfig) -
             return p
         test_probs, val_probs = predict(te), predict(va)
     else:
-        # the engine's linear_probe: the head as build_model seeds it, fitted by fit_head on the
-        # training features (+ mirrored ones when augmenting), C picked on validation
+        # the engine's linear_probe: the head as build_model seeds it, fitted by fit_probe on the
+        # training features (+ mirrored ones when augmenting), C chosen as the engine chooses it
+        from ..data import cv_folds
         torch.manual_seed(cfg.seed)
         head = attach_head(store.backbone, task.classes, hidden=cfg.head_hidden, dropout=cfg.head_dropout).head
-        feats, labels = tr, ytr
-        if cfg.augment and store.flipped is not None:
-            feats, labels = torch.cat([tr, store.get(task.train, flipped=True)[0]]), torch.cat([ytr, ytr])
-        fit_head(head, feats, labels, val=(va, yva) if len(yva) else None,
-                 label_smoothing=cfg.label_smoothing)
-        head.eval()
-        with torch.no_grad():
-            test_probs = head(te).softmax(-1)
-            if cfg.tta and store.flipped is not None:
-                test_probs = (test_probs + head(store.get(task.test, flipped=True)[0]).softmax(-1)) / 2
-            test_probs, val_probs = test_probs.numpy(), head(va).softmax(-1).numpy()
+        flip = store.flipped is not None
+        views = torch.stack([tr, store.get(task.train, flipped=True)[0]]) if flip else tr[None]
+        tta = cfg.tta and flip
+        te_views = torch.stack([te, store.get(task.test, flipped=True)[0]]) if tta else te[None]
+        va_views = torch.stack([va, store.get(task.val, flipped=True)[0]]) if tta else va[None]
+        choice = fit_probe(head, views, ytr, val=(va_views, yva) if len(yva) else None,
+                  folds=cv_folds(ytr.numpy(), cfg.cv_folds, cfg.seed),
+                  fit_views=len(views) if cfg.augment else 1, score_views=len(views) if tta else 1,
+                  label_smoothing=cfg.label_smoothing)
+        test_probs, val_probs = view_probs(head, te_views).numpy(), view_probs(head, va_views).numpy()
     test, val = _metrics(test_probs, yte, task.classes), _metrics(val_probs, yva, task.classes)
+    est = choice.estimate() if name != PROBE and choice.method == "cv" else {}
     return {"accuracy": test.get("accuracy"), "macro_f1": test.get("macro_f1"),
+            "cv_accuracy": est.get("accuracy"), "cv_accuracy_se": est.get("accuracy_se"),
             "val_accuracy": val.get("accuracy"), "val_macro_f1": val.get("macro_f1"),
             "val_loss": val.get("nll"), "train_seconds": round(time.time() - t0, 3)}
 
@@ -265,8 +270,10 @@ def finished_cell(cfg: TrainConfig) -> dict | None:
 
 
 def train_cell(cfg: TrainConfig) -> dict:
-    """One `train()` run in `cfg.out`; the row of a finished cell with this configuration is reused."""
+    """One engine run in `cfg.out` (choices such as `auto` and `l2sp:auto` resolved first, as
+    `transferkit train` does); the row of a finished cell with this configuration is reused."""
     from ..engine.fit import fit
+    from .auto import resolve_auto
     from .l2sp_sweep import best_validation, resolve_l2sp_auto
     done = finished_cell(cfg)
     if done is not None:
@@ -276,15 +283,35 @@ def train_cell(cfg: TrainConfig) -> dict:
         shutil.rmtree(run)  # an unfinished or differently configured cell of this compare
     t0 = time.time()
     quiet = lambda *a, **k: None  # noqa: E731
-    result = fit(resolve_l2sp_auto(cfg, log=quiet), log=quiet, progress=False)
+    resolved, choice = resolve_auto(cfg, log=quiet) if cfg.strategy == "auto" else (cfg, None)
+    result = fit(resolve_l2sp_auto(resolved, log=quiet), log=quiet, progress=False, choice=choice)
     m = result.metrics or {}
-    best = best_validation(result.state.history, cfg.metric)
+    has_val = any("val_loss" in r for r in result.state.history)
+    best = best_validation(result.state.history, cfg.metric) if has_val else {}
+    est = m.get("estimate") or {}
     row = {"accuracy": m.get("accuracy"), "macro_f1": m.get("macro_f1"),
            "val_accuracy": best.get("val_accuracy"), "val_macro_f1": best.get("val_macro_f1"),
            "val_loss": best.get("val_loss"), "train_seconds": round(time.time() - t0, 2),
+           "cv_accuracy": est.get("accuracy") if est.get("method") == "cv" else None,
+           "cv_accuracy_se": est.get("accuracy_se") if est.get("method") == "cv" else None,
+           "resolved_strategy": resolved.strategy, "kept_finetuned": kept_finetuned(m, resolved),
            "split_hash": split_hash(_read_splits(run / "splits.csv"))}
     (run / "cell.json").write_text(json.dumps({"config": cfg.to_dict(), "row": row}, indent=2) + "\n")
     return row
+
+
+def kept_finetuned(metrics: dict, cfg: TrainConfig) -> bool | None:
+    """Whether a run's final weights are its fine-tuned ones (in part, through WiSE-FT) rather than
+    the probe it started from: False when a two_phase run ended on its head-fit checkpoint or on
+    WiSE weight 0, or when `auto` chose the probe. None for strategies that never fine-tune."""
+    if cfg.strategy == "linear_probe":
+        return False if metrics.get("choice") else None
+    wise = (metrics.get("wise") or {}).get("weight")
+    if wise is not None and wise == 0.0:
+        return False
+    if (metrics.get("head_fit") or {}) and metrics.get("selection") == "validation":
+        return metrics.get("best_step", -1) > 0
+    return True
 
 
 # ------------------------------------------------------------------------------- the command

@@ -28,7 +28,8 @@ def summarize(rows: list[dict], strategies: list[str], shots: list[str]) -> list
             cells = _cells(rows, s, k)
             entry = {"strategy": s, "shots": k, "n": len(cells),
                      "shortened": sum(bool(r.get("shortened")) for r in cells)}
-            for key in ("accuracy", "macro_f1", "val_accuracy", "val_macro_f1", "val_loss", "train_seconds"):
+            for key in ("accuracy", "macro_f1", "val_accuracy", "val_macro_f1", "val_loss", "cv_accuracy",
+                        "train_seconds"):
                 entry[f"{key}_mean"], entry[f"{key}_std"] = _mean_std([r.get(key) for r in cells])
             out.append(entry)
     return out
@@ -38,17 +39,20 @@ def recommend(rows: list[dict], strategies: list[str], shots: list[str], metric:
     """Per shot count, the strategy with the best mean validation `metric` over seeds (ties: the
     lower mean validation loss). The test split plays no part. The probe row is a reference, not a
     candidate: `strategies` are the ones compared."""
-    key = f"val_{metric}"
     out: dict[str, dict | None] = {}
     for k in shots:
         best = None
+        # with a validation split: by it; at few labels (none): by the cross-validated accuracy that
+        # the cells which chose by cross-validation report (auto, linear_probe, multi_probe)
+        key = f"val_{metric}" if any(r.get(f"val_{metric}") is not None
+                                     for s in strategies for r in _cells(rows, s, k)) else "cv_accuracy"
         for s in strategies:
             cells = [r for r in _cells(rows, s, k) if r.get(key) is not None]
             if not cells:
                 continue
             val = float(np.mean([r[key] for r in cells]))
             loss = float(np.mean([r["val_loss"] if r.get("val_loss") is not None else 0.0 for r in cells]))
-            cand = {"strategy": s, key: val, "val_loss": loss, "n": len(cells),
+            cand = {"strategy": s, key: val, "val_loss": loss, "n": len(cells), "score": val, "by": key,
                     "accuracy": _mean_std([r.get("accuracy") for r in cells])[0]}
             if best is None or (val, -loss) > (best[key], -best["val_loss"]):
                 best = cand
@@ -99,14 +103,16 @@ def _notes(result: dict) -> list[str]:
 def _sections(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     metric = result["metric"]
     rec = result["recommended"]
-    rec_rows = [[k if k == "all" else f"{k} shots", r["strategy"], f"{r[f'val_{metric}']:.3f}",
+    rec_rows = [[k if k == "all" else f"{k} shots", r["strategy"], f"{r['score']:.3f} ({r['by'].replace('_', ' ')})",
                  "–" if r["accuracy"] is None else f"{r['accuracy']:.3f}"] if r else [k, "–", "–", "–"]
                 for k, r in rec.items()]
     return [
         ("Test accuracy (mean ± std over seeds)", *_grid(result, "accuracy")),
         ("Test macro-F1 (mean ± std over seeds)", *_grid(result, "macro_f1")),
-        (f"Validation {metric} (mean ± std over seeds; this picks the recommendation)",
-         *_grid(result, f"val_{metric}")),
+        (f"Validation {metric} (mean ± std over seeds; this picks the recommendation when there is a "
+         "validation split)", *_grid(result, f"val_{metric}")),
+        ("Cross-validated accuracy on the training labels (mean ± std over seeds; this picks the "
+         "recommendation at few labels, where there is no validation split)", *_grid(result, "cv_accuracy")),
         (f"Recommended strategy (best mean validation {metric}; the test split is never used to choose)",
          ["shots", "strategy", f"val {metric}", "test accuracy"], rec_rows),
         ("Seconds per cell (mean)", *_grid(result, "train_seconds", with_std=False)),

@@ -18,8 +18,8 @@ def _compare_parser() -> argparse.ArgumentParser:
                     "always next to a plain linear probe; write OUT/compare.json, compare.md and "
                     "compare.html, and name the best strategy per shot count by validation score.")
     p.add_argument("data", help="folder of class folders, image CSV (path,label), or text CSV/TSV/JSONL")
-    p.add_argument("--strategies", default="linear_probe,full,full+l2sp,two_phase,scratch",
-                   help="comma-separated: linear_probe, partial:K, full, two_phase, stages:A-B, "
+    p.add_argument("--strategies", default="linear_probe,multi_probe,two_phase,full+l2sp,auto,scratch",
+                   help="comma-separated: auto, linear_probe, multi_probe, partial:K, full, two_phase, stages:A-B, "
                         "STRATEGY+REG (full+l2sp = l2sp:0.01, two_phase+l2sp:0.001, full+bss:0.001), "
                         "scratch (same architecture, random init, full, lr 3e-3) "
                         "(default: linear_probe,full,full+l2sp,two_phase,scratch)")
@@ -77,7 +77,7 @@ def cmd_compare(argv: list[str]) -> int:
     metric = result["metric"]
     for shots, r in result["recommended"].items():
         label = "all labels" if shots == "all" else f"{shots} shots"
-        print(f"recommended for {label}: {r['strategy']} (mean validation {metric} {r[f'val_{metric}']:.3f})"
+        print(f"recommended for {label}: {r['strategy']} (mean {r['by'].replace('_', ' ')} {r['score']:.3f})"
               if r else f"recommended for {label}: none (no cell ran)")
     print(f"\nwrote {args.out}/compare.json, compare.md, compare.html")
     return 0

@@ -21,6 +21,7 @@ COMMAND_MODULES = {
     "knn": ("embeddings", "nearest class mean and k-NN on frozen features from a few labels"),
     "cluster": ("embeddings", "k-means on frozen features with no labels, a contact sheet per cluster"),
     "cache": ("cache", "the feature cache: info | clear"),
+    "adapt": ("adapt", "unsupervised domain adaptation: labelled source + unlabelled target (dann, mcc)"),
 }
 
 

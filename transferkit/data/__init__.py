@@ -10,12 +10,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .images import ImageDataset, build_transforms, open_rgb, read_image_items
-from .splits import DataError, Example, class_counts, sample_shots, stratified_split
+from .splits import DataError, Example, class_counts, cv_folds, sample_shots, stratified_split
 from .text import TextCollator, TextDataset, is_text_file, read_text_items
 
 __all__ = ["DataError", "Example", "Task", "load_task", "read_items", "ImageDataset", "TextDataset",
            "TextCollator", "build_transforms", "open_rgb", "class_counts", "sample_shots",
-           "stratified_split", "detect_modality"]
+           "stratified_split", "detect_modality", "cv_folds", "FEW_LABELS_PER_CLASS"]
+
+# At or below this many labelled training examples per class (on average), no labels are spent on a
+# validation carve-out by default: choices are made by cross-validation over the training labels and
+# the final model learns from all of them (see load_task, and transferkit/choose/cv.py).
+FEW_LABELS_PER_CLASS = 20
 
 
 @dataclass
@@ -63,7 +68,7 @@ def read_items(path: str | Path, modality: str, *, text_col: str = "text",
 
 
 def load_task(data: str | Path, *, val: str | None = None, test: str | None = None,
-              shots: int | None = None, seed: int = 0, val_fraction: float = 0.2,
+              shots: int | None = None, seed: int = 0, val_fraction: float | None = 0.2,
               test_fraction: float = 0.2, modality: str | None = None, text_col: str = "text",
               label_col: str = "label") -> Task:
     """Read DATA and make the splits.
@@ -71,6 +76,11 @@ def load_task(data: str | Path, *, val: str | None = None, test: str | None = No
     Without --test, a stratified `test_fraction` of DATA is held out first; without --val, a
     stratified `val_fraction` of the rest. `shots` then keeps N training examples per class; the
     held-out splits are made before sampling shots, so they do not depend on N.
+
+    `val_fraction=None` means: no validation carve-out when the training set has few labels
+    (at most FEW_LABELS_PER_CLASS per class on average, counting what `shots` keeps), else 0.2.
+    With few labels a carve-out would take one label in five from training and still be too small
+    to choose by; choices are then made by cross-validation over the training labels instead.
     """
     modality = modality or detect_modality(data)
     items, skipped = read_items(data, modality, text_col=text_col, label_col=label_col)
@@ -87,6 +97,8 @@ def load_task(data: str | Path, *, val: str | None = None, test: str | None = No
         val_items, s = read_items(val, modality, text_col=text_col, label_col=label_col)
         skipped += s
     else:
+        if val_fraction is None:
+            val_fraction = 0.0 if few_labels(items, shots) else 0.2
         items, val_items = stratified_split(items, val_fraction, seed + 1)
     for name, part in (("--val", val_items), ("--test", test_items)):
         unknown = sorted({e.label for e in part} - set(classes))
@@ -94,3 +106,10 @@ def load_task(data: str | Path, *, val: str | None = None, test: str | None = No
             raise DataError(f"{name} data has labels not in the training data: {', '.join(unknown[:5])}")
     train = sample_shots(items, shots, seed) if shots else items
     return Task(modality, classes, train, val_items, test_items, skipped)
+
+
+def few_labels(items: list[Example], shots: int | None = None) -> bool:
+    """Whether a labelled pool (after keeping `shots` per class) has few labels per class."""
+    counts = class_counts(items)
+    kept = sum(min(c, shots) if shots else c for c in counts.values())
+    return kept <= FEW_LABELS_PER_CLASS * max(1, len(counts))

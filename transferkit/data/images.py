@@ -149,25 +149,38 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def build_transforms(pre: ImagePreprocess, image_size: int | None = None, augment: bool = True):
+AUGMENT_POLICIES = ("light", "strong")
+
+
+def build_transforms(pre: ImagePreprocess, image_size: int | None = None, augment: bool = True,
+                     policy: str = "light"):
     """(train, eval) transforms from the backbone's own preprocessing: size, mean/std, interpolation.
 
-    Training augmentation is deliberately light (random resized crop over most of the image,
-    horizontal flip, mild colour jitter): few-shot fine-tuning has little data to correct for
-    aggressive distortions that move images away from what the source model saw.
+    Training augmentation policies (torchvision.transforms.v2):
+    - `light`: random resized crop over most of the image (scale 0.6-1), horizontal flip, mild
+      colour jitter: little distortion away from what the source model saw.
+    - `strong`: random resized crop at scale 0.25-1, flip and TrivialAugmentWide (Muller & Hutter,
+      ICCV 2021): one random photometric/geometric operation per image, no tuning. With a handful
+      of labels per class the backbone otherwise memorises its few images within a few epochs.
     """
-    from torchvision import transforms as T
+    from torchvision.transforms import v2 as T
 
     size = image_size or pre.size
     interp = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR,
               "nearest": T.InterpolationMode.NEAREST}.get(pre.interpolation, T.InterpolationMode.BICUBIC)
-    norm = [T.ToTensor(), T.Normalize(pre.mean, pre.std)]
+    norm = [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(list(pre.mean), list(pre.std))]
     resize = int(round(size / pre.crop_pct))
     eval_tf = T.Compose([T.Resize(resize, interpolation=interp), T.CenterCrop(size), *norm])
     if not augment:
         return eval_tf, eval_tf
-    train_tf = T.Compose([T.RandomResizedCrop(size, scale=(0.6, 1.0), interpolation=interp),
-                          T.RandomHorizontalFlip(), T.ColorJitter(0.2, 0.2, 0.2), *norm])
+    if policy not in AUGMENT_POLICIES:
+        raise ValueError(f"unknown augmentation policy '{policy}'; use one of {', '.join(AUGMENT_POLICIES)}")
+    if policy == "strong":
+        train_tf = T.Compose([T.RandomResizedCrop(size, scale=(0.25, 1.0), interpolation=interp, antialias=True),
+                              T.RandomHorizontalFlip(), T.TrivialAugmentWide(interpolation=interp), *norm])
+    else:
+        train_tf = T.Compose([T.RandomResizedCrop(size, scale=(0.6, 1.0), interpolation=interp, antialias=True),
+                              T.RandomHorizontalFlip(), T.ColorJitter(0.2, 0.2, 0.2), *norm])
     return train_tf, eval_tf
 
 

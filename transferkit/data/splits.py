@@ -27,7 +27,10 @@ def by_class(items: list[Example]) -> dict[str, list[Example]]:
 
 def stratified_split(items: list[Example], fraction: float, seed: int,
                      min_per_class: int = 1) -> tuple[list[Example], list[Example]]:
-    """Split off `fraction` of every class (at least `min_per_class`, leaving one for training)."""
+    """Split off `fraction` of every class (at least `min_per_class`, leaving one for training);
+    a fraction of 0 splits off nothing."""
+    if fraction <= 0:
+        return list(items), []
     rng = random.Random(seed)
     keep, held = [], []
     for label, group in by_class(items).items():
@@ -55,3 +58,23 @@ def sample_shots(items: list[Example], shots: int, seed: int) -> list[Example]:
 
 def class_counts(items: list[Example]) -> dict[str, int]:
     return {k: len(v) for k, v in by_class(items).items()}
+
+
+def cv_folds(labels, k: int = 5, seed: int = 0) -> list[tuple["np.ndarray", "np.ndarray"]]:
+    """Stratified k-fold cross-validation over item labels: (train indices, held-out indices) per fold.
+
+    Every item is held out in exactly one fold. `k` shrinks to the smallest class count (a class with
+    3 labels can be spread over at most 3 folds); with a class of a single label no fold can test
+    it, so there is no cross-validation at all: `[]`. Seeded, so every strategy compared on a task
+    sees the same folds.
+    """
+    import numpy as np
+    from sklearn.model_selection import StratifiedKFold
+
+    y = np.asarray(labels)
+    _, counts = np.unique(y, return_counts=True)
+    k = min(int(k), int(counts.min())) if len(counts) else 0
+    if k < 2:
+        return []
+    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [(tr, te) for tr, te in skf.split(np.zeros(len(y)), y)]

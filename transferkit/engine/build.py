@@ -18,6 +18,10 @@ def build_model(cfg: TrainConfig, classes: list[str]) -> tuple[TransferModel, di
     """The TransferModel for `cfg`, and the L2-SP anchor (source weights as loaded) if a regularizer
     needs one. The anchor is taken before adapters are added and its names follow the adapters' renames."""
     backbone = load_backbone(cfg.backbone, arch=cfg.arch, pooling=cfg.pooling, max_length=cfg.max_length)
+    plan = plan_strategy(cfg.strategy, backbone.num_stages)
+    if plan.multi_stage:
+        from ..models.multistage import multi_stage_backbone
+        backbone = multi_stage_backbone(backbone)
     torch.manual_seed(cfg.seed)  # the head's initialisation is part of the run's seed
     model = attach_head(backbone, classes, hidden=cfg.head_hidden, dropout=cfg.head_dropout,
                         prototypes=cfg.strategy.strip() == "prototypes")
@@ -28,7 +32,6 @@ def build_model(cfg: TrainConfig, classes: list[str]) -> tuple[TransferModel, di
     if cfg.reg and "l2sp" in cfg.reg:
         from ..regularizers import anchor_from
         anchor = anchor_from(model)
-    plan = plan_strategy(cfg.strategy, backbone.num_stages)
     if plan.lora:
         from ..models.lora import add_lora
         rename = add_lora(model, **plan.lora)
@@ -89,3 +92,11 @@ def build_regularizers_for(cfg: TrainConfig, model: TransferModel, anchor: dict 
     if anchor is not None:
         anchor = {k: v.to(device) for k, v in anchor.items()}
     return build_regularizers(specs, model, anchor, source_model=source, layer_names=layers)
+
+
+def load_task_for(cfg: TrainConfig):
+    """The task (splits) a configuration trains on: `cfg.data` with its --val/--test, shots and seed."""
+    from ..data import load_task
+    return load_task(cfg.data, val=cfg.val, test=cfg.test, shots=cfg.shots, seed=cfg.seed,
+                     val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                     text_col=cfg.text_col, label_col=cfg.label_col)

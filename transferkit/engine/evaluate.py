@@ -16,11 +16,11 @@ from ..models.heads import TransferModel
 
 
 def make_dataset(model: TransferModel, items: list[Example], *, train: bool, augment: bool,
-                 image_size: int | None, seed: int):
+                 image_size: int | None, seed: int, policy: str = "light"):
     cls = {c: i for i, c in enumerate(model.class_names)}
     if model.spec.modality == "text":
         return TextDataset(items, cls)
-    train_tf, eval_tf = build_transforms(model.spec.preprocess, image_size, augment)
+    train_tf, eval_tf = build_transforms(model.spec.preprocess, image_size, augment, policy)
     return ImageDataset(items, cls, train_tf if train else eval_tf, seed=seed)
 
 
@@ -65,22 +65,40 @@ def predict_probs(model: TransferModel, loader: DataLoader, device, *, tta: bool
     return torch.cat(probs).numpy(), torch.cat(labels).numpy()
 
 
+@torch.no_grad()
 def extract_features(backbone: nn.Module, loader: DataLoader, device, *, flip: bool = False,
                      autocast=None, cache=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled features of the frozen backbone (eval mode); with `flip`, the mirrored images too
-    (after each batch's own rows). With a `FeatureCache` (`transferkit.data.feature_cache`), rows
-    already computed are read from disk instead (see `transferkit.engine.features`)."""
-    from .features import features_by_view
-    plain, flipped, labels = features_by_view(backbone, loader, device, flip=flip, autocast=autocast,
-                                              cache=cache)
-    if flipped is None:
-        return plain, labels
-    b = loader.batch_size or len(plain)
-    feats, ys = [], []
-    for i in range(0, len(plain), b):
-        feats += [plain[i:i + b], flipped[i:i + b]]
-        ys += [labels[i:i + b], labels[i:i + b]]
-    return torch.cat(feats), torch.cat(ys)
+    (appended after all the originals)."""
+    views, labels = extract_views(backbone, loader, device, flip=flip, autocast=autocast, cache=cache)
+    return views.reshape(-1, views.shape[-1]), labels.repeat(views.shape[0])
+
+
+@torch.no_grad()
+def extract_views(backbone: nn.Module, loader: DataLoader, device, *, flip: bool = False,
+                  autocast=None, cache=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled features as views `[V, N, D]` (V = 2 with `flip` for images: as is, mirrored) and
+    labels `[N]`, the backbone in eval mode. With a `FeatureCache` (transferkit.data.feature_cache)
+    rows computed before are read from disk (transferkit.engine.features)."""
+    if cache is not None:
+        from .features import features_by_view
+        plain, flipped, labels = features_by_view(backbone, loader, device, flip=flip, autocast=autocast,
+                                                  cache=cache)
+        return torch.stack([plain] + ([flipped] if flipped is not None else [])), labels
+    was = backbone.training
+    backbone.eval()
+    feats: list[list[torch.Tensor]] = [[], []]
+    labels = []
+    for x, y in loader:
+        x = to_device(x, device)
+        with autocast() if autocast else _null():
+            feats[0].append(backbone(x).float().cpu())
+            if flip and _flip(x) is not None:
+                feats[1].append(backbone(_flip(x)).float().cpu())
+        labels.append(torch.as_tensor(y))
+    backbone.train(was)
+    views = [torch.cat(f) for f in feats if f]
+    return torch.stack(views), torch.cat(labels)
 
 
 class _null:

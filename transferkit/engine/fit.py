@@ -23,19 +23,20 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig, save_config
-from ..data import Task, load_task
+from ..data import Task, cv_folds, few_labels
 from ..data.checks import report_data_issues
 from ..data.feature_cache import feature_cache_for
+from ..models.multistage import MultiStageFeatures
 from ..strategies import (freeze_stages, param_groups, parameter_summary, plan_strategy, resolve_bn,
                           set_train_mode)
 from . import checkpoint as ck
 from . import interrupt
-from .build import anchor_hash, build_model, build_regularizers_for, verify_anchor
-from .resume import restore_optimizer_and_rng, resume_point
+from .build import anchor_hash, build_model, build_regularizers_for, load_task_for, verify_anchor
 from .environment import write_environment
+from .evaluate import collate_for, eval_loader, extract_views, make_dataset, predict_probs, to_device
+from .headfit import fit_multistage_probe, fit_probe
+from .resume import restore_optimizer_and_rng, resume_point
 from .runfolder import check_out_dir, claim_out_dir
-from .evaluate import (collate_for, eval_loader, extract_features, fit_head, make_dataset,
-                       predict_probs, to_device)
 
 
 @dataclass
@@ -54,6 +55,9 @@ class RunState:
     done: bool = False
     head_fit: dict = field(default_factory=dict)
     running_loss: list[float] = field(default_factory=list)  # train losses since the last validation
+    phase_seconds: dict = field(default_factory=dict)        # wall time per phase name
+    wise: dict = field(default_factory=dict)                 # WiSE-FT: weight used and how it was chosen
+    choice: dict = field(default_factory=dict)               # --strategy auto: what and why
 
 
 @dataclass
@@ -73,15 +77,34 @@ def _accelerator(cfg: TrainConfig):
     return Accelerator(mixed_precision={"fp32": "no"}.get(precision, precision), cpu=not torch.cuda.is_available())
 
 
+# Default schedule, fixed by benchmarks/fewshot.py: passes over the training set, with a floor
+# (a 20-image task still gets enough steps to move) and a ceiling (a large one stays affordable).
+DEFAULT_EPOCHS = 15
+MIN_STEPS = 30
+MAX_STEPS = 600
+# WiSE-FT (Wortsman et al., CVPR 2022) weight of the fine-tuned weights when no validation split
+# can choose it (few labels): measured by benchmarks/fewshot.py.
+WISE_DEFAULT = 0.5
+WISE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
 def total_steps(cfg: TrainConfig, n_train: int) -> int:
-    """Steps by optimisation step, not epochs: 10 images x 9 classes is a single batch, so an
-    "epoch" says nothing there. Default: 10 epochs, but never fewer than 150 steps."""
+    """Optimisation steps of the SGD phases: `--steps`, else `--epochs` passes, else DEFAULT_EPOCHS
+    passes over the training set bounded by [MIN_STEPS, MAX_STEPS]."""
     per_epoch = max(1, math.ceil(n_train / (cfg.batch_size * cfg.grad_accum)))
     if cfg.steps:
         return cfg.steps
     if cfg.epochs:
         return cfg.epochs * per_epoch
-    return max(150, 10 * per_epoch)
+    return max(MIN_STEPS, min(MAX_STEPS, DEFAULT_EPOCHS * per_epoch))
+
+
+def augment_policy(cfg: TrainConfig, task: Task) -> str:
+    """`auto`: `strong` at few labels per class (the backbone memorises a handful of images within a
+    few epochs otherwise), `light` with more."""
+    if cfg.augment_policy != "auto":
+        return cfg.augment_policy
+    return "strong" if few_labels(task.train) else "light"
 
 
 def lr_factor(step: int, total: int, warmup: float) -> float:
@@ -104,22 +127,28 @@ def _epoch_batches(n: int, batch: int, seed: int, epoch: int) -> list[list[tuple
 
 
 def fit(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool = True,
-        evaluate_test: bool = True) -> FitResult:
+        evaluate_test: bool = True, task: Task | None = None, choice: dict | None = None) -> FitResult:
     """Train according to `cfg` and write the run directory; with `resume`, continue `cfg.out`.
     `evaluate_test=False` leaves the test split untouched (model selection runs, e.g. l2sp:auto).
+    `task`: train on these splits instead of reading `cfg.data` (cross-validation folds).
+    `choice`: how the strategy was chosen (`--strategy auto`), recorded in metrics.json.
     SIGINT/SIGTERM finish the current step, write `last/` and return an interrupted result."""
     single = os.environ.get("WORLD_SIZE", "1") == "1"  # under torchrun, the launcher owns the signals
     with interrupt.stop_on_signals(enabled=single):
-        return _fit(cfg, resume=resume, log=log, progress=progress, evaluate_test=evaluate_test)
+        return _fit(cfg, resume=resume, log=log, progress=progress, evaluate_test=evaluate_test,
+                    task=task, choice=choice)
 
 
-def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: bool) -> FitResult:
+def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: bool,
+         task: Task | None, choice: dict | None) -> FitResult:
     run = Path(cfg.out)
     state = RunState()
     if resume:
         cfg, state, resume = resume_point(run, cfg, log)
     elif os.environ.get("RANK", "0") == "0":  # one process judges (and later claims) the folder
         check_out_dir(cfg)
+    if choice:
+        state.choice = choice
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     import random
@@ -127,9 +156,8 @@ def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: 
 
     accel = _accelerator(cfg)
     device = accel.device
-    task = load_task(cfg.data, val=cfg.val, test=cfg.test, shots=cfg.shots, seed=cfg.seed,
-                     val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
-                     text_col=cfg.text_col, label_col=cfg.label_col)
+    if task is None:
+        task = load_task_for(cfg)
     report_data_issues(task, cfg, log)
     model, anchor = build_model(cfg, task.classes)
     if resume and anchor is not None:
@@ -148,7 +176,7 @@ def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: 
     autocast = accel.autocast
 
     train_ds = make_dataset(model, task.train, train=True, augment=cfg.augment,
-                            image_size=cfg.image_size, seed=cfg.seed)
+                            image_size=cfg.image_size, seed=cfg.seed, policy=augment_policy(cfg, task))
     plain_train = make_dataset(model, task.train, train=False, augment=False,
                                image_size=cfg.image_size, seed=cfg.seed)
     val_loader = eval_loader(model, make_dataset(model, task.val, train=False, augment=False,
@@ -164,13 +192,20 @@ def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: 
                       for p, s in zip(plan.phases, phase_steps)))
 
     interrupted = False
+    has_val = len(task.val) > 0  # else: no selection by validation, the final weights are kept
     while state.phase < len(plan.phases) and not state.done:
         phase = plan.phases[state.phase]
         freeze_stages(model, phase.frozen)
+        t_phase = time.time()
         if phase.head_only:
-            _head_phase(model, cfg, state, plain_train, val_loader, device, autocast, log)
-            _save_best_if_better(run, model, state, state.history[-1], cfg.metric,
-                                 write=accel.is_main_process)
+            then_trains = state.phase + 1 < len(plan.phases)
+            _head_phase(model, cfg, state, plain_train, val_loader, device, autocast, log,
+                        calibrated=then_trains)
+            if then_trains and _wise_applies(plan) and accel.is_main_process:
+                _save_model(run / "lp_model.safetensors", model)  # WiSE-FT's other end
+            if has_val:
+                _save_best_if_better(run, model, state, state.history[-1], cfg.metric,
+                                     write=accel.is_main_process)
             if interrupt.requested():
                 state.phase += 1
                 _save_last(run, model, None, state)
@@ -182,10 +217,18 @@ def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: 
             resume = None
             if interrupted:
                 return FitResult(run, None, state, interrupted=True, signal=interrupt.requested())
+        state.phase_seconds[phase.name] = round(state.phase_seconds.get(phase.name, 0.0)
+                                                + time.time() - t_phase, 2)
+        if not has_val and accel.is_main_process:
+            _save_model(run / "model.safetensors", model)
         state.phase += 1
         state.step = 0
         if accel.is_main_process:
             _save_last(run, model, None, state)
+    if not state.done and _wise_applies(plan) and (run / "lp_model.safetensors").exists():
+        accel.wait_for_everyone()
+        _apply_wise(run, cfg, model, state, val_loader, device, autocast, log,
+                    write=accel.is_main_process)
     state.done = True
     if accel.is_main_process:
         _save_last(run, model, None, state)
@@ -212,29 +255,109 @@ def _bb_mult(cfg: TrainConfig, model) -> float:
     return cfg.backbone_lr_mult if model.spec.source.pretrained else 1.0
 
 
-def _head_phase(model, cfg, state: RunState, plain_train, val_loader, device, autocast, log) -> None:
+def _head_phase(model, cfg, state: RunState, plain_train, val_loader, device, autocast, log,
+                calibrated: bool = False) -> None:
+    """Fit the head on frozen features, C chosen on validation or by cross-validation.
+    `calibrated`: fine-tuning follows, so fit with the C of best held-out NLL (see fit_probe)."""
     t0 = time.time()
     loader = eval_loader(model, plain_train, cfg.batch_size * 2, cfg.num_workers)
+    image = model.spec.modality == "image"
     cache = feature_cache_for(cfg)  # frozen + deterministic preprocessing: rows come from disk
-    feats, labels = extract_features(model.backbone, loader, device, flip=cfg.augment, autocast=autocast,
-                                     cache=cache)
-    vf = (extract_features(model.backbone, val_loader, device, autocast=autocast, cache=cache)
-          if len(val_loader.dataset) else None)
-    info = fit_head(model.head, feats, labels, val=vf, label_smoothing=cfg.label_smoothing,
-                    prior=getattr(model, "head_prior", None))
-    state.head_fit = info
+    views, labels = extract_views(model.backbone, loader, device, flip=image and (cfg.augment or cfg.tta),
+                                  autocast=autocast, cache=cache)
+    val = None
+    if len(val_loader.dataset):
+        val = extract_views(model.backbone, val_loader, device, flip=image and cfg.tta, autocast=autocast,
+                            cache=cache)
+    folds = [] if val is not None else cv_folds(labels.numpy(), cfg.cv_folds, cfg.seed)
+    how_views = {"fit_views": len(views) if cfg.augment else 1, "score_views": len(views) if cfg.tta else 1}
+    extra = {}
+    prior = getattr(model, "head_prior", None)
+    if hasattr(model.head, "fit_prototypes"):  # --strategy prototypes: class means, nothing to fit
+        from .evaluate import fit_head
+        X, Y = views[:how_views["fit_views"]].reshape(-1, views.shape[-1]), labels.repeat(how_views["fit_views"])
+        info = fit_head(model.head, X, Y, val=(val[0][0], val[1]) if val is not None else None)
+        from .headfit import HeadChoice
+        choice = HeadChoice(C=1.0, C_nll=1.0, method="prototypes")
+        extra = {"scale": info["scale"]}
+    elif prior is not None:  # class names as the head's prior (transferkit.zeroshot.prior)
+        from .evaluate import fit_head
+        X, Y = views[:how_views["fit_views"]].reshape(-1, views.shape[-1]), labels.repeat(how_views["fit_views"])
+        vf = (val[0][0], val[1]) if val is not None else None
+        info = fit_head(model.head, X, Y, val=vf, label_smoothing=cfg.label_smoothing, prior=prior)
+        from .headfit import HeadChoice
+        choice = HeadChoice(C=info["C"], C_nll=info["C"], method="val" if vf else "default")
+        extra = {"prior_scale": info.get("prior_scale")}
+    elif isinstance(model.backbone, MultiStageFeatures):
+        choice, blocks, options = fit_multistage_probe(model.backbone, model.head, views, labels, val=val,
+                                                       folds=folds, label_smoothing=cfg.label_smoothing,
+                                                       **how_views)
+        extra = {"blocks": blocks, "layers": model.backbone.layers[:blocks], "options": options}
+        log(f"multi-stage probe: {blocks} stage block(s) below the final features "
+            f"({', '.join(model.backbone.layers[:blocks]) or 'final features only'})")
+    else:
+        choice = fit_probe(model.head, views, labels, val=val, folds=folds, calibrated=calibrated,
+                           label_smoothing=cfg.label_smoothing, **how_views)
+    C = choice.C_nll if calibrated else choice.C
+    state.head_fit = {"C": C, "C_best_accuracy": choice.C, "C_best_nll": choice.C_nll,
+                      "method": choice.method, "folds": choice.folds, "table": choice.table,
+                      "estimate": choice.estimate(), **extra}
     row = {"phase": state.phase, "step": state.global_step, "epoch": state.epoch, "lr": "",
            "train_loss": "", "seconds": round(time.time() - t0, 2)}
-    row.update(_validate(model, val_loader, device, autocast))
+    row.update(_validate(model, val_loader, device, autocast, tta=cfg.tta))
     state.history.append(row)
-    log(f"head fit on frozen features: C={info['C']}, val acc {row.get('val_accuracy', float('nan')):.4f} "
-        f"({row['seconds']:.1f}s)")
+    est = choice.estimate()
+    how = {"val": "on validation", "cv": f"by {choice.folds}-fold cross-validation",
+           "default": "by default (too few labels to cross-validate)"}[choice.method]
+    log(f"head fit on frozen features: C={C} chosen {how}"
+        + (f", held-out accuracy {est['accuracy']:.4f}" if est.get("accuracy") is not None else "")
+        + (f" ± {est['accuracy_se']:.4f}" if est.get("accuracy_se") is not None else "")
+        + f" ({row['seconds']:.1f}s)")
 
 
-def _validate(model, loader, device, autocast) -> dict:
+def _wise_applies(plan) -> bool:
+    """WiSE-FT interpolates between the probe (source backbone + fitted head) and the fine-tuned
+    weights: it needs a head phase followed by a phase that trains the whole backbone."""
+    return (len(plan.phases) == 2 and plan.phases[0].head_only and not plan.phases[1].frozen
+            and not plan.lora)
+
+
+def wise_mix(lp: dict, ft: dict, w: float) -> dict:
+    """(1 - w) * lp + w * ft for floating tensors; integer buffers (BatchNorm's counter) from ft."""
+    return {k: ((1 - w) * lp[k].to(device=v.device, dtype=v.dtype) + w * v) if v.is_floating_point() else v
+            for k, v in ft.items()}
+
+
+def _apply_wise(run: Path, cfg: TrainConfig, model, state: RunState, val_loader, device, autocast,
+                log, write: bool = True) -> None:
+    """WiSE-FT (Wortsman et al., CVPR 2022): replace the fine-tuned weights by an interpolation
+    with the probe solution. The weight is `--wise`, else chosen on the validation split, else
+    WISE_DEFAULT (few labels: fixed by the benchmark; `--strategy auto` chooses it by CV)."""
+    lp = ck.load_tensors(run / "lp_model.safetensors")
+    ft = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if cfg.wise is not None:
+        w, how, rows = float(cfg.wise), "given", []
+    elif len(val_loader.dataset):
+        rows = []
+        for cand in WISE_GRID:
+            model.load_state_dict(wise_mix(lp, ft, cand))
+            rows.append({"wise": cand, **_validate(model, val_loader, device, autocast, tta=cfg.tta)})
+        best = max(rows, key=lambda r: validation_score(r, cfg.metric))
+        w, how = best["wise"], "on validation"
+    else:
+        w, how, rows = WISE_DEFAULT, "default", []
+    model.load_state_dict(wise_mix(lp, ft, w))
+    state.wise = {"weight": w, "chosen": how, "table": rows}
+    log(f"WiSE-FT: weights = {1 - w:g} x probe + {w:g} x fine-tuned ({how})")
+    if write:
+        _save_model(run / "model.safetensors", model)
+
+
+def _validate(model, loader, device, autocast, tta: bool = False) -> dict:
+    """Validation metrics, scored exactly as the test split is (same test-time augmentation)."""
     if not len(loader.dataset):
         return {}
-    probs, y = predict_probs(model, loader, device, autocast=autocast)
+    probs, y = predict_probs(model, loader, device, tta=tta, autocast=autocast)
     from ..report.metrics import classification_metrics
     m = classification_metrics(y, probs, model.class_names)
     return {"val_accuracy": round(m["accuracy"], 6), "val_macro_f1": round(m["macro_f1"], 6),
@@ -325,7 +448,7 @@ def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, tr
     # uninterrupted one
     running, seen, t0 = state.running_loss, 0, time.time()
     clock = ck.CheckpointClock(cfg.checkpoint_every, cfg.checkpoint_seconds, state.step, t0)
-    bn = resolve_bn(cfg.bn, len(train_ds), model.num_classes)
+    bn = resolve_bn(cfg.bn, len(train_ds), model.num_classes, pretrained=model.spec.source.pretrained)
     batches, batches_epoch = [], None
     set_train_mode(model, bn)
     while state.step < n_steps:
@@ -370,11 +493,12 @@ def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, tr
             row = {"phase": state.phase, "step": state.global_step, "epoch": state.epoch,
                    "lr": optimizer.param_groups[-1]["lr"], "train_loss": round(float(np.mean(running)), 6),
                    "seconds": round(time.time() - t0, 2)}
-            row.update(_validate(model, val_loader, device, accel.autocast))
+            row.update(_validate(model, val_loader, device, accel.autocast, tta=cfg.tta))
             set_train_mode(model, bn)
             running.clear()
             state.history.append(row)
-            _save_best_if_better(run, model, state, row, cfg.metric, write=accel.is_main_process)
+            if "val_loss" in row:
+                _save_best_if_better(run, model, state, row, cfg.metric, write=accel.is_main_process)
             stop_early = cfg.patience is not None and state.evals_since_best >= cfg.patience
             if stop_early:
                 log(f"early stop at step {state.global_step}: no improvement in {cfg.patience} validations")
@@ -441,6 +565,12 @@ def _finish(run: Path, cfg: TrainConfig, model, task: Task, state: RunState, dev
         metrics.update(classification_metrics(y, probs, model.class_names))
         errors = worst_errors(task.test, probs, y, model.class_names)
     metrics["best_step"] = state.best_step
+    metrics["selection"] = "validation" if task.val else "final weights (no validation split)"
+    metrics["estimate"] = held_out_estimate(state)
+    metrics["head_fit"] = {k: v for k, v in state.head_fit.items() if k != "table"} or None
+    metrics["wise"] = state.wise or None
+    metrics["choice"] = state.choice or None
+    metrics["phase_seconds"] = state.phase_seconds
     metrics["parameters"] = parameter_summary(model)
     metrics["skipped"] = task.skipped
     metrics["warnings"] = task.warnings
@@ -456,6 +586,22 @@ def _finish(run: Path, cfg: TrainConfig, model, task: Task, state: RunState, dev
     log(f"test accuracy {metrics.get('accuracy', float('nan')):.4f}, macro-F1 "
         f"{metrics.get('macro_f1', float('nan')):.4f} -> {run}")
     return metrics
+
+
+def held_out_estimate(state: RunState) -> dict | None:
+    """What to expect before testing: the cross-validated (or validation) accuracy of what was
+    trained, mean ± standard error. From `auto`'s evidence when it chose, else from the head fit
+    (the probe's estimate; for a fine-tuned run that is the probe it started from, said so)."""
+    best = (state.choice or {}).get("best")
+    if best:
+        return {"accuracy": best["accuracy"], "accuracy_se": best["accuracy_se"], "method": "cv",
+                "folds": state.choice["finetune_cv"]["folds"],
+                "of": "the chosen model" if best["wise"] else "the probe"}
+    est = (state.head_fit or {}).get("estimate")
+    if est and est.get("accuracy") is not None:
+        trained_more = any(r.get("train_loss", "") != "" for r in state.history)
+        return {**est, "of": "the probe phase" if trained_more else "the probe"}
+    return None
 
 
 def _write_history(run: Path, history: list[dict]) -> None:

@@ -105,11 +105,39 @@ def _table(headers: list[str], rows: list[list]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _choices(metrics: dict) -> list[str]:
+    """How the strategy, the head's C and the WiSE-FT weight were chosen, with the evidence."""
+    e, out = html.escape, []
+    choice = metrics.get("choice") or {}
+    if choice:
+        out.append(f"<h2>Strategy chosen by auto: {e(choice['strategy'])}</h2><p>{e(choice['reason'])}</p>")
+        table = (choice.get("finetune_cv") or {}).get("table") or []
+        if table:
+            out.append(_table(["WiSE-FT weight (0 = probe)", "held-out accuracy", "± s.e.", "held-out NLL"],
+                              [[f"{r['wise']:g}", f"{r['accuracy']:.3f}", f"{r['accuracy_se']:.3f}",
+                                f"{r['nll']:.3f}"] for r in table]))
+    head = metrics.get("head_fit") or {}
+    if head.get("method"):
+        out.append(f"<p class='sub'>head fitted on frozen features with C = {head['C']:g} "
+                   f"(chosen {'on validation' if head['method'] == 'val' else str(head.get('folds')) + '-fold CV' if head['method'] == 'cv' else 'by default'})"
+                   + (f"; {head['blocks']} stage block(s) below the final features" if "blocks" in head else "")
+                   + "</p>")
+    wise = metrics.get("wise") or {}
+    if wise:
+        out.append(f"<p class='sub'>WiSE-FT: final weights = {1 - wise['weight']:g} &times; probe + "
+                   f"{wise['weight']:g} &times; fine-tuned ({e(wise['chosen'])})</p>")
+    if metrics.get("phase_seconds"):
+        out.append("<p class='sub'>time per phase: " + ", ".join(
+            f"{e(k)} {v:.1f}s" for k, v in metrics["phase_seconds"].items()) + "</p>")
+    return out
+
+
 def write_report(run: Path, cfg, model, metrics: dict, history: list[dict], *,
                  errors: list[dict] | None = None, title: str | None = None,
-                 accuracy_label: str = "test accuracy") -> Path:
+                 accuracy_label: str = "test accuracy", extra_html=()) -> Path:
     """Write RUN/report.html: one file, images inlined, readable in any browser. `errors`: the
-    gallery of worst errors (see report.gallery.worst_errors)."""
+    gallery of worst errors (see report.gallery.worst_errors). `extra_html`: sections (trusted HTML
+    made by transferkit) placed after the summary cards."""
     from .gallery import GALLERY_CSS, gallery_html
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>transferkit run {e(str(run))}</title>"
@@ -119,10 +147,20 @@ def write_report(run: Path, cfg, model, metrics: dict, history: list[dict], *,
              + (f" &middot; regularizer <b>{e(cfg.reg)}</b>" if cfg.reg else "") + "</div>"]
     cards = [(accuracy_label, metrics.get("accuracy")), ("macro-F1", metrics.get("macro_f1")),
              ("ECE", metrics.get("ece"))]
+    est = metrics.get("estimate") or {}
+    est_card = ""
+    if est.get("accuracy") is not None:
+        se = f" ± {est['accuracy_se']:.3f}" if est.get("accuracy_se") is not None else ""
+        how = f"{est.get('folds')}-fold CV" if est.get("method") == "cv" else "validation"
+        est_card = (f"<div class='card'>held-out estimate ({e(how)}, {e(str(est.get('of', '')))})"
+                    f"<b>{est['accuracy']:.3f}{se}</b></div>")
     parts.append("<div class='cards'>" + "".join(
         f"<div class='card'>{e(k)}<b>{'–' if v is None else f'{v:.3f}'}</b></div>" for k, v in cards)
+        + est_card
         + "".join(f"<div class='card'>{k}<b>{metrics.get(k, 0)}</b></div>" for k in ("n_train", "n_val", "n_test"))
         + "</div>")
+    parts += _choices(metrics)
+    parts += list(extra_html)
     curves = _curves(history)
     if curves:
         parts.append(f"<h2>Learning curves</h2><img src='{curves}' alt='learning curves'>")

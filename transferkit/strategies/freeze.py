@@ -14,14 +14,21 @@ BN_POLICIES = ("frozen", "adapt", "eval")
 FEW_SHOT_PER_CLASS = 100
 
 
-def resolve_bn(policy: str, n_train: int, n_classes: int) -> str:
-    """`auto` is `eval` for few-label training sets (<= 100 examples per class on average), else
-    `frozen`. With a few dozen images, batch statistics are noisy and differ from the running
-    statistics the head was fitted on in the probe phase; measured on the demo set (10 shots/class)
-    LP-FT reached 0.59 validation accuracy with `eval` against 0.53 with `frozen`."""
+def resolve_bn(policy: str, n_train: int, n_classes: int, pretrained: bool = True) -> str:
+    """`auto` is `eval` for a pretrained backbone on few-label training sets (<= 100 examples per
+    class on average), else `frozen`. With a few dozen images, batch statistics are noisy and differ
+    from the running statistics the head was fitted on in the probe phase; measured on the demo set
+    (10 shots/class) LP-FT reached 0.59 validation accuracy with `eval` against 0.53 with `frozen`.
+    A randomly initialised backbone has no running statistics worth keeping (they are the 0/1 of
+    initialisation): it always trains its BatchNorm layers in batch-statistics mode, or the
+    from-scratch baseline cannot learn at all."""
     if policy != "auto":
         return policy
+    if not pretrained:
+        return "frozen"
     return "eval" if n_train <= FEW_SHOT_PER_CLASS * max(1, n_classes) else "frozen"
+
+
 _BN = (nn.modules.batchnorm._BatchNorm,)
 
 

@@ -3,14 +3,14 @@
 A strategy string becomes a `Plan` of one or more `Phase`s:
 
 - `linear_probe`   backbone frozen, head trains
+- `multi_probe`    backbone frozen, head on pooled features of the last stages too, the stages
+                   used chosen on held-out data (see transferkit/models/multistage.py)
 - `partial:K`      the last K stages + head train
 - `full`           everything trains
 - `two_phase`      LP-FT (Kumar et al., ICLR 2022): fit the head on the frozen backbone first, then
                    unfreeze everything and train with backbone LR = head LR x `backbone_lr_mult`
 - `stages:A-B[,C]` (or `freeze=stages:A-B`): freeze exactly those stage indices
 - `lora:r=R[,alpha=A]` low-rank adapters on a text encoder (PEFT): head fit first, then adapters + head
-- `prototypes`     backbone frozen; the head is the nearest class mean on L2-normalised features
-                   (`transferkit.models.prototypes.PrototypeHead`): no optimisation at all
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
-STRATEGIES = ("linear_probe", "partial:K", "full", "two_phase", "stages:A-B", "lora:r=R", "prototypes")
+STRATEGIES = ("auto", "linear_probe", "multi_probe", "partial:K", "full", "two_phase", "stages:A-B", "lora:r=R", "prototypes")
 
 
 @dataclass
@@ -36,6 +36,7 @@ class Plan:
     strategy: str
     phases: list[Phase]
     lora: dict | None = field(default=None)
+    multi_stage: bool = False  # the head reads pooled features of several stages
 
 
 def _parse_indices(text: str, n: int) -> list[int]:
@@ -60,8 +61,13 @@ def plan_strategy(strategy: str, num_stages: int, *, backbone_lr_mult: float = 0
     try:
         if s == "linear_probe":
             return Plan(s, [Phase("linear_probe", everything, 1.0, head_only=True)])
-        if s == "prototypes":
+        if s == "prototypes":  # nearest class mean on normalised features (models/prototypes.py)
             return Plan(s, [Phase("prototypes", everything, 1.0, head_only=True)])
+        if s == "multi_probe":
+            return Plan(s, [Phase("multi_probe", everything, 1.0, head_only=True)], multi_stage=True)
+        if s == "auto":
+            raise ValueError("strategy 'auto' is resolved into a concrete strategy before training "
+                             "(transferkit.choose.auto); the engine plans only concrete ones")
         if s == "full":
             return Plan(s, [Phase("full", [], 1.0, backbone_lr_mult=backbone_lr_mult)])
         if s == "two_phase":
@@ -96,8 +102,8 @@ def plan_strategy(strategy: str, num_stages: int, *, backbone_lr_mult: float = 0
             raise ValueError(f"cannot read strategy '{strategy}': {e}. Forms: {', '.join(STRATEGIES)}") from e
         raise
     base = s.split(":")[0]
-    near = difflib.get_close_matches(base, ["linear_probe", "partial", "full", "two_phase", "stages", "lora",
-                                                  "prototypes"], n=1)
+    near = difflib.get_close_matches(base, ["auto", "linear_probe", "multi_probe", "partial", "full", "two_phase",
+                                            "stages", "lora"], n=1)
     raise ValueError(f"unknown strategy '{strategy}'" + (f"; did you mean '{near[0]}'?" if near else "")
                      + f" Forms: {', '.join(STRATEGIES)}")
 

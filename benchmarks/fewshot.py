@@ -1,0 +1,233 @@
+"""Few-shot benchmark: does fine-tuning beat the plain linear probe, and does `auto` choose well?
+
+For every data set x shots x seed (identical splits for every row; no validation carve-out: the
+few-label protocol), each job trains what its rows need and scores the test split:
+
+- `probe`: scikit-learn LogisticRegression (C=1) on frozen pooled features, no augmentation — the bar.
+- `linear_probe`: the engine's probe (C by cross-validation, mirrored views, flip TTA).
+- `two_phase[V]`: LP-FT with recipe variant V (augmentation policy, epochs, ...), trained on every
+  label, at the default WiSE-FT weight; `ft_only[V]` is the same run's fine-tuned endpoint (w = 1).
+- `auto[V]`: what `--strategy auto` does with recipe V: LP-FT cross-validated over 3 folds of the
+  training labels (transferkit.choose.cv), the WiSE weight with the best held-out accuracy kept
+  (w = 0: the probe, `linear_probe`). The final run and the fold runs are the same code `auto` runs;
+  the choice uses held-out folds only, the test split only scores.
+- `full+l2sp`: everything trains from the start with L2-SP (alpha 0.01).
+
+Prints the mean ± std table per data set and shot count, seconds per cell, and how often each
+fine-tuning row kept its fine-tuned weights; writes JSON lines and a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+VARIANTS = {
+    "strong_e30": {"augment_policy": "strong", "epochs": 30},
+    "light_e15": {"augment_policy": "light", "epochs": 15},
+    "strong_e15": {"augment_policy": "strong", "epochs": 15},
+    "strong_e30_bb03": {"augment_policy": "strong", "epochs": 30, "backbone_lr_mult": 0.3},
+}
+
+
+def _cfg(job: dict, out: Path, **over):
+    from transferkit.config import make_config
+    modality = {"image_size": job["image_size"]} if job["dataset"] != "text" else {"max_length": 96}
+    return make_config(None, data=job["data"], backbone=job["backbone"], out=str(out), shots=job["shots"],
+                       seed=job["seed"], precision="fp32", val_fraction=0.0, batch_size=32, **modality, **over)
+
+
+def _test_curve(run: Path, cfg, task, grid) -> dict:
+    import torch
+
+    from transferkit.engine import checkpoint as ck
+    from transferkit.engine.build import build_model
+    from transferkit.engine.evaluate import eval_loader, make_dataset, predict_probs
+    from transferkit.engine.fit import wise_mix
+    model, _ = build_model(cfg, task.classes)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(dev)
+    ft = ck.load_tensors(run / "model.safetensors")
+    lp = ck.load_tensors(run / "lp_model.safetensors") if (run / "lp_model.safetensors").exists() else None
+    loader = eval_loader(model, make_dataset(model, task.test, train=False, augment=False,
+                                             image_size=cfg.image_size, seed=0), 128)
+    out = {}
+    for w in (grid if lp is not None else (1.0,)):
+        model.load_state_dict(wise_mix(lp, ft, w) if lp is not None else ft)
+        p, y = predict_probs(model, loader, dev, tta=cfg.tta)
+        out[str(w)] = float((p.argmax(1) == y).mean())
+    return out
+
+
+def _plain_probe(task, job) -> float:
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    from transferkit.engine.evaluate import eval_loader, extract_views, make_dataset
+    from transferkit.models import attach_head, load_backbone
+    torch.manual_seed(0)
+    model = attach_head(load_backbone(job["backbone"]), task.classes)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(dev)
+
+    def feats(items):
+        ds = make_dataset(model, items, train=False, augment=False, image_size=job.get("image_size"), seed=0)
+        v, y = extract_views(model.backbone, eval_loader(model, ds, 128), dev)
+        return v[0].numpy(), y.numpy()
+    (Xtr, ytr), (Xte, yte) = feats(task.train), feats(task.test)
+    return float(np.mean(LogisticRegression(max_iter=3000).fit(Xtr, ytr).predict(Xte) == yte))
+
+
+def run_job(job: dict) -> dict:
+    import torch
+
+    from transferkit.choose.cv import WISE_GRID, cv_finetune
+    from transferkit.data import load_task
+    from transferkit.engine.fit import fit
+    torch.set_num_threads(job["threads"])
+    task = load_task(job["data"], shots=job["shots"], seed=job["seed"], val_fraction=0.0)
+    tag = f"{job['kind']}_{job.get('variant', '')}_{job['dataset']}_{job['shots']}_{job['seed']}"
+    root = Path(job["tmp"]) / tag
+    quiet = lambda *a, **k: None  # noqa: E731
+    t0 = time.time()
+    res = {k: v for k, v in job.items() if k not in ("tmp", "data")}
+    if job["kind"] == "features":
+        res["probe"] = _plain_probe(task, job)
+        res["probe_seconds"] = round(time.time() - t0, 1)
+        t1 = time.time()
+        r = fit(_cfg(job, root / "lp", strategy="linear_probe"), log=quiet, progress=False, task=task)
+        res["linear_probe"] = r.metrics["accuracy"]
+        res["linear_probe_cv"] = (r.metrics.get("estimate") or {}).get("accuracy")
+        res["linear_probe_seconds"] = round(time.time() - t1, 1)
+    elif job["kind"] == "l2sp":
+        r = fit(_cfg(job, root / "l2sp", strategy="full", reg="l2sp:0.01", **VARIANTS[job["variant"]]),
+                log=quiet, progress=False, task=task)
+        res["accuracy"] = r.metrics["accuracy"]
+    else:  # LP-FT with a recipe variant: CV over folds (what auto sees), then the run on every label
+        cfg = _cfg(job, root / "full", strategy="two_phase", wise=1.0, **VARIANTS[job["variant"]])
+        cv = cv_finetune(cfg, task, root / "cv", k=3, log=quiet)
+        res["cv"] = cv["table"] if cv else None
+        res["cv_seconds"] = round(time.time() - t0, 1)
+        t1 = time.time()
+        fit(cfg, log=quiet, progress=False, evaluate_test=False, task=task)
+        res["test_by_wise"] = _test_curve(root / "full", cfg, task, WISE_GRID)
+        res["final_seconds"] = round(time.time() - t1, 1)
+    res["seconds"] = round(time.time() - t0, 1)
+    return res
+
+
+def summarize(results: list[dict], variants: list[str]) -> tuple[str, dict]:
+    from transferkit.choose.cv import best_wise
+    from transferkit.engine.fit import WISE_DEFAULT
+    cells: dict = {}
+    for r in results:
+        key = (r["dataset"], r["shots"], r["seed"])
+        c = cells.setdefault(key, {})
+        if r["kind"] == "features":
+            c["probe"], c["linear_probe"] = r["probe"], r["linear_probe"]
+            c["t:probe"], c["t:linear_probe"] = r["probe_seconds"], r["linear_probe_seconds"]
+        elif r["kind"] == "l2sp":
+            c[f"full+l2sp[{r['variant']}]"] = r["accuracy"]
+            c[f"t:full+l2sp[{r['variant']}]"] = r["seconds"]
+        else:
+            v, curve = r["variant"], r["test_by_wise"]
+            c[f"two_phase[{v}]"] = curve[str(WISE_DEFAULT)]
+            c[f"ft_only[{v}]"] = curve["1.0"]
+            c[f"t:two_phase[{v}]"] = r["final_seconds"]
+            w = best_wise(r["cv"])["wise"] if r["cv"] else WISE_DEFAULT
+            c[f"auto_w[{v}]"] = w
+            c[f"t:auto[{v}]"] = r["seconds"]
+            c[f"auto[{v}]"] = ("lp" if w == 0.0 else curve[str(w)])
+    for c in cells.values():  # auto's probe branch trains linear_probe
+        for k in [k for k in c if k.startswith("auto[") and c[k] == "lp"]:
+            c[k] = c.get("linear_probe")
+    rows = ["probe", "linear_probe"] + [f"{n}[{v}]" for v in variants for n in ("two_phase", "ft_only", "auto")] \
+        + [f"full+l2sp[{variants[0]}]"]
+    datasets = sorted({k[0] for k in cells})
+    shots = sorted({k[1] for k in cells})
+    lines, summary = [], {}
+    for d in datasets:
+        lines += [f"\n### {d}\n", "| row | " + " | ".join(f"{s} shots" for s in shots) + " | s/cell (5 shots) | kept FT |",
+                  "|---|" + "---:|" * (len(shots) + 2)]
+        for row in rows:
+            vals = []
+            for s in shots:
+                xs = [cells[(d, s, sd)].get(row) for sd in sorted({k[2] for k in cells if k[:2] == (d, s)})]
+                xs = [x for x in xs if x is not None]
+                summary[(d, s, row)] = xs
+                vals.append(f"{np.mean(xs):.3f} ± {np.std(xs, ddof=1) if len(xs) > 1 else 0:.3f}" if xs else "–")
+            ts = [cells[k].get(f"t:{row}") for k in cells if k[0] == d and k[1] == 5]
+            ts = [t for t in ts if t is not None]
+            kept = "–"
+            if row.startswith("auto["):
+                ws = [cells[k].get(f"auto_w[{row[5:-1]}]") for k in cells if k[0] == d]
+                kept = f"{sum(w > 0 for w in ws if w is not None)}/{len(ws)}"
+            elif row.startswith(("two_phase", "ft_only", "full+l2sp")):
+                kept = "all (no fallback)"
+            lines.append(f"| {row} | " + " | ".join(vals) + f" | {np.mean(ts):.0f} | {kept} |" if ts else
+                         f"| {row} | " + " | ".join(vals) + f" | – | {kept} |")
+    return "\n".join(lines), summary
+
+
+def main() -> None:
+    from datasets import image_datasets
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", default="clipart,digits")
+    ap.add_argument("--shots", default="1,5,20")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--image-size", type=int, default=112)
+    ap.add_argument("--variants", default="strong_e30,light_e15")
+    ap.add_argument("--jobs", type=int, default=1, help="parallel processes")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    ap.add_argument("--out", default="benchmarks/results/fewshot")
+    a = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="tk-fewshot-")
+    from datasets import TEXT
+    wanted = a.datasets.split(",")
+    data = {k: v for k, v in image_datasets(tmp).items() if k in wanted}
+    if "text" in wanted:
+        data["text"] = TEXT
+    variants = a.variants.split(",")
+    base = [{"dataset": d, "data": str(p), "shots": s, "seed": sd, "image_size": a.image_size,
+             "backbone": "bundled:minilm-l6" if d == "text" else "bundled:efficientnet_lite0",
+             "tmp": tmp, "threads": a.threads}
+            for (d, p), s, sd in itertools.product(data.items(), [int(x) for x in a.shots.split(",")],
+                                                   range(a.seeds))]
+    jobs = [{**b, "kind": "ft", "variant": v} for v in variants for b in base]
+    jobs += [{**b, "kind": "l2sp", "variant": variants[0]} for b in base]
+    jobs += [{**b, "kind": "features"} for b in base]
+    jobs.sort(key=lambda j: -j["shots"])  # the longest first, so the pool ends together
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results = []
+    t0 = time.time()
+    with open(str(out) + ".jsonl", "w") as f, mp.get_context("spawn").Pool(a.jobs) as pool:
+        for r in pool.imap_unordered(run_job, jobs):
+            results.append(r)
+            f.write(json.dumps(r) + "\n")
+            f.flush()
+            print(f"[{len(results)}/{len(jobs)}] {r['kind']} {r.get('variant', '')} {r['dataset']} "
+                  f"{r['shots']} shots seed {r['seed']}: {r['seconds']}s", flush=True)
+    table, _ = summarize(results, variants)
+    cmd = "python benchmarks/fewshot.py " + " ".join(sys.argv[1:])
+    text = f"# Few-shot benchmark\n\n`{cmd}` ({time.time() - t0:.0f}s)\n{table}\n"
+    Path(str(out) + ".md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()

@@ -1,0 +1,183 @@
+"""Fitting a linear head on frozen features, and choosing its regularisation honestly.
+
+The head is an L2-regularised multinomial logistic regression fitted to convergence by full-batch
+L-BFGS (the first phase of LP-FT, Kumar et al., ICLR 2022), with sklearn's objective:
+mean cross-entropy + ||W||^2 / (2 C n).
+
+Features come as views `[V, N, D]`: view 0 is the image as it is, view 1 (if any) its mirror image.
+Training uses every view of an item as an example; scoring averages the softmax over the views,
+which is exactly what test-time augmentation does at test time, so held-out and test scores are
+computed the same way.
+
+C is chosen on a validation split when there is one, else by stratified k-fold cross-validation
+over the training labels (`transferkit.data.cv_folds`): every label is held out once, the views of
+one item never sit on both sides of a fold, and the test split is never looked at.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+
+
+def fit_linear_head(head: nn.Module, X: torch.Tensor, y: torch.Tensor, C: float, *,
+                    max_iter: int = 200, label_smoothing: float = 0.0) -> None:
+    """Fit `head` (from its current state) on features `X [n, D]` and labels `y [n]`."""
+    device = next(head.parameters()).device
+    X, y = X.to(device), y.to(device)
+    lam = 1.0 / (2 * C * len(y))
+    weights = [p for p in head.parameters() if p.ndim > 1]
+    opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
+                            line_search_fn="strong_wolfe", tolerance_grad=1e-6)
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(head(X), y, label_smoothing=label_smoothing)
+        loss = loss + lam * sum((w ** 2).sum() for w in weights)
+        loss.backward()
+        return loss
+
+    head.train()
+    opt.step(closure)
+
+
+@torch.no_grad()
+def view_probs(head: nn.Module, views: torch.Tensor) -> torch.Tensor:
+    """Softmax probabilities `[N, K]` averaged over the views `[V, N, D]`."""
+    was = head.training
+    head.eval()
+    device = next(head.parameters()).device
+    p = torch.stack([head(v.to(device)).float().softmax(-1) for v in views]).mean(0)
+    head.train(was)
+    return p.cpu()
+
+
+def score(probs: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(accuracy, mean negative log-likelihood) of probabilities against labels."""
+    acc = float((probs.argmax(1) == y).float().mean())
+    nll = float(-torch.log(probs[torch.arange(len(y)), y].clamp_min(1e-12)).mean())
+    return acc, nll
+
+
+def _stack(views: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return views.reshape(-1, views.shape[-1]), y.repeat(views.shape[0])
+
+
+@dataclass
+class HeadChoice:
+    """What was chosen and the evidence: per candidate C, the held-out accuracy/NLL."""
+
+    C: float
+    C_nll: float                     # the C with the lowest held-out NLL (calibrated; LP-FT's start)
+    method: str                      # "val" | "cv" | "default"
+    table: list[dict] = field(default_factory=list)
+    folds: int = 0
+
+    @property
+    def best_row(self) -> dict:
+        return next((r for r in self.table if r["C"] == self.C), {})
+
+    def estimate(self) -> dict:
+        """The held-out estimate of the chosen C: mean ± standard error (over folds)."""
+        r = self.best_row
+        return {"method": self.method, "folds": self.folds, "accuracy": r.get("accuracy"),
+                "accuracy_se": r.get("accuracy_se"), "nll": r.get("nll"), "C": self.C}
+
+
+def choose_c(head: nn.Module, views: torch.Tensor, y: torch.Tensor, *,
+             val: tuple[torch.Tensor, torch.Tensor] | None = None, folds: list | None = None,
+             cs: tuple[float, ...] = C_GRID, fit_views: int | None = None, score_views: int | None = None,
+             label_smoothing: float = 0.0) -> HeadChoice:
+    """Pick C by validation (`val` = (views, labels)) or else by the given CV `folds`.
+
+    The head trains on the first `fit_views` views of each item and held-out items are scored on
+    their first `score_views` views (all by default). Selection: highest held-out accuracy, ties
+    to the lower NLL. Without validation or folds, C = 1."""
+    init = {k: v.clone() for k, v in head.state_dict().items()}
+    fv, sv = fit_views or len(views), score_views or len(views)
+    rows = []
+    if val is not None and len(val[1]):
+        X, Y = _stack(views[:fv], y)
+        for c in cs:
+            head.load_state_dict(init)
+            fit_linear_head(head, X, Y, c, label_smoothing=label_smoothing)
+            acc, nll = score(view_probs(head, val[0][:sv]), val[1])
+            rows.append({"C": c, "accuracy": acc, "accuracy_se": None, "nll": nll})
+        method, k = "val", 0
+    elif folds:
+        for c in cs:
+            accs, nlls = [], []
+            for tr, te in folds:
+                head.load_state_dict(init)
+                X, Y = _stack(views[:fv, tr], y[tr])
+                fit_linear_head(head, X, Y, c, label_smoothing=label_smoothing)
+                acc, nll = score(view_probs(head, views[:sv, te]), y[te])
+                accs.append(acc)
+                nlls.append(nll)
+            rows.append({"C": c, "accuracy": float(np.mean(accs)),
+                         "accuracy_se": float(np.std(accs, ddof=1) / math.sqrt(len(accs))),
+                         "nll": float(np.mean(nlls))})
+        method, k = "cv", len(folds)
+    else:
+        head.load_state_dict(init)
+        return HeadChoice(C=1.0, C_nll=1.0, method="default")
+    head.load_state_dict(init)
+    best = max(rows, key=lambda r: (round(r["accuracy"], 9), -r["nll"]))
+    calibrated = min(rows, key=lambda r: r["nll"])
+    return HeadChoice(C=best["C"], C_nll=calibrated["C"], method=method, table=rows, folds=k)
+
+
+def fit_probe(head: nn.Module, views: torch.Tensor, y: torch.Tensor, *,
+              val: tuple[torch.Tensor, torch.Tensor] | None = None, folds: list | None = None,
+              calibrated: bool = False, cs: tuple[float, ...] = C_GRID, fit_views: int | None = None,
+              score_views: int | None = None, label_smoothing: float = 0.0) -> HeadChoice:
+    """Choose C (`choose_c`), then fit `head` on every training view with it.
+
+    `calibrated=True` fits with the C of lowest held-out NLL instead of best accuracy: the start
+    for fine-tuning (LP-FT), where a head fitted to near-zero training loss would leave the
+    backbone almost no gradient to learn from.
+    """
+    choice = choose_c(head, views, y, val=val, folds=folds, cs=cs, fit_views=fit_views,
+                      score_views=score_views, label_smoothing=label_smoothing)
+    X, Y = _stack(views[:fit_views or len(views)], y)
+    fit_linear_head(head, X, Y, choice.C_nll if calibrated else choice.C, label_smoothing=label_smoothing)
+    return choice
+
+
+def fit_multistage_probe(features: nn.Module, head: nn.Module, views: torch.Tensor, y: torch.Tensor, *,
+                         val: tuple[torch.Tensor, torch.Tensor] | None = None, folds: list | None = None,
+                         fit_views: int | None = None, score_views: int | None = None,
+                         label_smoothing: float = 0.0) -> tuple[HeadChoice, int, list[dict]]:
+    """The `multi_probe` head: choose how many stage blocks below the final features to use (0 =
+    the plain probe) together with C, on held-out data; then standardise and fit.
+
+    `features` is a `MultiStageFeatures` whose buffers are still the identity, and `views` /
+    `val` hold its raw features. Returns (the C choice of the kept option, blocks used, the table
+    of every option's held-out score)."""
+    n_extra = len(features.layers)
+    raw = views.reshape(-1, views.shape[-1])
+    options = []
+    for k in range(n_extra + 1):
+        keep = [i < k for i in range(n_extra)] + [True]
+        features.standardise(raw, keep)
+        shift, scale = features.shift.clone(), features.scale.clone()
+
+        def tf(t):
+            return (t - shift) * scale
+        vval = (tf(val[0]), val[1]) if val is not None and len(val[1]) else None
+        choice = choose_c(head, tf(views), y, val=vval, folds=folds, fit_views=fit_views,
+                          score_views=score_views, label_smoothing=label_smoothing)
+        options.append((k, keep, choice))
+    k, keep, choice = max(options, key=lambda o: (round(o[2].best_row.get("accuracy", 0.0), 9), -o[0],
+                                                   -o[2].best_row.get("nll", 0.0)))
+    features.standardise(raw, keep)
+    X, Y = _stack(((views - features.shift) * features.scale)[:fit_views or len(views)], y)
+    fit_linear_head(head, X, Y, choice.C, label_smoothing=label_smoothing)
+    table = [{"blocks": kk, "layers": features.layers[:kk], **c.best_row} for kk, _, c in options]
+    return choice, k, table
