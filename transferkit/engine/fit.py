@@ -278,7 +278,7 @@ def _head_phase(model, cfg, state: RunState, plain_train, val_loader, device, au
         X, Y = views[:how_views["fit_views"]].reshape(-1, views.shape[-1]), labels.repeat(how_views["fit_views"])
         info = fit_head(model.head, X, Y, val=(val[0][0], val[1]) if val is not None else None)
         from .headfit import HeadChoice
-        choice = HeadChoice(C=1.0, C_nll=1.0, method="prototypes")
+        choice = HeadChoice(C=1.0, C_nll=1.0, method="default")  # no C: the scale is in extra
         extra = {"scale": info["scale"]}
     elif prior is not None:  # class names as the head's prior (transferkit.zeroshot.prior)
         from .evaluate import fit_head
