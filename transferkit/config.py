@@ -273,6 +273,9 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{p}: not valid YAML ({e})") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: a recipe is a mapping of option: value")
+    odd = [k for k in data if not isinstance(k, str)]
+    if odd:
+        raise ConfigError(f"{p}: option names must be words, got {odd[0]!r}; a recipe is a mapping of option: value")
     data = {k.replace("-", "_"): v for k, v in data.items()}
     check_keys(data, str(p))
     return data
