@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
@@ -74,7 +73,9 @@ def verify_anchor(run: Path, cfg: TrainConfig, model: TransferModel, anchor: dic
     return anchor
 
 
-def build_regularizers_for(cfg: TrainConfig, model: TransferModel, anchor: dict | None, device) -> list:
+def build_regularizers_for(cfg: TrainConfig, model: TransferModel, anchor: dict | None, device,
+                           train_items: list | None = None, log=print) -> list:
+    """The run's regularizers. DELTA gets its channel weights from `train_items` (uniform without)."""
     if not cfg.reg:
         return []
     from ..regularizers import build_regularizers, parse_regularizer
@@ -82,15 +83,15 @@ def build_regularizers_for(cfg: TrainConfig, model: TransferModel, anchor: dict 
     if any(s.is_auto for s in specs):
         raise ValueError("l2sp:auto is resolved by `transferkit train` before training (it sweeps "
                          "alpha on the validation split); pass a number to the engine")
-    source, layers = None, None
+    source, layers, weights = None, None, None
     if any(s.kind == "delta" for s in specs):
-        source = copy.deepcopy(model.backbone).to(device).eval()
-        # compare the outputs of the last half of the stages (the paper uses the top blocks)
-        stages = model.spec.stages
-        layers = [s.modules[-1] for s in stages[len(stages) // 2:] if s.modules and s.modules[-1]]
+        from .delta_setup import delta_setup
+        source, layers, weights = delta_setup(cfg, model, train_items, device, log)
     if anchor is not None:
         anchor = {k: v.to(device) for k, v in anchor.items()}
-    return build_regularizers(specs, model, anchor, source_model=source, layer_names=layers)
+    return build_regularizers(specs, model, anchor, source_model=source, layer_names=layers,
+                              channel_weights=weights, optimizer=cfg.optimizer,
+                              source_bn="batch" if cfg.bn == "adapt" else "running")
 
 
 def load_task_for(cfg: TrainConfig):

@@ -142,3 +142,28 @@ def check_stages_cover(module: nn.Module, stages: list[Stage]) -> None:
     missing = [n for n in names if n not in seen]
     if missing:
         raise AssertionError(f"parameters in no stage: {missing[:5]}{'...' if len(missing) > 5 else ''}")
+
+
+def stage_output(module: nn.Module, stage: Stage) -> str:
+    """The name of the submodule whose output is `stage`'s output (a block or stage, not a layer
+    inside it): of the outermost submodules holding only this stage's parameters, the last one in
+    the stage's order (`stage1` of a ResNet -> `layer1`; the last stage of an EfficientNet, made of
+    `blocks.6`, `conv_head` and `bn2` -> `bn2`). Used to hook feature maps (DELTA)."""
+    own = set(stage.params)
+    mods = dict(module.named_modules())
+    outer: list[str] = []
+    for name in stage.modules:
+        if not name:  # parameters of the root module itself (e.g. a ViT's position embedding)
+            continue
+        best, parts = name, name.split(".")
+        for i in range(len(parts) - 1, 0, -1):
+            ancestor = ".".join(parts[:i])
+            held = {f"{ancestor}.{n}" for n, _ in mods[ancestor].named_parameters()}
+            if not held <= own:
+                break
+            best = ancestor
+        if best not in outer:
+            outer.append(best)
+    if not outer:
+        raise ValueError(f"stage '{stage.name}' has no submodule whose output could be hooked")
+    return outer[-1]
