@@ -148,6 +148,39 @@ def test_batched_channel_ablation_equals_one_pass_per_channel(kind):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
+def test_channel_weights_on_a_transformer_go_item_by_item(tiny_bert_dir):
+    """A BERT layer's repeated output meets the attention mask of the original batch: the batched
+    ablation runs item by item instead, and still equals one full pass per channel."""
+    from transferkit.models import load_backbone
+    torch.manual_seed(0)
+    source = load_backbone(f"hf:{tiny_bert_dir}")
+    backbone, tok = source.module.eval(), source.preprocess.tokenizer
+    x = dict(tok(["the cat and dog", "red blue sky", "a long slow river in the rain", "sun"],
+                 padding=True, return_tensors="pt"))
+    y = torch.tensor([0, 1, 2, 0])
+    head, name = nn.Linear(32, 3), "model.encoder.layer.1"
+    loss = nn.CrossEntropyLoss()
+    mod = dict(backbone.named_modules())[name]
+    with torch.no_grad():
+        base = loss(head(backbone(x)), y).item()
+        want = []
+        for c in range(32):
+            def zero(_m, _i, o, c=c):  # a layer returns its hidden states, alone or first in a tuple
+                h = (o[0] if isinstance(o, tuple) else o).clone()
+                h[..., c] = 0
+                return (h, *o[1:]) if isinstance(o, tuple) else h
+            handle = mod.register_forward_hook(zero)
+            want.append(loss(head(backbone(x)), y).item() - base)
+            handle.remove()
+    want = torch.softmax(torch.tensor(want, dtype=torch.float64), 0).float()
+    calls = []
+    handle = backbone.register_forward_hook(lambda *a: calls.append(1))
+    got = delta_channel_weights(backbone, head, [(x, y)], [name], loss)[name]
+    handle.remove()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert len(calls) < 32  # not one pass per channel
+
+
 def test_source_copy_in_eval_mode_with_batchnorm_as_the_policy_says(images):
     """`--bn frozen`/`eval`: the source's BatchNorm uses its running statistics; `--bn adapt`: the
     batch's statistics. Either way its stored statistics never change. (Failed before the fix: the

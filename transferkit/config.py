@@ -85,8 +85,8 @@ class TrainConfig:
     head_dropout: float = option(0.0, "dropout before the head", low=0, high=1, open_high=True)
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy", low=0, high=1,
                                     open_high=True)
-    reg: str | None = option(None, "regularizer: l2sp:A[,B] | l2sp:auto | delta:A | bss:E[,K], "
-                             "combined with +", none="none", syntax="reg")
+    reg: str | None = option(None, "regularizer: l2sp:A[,B][,coupled|decoupled] | l2sp:auto | delta:A | "
+                             "bss:E[,K], combined with +", none="none", syntax="reg")
     store_anchor: bool = option(False, "save the L2-SP anchor in the run (else re-derive and verify)")
     eval_every: int | None = option(None, "validate every N steps", low=1, none="once per epoch")
     patience: int | None = option(None, "early stop after N validations without improvement", low=1,

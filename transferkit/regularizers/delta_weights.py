@@ -12,8 +12,9 @@ network runs once up to layer ``j``, and the layer's output is repeated once per
 (``[K * n, ...]``, channel ``c_k`` zeroed in copy ``k``), so only the part after layer ``j`` runs
 ``K`` times. That is exact for networks whose layers after ``j`` treat samples independently and
 take nothing from before ``j`` (stage outputs of a CNN in eval mode); every layer is checked with an
-un-ablated copy against the plain loss, and where the batched pass fails or disagrees (e.g. a
-transformer whose attention mask has the original batch size) one full pass per channel is used.
+un-ablated copy against the plain loss. Where the batched pass fails or disagrees because a tensor
+with the original batch size meets the repeated one (a transformer's attention mask), it is run item
+by item (a batch of one repeats cleanly); failing that, one full pass per channel.
 """
 
 from __future__ import annotations
@@ -67,22 +68,46 @@ def _ablated_losses(source, head, module, channels, x, y, loss_fn) -> list[float
     return [float(loss_fn(logits[k], y)) for k in range(len(channels))]
 
 
+def _batched(source, head, module, n_channels, x, y, base, loss_fn) -> list[float] | None:
+    """Loss with each channel of `module` zeroed, on one batch, by batched passes; None if the
+    network does not accept them (or the un-ablated check copy disagrees with `base`)."""
+    per_pass = max(1, _MAX_BATCH // max(1, len(y)))
+    todo = [-1] + list(range(n_channels))  # -1: the un-ablated check copy
+    out: list[float] = []
+    while todo:
+        chunk, todo = todo[:per_pass], todo[per_pass:]
+        got = _ablated_losses(source, head, module, chunk, x, y, loss_fn)
+        if got is None or (chunk[0] == -1 and abs(got[0] - base) > 1e-4 * max(1.0, abs(base))):
+            return None
+        out += [v for c, v in zip(chunk, got) if c >= 0]
+    return out
+
+
+def _item(x, i: int):
+    return {k: v[i:i + 1] for k, v in x.items()} if isinstance(x, dict) else x[i:i + 1]
+
+
 def _layer_increases(source, head, module, n_channels, batches, base, loss_fn) -> list[float]:
-    """Mean loss increase over `batches` for zeroing each channel of `module`."""
+    """Mean loss increase over `batches` for zeroing each channel of `module`.
+
+    Batched passes on the whole batch first; if the network refuses them (a tensor with the
+    original batch size meets the repeated one, e.g. a transformer's attention mask), batched
+    passes item by item (the loss is a batch mean, so the batch's loss is the mean of its items');
+    failing that, one full pass per channel."""
     total = [0.0] * n_channels
-    batched = True
     for (x, y), b in zip(batches, base):
-        per_pass = max(1, _MAX_BATCH // max(1, len(y)))
-        todo = [-1] + list(range(n_channels))  # -1: the un-ablated check copy
-        out: list[float] = []
-        while batched and todo:
-            chunk, todo = todo[:per_pass], todo[per_pass:]
-            got = _ablated_losses(source, head, module, chunk, x, y, loss_fn)
-            if got is None or (chunk[0] == -1 and abs(got[0] - b) > 1e-4 * max(1.0, abs(b))):
-                batched = False
-                break
-            out += [v for c, v in zip(chunk, got) if c >= 0]
-        if not batched:  # one full pass per channel
+        out = _batched(source, head, module, n_channels, x, y, b, loss_fn)
+        if out is None and len(y) > 1:
+            items = []
+            for i in range(len(y)):
+                xi, yi = _item(x, i), y[i:i + 1]
+                items.append(_batched(source, head, module, n_channels, xi, yi,
+                                      float(loss_fn(head(_call_backbone(source, xi)), yi)), loss_fn))
+                if items[-1] is None:
+                    break
+            if items[-1] is not None:
+                out = [sum(v[c] for v in items) / len(items) for c in range(n_channels)]
+        if out is None:  # one full pass per channel
             out = []
             for c in range(n_channels):
                 with _zeroed(module, [c]):

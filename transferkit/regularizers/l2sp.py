@@ -23,7 +23,7 @@ Two ways to apply it (``form``):
       w <- w - lr * alpha * (w - w0)        (and h <- h - lr * beta * h for the head)
 
   computed from the values before the step (as AdamW's own decay), i.e. a plain gradient step on
-  ``Omega`` with the group's learning rate. The loss term is then zero (nothing counted twice).
+  ``Omega`` with the group's learning rate (``lr * alpha`` capped at 1: at most back to ``w0``). The loss term is then zero (nothing counted twice).
   The per-step pull is ``lr * alpha`` whatever the gradient scale, so ``alpha`` reads as a rate:
   with a backbone LR of 1e-4 and a few hundred steps, alpha of order 1-100 matters.
 
@@ -229,10 +229,10 @@ class L2SP:
         for name, p, kind in self._plain_params(model):
             if id(p) not in lr:
                 continue
-            if kind == "shared":
-                p.sub_(p - self._anchor_like(name, p), alpha=lr[id(p)] * self.alpha)
+            if kind == "shared":  # a pull past the source (lr * alpha > 1) would overshoot: snap to it
+                p.sub_(p - self._anchor_like(name, p), alpha=min(1.0, lr[id(p)] * self.alpha))
             else:
-                p.mul_(1.0 - lr[id(p)] * self.beta)
+                p.mul_(1.0 - min(1.0, lr[id(p)] * self.beta))
         for layer in self._lora:
             if not any(id(p) in lr for p in layer.params()):
                 continue
