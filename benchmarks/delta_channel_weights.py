@@ -6,6 +6,8 @@ the loss increase (Li et al., ICLR 2019). This times that setup as a run does it
 network runs once up to the layer, then the layer's output is repeated once per ablated channel),
 and one full forward pass per channel on a sample of channels of each layer, extrapolated to all
 channels; the two give the same loss increases on the sampled channels (max difference printed).
+Times are CPU seconds of this process (`time.process_time`), so other load on a shared machine does
+not inflate them; with `--threads 1` they are what one core spends.
 
     python benchmarks/delta_channel_weights.py --image-size 112 --threads 1
 
@@ -55,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     source = model.backbone.eval().requires_grad_(False)
     layers = delta_layers(model)
 
-    t0 = time.time()
+    t0 = time.process_time()
     weights = channel_weights_for(cfg, model, source, layers, task.train, "cpu", log=lambda *_: None)
-    run_seconds = time.time() - t0
+    run_seconds = time.process_time() - t0
 
     # the same head and batches, to time the two ablation methods side by side
     items = _spread_over_classes(task.train, CHANNEL_WEIGHT_ITEMS, cfg.seed)
@@ -75,12 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     rows, max_diff = [], 0.0
     for name in layers:
         channels = weights[name].numel()
-        t = time.time()
+        t = time.process_time()
         with torch.no_grad():
             batched = _layer_increases(source, head, modules[name], channels, batches, base, loss)
-        t_batched = time.time() - t
+        t_batched = time.process_time() - t
         sample = list(range(0, channels, max(1, channels // args.sample)))[:args.sample]
-        t = time.time()
+        t = time.process_time()
         with torch.no_grad():
             for c in sample:
                 inc = 0.0
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                     with _zeroed(modules[name], [c]):
                         inc += (float(loss(head(_call_backbone(source, x)), y)) - b) / len(batches)
                 max_diff = max(max_diff, abs(inc - batched[c]))
-        t_single = (time.time() - t) / len(sample) * channels
+        t_single = (time.process_time() - t) / len(sample) * channels
         w = weights[name]
         rows.append({"layer": name, "channels": channels, "batched_s": round(t_batched, 2),
                      "one_pass_per_channel_s": round(t_single, 1), "ratio": round(t_single / t_batched, 1),
@@ -103,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
               "ratio": round(total_s / total_b, 1), "max_increase_difference": max_diff, "layers": rows}
     lines = [f"`{result['command']}`", "",
              f"{args.backbone} at {args.image_size} px, {len(items)} items, {result['threads']} thread(s). "
-             f"DELTA setup as a run pays it (features, head fit, batched ablations): {run_seconds:.1f} s.", "",
-             "| layer | channels | batched s | one pass per channel s (extrapolated) | ratio | max W / uniform | min W / uniform |",
+             f"DELTA setup as a run pays it (features, head fit, batched ablations): {run_seconds:.1f} CPU s.", "",
+             "| layer | channels | batched CPU s | one pass per channel CPU s (extrapolated) | ratio | max W / uniform | min W / uniform |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['layer']} | {r['channels']} | {r['batched_s']} | {r['one_pass_per_channel_s']} | "
               f"{r['ratio']}x | {r['weight_max_over_uniform']} | {r['weight_min_over_uniform']} |" for r in rows]
