@@ -186,7 +186,8 @@ def test_source_copy_in_eval_mode_with_batchnorm_as_the_policy_says(images):
     batch's statistics. Either way its stored statistics never change. (Failed before the fix: the
     source ignored the policy.)"""
     for bn, mode in (("frozen", "running"), ("eval", "running"), ("adapt", "batch")):
-        cfg = make_config(data=str(images), backbone=TINY, reg="delta:0.01", image_size=32, bn=bn)
+        cfg = make_config(data=str(images), backbone=TINY, reg="delta:0.01", image_size=32, bn=bn,
+                          strategy="full")
         torch.manual_seed(cfg.seed)
         model, _ = build_model(cfg, ["blue", "green", "red"])
         (delta,) = build_regularizers_for(cfg, model, None, "cpu")  # no items: uniform weights
