@@ -78,6 +78,17 @@ class TrainConfig:
     tta: bool = option(True, "test-time augmentation: average with the flipped image")
     image_size: int | None = option(None, "input size in pixels", low=16, high=4096,
                                     none="the backbone's own")
+    in_chans: int | None = option(None, "input channels; other than 3 adapts the first conv "
+                                  "(models/channels.py)", low=1, high=1024, none="from the data")
+    chans_init: str = option("auto", "first-conv filters of the new channels (auto: sum for 1-2 "
+                             "channels, rgb+mean for 4+)", choices=("auto", "sum", "rgb+mean", "rgb+zeros"))
+    array_layout: str = option("auto", "channel axis of .npy/.tif inputs", choices=("auto", "hwc", "chw"))
+    spectrogram: str | None = option(None, "log-mel of .wav / 1-D .npy signals, e.g. sr=16000,n_mels=64 "
+                                     "(recorded in full)", none="sr=16000,n_fft=512,hop=128,n_mels=64")
+    chan_mean: list[float] | None = option(None, "per-channel input mean (computed from the training "
+                                           "data and recorded)", none="the source's, or from the data")
+    chan_std: list[float] | None = option(None, "per-channel input standard deviation (as chan_mean)",
+                                          none="the source's, or from the data")
     bn: str = option("auto", "BatchNorm policy (auto: eval for few labels, else frozen)",
                      choices=("auto", "frozen", "adapt", "eval"))
     head_hidden: int | None = option(None, "hidden width of an MLP head", low=1, high=1_000_000,
@@ -232,6 +243,8 @@ def _coerce(name: str, value: Any) -> Any:
     f = TrainConfig.__dataclass_fields__[name]
     if value is None:
         return None
+    if name in ("chan_mean", "chan_std"):
+        return _floats(name, value)
     if isinstance(f.default, bool):
         if isinstance(value, bool):
             return value
@@ -252,6 +265,14 @@ def _coerce(name: str, value: Any) -> Any:
         kind = "an integer" if _is_int_field(f) else "a number"
         raise ConfigError(f"{_named(name)} must be {kind}, got {value!r}") from e
     return str(value) if not isinstance(value, str) else value
+
+
+def _floats(name: str, value: Any) -> list[float]:
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        return [float(v) for v in parts]
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{_named(name)} must be numbers, one per channel (e.g. 0.5,0.2), got {value!r}") from e
 
 
 def check_keys(keys, origin: str) -> None:

@@ -13,10 +13,18 @@ from ..models.heads import TransferModel
 from ..strategies import plan_strategy
 
 
-def build_model(cfg: TrainConfig, classes: list[str]) -> tuple[TransferModel, dict | None]:
+def build_model(cfg: TrainConfig, classes: list[str], *, from_data: bool = True) -> tuple[TransferModel, dict | None]:
     """The TransferModel for `cfg`, and the L2-SP anchor (source weights as loaded) if a regularizer
-    needs one. The anchor is taken before adapters are added and its names follow the adapters' renames."""
+    needs one. The anchor is taken before adapters are added and its names follow the adapters' renames.
+
+    Inputs other than RGB pictures (engine/inputs.py) are settled from `cfg.data` and written into
+    `cfg` first, unless `from_data=False` (a reloaded run: its config already says everything)."""
     backbone = load_backbone(cfg.backbone, arch=cfg.arch, pooling=cfg.pooling, max_length=cfg.max_length)
+    if backbone.modality == "image":
+        from .inputs import adapt_backbone, resolve_inputs
+        if from_data:
+            resolve_inputs(cfg)
+        backbone = adapt_backbone(backbone, cfg)
     plan = plan_strategy(cfg.strategy, backbone.num_stages)
     if plan.multi_stage:
         from ..models.multistage import multi_stage_backbone
@@ -29,7 +37,8 @@ def build_model(cfg: TrainConfig, classes: list[str]) -> tuple[TransferModel, di
     anchor = None
     if cfg.reg and "l2sp" in cfg.reg:
         from ..regularizers import anchor_from
-        anchor = anchor_from(model)
+        from .inputs import source_only_anchor
+        anchor = source_only_anchor(anchor_from(model), backbone)
     if plan.lora:
         from ..models.lora import add_lora
         rename = add_lora(model, **plan.lora)

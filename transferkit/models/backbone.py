@@ -29,15 +29,25 @@ class Stage:
 
 @dataclass
 class ImagePreprocess:
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]  # one value per input channel (3 for RGB)
+    std: tuple[float, ...]
     size: int
     interpolation: str = "bicubic"
     crop_pct: float = 0.875
+    # arrays and signals (see transferkit/data/arrays.py): channel axis of .npy/.tif, log-mel params
+    array_layout: str = "auto"
+    spectrogram: str | None = None
+
+    @property
+    def channels(self) -> int:
+        return len(self.mean)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "image", "mean": list(self.mean), "std": list(self.std), "size": self.size,
-                "interpolation": self.interpolation, "crop_pct": self.crop_pct}
+        d = {"kind": "image", "mean": list(self.mean), "std": list(self.std), "size": self.size,
+             "interpolation": self.interpolation, "crop_pct": self.crop_pct}
+        if self.channels != 3 or self.spectrogram:
+            d.update(channels=self.channels, array_layout=self.array_layout, spectrogram=self.spectrogram)
+        return d
 
 
 @dataclass
@@ -83,6 +93,7 @@ class Backbone:
     source_head: nn.Module | None = None
     source_classes: list[str] | None = None
     joint: Any = None  # a joint image-text model's text side (clip:), see transferkit/models/clip.py
+    input_adaptation: dict | None = None  # the first conv adapted to N channels (models/channels.py)
 
     @property
     def num_stages(self) -> int:
