@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shots", default="1,5,10")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seed-from", type=int, default=0, help="first seed (to split seeds over processes)")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--eval-every", type=int, default=20)
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, t0 = [], time.time()
     command = "python benchmarks/heterogeneous.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     out.mkdir(parents=True, exist_ok=True)
-    for seed in range(args.seeds):  # seeds outermost: an interrupted run still has whole seeds
+    for seed in range(args.seed_from, args.seeds):  # seeds outermost: an interrupted run still has whole seeds
         for task, data in tasks:
             for shot in shots:
                 for arm in arms_for(args, task):
