@@ -82,13 +82,15 @@ def _loss_fell(run: Path) -> tuple[float | None, float | None]:
     return float(rows[0]["train_loss"]), float(rows[-1]["train_loss"])
 
 
-def run_arm(data: Path, arm: dict, shots: int, seed: int, args, out: Path) -> dict:
+def run_arm(data: Path, arm: dict, shots: int, seed: int, args, out: Path) -> dict | None:
     run = out / "runs" / f"{data.name}_{arm['name']}_{shots}shot_seed{seed}"
     given = dict(data=str(data), out=str(run), shots=shots, seed=seed, image_size=args.image_size,
                  steps=args.steps, batch_size=args.batch_size, augment=False, tta=False,
                  val_fraction=0.05, test_fraction=0.25, eval_every=args.eval_every, **arm["cfg"])
     row = {"data": data.name, "arm": arm["name"], "shots": shots, "seed": seed}
     done = _finished(run, given)
+    if done is None and args.collect:
+        return None
     if done is None:
         if run.exists():
             shutil.rmtree(run)
@@ -136,7 +138,7 @@ def table(rows: list[dict], shots: list[int]) -> str:
                 if not acc:
                     cells.append("-")
                     continue
-                cells.append(f"{np.mean(acc):.3f} ± {np.std(acc):.3f}")
+                cells.append(f"{np.mean(acc):.3f} ± {np.std(acc):.3f} ({len(acc)})")
                 if base:
                     ratios.append(f"{np.mean(acc) / max(np.mean(base), 1e-9):.2f}x")
             if any(c != "-" for c in cells):
@@ -150,9 +152,13 @@ def _write(out: Path, command: str, rows: list[dict], shots: list[int], args, se
     fell_note = (f"Scratch training loss fell in {sum(r['last_train_loss'] < r['first_train_loss'] for r in fell)}"
                  f" of {len(fell)} runs (mean {np.mean([r['first_train_loss'] for r in fell]):.2f} -> "
                  f"{np.mean([r['last_train_loss'] for r in fell]):.3f}).\n") if fell else ""
+    n = {(r["data"], r["arm"], r["shots"]): 0 for r in rows}
+    for r in rows:
+        n[(r["data"], r["arm"], r["shots"])] += 1
     md = (f"# Heterogeneous transfer\n\n```\n{command}\n```\n\nTest accuracy, mean ± std over seeds "
           f"{', '.join(map(str, seeds))} ({seconds:.0f}s in all; {args.steps} steps, {args.image_size} px, "
-          f"no augmentation, no flip TTA):\n\n{table(rows, shots)}\n\n{fell_note}")
+          f"no augmentation, no flip TTA; (n) = runs in the cell, {min(n.values())}-{max(n.values())}):\n\n"
+          f"{table(rows, shots)}\n\n{fell_note}")
     (out / f"heterogeneous_{name}.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
     (out / f"heterogeneous_{name}.md").write_text(md)
     return md
@@ -172,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", default="digits", help="digits, speech (espeak-ng spoken digits) or both")
     ap.add_argument("--voices", default="en,en+m3,en+f2,en+f4,en-us,en-us+m7,en-gb-scotland,en-gb-x-rp+f3")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--collect", action="store_true", help="train nothing: tabulate the finished runs")
     ap.add_argument("--out", default="runs/bench/heterogeneous")
     args = ap.parse_args(argv)
     if args.threads:
@@ -190,13 +197,16 @@ def main(argv: list[str] | None = None) -> int:
             for shot in shots:
                 for arm in arms_for(args, task):
                     r = run_arm(data, arm, shot, seed, args, out)
+                    if r is None:
+                        continue
                     rows.append(r)
                     print(f"{task:7s} {arm['name']:9s} {shot:3d} shots seed {seed}: acc {r['accuracy']:.3f} "
                           f"(train loss {r['first_train_loss']} -> {r['last_train_loss']}, {r['seconds']}s)",
                           flush=True)
                     md = _write(out, command, rows, shots, args, time.time() - t0, "_".join(names))
-    print()
-    print(md)
+    if rows:
+        print()
+        print(md)
     return 0
 
 
