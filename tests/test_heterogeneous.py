@@ -68,7 +68,7 @@ def test_four_channels_sum_rule_and_rgb_slice_rules():
 
 
 def test_l2sp_does_not_anchor_the_adapted_conv(tmp_path):
-    cfg = TrainConfig(backbone=TINY, in_chans=4, reg="l2sp:1.0")
+    cfg = TrainConfig(backbone=TINY, in_chans=4, reg="l2sp:1.0", strategy="full")
     model, anchor = build_model(cfg, ["a", "b"])
     conv_param = f"backbone.{model.spec.input_adaptation['param']}"
     names = {n for n, _ in model.named_parameters() if n.startswith("backbone.")}
