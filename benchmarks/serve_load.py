@@ -92,6 +92,7 @@ def main() -> int:
     if not (run / "model.safetensors").is_file():
         _train_demo(run)
     images = _test_images(run)
+    load_before = round(os.getloadavg()[0], 1)  # other work on the machine shares its cores
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(REPO)}
     server = subprocess.Popen([sys.executable, "-m", "transferkit", "serve", str(run), "--host", HOST,
@@ -115,6 +116,7 @@ def main() -> int:
         lv["rps_vs_first"] = round(lv["rps"] / one, 2)
     command = "python benchmarks/serve_load.py " + " ".join(sys.argv[1:])
     result = {"command": command, "run": str(run), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+              "load_average_1min_before_after": [load_before, round(os.getloadavg()[0], 1)],
               "server_threads": args.threads, "levels": levels}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps(result, indent=2))
@@ -122,7 +124,9 @@ def main() -> int:
              "|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {lv['clients']} | {lv['requests']} | {lv['errors']} | {lv['rps']} | {lv['rps_vs_first']}x | "
               f"{lv['p50_ms']} | {lv['p99_ms']} |" for lv in levels]
-    Path(args.out + ".md").write_text(f"`{command}`\n\n" + "\n".join(lines) + "\n")
+    note = (f"\n\n{result['machine']}; 1-minute load average {load_before} before, "
+            f"{result['load_average_1min_before_after'][1]} after; server OMP threads {args.threads}")
+    Path(args.out + ".md").write_text(f"`{command}`\n\n" + "\n".join(lines) + note + "\n")
     print("\n".join(lines))
     return 1 if any(lv["errors"] for lv in levels) else 0
 

@@ -195,8 +195,9 @@ def test_l2sp_auto_picks_best_validation(image_folder, tmp_path, monkeypatch):
 
     from transferkit.config import make_config
     from transferkit.choose.l2sp_sweep import resolve_l2sp_auto
-    score = {1e-4: 0.5, 1e-3: 0.7, 1e-2: 0.9, 1e-1: 0.9}  # a tie: the lower val loss wins
-    loss = {1e-4: 1.0, 1e-3: 0.3, 1e-2: 0.6, 1e-1: 0.4}
+    g = L2SP_AUTO_GRID
+    score = {g[0]: 0.5, g[1]: 0.7, g[2]: 0.9, g[3]: 0.9}  # a tie: the lower val loss wins
+    loss = {g[0]: 1.0, g[1]: 0.3, g[2]: 0.6, g[3]: 0.4}
     seen = []
     engine_fit = importlib.import_module("transferkit.engine.fit")  # the package exports a `fit` function
 
@@ -213,13 +214,13 @@ def test_l2sp_auto_picks_best_validation(image_folder, tmp_path, monkeypatch):
     cfg = make_config(None, data=str(image_folder), backbone=TINY, out=str(tmp_path / "r"),
                       reg="l2sp:auto+bss:0.001", steps=10, metric="accuracy", val_fraction=0.2)
     chosen = resolve_l2sp_auto(cfg, log=lambda *a: None)
-    assert chosen.reg == "l2sp:0.1+bss:0.001,1" and chosen.steps == 10
+    assert chosen.reg == f"l2sp:{g[3]}+bss:0.001,1" and chosen.steps == 10
     assert seen == [f"l2sp:{a}+bss:0.001,1" for a in L2SP_AUTO_GRID]
 
     # the default selection metric is the validation loss: the lowest best-row loss wins
     cfg = make_config(None, data=str(image_folder), backbone=TINY, out=str(tmp_path / "r2"),
                       reg="l2sp:auto+bss:0.001", steps=10, val_fraction=0.2)
-    assert resolve_l2sp_auto(cfg, log=lambda *a: None).reg == "l2sp:0.001+bss:0.001,1"
+    assert resolve_l2sp_auto(cfg, log=lambda *a: None).reg == f"l2sp:{g[1]}+bss:0.001,1"
 
 
 # --------------------------------------------------------------------------------------- rank

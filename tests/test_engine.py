@@ -317,7 +317,12 @@ def test_train_under_torchrun_with_two_cpu_processes(image_folder, tmp_path):
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29533", "-m", "transferkit",
+    import socket
+    with socket.socket() as sock:  # a free port: a fixed one collides with any other run of the suite
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", port,
+                           "-m", "transferkit",
                            "train", str(image_folder), "--backbone", TINY, "--image-size", "32",
                            "--steps", "3", "--batch-size", "8", "--strategy", "full", "--out", str(run),
                            "--quiet"], capture_output=True, text=True, env=env, timeout=240)

@@ -72,7 +72,7 @@ def _image_batch(run, data):
     from transferkit.engine.predictor import Predictor
     p = Predictor(run)
     from transferkit.data import open_rgb
-    return torch.stack([p._transform(open_rgb(str(f))) for f in _test_images(run, data)]), p.model
+    return torch.stack([p.transform(open_rgb(str(f))) for f in _test_images(run, data)]), p.model
 
 
 def test_image_run_exports_to_timm_onnx_torchscript(image_run, tmp_path, capsys):

@@ -83,3 +83,4 @@ def test_wheel_ships_the_recipes(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     shipped = {Path(n).stem for n in names if n.startswith("transferkit/recipes/") and n.endswith(".yaml")}
     assert {"two_phase", "linear_probe", "full", "text_lora"} <= shipped
+    assert "transferkit/ship/page.html" in names  # the page `transferkit serve` shows at /

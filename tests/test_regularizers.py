@@ -177,6 +177,13 @@ def _conv_backbone(w):
 _X = torch.tensor([[[[1.0, 2.0], [0.0, 1.0]]], [[[1.0, 1.0], [1.0, 1.0]]]])
 
 
+def _delta(reg, model, x):
+    """The DELTA term for one forward of `model.backbone` on `x`, as the engine computes it."""
+    with capture_feature_maps(model.backbone, reg.layer_names) as maps:
+        feats = model.backbone(x)
+    return reg(model, feats, maps, inputs=x)
+
+
 def test_delta_uniform_weights_hand_computed():
     model = TinyTransferModel(_conv_backbone([1.0, 2.0]), nn.Linear(2, 2))
     source = _conv_backbone([0.5, 3.0])
@@ -187,8 +194,9 @@ def test_delta_uniform_weights_hand_computed():
     with capture_feature_maps(model.backbone, ["0"]) as maps:
         feats = model.backbone(_X)
     assert reg(model, feats, maps, inputs=_X).item() == pytest.approx(0.3125, abs=1e-6)
-    # without captured maps it runs the target backbone itself: same value
-    assert reg(model, feats, None, inputs=_X).item() == pytest.approx(0.3125, abs=1e-6)
+    # without the maps of this step's forward it refuses (it would run the target a second time)
+    with pytest.raises(ValueError, match="capture_feature_maps"):
+        reg(model, feats, None, inputs=_X)
 
 
 def test_delta_channel_weights_hand_computed_and_gradient():
@@ -218,7 +226,7 @@ def test_delta_token_maps_use_last_axis_as_channels():
     tokens = _X.view(2, 4, 1)  # T = 4 tokens per sample, same values as the 2x2 images
     model = TinyTransferModel(backbone([1.0, 2.0]), nn.Linear(8, 2))
     reg = DELTA(backbone([0.5, 3.0]), ["0"], alpha=0.1)
-    assert reg(model, model.backbone(tokens), None, inputs=tokens).item() == pytest.approx(0.3125, abs=1e-6)
+    assert _delta(reg, model, tokens).item() == pytest.approx(0.3125, abs=1e-6)
 
 
 def test_delta_zero_when_target_is_source():
@@ -232,7 +240,7 @@ def test_delta_zero_when_target_is_source():
     assert reg(model, feats, maps, inputs=x).item() == 0.0
     with torch.no_grad():
         model.backbone[2].weight.add_(0.1)
-    assert reg(model, model.backbone(x), None, inputs=x).item() > 0.0
+    assert _delta(reg, model, x).item() > 0.0
 
 
 def test_capture_feature_maps_removes_hooks_and_names_bad_layers():
@@ -274,13 +282,18 @@ def test_parse_regularizer_forms():
     assert parse_regularizer("l2sp:0.01") == [RegularizerSpec("l2sp", {"alpha": 0.01, "beta": 0.0})]
     assert parse_regularizer("l2sp:0.01,0.001") == [RegularizerSpec("l2sp", {"alpha": 0.01, "beta": 0.001})]
     (auto,) = parse_regularizer("l2sp:auto")
-    assert auto.is_auto and auto.with_alpha(L2SP_AUTO_GRID[2]).params["alpha"] == 1e-2
+    assert auto.is_auto and auto.with_alpha(L2SP_AUTO_GRID[2]).params["alpha"] == L2SP_AUTO_GRID[2]
     assert parse_regularizer("delta:0.1") == [RegularizerSpec("delta", {"alpha": 0.1})]
     assert parse_regularizer("bss:0.001") == [RegularizerSpec("bss", {"eta": 0.001, "k": 1})]
     assert parse_regularizer("bss:1e-3,2") == [RegularizerSpec("bss", {"eta": 0.001, "k": 2})]
     combo = parse_regularizer("l2sp:0.01 + BSS:1e+1")
     assert [s.kind for s in combo] == ["l2sp", "bss"] and combo[1].params["eta"] == 10.0
-    for text in ["l2sp:0.01,0.001", "delta:0.1", "bss:0.001,2", "l2sp:auto"]:
+    assert parse_regularizer("l2sp:10,coupled") == [RegularizerSpec("l2sp", {"alpha": 10.0, "beta": 0.0,
+                                                                          "form": "coupled"})]
+    assert parse_regularizer("l2sp:auto,0.1,DECOUPLED")[0].params == {"alpha": "auto", "beta": 0.1,
+                                                                       "form": "decoupled"}
+    for text in ["l2sp:0.01,0.001", "delta:0.1", "bss:0.001,2", "l2sp:auto", "l2sp:10.0,0.0,coupled",
+                 "l2sp:auto,0.1,decoupled"]:
         assert [str(s) for s in parse_regularizer(text)] == [text]
 
 
@@ -293,6 +306,8 @@ def test_parse_regularizer_forms():
         ("l2sp", "needs a value"),
         ("l2sp:abc", "ALPHA must be a number, got 'abc'"),
         ("l2sp:-1", ">= 0"),
+        ("l2sp:1,coupeld", "form must be one of coupled, decoupled, got 'coupeld'"),
+        ("l2sp:1,0,coupled,2", "l2sp takes ALPHA[,BETA][,coupled|decoupled]"),
         ("bss:0.1,0", "K must be a whole number"),
         ("delta:0.1,2", "single ALPHA"),
         ("l2sp:0.1+l2sp:0.2", "given twice"),
@@ -309,7 +324,7 @@ def test_parse_regularizer_errors(text, fragment):
 
 def test_build_regularizers():
     model, anchor = _linear_model()
-    regs = build_regularizers(parse_regularizer("l2sp:0.1,0.01+bss:0.5,2"), model, anchor)
+    regs = build_regularizers(parse_regularizer("l2sp:0.1,0.01,coupled+bss:0.5,2"), model, anchor)
     assert [type(r) for r in regs] == [L2SP, BSS]
     assert all(isinstance(r, Regularizer) for r in regs)
     assert regs[0](model, None).item() == pytest.approx(0.795, abs=1e-6)
@@ -321,4 +336,4 @@ def test_build_regularizers():
         build_regularizers("l2sp:0.1", model, None)
     conv = TinyTransferModel(_conv_backbone([1.0, 2.0]), nn.Linear(2, 2))
     (delta,) = build_regularizers("delta:0.1", conv, None, source_model=_conv_backbone([0.5, 3.0]), layer_names=["0"])
-    assert delta(conv, conv.backbone(_X), None, inputs=_X).item() == pytest.approx(0.3125, abs=1e-6)
+    assert _delta(delta, conv, _X).item() == pytest.approx(0.3125, abs=1e-6)

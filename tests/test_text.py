@@ -205,9 +205,10 @@ def test_lora_with_l2sp_remaps_the_anchor(tiny_bert_dir):
     assert set(anchor) <= {n for n, _ in model.named_parameters()}
     assert "backbone.model.encoder.layer.1.attention.self.value.base_layer.weight" in anchor
     (reg,) = build_regularizers_for(cfg, model, anchor, "cpu")
-    # the base weights are frozen and at their source values: only the head term remains
+    # the base weights are at their source values and B starts at zero: only the head term remains
+    # (tests/test_l2sp_lora.py checks the adapters' part once B has moved)
     head_sq = sum((p ** 2).sum() for p in model.head.parameters())
-    assert reg(model, None).item() == pytest.approx(0.5 * 0.01 * head_sq.item(), rel=1e-6)
+    assert reg.penalty(model).item() == pytest.approx(0.5 * 0.01 * head_sq.item(), rel=1e-6)
 
 
 def test_lora_l2sp_exact_resume(texts_csv, tiny_bert_dir, tmp_path):

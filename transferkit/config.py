@@ -78,6 +78,17 @@ class TrainConfig:
     tta: bool = option(True, "test-time augmentation: average with the flipped image")
     image_size: int | None = option(None, "input size in pixels", low=16, high=4096,
                                     none="the backbone's own")
+    in_chans: int | None = option(None, "input channels; other than 3 adapts the first conv "
+                                  "(models/channels.py)", low=1, high=1024, none="from the data")
+    chans_init: str = option("auto", "first-conv filters of the new channels (auto: sum for 1-2 "
+                             "channels, rgb+mean for 4+)", choices=("auto", "sum", "rgb+mean", "rgb+zeros"))
+    array_layout: str = option("auto", "channel axis of .npy/.tif inputs", choices=("auto", "hwc", "chw"))
+    spectrogram: str | None = option(None, "log-mel of .wav / 1-D .npy signals, e.g. sr=16000,n_mels=64 "
+                                     "(recorded in full)", none="sr=16000,n_fft=512,hop=128,n_mels=64")
+    chan_mean: list[float] | None = option(None, "per-channel input mean (computed from the training "
+                                           "data and recorded)", none="the source's, or from the data")
+    chan_std: list[float] | None = option(None, "per-channel input standard deviation (as chan_mean)",
+                                          none="the source's, or from the data")
     bn: str = option("auto", "BatchNorm policy (auto: eval for few labels, else frozen)",
                      choices=("auto", "frozen", "adapt", "eval"))
     head_hidden: int | None = option(None, "hidden width of an MLP head", low=1, high=1_000_000,
@@ -85,8 +96,8 @@ class TrainConfig:
     head_dropout: float = option(0.0, "dropout before the head", low=0, high=1, open_high=True)
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy", low=0, high=1,
                                     open_high=True)
-    reg: str | None = option(None, "regularizer: l2sp:A[,B] | l2sp:auto | delta:A | bss:E[,K], "
-                             "combined with +", none="none", syntax="reg")
+    reg: str | None = option(None, "regularizer: l2sp:A[,B][,coupled|decoupled] | l2sp:auto | delta:A | "
+                             "bss:E[,K], combined with +", none="none", syntax="reg")
     store_anchor: bool = option(False, "save the L2-SP anchor in the run (else re-derive and verify)")
     eval_every: int | None = option(None, "validate every N steps", low=1, none="once per epoch")
     patience: int | None = option(None, "early stop after N validations without improvement", low=1,
@@ -232,6 +243,8 @@ def _coerce(name: str, value: Any) -> Any:
     f = TrainConfig.__dataclass_fields__[name]
     if value is None:
         return None
+    if name in ("chan_mean", "chan_std"):
+        return _floats(name, value)
     if isinstance(f.default, bool):
         if isinstance(value, bool):
             return value
@@ -254,6 +267,14 @@ def _coerce(name: str, value: Any) -> Any:
     return str(value) if not isinstance(value, str) else value
 
 
+def _floats(name: str, value: Any) -> list[float]:
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        return [float(v) for v in parts]
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{_named(name)} must be numbers, one per channel (e.g. 0.5,0.2), got {value!r}") from e
+
+
 def check_keys(keys, origin: str) -> None:
     for k in keys:
         if k not in FIELD_NAMES:
@@ -273,6 +294,9 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{p}: not valid YAML ({e})") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: a recipe is a mapping of option: value")
+    odd = [k for k in data if not isinstance(k, str)]
+    if odd:
+        raise ConfigError(f"{p}: option names must be words, got {odd[0]!r}; a recipe is a mapping of option: value")
     data = {k.replace("-", "_"): v for k, v in data.items()}
     check_keys(data, str(p))
     return data

@@ -15,10 +15,10 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from ..models.backbone import ImagePreprocess
+from .arrays import IMAGE_EXTS, INPUT_EXTS, check_input
 from .splits import DataError, Example
 from .tables import decode_table, is_missing_label
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 # decoded images kept in memory across epochs, at most this many bytes (LRU): a few-shot set fits
 # whole, a 20,000-image set does not grow the process without bound
 CACHE_BYTES = int(float(os.environ.get("TRANSFERKIT_IMAGE_CACHE_MB", "256")) * 2**20)
@@ -26,7 +26,7 @@ CACHE_BYTES = int(float(os.environ.get("TRANSFERKIT_IMAGE_CACHE_MB", "256")) * 2
 
 def read_image_items(path: str | Path) -> tuple[list[Example], list[str]]:
     """Read labelled images from a folder (`DATA/<class>/<image>`) or a CSV with `path,label` columns
-    (paths relative to the CSV). Returns (examples, skipped) where `skipped` lists unreadable files
+    (paths relative to the CSV); arrays (.npy, .tif) and signals (.wav) are read the same way. Returns (examples, skipped) where `skipped` lists unreadable files
     with the reason: a corrupt image is skipped and reported, never fatal.
     """
     path = Path(path)
@@ -62,7 +62,7 @@ def _read_folder(root: Path) -> tuple[list[Example], list[str]]:
         notes += [f"{link}: a link back to {target}, a folder already read (loop); skipped"
                   for link, target in loops]
         if not files:
-            raise DataError(f"class folder {d} holds no images ({', '.join(sorted(IMAGE_EXTS))}); "
+            raise DataError(f"class folder {d} holds no images ({', '.join(sorted(INPUT_EXTS))}); "
                             "add images or remove the folder")
         items += [Example(str(f), d.name, str(f.relative_to(root))) for f in files]
     return items, notes
@@ -79,7 +79,7 @@ def _walk_images(top: Path) -> tuple[list[Path], list[tuple[Path, Path]]]:
         seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         files += [Path(here) / n for n in names
-                  if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_EXTS]
+                  if not n.startswith(".") and Path(n).suffix.lower() in INPUT_EXTS]
     return sorted(files), loops
 
 
@@ -110,6 +110,8 @@ def _check_image(p: Path) -> str | None:
     format allows): a truncated JPEG passes a header check and fails only when its pixels are read."""
     if not p.is_file():
         return "file not found" if not p.is_symlink() else "a link to nothing (broken symbolic link)"
+    if p.suffix.lower() not in IMAGE_EXTS:
+        return check_input(p)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -184,8 +186,12 @@ def build_transforms(pre: ImagePreprocess, image_size: int | None = None, augmen
     return train_tf, eval_tf
 
 
+def _nbytes(im) -> int:
+    return im.numel() * im.element_size() if isinstance(im, torch.Tensor) else im.width * im.height * 3
+
+
 class _ImageCache:
-    """Decoded images by path, least recently used dropped first beyond `limit` bytes. One per
+    """Decoded images (and arrays, data/arrays.py) by path and reading mode, least recently used dropped first beyond `limit` bytes. One per
     process, shared by the train/val/test datasets (they read the same files)."""
 
     def __init__(self, limit: int):
@@ -199,12 +205,12 @@ class _ImageCache:
         return im
 
     def put(self, path: str, im: Image.Image) -> None:
-        size = im.width * im.height * 3
+        size = _nbytes(im)
         if size > self.limit or path in self._items:
             return
         while self._items and self.used + size > self.limit:
             old = self._items.popitem(last=False)[1]
-            self.used -= old.width * old.height * 3
+            self.used -= _nbytes(old)
         self._items[path] = im
         self.used += size
 
@@ -221,7 +227,8 @@ class ImageDataset(Dataset):
     """
 
     def __init__(self, items: list[Example], class_to_idx: dict[str, int], transform,
-                 seed: int = 0, cache: bool = True):
+                 seed: int = 0, cache: bool = True, gray: bool = False):
+        self.gray = gray  # a 1-channel model: images are read as luminance ('L')
         self.items = items
         self.class_to_idx = class_to_idx
         self.transform = transform
@@ -231,14 +238,18 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def _decode(self, i: int):
+        im = open_rgb(self.items[i].x)
+        return im.convert("L") if self.gray else im
+
+    def _key(self, i: int) -> str:
+        return f"{self.items[i].x}|{'L' if self.gray else 'RGB'}"
+
     def _image(self, i: int) -> Image.Image:
-        path = self.items[i].x
-        # keyed by size and mtime too: a file edited while the process runs is decoded again
-        st = os.stat(path)
-        key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+        key = self._key(i)
         im = self._cache.get(key) if self._cache is not None else None
         if im is None:
-            im = open_rgb(path)
+            im = self._decode(i)
             if self._cache is not None:
                 self._cache.put(key, im)
         return im
@@ -252,3 +263,21 @@ class ImageDataset(Dataset):
             torch.manual_seed(seed)
             x = self.transform(self._image(i))
         return x, label
+
+
+class ArrayDataset(ImageDataset):
+    """Arrays and signals (data/arrays.py) as [C, H, W] tensors, with the same seeding by
+    (seed, epoch, index) as images; `transform` works on tensors (`array_transforms`)."""
+
+    def __init__(self, items: list[Example], class_to_idx: dict[str, int], transform, pre: ImagePreprocess,
+                 seed: int = 0, cache: bool = True):
+        super().__init__(items, class_to_idx, transform, seed=seed, cache=cache)
+        self.pre = pre
+
+    def _decode(self, i: int) -> torch.Tensor:
+        from .arrays import load_input
+        return load_input(self.items[i].x, self.pre.channels, self.pre.array_layout, self.pre.spectrogram)
+
+    def _key(self, i: int) -> str:
+        p = self.pre
+        return f"{self.items[i].x}|{p.channels}|{p.array_layout}|{p.spectrogram}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
@@ -14,10 +13,18 @@ from ..models.heads import TransferModel
 from ..strategies import plan_strategy
 
 
-def build_model(cfg: TrainConfig, classes: list[str]) -> tuple[TransferModel, dict | None]:
+def build_model(cfg: TrainConfig, classes: list[str], *, from_data: bool = True) -> tuple[TransferModel, dict | None]:
     """The TransferModel for `cfg`, and the L2-SP anchor (source weights as loaded) if a regularizer
-    needs one. The anchor is taken before adapters are added and its names follow the adapters' renames."""
+    needs one. The anchor is taken before adapters are added and its names follow the adapters' renames.
+
+    Inputs other than RGB pictures (engine/inputs.py) are settled from `cfg.data` and written into
+    `cfg` first, unless `from_data=False` (a reloaded run: its config already says everything)."""
     backbone = load_backbone(cfg.backbone, arch=cfg.arch, pooling=cfg.pooling, max_length=cfg.max_length)
+    if backbone.modality == "image":
+        from .inputs import adapt_backbone, resolve_inputs
+        if from_data:
+            resolve_inputs(cfg)
+        backbone = adapt_backbone(backbone, cfg)
     plan = plan_strategy(cfg.strategy, backbone.num_stages)
     if plan.multi_stage:
         from ..models.multistage import multi_stage_backbone
@@ -31,7 +38,8 @@ def build_model(cfg: TrainConfig, classes: list[str]) -> tuple[TransferModel, di
     anchor = None
     if cfg.reg and "l2sp" in cfg.reg:
         from ..regularizers import anchor_from
-        anchor = anchor_from(model)
+        from .inputs import source_only_anchor
+        anchor = source_only_anchor(anchor_from(model), backbone)
     if plan.lora:
         from ..models.lora import add_lora
         rename = add_lora(model, **plan.lora)
@@ -75,7 +83,9 @@ def verify_anchor(run: Path, cfg: TrainConfig, model: TransferModel, anchor: dic
     return anchor
 
 
-def build_regularizers_for(cfg: TrainConfig, model: TransferModel, anchor: dict | None, device) -> list:
+def build_regularizers_for(cfg: TrainConfig, model: TransferModel, anchor: dict | None, device,
+                           train_items: list | None = None, log=print) -> list:
+    """The run's regularizers. DELTA gets its channel weights from `train_items` (uniform without)."""
     if not cfg.reg:
         return []
     from ..regularizers import build_regularizers, parse_regularizer
@@ -83,15 +93,15 @@ def build_regularizers_for(cfg: TrainConfig, model: TransferModel, anchor: dict 
     if any(s.is_auto for s in specs):
         raise ValueError("l2sp:auto is resolved by `transferkit train` before training (it sweeps "
                          "alpha on the validation split); pass a number to the engine")
-    source, layers = None, None
+    source, layers, weights = None, None, None
     if any(s.kind == "delta" for s in specs):
-        source = copy.deepcopy(model.backbone).to(device).eval()
-        # compare the outputs of the last half of the stages (the paper uses the top blocks)
-        stages = model.spec.stages
-        layers = [s.modules[-1] for s in stages[len(stages) // 2:] if s.modules and s.modules[-1]]
+        from .delta_setup import delta_setup
+        source, layers, weights = delta_setup(cfg, model, train_items, device, log)
     if anchor is not None:
         anchor = {k: v.to(device) for k, v in anchor.items()}
-    return build_regularizers(specs, model, anchor, source_model=source, layer_names=layers)
+    return build_regularizers(specs, model, anchor, source_model=source, layer_names=layers,
+                              channel_weights=weights, optimizer=cfg.optimizer,
+                              source_bn="batch" if cfg.bn == "adapt" else "running")
 
 
 def load_task_for(cfg: TrainConfig):

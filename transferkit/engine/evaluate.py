@@ -4,6 +4,7 @@ and fitting a head on frozen features."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,6 +12,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data import ImageDataset, TextCollator, TextDataset, build_transforms
+from ..data.arrays import IMAGE_EXTS, array_transforms
+from ..data.images import ArrayDataset
 from ..data.splits import Example
 from ..models.heads import TransferModel
 
@@ -20,8 +23,12 @@ def make_dataset(model: TransferModel, items: list[Example], *, train: bool, aug
     cls = {c: i for i, c in enumerate(model.class_names)}
     if model.spec.modality == "text":
         return TextDataset(items, cls)
-    train_tf, eval_tf = build_transforms(model.spec.preprocess, image_size, augment, policy)
-    return ImageDataset(items, cls, train_tf if train else eval_tf, seed=seed)
+    pre = model.spec.preprocess
+    if all(Path(e.x).suffix.lower() in IMAGE_EXTS for e in items):
+        train_tf, eval_tf = build_transforms(pre, image_size, augment, policy)
+        return ImageDataset(items, cls, train_tf if train else eval_tf, seed=seed, gray=pre.channels == 1)
+    train_tf, eval_tf = array_transforms(pre, image_size, augment)
+    return ArrayDataset(items, cls, train_tf if train else eval_tf, pre, seed=seed)
 
 
 def collate_for(model: TransferModel):

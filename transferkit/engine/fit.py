@@ -27,6 +27,7 @@ from ..data import Task, cv_folds, few_labels
 from ..data.checks import report_data_issues
 from ..data.feature_cache import feature_cache_for
 from ..models.multistage import MultiStageFeatures
+from ..regularizers import capture_feature_maps, feature_map_layers
 from ..strategies import (freeze_stages, param_groups, parameter_summary, plan_strategy, resolve_bn,
                           set_train_mode)
 from . import checkpoint as ck
@@ -164,7 +165,7 @@ def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: 
         anchor = verify_anchor(run, cfg, model, anchor)
     model.to(device)
     plan = plan_strategy(cfg.strategy, model.spec.num_stages, backbone_lr_mult=_bb_mult(cfg, model))
-    regs = build_regularizers_for(cfg, model, anchor, device)
+    regs = build_regularizers_for(cfg, model, anchor, device, task.train, log)
     if not resume and accel.is_main_process:
         # only now, with data, model, strategy and regularizers known to be valid, touch the disk
         _start_run_folder(run, cfg, task, model, anchor, log)
@@ -450,6 +451,7 @@ def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, tr
     clock = ck.CheckpointClock(cfg.checkpoint_every, cfg.checkpoint_seconds, state.step, t0)
     bn = resolve_bn(cfg.bn, len(train_ds), model.num_classes, pretrained=model.spec.source.pretrained)
     batches, batches_epoch = [], None
+    maps_at = feature_map_layers(regs)  # layers a regularizer reads (DELTA), hooked in the one forward
     set_train_mode(model, bn)
     while state.step < n_steps:
         if batches_epoch != state.epoch:  # one permutation per epoch, not per step
@@ -468,14 +470,16 @@ def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, tr
             x, y = to_device(x, device), y.to(device)
             sync = j == len(micro) - 1
             with (nullcontext() if sync or accel.num_processes == 1 else accel.no_sync(ddp_model)):
-                with accel.autocast():
+                with accel.autocast(), capture_feature_maps(model.backbone, maps_at) as maps:
                     logits, feats = ddp_model(x, return_features=True)
                     loss = loss_fn(logits.float(), y)
                     for r in regs:
-                        loss = loss + r(model, feats, inputs=x)
+                        loss = loss + r(model, feats, feature_maps=maps, inputs=x)
                 accel.backward(loss / len(micro))
             loss_val += loss.item() / len(micro)
             seen += len(idx)
+        for r in regs:  # decoupled pulls (L2-SP with AdamW) act beside the optimizer's update
+            getattr(r, "before_step", lambda *_: None)(model, optimizer)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         state.batch_in_epoch += len(micro)

@@ -14,6 +14,14 @@ from .evaluate import collate_for, make_dataset, predict_probs
 from .run import _device, _topk_rows, load_run
 
 
+def preprocess_of(model, cfg) -> dict:
+    """The preprocessing a run's model expects, with the run's own image size."""
+    pre = model.spec.preprocess.to_dict()
+    if model.spec.modality == "image" and cfg.image_size:
+        pre["size"] = int(cfg.image_size)
+    return pre
+
+
 class Predictor:
     """`predict_images([PIL images])` / `predict_texts([strings])` -> rows of top-k labels.
 
@@ -29,16 +37,15 @@ class Predictor:
         if self.modality == "image":
             ds = make_dataset(self.model, [], train=False, augment=False,
                               image_size=self.cfg.image_size, seed=0)
-            self._transform = ds.transform
+            self.transform = ds.transform
 
     def info(self) -> dict:
-        from ..ship.export import preprocess_of
         return {"classes": self.classes, "modality": self.modality,
                 "source": self.model.spec.source.to_dict(), "preprocess": preprocess_of(self.model, self.cfg),
                 "strategy": self.cfg.strategy, "tta": bool(self.cfg.tta and self.modality == "image")}
 
     def predict_images(self, images: list, names: list[str] | None = None, top_k: int = 5) -> list[dict]:
-        x = torch.stack([self._transform(im.convert("RGB")) for im in images])
+        x = torch.stack([self.transform(im.convert("RGB")) for im in images])
         return self._predict([x], names or [f"image{i}" for i in range(len(images))], top_k)
 
     def predict_texts(self, texts: list[str], top_k: int = 5) -> list[dict]:

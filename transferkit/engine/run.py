@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from ..config import read_config
 from ..data import DataError, Example, read_items
-from ..data.images import IMAGE_EXTS
+from ..data.arrays import INPUT_EXTS
 from ..models import SourceError, load_state_dict_checked, parse_source
 from . import checkpoint as ck
 from .build import build_model
@@ -35,7 +35,7 @@ def load_run(run_dir: str | Path):
         # the architecture is all we need: the run's own weights replace the source's
         cfg.backbone = cfg.backbone + "@random"
     cfg.class_text = None  # the prior shaped training only; the run's own weights replace the head
-    model, _ = build_model(cfg, classes)
+    model, _ = build_model(cfg, classes, from_data=False)
     try:
         load_state_dict_checked(model, ck.load_tensors(weights), str(weights))
     except SourceError as e:
@@ -90,7 +90,7 @@ def _expand_inputs(inputs: list[str], modality: str, text_col: str = "text") -> 
         if modality == "image":
             if p.is_dir():
                 out += [Example(str(f), "") for f in sorted(p.rglob("*"))
-                        if f.suffix.lower() in IMAGE_EXTS and f.is_file()]
+                        if f.suffix.lower() in INPUT_EXTS and f.is_file()]
             elif p.is_file():
                 out.append(Example(str(p), ""))
             else:

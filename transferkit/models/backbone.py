@@ -29,15 +29,25 @@ class Stage:
 
 @dataclass
 class ImagePreprocess:
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]  # one value per input channel (3 for RGB)
+    std: tuple[float, ...]
     size: int
     interpolation: str = "bicubic"
     crop_pct: float = 0.875
+    # arrays and signals (see transferkit/data/arrays.py): channel axis of .npy/.tif, log-mel params
+    array_layout: str = "auto"
+    spectrogram: str | None = None
+
+    @property
+    def channels(self) -> int:
+        return len(self.mean)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "image", "mean": list(self.mean), "std": list(self.std), "size": self.size,
-                "interpolation": self.interpolation, "crop_pct": self.crop_pct}
+        d = {"kind": "image", "mean": list(self.mean), "std": list(self.std), "size": self.size,
+             "interpolation": self.interpolation, "crop_pct": self.crop_pct}
+        if self.channels != 3 or self.spectrogram:
+            d.update(channels=self.channels, array_layout=self.array_layout, spectrogram=self.spectrogram)
+        return d
 
 
 @dataclass
@@ -83,6 +93,7 @@ class Backbone:
     source_head: nn.Module | None = None
     source_classes: list[str] | None = None
     joint: Any = None  # a joint image-text model's text side (clip:), see transferkit/models/clip.py
+    input_adaptation: dict | None = None  # the first conv adapted to N channels (models/channels.py)
 
     @property
     def num_stages(self) -> int:
@@ -142,3 +153,28 @@ def check_stages_cover(module: nn.Module, stages: list[Stage]) -> None:
     missing = [n for n in names if n not in seen]
     if missing:
         raise AssertionError(f"parameters in no stage: {missing[:5]}{'...' if len(missing) > 5 else ''}")
+
+
+def stage_output(module: nn.Module, stage: Stage) -> str:
+    """The name of the submodule whose output is `stage`'s output (a block or stage, not a layer
+    inside it): of the outermost submodules holding only this stage's parameters, the last one in
+    the stage's order (`stage1` of a ResNet -> `layer1`; the last stage of an EfficientNet, made of
+    `blocks.6`, `conv_head` and `bn2` -> `bn2`). Used to hook feature maps (DELTA)."""
+    own = set(stage.params)
+    mods = dict(module.named_modules())
+    outer: list[str] = []
+    for name in stage.modules:
+        if not name:  # parameters of the root module itself (e.g. a ViT's position embedding)
+            continue
+        best, parts = name, name.split(".")
+        for i in range(len(parts) - 1, 0, -1):
+            ancestor = ".".join(parts[:i])
+            held = {f"{ancestor}.{n}" for n, _ in mods[ancestor].named_parameters()}
+            if not held <= own:
+                break
+            best = ancestor
+        if best not in outer:
+            outer.append(best)
+    if not outer:
+        raise ValueError(f"stage '{stage.name}' has no submodule whose output could be hooked")
+    return outer[-1]

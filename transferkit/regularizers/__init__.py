@@ -4,9 +4,12 @@ Each one is a small callable (one module per method, the paper and equation in i
 
     term = reg(model, features, feature_maps=None, inputs=None)   # scalar tensor
     names = reg.no_weight_decay(model)   # parameters whose optimizer weight decay must be 0
+    reg.before_step(model, optimizer)    # optional: called right before optimizer.step()
 
 ``features`` is the pooled feature batch ``[B, D]`` the model produced for this step's ``inputs``,
-``feature_maps`` the ``{layer: tensor}`` captured during that forward (see ``capture_feature_maps``).
+``feature_maps`` the ``{layer: tensor}`` captured during that forward (see ``capture_feature_maps``;
+:func:`feature_map_layers` says which layers the regularizers need). ``before_step`` is how a
+decoupled regularizer (L2-SP with AdamW) applies its pull beside the optimizer's update.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import torch
 from torch import nn
 
 from .bss import BSS
-from .delta import DELTA, capture_feature_maps, channel_axis, delta_channel_weights
+from .delta import DELTA, capture_feature_maps, channel_axis
+from .delta_weights import delta_channel_weights
 from .l2sp import L2SP, anchor_from
 from .spec import FORMS, KINDS, L2SP_AUTO_GRID, RegularizerSpec, parse_regularizer
 
@@ -36,6 +40,7 @@ __all__ = [
     "capture_feature_maps",
     "channel_axis",
     "delta_channel_weights",
+    "feature_map_layers",
     "parse_regularizer",
 ]
 
@@ -53,6 +58,15 @@ class Regularizer(Protocol):
     def no_weight_decay(self, model: nn.Module) -> set[str]: ...
 
 
+def feature_map_layers(regs) -> list[str]:
+    """Backbone layers whose outputs the regularizers read (capture them during the forward)."""
+    names: list[str] = []
+    for r in regs:
+        if getattr(r, "needs_feature_maps", False):
+            names += [n for n in r.layer_names if n not in names]
+    return names
+
+
 def build_regularizers(
     specs,
     model: nn.Module,
@@ -60,13 +74,17 @@ def build_regularizers(
     source_model: nn.Module | None = None,
     layer_names: list[str] | None = None,
     channel_weights: dict[str, torch.Tensor] | None = None,
+    *,
+    optimizer: str = "adamw",
+    source_bn: str = "running",
 ) -> list:
     """Instances for parsed specs (a list of :class:`RegularizerSpec`, one spec, or a spec string).
 
     ``anchor`` (see :func:`anchor_from`) is needed by ``l2sp``; ``source_model`` (a frozen copy of
-    the source backbone) and ``layer_names`` by ``delta``. ``l2sp:auto`` must be resolved first
-    (``spec.with_alpha(a)`` for each ``a`` in ``L2SP_AUTO_GRID``). ``model`` is used to check that
-    the anchor fits it.
+    the source backbone) and ``layer_names`` by ``delta`` (``channel_weights`` and ``source_bn`` as
+    in :class:`DELTA`). ``l2sp:auto`` must be resolved first (``spec.with_alpha(a)`` for each ``a``
+    in ``L2SP_AUTO_GRID``). ``model`` is used to check that the anchor fits it. L2-SP without an
+    explicit form is ``decoupled`` when ``optimizer`` is ``"adamw"`` and ``coupled`` otherwise.
     """
     if isinstance(specs, str):
         specs = parse_regularizer(specs)
@@ -85,7 +103,8 @@ def build_regularizers(
                 )
             if anchor is None:
                 raise ValueError("l2sp needs the source weights: pass anchor=anchor_from(model) taken before training")
-            reg = L2SP(anchor, p["alpha"], p.get("beta", 0.0))
+            form = p.get("form") or ("decoupled" if optimizer == "adamw" else "coupled")
+            reg = L2SP(anchor, p["alpha"], p.get("beta", 0.0), form=form)
             reg.no_weight_decay(model)  # checks anchor names and shapes against the model now
             built.append(reg)
         elif spec.kind == "delta":
@@ -96,7 +115,7 @@ def build_regularizers(
                 )
             if not layer_names:
                 raise ValueError("delta needs layer_names: names inside the backbone whose outputs are compared")
-            built.append(DELTA(source_model, layer_names, p["alpha"], channel_weights))
+            built.append(DELTA(source_model, layer_names, p["alpha"], channel_weights, source_bn=source_bn))
         elif spec.kind == "bss":
             built.append(BSS(p["eta"], p.get("k", 1)))
         else:

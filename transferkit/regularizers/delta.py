@@ -17,12 +17,22 @@ Which axis is the channel axis:
   over all axes after it.
 
 A layer whose forward returns a tuple/list (as Hugging Face transformer blocks do) is represented by
-its first element.
+its first element. The layers compared are block/stage outputs (the engine hooks
+``models.backbone.stage_output`` of the top half of the stages), as in the paper, not layers inside
+a block.
+
+The target's maps are the ones of this step's ordinary training forward (captured with
+:func:`capture_feature_maps`): the target backbone runs once per step, so its BatchNorm statistics
+are updated once. The source network runs once per step, in eval mode and under ``no_grad``. Its
+BatchNorm layers use their running statistics (``--bn frozen`` / ``eval``), or, with
+``source_bn="batch"`` (``--bn adapt``), the statistics of the current batch, without updating their
+stored ones.
 
 Channel weights ``W_j`` (the paper's "attention"): for each channel ``c`` of layer ``j``, the increase
 of the source model's classification loss when that channel's output is set to zero, softmax-normalised
-over the channels of the layer (:func:`delta_channel_weights`). Without them every channel gets
-``1/C_j`` (the paper's feature-map variant without attention).
+over the channels of the layer (:func:`delta_channel_weights`; the classifier is one fitted on the
+frozen source features of target data). Without them every channel gets ``1/C_j`` (the paper's
+feature-map variant without attention).
 
 The paper also adds a plain L2 penalty on the new head; here that is the optimizer's ordinary weight
 decay, which stays on, so :meth:`DELTA.no_weight_decay` returns nothing.
@@ -32,7 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -54,6 +64,9 @@ def _first_tensor(output, layer: str) -> torch.Tensor:
 
 
 def _find_modules(module: nn.Module, layer_names: Iterable[str]) -> dict[str, nn.Module]:
+    layer_names = list(layer_names)
+    if not layer_names:
+        return {}
     known = dict(module.named_modules())
     found = {}
     for name in layer_names:
@@ -107,6 +120,25 @@ def _per_channel_sq_norm(diff: torch.Tensor) -> torch.Tensor:
     return sq.flatten(2).sum(2) if sq.ndim > 2 else sq
 
 
+SOURCE_BN = ("running", "batch")
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+@contextlib.contextmanager
+def _batch_statistics(module: nn.Module) -> Iterator[None]:
+    """BatchNorm layers of an eval-mode `module` normalise with the current batch's statistics and
+    leave their stored running statistics as they were (PyTorch uses batch statistics when the
+    running buffers are None, and then has nothing to update)."""
+    saved = [(m, m.running_mean, m.running_var) for m in module.modules() if isinstance(m, _BN)]
+    try:
+        for m, _, _ in saved:
+            m.running_mean, m.running_var = None, None
+        yield
+    finally:
+        for m, mean, var in saved:
+            m.running_mean, m.running_var = mean, var
+
+
 def _call_backbone(backbone: nn.Module, inputs):
     # every transferkit backbone (TextEncoder included) takes the batch as one positional argument
     return backbone(inputs)
@@ -124,16 +156,20 @@ class DELTA:
         alpha: strength of the term.
         channel_weights: ``{layer: tensor [C]}`` from :func:`delta_channel_weights`; ``None`` gives
             every channel ``1/C``.
+        source_bn: ``"running"`` (BatchNorm of the source copy uses its running statistics) or
+            ``"batch"`` (the current batch's statistics; the stored ones are never updated).
 
     ``__call__`` needs this step's ``inputs`` (run through the source copy, under ``no_grad``) and the
-    target's ``feature_maps`` captured during the normal forward with :func:`capture_feature_maps`.
-    If ``feature_maps`` is ``None`` the target backbone is run again on ``inputs`` to get them, which
-    doubles the backbone cost of the step. ``inputs`` go to the backbone as its one argument.
+    target's ``feature_maps`` captured during the normal forward with :func:`capture_feature_maps`
+    (one target forward per step; running the target again would update its BatchNorm statistics
+    twice). ``inputs`` go to the backbone as its one argument.
 
-    The source copy always runs in eval mode (BatchNorm with its running statistics, no dropout).
-    If the target's BatchNorm layers use batch statistics while training, the term is not zero at
-    step 0 even though the weights are equal.
+    The source copy always runs in eval mode (no dropout). If the target's BatchNorm layers use batch
+    statistics while training and the source's use running ones, the term is not zero at step 0 even
+    though the weights are equal.
     """
+
+    needs_feature_maps = True
 
     def __init__(
         self,
@@ -141,7 +177,10 @@ class DELTA:
         layer_names: list[str],
         alpha: float,
         channel_weights: dict[str, torch.Tensor] | None = None,
+        source_bn: str = "running",
     ):
+        if source_bn not in SOURCE_BN:
+            raise ValueError(f"DELTA source_bn must be one of {SOURCE_BN}, got '{source_bn}'")
         if alpha < 0:
             raise ValueError(f"DELTA needs alpha >= 0, got {alpha}")
         if not layer_names:
@@ -156,6 +195,7 @@ class DELTA:
                 raise ValueError(f"DELTA channel_weights lack layers {missing}")
             channel_weights = {n: channel_weights[n].detach().flatten() for n in self.layer_names}
         self.channel_weights = channel_weights
+        self.source_bn = source_bn
         self._device: torch.device | None = None
 
     def _source_maps(self, inputs, device: torch.device) -> dict[str, torch.Tensor]:
@@ -164,7 +204,8 @@ class DELTA:
             self._device = device
         if self.source_model.training:  # a parent's .train() may have reached it
             self.source_model.eval()
-        with torch.no_grad(), capture_feature_maps(self.source_model, self.layer_names) as maps:
+        stats = _batch_statistics(self.source_model) if self.source_bn == "batch" else contextlib.nullcontext()
+        with torch.no_grad(), stats, capture_feature_maps(self.source_model, self.layer_names) as maps:
             _call_backbone(self.source_model, inputs)
         return maps
 
@@ -182,8 +223,8 @@ class DELTA:
         if inputs is None:
             raise ValueError("DELTA needs this step's inputs to run the source model on them")
         if feature_maps is None:
-            with capture_feature_maps(model.backbone, self.layer_names) as feature_maps:
-                _call_backbone(model.backbone, inputs)
+            raise ValueError("DELTA needs the target's feature_maps from this step's forward: run it "
+                             "inside capture_feature_maps(model.backbone, delta.layer_names)")
         missing = [n for n in self.layer_names if n not in feature_maps]
         if missing:
             raise ValueError(f"DELTA: feature_maps lack layers {missing}; capture them with capture_feature_maps")
@@ -207,69 +248,5 @@ class DELTA:
 
     def __repr__(self) -> str:
         kind = "uniform" if self.channel_weights is None else "attention"
-        return f"DELTA(alpha={self.alpha}, layers={self.layer_names}, weights={kind})"
-
-
-@contextlib.contextmanager
-def _zero_channel(module: nn.Module, channel: int) -> Iterator[None]:
-    def hook(_mod, _inp, out):
-        first = out[0] if isinstance(out, (tuple, list)) else out
-        zeroed = first.clone()
-        zeroed.select(channel_axis(first.ndim), channel).zero_()
-        if isinstance(out, (tuple, list)):
-            return type(out)([zeroed, *out[1:]])
-        return zeroed
-
-    handle = module.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-@torch.no_grad()
-def delta_channel_weights(
-    source_backbone: nn.Module,
-    head: nn.Module,
-    batches: Iterable,
-    layer_names: list[str],
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-) -> dict[str, torch.Tensor]:
-    """DELTA's channel attention: ``W_j = softmax_c( L(w0 with channel c of layer j zeroed) - L(w0) )``.
-
-    ``L`` is the mean of ``loss_fn(head(source_backbone(x)), y)`` over ``batches`` (an iterable of
-    ``(inputs, labels)``, already on the backbone's device; it is read ``1 + sum_j C_j`` times, so it
-    is materialised as a list first: pass a few batches, not a whole dataset). ``head`` is a
-    classifier for the target labels on the source features (the paper fits it with the backbone
-    frozen before computing the weights). Returns ``{layer: float32 tensor [C_j]}`` on the CPU,
-    each summing to 1.
-    """
-    batches = list(batches)
-    if not batches:
-        raise ValueError("delta_channel_weights needs at least one (inputs, labels) batch")
-    was_training = (source_backbone.training, head.training)
-    source_backbone.eval()
-    head.eval()
-
-    def mean_loss() -> float:
-        losses = [float(loss_fn(head(_call_backbone(source_backbone, x)), y)) for x, y in batches]
-        return sum(losses) / len(losses)
-
-    try:
-        base = mean_loss()
-        modules = _find_modules(source_backbone, layer_names)
-        weights = {}
-        for name, mod in modules.items():
-            with capture_feature_maps(source_backbone, [name]) as maps:
-                _call_backbone(source_backbone, batches[0][0])
-            fm = maps[name]
-            channels = fm.shape[channel_axis(fm.ndim)]
-            increase = []
-            for c in range(channels):
-                with _zero_channel(mod, c):
-                    increase.append(mean_loss() - base)
-            weights[name] = torch.softmax(torch.tensor(increase, dtype=torch.float64), 0).float()
-        return weights
-    finally:
-        source_backbone.train(was_training[0])
-        head.train(was_training[1])
+        return (f"DELTA(alpha={self.alpha}, layers={self.layer_names}, weights={kind}, "
+                f"source_bn={self.source_bn})")

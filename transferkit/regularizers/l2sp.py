@@ -10,9 +10,37 @@ the anchor), ``w_S^0`` their pretrained values, and ``w_Sbar`` the parameters of
 (``head.*``). ``|| . ||_2^2`` is the squared Euclidean norm of all those parameters stacked into one
 vector, i.e. the sum over every element of every tensor of its square (no mean anywhere).
 
-The term replaces the optimizer's weight decay on the parameters it covers: decaying a backbone weight
-towards zero and pulling it towards its source value at the same time would fight each other, so the
-parameters it names in ``no_weight_decay`` must go into a parameter group with ``weight_decay=0``.
+Two ways to apply it (``form``):
+
+* ``coupled``: ``Omega`` is added to the loss and its gradient goes through the optimizer. With SGD
+  this is the paper's method. With Adam(W) the gradient ``alpha (w - w0)`` is divided per parameter by
+  Adam's running RMS of the *whole* gradient, so the pull is uneven across parameters and, next to a
+  large task gradient, almost nothing.
+* ``decoupled`` (the default with AdamW): the pull is applied outside the optimizer, the way AdamW
+  applies its weight decay (Loshchilov & Hutter, ICLR 2019), but towards ``w0`` instead of zero. At
+  every optimizer step, for every trainable anchored parameter in a group with learning rate ``lr``:
+
+      w <- w - lr * alpha * (w - w0)        (and h <- h - lr * beta * h for the head)
+
+  computed from the values before the step (as AdamW's own decay), i.e. a plain gradient step on
+  ``Omega`` with the group's learning rate (``lr * alpha`` capped at 1: at most back to ``w0``). The loss term is then zero (nothing counted twice).
+  The per-step pull is ``lr * alpha`` whatever the gradient scale, so ``alpha`` reads as a rate:
+  with a backbone LR of 1e-4 and a few hundred steps, alpha of order 1-100 matters.
+
+LoRA (Hu et al., ICLR 2022): when a wrapped weight ``W`` (anchored as ``...base_layer.weight``) has
+adapters, the layer computes with ``W + s B A`` (``s`` = ``scaling``), so its distance to the source is
+
+    D = (W - W0) + sum_adapters s B A
+
+and the term is ``alpha/2 ||D||^2`` (``W`` is frozen under ``lora:``, so ``D = s B A``). Its gradient
+is ``s D A^T`` for ``B`` and ``s B^T D`` for ``A``; the decoupled form takes a plain step of
+``lr * alpha`` times that, for the same reason as above (Adam would rescale it per tensor). Without
+this, L2-SP under LoRA anchors weights that never move and does nothing.
+
+Parameters named in ``no_weight_decay`` (the anchored ones, and the head when ``beta > 0``) must go
+into a parameter group with ``weight_decay=0``: decaying a backbone weight towards zero and pulling
+it towards its source value at the same time would fight each other. (LoRA's ``A`` and ``B`` keep
+the optimizer's decay: shrinking them also shrinks ``D``.)
 """
 
 from __future__ import annotations
@@ -22,6 +50,7 @@ from torch import nn
 
 _BACKBONE = "backbone."
 _HEAD = "head."
+FORMS = ("coupled", "decoupled")
 
 
 def anchor_from(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -43,9 +72,51 @@ def _squared_norm(d: torch.Tensor) -> torch.Tensor:
     return torch.sum(d * d)
 
 
+class _LoraLayer:
+    """One adapted weight: the anchored base weight and the (A, B, scale) of each adapter on it."""
+
+    def __init__(self, weight_name: str, weight: nn.Parameter, adapters: list, transpose: bool):
+        self.weight_name = weight_name
+        self.weight = weight
+        self.adapters = adapters  # [(A param, B param, scale)]
+        self.transpose = transpose  # PEFT's fan_in_fan_out: W is stored [in, out]
+
+    def params(self) -> list[nn.Parameter]:
+        return [self.weight] + [p for a, b, _ in self.adapters for p in (a, b)]
+
+    def delta(self, w0: torch.Tensor) -> torch.Tensor:
+        """``D = (W - W0) + sum s B A`` in W's layout."""
+        d = self.weight - w0
+        for a, b, s in self.adapters:
+            ba = b @ a
+            d = d + s * (ba.T if self.transpose else ba)
+        return d
+
+
+def _lora_layers(model: nn.Module, anchor: dict) -> list[_LoraLayer]:
+    """PEFT LoRA layers whose base weight is anchored (duck-typed: ``lora_A``/``lora_B``/``scaling``)."""
+    layers = []
+    for name, mod in model.named_modules():
+        if not (isinstance(getattr(mod, "lora_A", None), nn.ModuleDict) and hasattr(mod, "scaling")):
+            continue
+        weight_name = f"{name}.base_layer.weight"
+        if weight_name not in anchor or not len(mod.lora_A):
+            continue
+        adapters = []
+        for key, a_mod in mod.lora_A.items():
+            a, b = a_mod.weight, mod.lora_B[key].weight
+            if a.ndim != 2 or b.ndim != 2:
+                raise ValueError(f"L2SP supports LoRA on Linear layers only; '{name}' has a "
+                                 f"{type(a_mod).__name__} adapter")
+            adapters.append((a, b, float(mod.scaling[key])))
+        layers.append(_LoraLayer(weight_name, mod.base_layer.weight, adapters,
+                                 bool(getattr(mod, "fan_in_fan_out", False))))
+    return layers
+
+
 class L2SP:
     """``alpha/2 * sum (w - w0)^2`` over trainable anchored backbone weights ``+ beta/2 * sum h^2``
-    over trainable head weights (Li et al., ICML 2018).
+    over trainable head weights (Li et al., ICML 2018); LoRA layers count ``w - w0 = s B A``.
 
     Args:
         anchor: ``{full parameter name: source value}``, names starting with ``backbone.``
@@ -53,15 +124,20 @@ class L2SP:
         alpha: strength of the pull towards the source weights.
         beta: strength of the plain L2 penalty on the head (0 disables it and leaves the head to the
             optimizer's ordinary weight decay).
+        form: ``"coupled"`` (a loss term) or ``"decoupled"`` (a pull applied by :meth:`before_step`,
+            the loss term is zero); see the module docstring.
 
     Parameters with ``requires_grad=False`` are skipped before any work is done: a frozen stage
     contributes nothing to the term and costs nothing. Each anchor tensor is moved to its parameter's
     device and dtype once, on first use, and cached.
     """
 
-    def __init__(self, anchor: dict[str, torch.Tensor], alpha: float, beta: float = 0.0):
+    def __init__(self, anchor: dict[str, torch.Tensor], alpha: float, beta: float = 0.0,
+                 form: str = "coupled"):
         if alpha < 0 or beta < 0:
             raise ValueError(f"L2SP needs alpha >= 0 and beta >= 0, got alpha={alpha}, beta={beta}")
+        if form not in FORMS:
+            raise ValueError(f"L2SP form must be one of {FORMS}, got '{form}'")
         foreign = sorted(k for k in anchor if not k.startswith(_BACKBONE))
         if foreign:
             raise ValueError(
@@ -71,8 +147,10 @@ class L2SP:
         self.anchor = {k: v.detach() for k, v in anchor.items()}
         self.alpha = float(alpha)
         self.beta = float(beta)
+        self.form = form
         self._cache: dict[str, torch.Tensor] = {}
         self._checked_model: int | None = None
+        self._lora: list[_LoraLayer] = []
 
     def _check_names(self, model: nn.Module) -> None:
         """Every anchor key must be a parameter of the model, with the same shape (once per model)."""
@@ -91,6 +169,7 @@ class L2SP:
                     f"L2SP anchor shape mismatch for '{name}': anchor {tuple(ref.shape)}, "
                     f"parameter {tuple(params[name].shape)}"
                 )
+        self._lora = _lora_layers(model, self.anchor)
         self._checked_model = id(model)
 
     def _anchor_like(self, name: str, p: torch.Tensor) -> torch.Tensor:
@@ -100,16 +179,30 @@ class L2SP:
             self._cache[name] = ref
         return ref
 
-    def __call__(self, model, features=None, feature_maps=None, inputs=None) -> torch.Tensor:
-        self._check_names(model)
-        shared, head = [], []
+    def _plain_params(self, model: nn.Module):
+        """``(name, p, kind)`` for trainable anchored (kind "shared") and head (kind "head") parameters
+        that are not handled as part of a LoRA layer."""
+        in_lora = {layer.weight_name for layer in self._lora}
         for name, p in model.named_parameters():
-            if not p.requires_grad:
+            if not p.requires_grad or name in in_lora:
                 continue
             if name in self.anchor:
-                shared.append(_squared_norm(p - self._anchor_like(name, p)))
+                yield name, p, "shared"
             elif self.beta > 0 and name.startswith(_HEAD):
+                yield name, p, "head"
+
+    def penalty(self, model: nn.Module) -> torch.Tensor:
+        """``Omega`` itself (whatever the form), with gradients to the trainable parameters."""
+        self._check_names(model)
+        shared, head = [], []
+        for name, p, kind in self._plain_params(model):
+            if kind == "shared":
+                shared.append(_squared_norm(p - self._anchor_like(name, p)))
+            else:
                 head.append(_squared_norm(p))
+        for layer in self._lora:
+            if any(p.requires_grad for p in layer.params()):
+                shared.append(_squared_norm(layer.delta(self._anchor_like(layer.weight_name, layer.weight))))
         device = next(model.parameters()).device
         total = torch.zeros((), device=device)
         if shared:
@@ -117,6 +210,42 @@ class L2SP:
         if head:
             total = total + 0.5 * self.beta * torch.stack(head).sum()
         return total
+
+    def __call__(self, model, features=None, feature_maps=None, inputs=None) -> torch.Tensor:
+        if self.form == "decoupled":  # applied by before_step; nothing to add to the loss
+            self._check_names(model)
+            return torch.zeros((), device=next(model.parameters()).device)
+        return self.penalty(model)
+
+    @torch.no_grad()
+    def before_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Decoupled form: pull each trainable parameter the optimizer updates towards its anchor by
+        ``lr * alpha`` (the head towards 0 by ``lr * beta``), from its value before the step. Call
+        it right before ``optimizer.step()``. Does nothing in the coupled form."""
+        if self.form != "decoupled":
+            return
+        self._check_names(model)
+        lr = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+        for name, p, kind in self._plain_params(model):
+            if id(p) not in lr:
+                continue
+            if kind == "shared":  # a pull past the source (lr * alpha > 1) would overshoot: snap to it
+                p.sub_(p - self._anchor_like(name, p), alpha=min(1.0, lr[id(p)] * self.alpha))
+            else:
+                p.mul_(1.0 - min(1.0, lr[id(p)] * self.beta))
+        for layer in self._lora:
+            if not any(id(p) in lr for p in layer.params()):
+                continue
+            d = layer.delta(self._anchor_like(layer.weight_name, layer.weight))  # before any update
+            updates = []
+            if id(layer.weight) in lr:
+                updates.append((layer.weight, d))
+            for a, b, s in layer.adapters:
+                dd = d.T if layer.transpose else d  # [out, in], the layout of B @ A
+                updates += [(b, s * dd @ a.T), (a, s * b.T @ dd)]
+            for p, grad in updates:
+                if id(p) in lr:
+                    p.sub_(grad, alpha=lr[id(p)] * self.alpha)
 
     def no_weight_decay(self, model: nn.Module) -> set[str]:
         """All anchored backbone parameters, plus every ``head.*`` parameter when ``beta > 0``."""
@@ -127,4 +256,6 @@ class L2SP:
         return names
 
     def __repr__(self) -> str:
-        return f"L2SP(alpha={self.alpha}, beta={self.beta}, anchored={len(self.anchor)})"
+        lora = f", lora_layers={len(self._lora)}" if self._lora else ""
+        return (f"L2SP(alpha={self.alpha}, beta={self.beta}, form={self.form}, "
+                f"anchored={len(self.anchor)}{lora})")

@@ -2,8 +2,11 @@
 
 Accepted forms (parts joined with ``+``, each kind at most once)::
 
-    l2sp:ALPHA[,BETA]   L2-SP, pull towards source weights (ALPHA), L2 on the new head (BETA, default 0)
-    l2sp:auto[,BETA]    L2-SP with ALPHA chosen by the engine from L2SP_AUTO_GRID on validation data
+    l2sp:ALPHA[,BETA][,FORM]  L2-SP, pull towards source weights (ALPHA), L2 on the new head (BETA,
+                        default 0). FORM is `decoupled` (the pull is applied beside the optimizer step,
+                        like AdamW's weight decay: the default with AdamW) or `coupled` (a loss term
+                        that goes through the optimizer: the default with SGD); see regularizers.l2sp
+    l2sp:auto[,BETA][,FORM]  L2-SP with ALPHA chosen by the engine from L2SP_AUTO_GRID
     delta:ALPHA         DELTA feature-map regularizer
     bss:ETA[,K]         Batch Spectral Shrinkage of the K (default 1) smallest singular values
 """
@@ -16,15 +19,23 @@ import re
 from dataclasses import dataclass, field, replace
 
 KINDS = ("l2sp", "delta", "bss")
-L2SP_AUTO_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
-FORMS = "l2sp:ALPHA[,BETA], l2sp:auto[,BETA], delta:ALPHA, bss:ETA[,K]; join several with '+', e.g. l2sp:0.01+bss:0.001"
+# ALPHA is a rate: each step pulls a weight's distance to the source down by a fraction lr * ALPHA
+# (decoupled form; the coupled form under SGD without momentum is the same). At the default backbone
+# LR of 1e-4 (lr 1e-3 x backbone-lr-mult 0.1) and a cosine schedule over ~100-300 steps, the summed
+# pull is ~0.005-0.015 x ALPHA: ALPHA = 1 removes ~1% of the drift, 10 ~10%, 100 most of it, 1000
+# holds the backbone at the source. The grid spans that range, one decade apart.
+L2SP_AUTO_GRID = (1.0, 10.0, 100.0, 1000.0)
+L2SP_FORMS = ("coupled", "decoupled")
+FORMS = ("l2sp:ALPHA[,BETA][,coupled|decoupled], l2sp:auto[,BETA][,coupled|decoupled], delta:ALPHA, "
+         "bss:ETA[,K]; join several with '+', e.g. l2sp:10+bss:0.001")
 
 
 @dataclass(frozen=True)
 class RegularizerSpec:
     """One parsed regularizer.
 
-    ``params`` by kind: ``l2sp`` → ``{"alpha": float | "auto", "beta": float}``;
+    ``params`` by kind: ``l2sp`` → ``{"alpha": float | "auto", "beta": float}`` plus ``"form"``
+    (``"coupled"`` / ``"decoupled"``) when one was written (absent: chosen by the optimizer);
     ``delta`` → ``{"alpha": float}``; ``bss`` → ``{"eta": float, "k": int}``.
     ``str(spec)`` gives back a string that :func:`parse_regularizer` accepts.
     """
@@ -44,7 +55,9 @@ class RegularizerSpec:
     def __str__(self) -> str:
         p = self.params
         if self.kind == "l2sp":
-            return f"l2sp:{p['alpha']}" + (f",{p['beta']}" if p.get("beta") else "")
+            form = p.get("form")
+            beta = f",{p['beta']}" if p.get("beta") or form else ""
+            return f"l2sp:{p['alpha']}{beta}" + (f",{form}" if form else "")
         if self.kind == "delta":
             return f"delta:{p['alpha']}"
         return f"bss:{p['eta']},{p['k']}"
@@ -87,11 +100,17 @@ def _parse_part(part: str) -> RegularizerSpec:
     if not args or not args[0]:
         raise _error(part, f"'{kind}' needs a value after ':'")
     if kind == "l2sp":
+        form = args.pop().lower() if len(args) > 1 and args[-1].lower() in L2SP_FORMS else None
         if len(args) > 2:
-            raise _error(part, "l2sp takes ALPHA[,BETA]")
+            raise _error(part, "l2sp takes ALPHA[,BETA][,coupled|decoupled]")
+        if len(args) == 2 and args[1].isalpha():
+            raise _error(part, f"the form must be one of {', '.join(L2SP_FORMS)}, got '{args[1]}'")
         alpha = "auto" if args[0].lower() == "auto" else _number(part, "ALPHA", args[0])
         beta = _number(part, "BETA", args[1]) if len(args) == 2 else 0.0
-        return RegularizerSpec("l2sp", {"alpha": alpha, "beta": beta})
+        params = {"alpha": alpha, "beta": beta}
+        if form:
+            params["form"] = form
+        return RegularizerSpec("l2sp", params)
     if kind == "delta":
         if len(args) != 1:
             raise _error(part, "delta takes a single ALPHA")

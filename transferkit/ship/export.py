@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..engine.predictor import preprocess_of
 from ..engine.run import load_run
 from ..models.lora import lora_parameters
 from .parity import ParityError, ParityReport, check_parity, split_batches, split_examples
@@ -30,13 +31,6 @@ def _prepare_out(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def preprocess_of(model, cfg) -> dict:
-    pre = model.spec.preprocess.to_dict()
-    if model.spec.modality == "image" and cfg.image_size:
-        pre["size"] = int(cfg.image_size)
-    return pre
-
-
 def _check_format(fmt: str, model) -> None:
     if fmt not in FORMATS:
         import difflib
@@ -47,9 +41,9 @@ def _check_format(fmt: str, model) -> None:
         raise ValueError(f"--format {fmt} has a plain Linear classifier, but a 'prototypes' run's head "
                          "L2-normalises the features first; use --format onnx or torchscript for it")
     if fmt == "timm":
-        from .timm_format import _head_linear, timm_arch
+        from .timm_format import head_linear, timm_arch
         timm_arch(model)
-        _head_linear(model.head)
+        head_linear(model.head)
     if fmt == "hf" and model.spec.modality != "text":
         raise ValueError("--format hf exports text runs; for an image run use --format timm, onnx or "
                          "torchscript")

@@ -28,7 +28,7 @@ def timm_arch(model) -> str:
     return arch.split(":", 1)[1]
 
 
-def _head_linear(head: nn.Module) -> nn.Linear:
+def head_linear(head: nn.Module) -> nn.Linear:
     linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
     if len(linears) != 1:
         raise ValueError("--format timm maps the head onto timm's single Linear classifier, but this "
@@ -47,7 +47,7 @@ def to_timm(model) -> tuple[nn.Module, str]:
     if not isinstance(clf, nn.Linear) or clf_name is None:
         raise SourceError(f"timm's {arch} has a {type(clf).__name__} classifier, not one Linear "
                           "layer; use --format onnx or torchscript for this run")
-    lin = _head_linear(model.head)
+    lin = head_linear(model.head)
     state = {k[len("backbone."):]: v for k, v in model.state_dict().items() if k.startswith("backbone.")}
     state[f"{clf_name}.weight"] = lin.weight.detach()
     state[f"{clf_name}.bias"] = lin.bias.detach()

@@ -1,0 +1,117 @@
+"""Inputs that are not RGB pictures: settle the channel count, the per-channel statistics and the
+spectrogram parameters of a run from its training data (once), and adapt the backbone to them.
+
+What is decided here is written into the TrainConfig, so config.yaml records it and a resumed or
+reloaded run (engine/run.py `load_run`) rebuilds the same model and preprocessing with no data:
+
+- `in_chans`: from `--in-chans`, else from the data (an array's channel count; 1 for signals).
+  Image files (.png, .jpg, ...) are read as RGB (3) or, with `--in-chans 1`, as luminance.
+- `chan_mean` / `chan_std`: for arrays, signals and 1-channel images, the mean and standard
+  deviation of every value of every *training* item, per channel. RGB image files keep the source's
+  own mean/std (what the source was trained with).
+- `spectrogram`: the full log-mel parameter string, defaults filled in (signals only); test-time
+  flipping (`tta`) is switched off for signals, since a mirrored spectrogram plays time backwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from ..config import ConfigError, TrainConfig
+from ..data.arrays import INPUT_EXTS, channel_stats, input_kind, read_array
+from ..data.signals import SpectrogramSpec
+from ..data.splits import DataError
+from ..models.backbone import Backbone
+from ..models.channels import adapt_input_channels
+
+
+def _peek_kind(data: str) -> str:
+    """The kind of the first input of DATA, without reading the rest (plain image runs skip
+    everything else here)."""
+    p = Path(data)
+    first = None
+    if p.is_dir():
+        for d in sorted(x for x in p.iterdir() if x.is_dir() and not x.name.startswith(".")):
+            first = next((f for f in sorted(d.rglob("*")) if f.suffix.lower() in INPUT_EXTS), None)
+            if first:
+                break
+    elif p.suffix.lower() == ".csv" and p.is_file():
+        import csv
+        with open(p, newline="", encoding="utf-8") as f:
+            row = next(csv.DictReader(f), None) or {}
+        first = Path(row["path"]) if row.get("path") else None
+        first = first if first is None or first.is_absolute() else p.parent / first
+    if first is None or first.suffix.lower() not in INPUT_EXTS:
+        return "image"  # let the data reader give its own error
+    return input_kind(first) if first.exists() else "image"
+
+
+def resolve_inputs(cfg: TrainConfig) -> None:
+    """Fill in `cfg.in_chans`, `chan_mean`, `chan_std`, `spectrogram` (and `tta`) from the training
+    data; a no-op for RGB image data and for a config resolved before."""
+    if cfg.chan_mean is not None or not cfg.data:
+        return
+    if cfg.in_chans is not None and cfg.in_chans < 1:
+        raise ConfigError(f"in_chans must be at least 1, got {cfg.in_chans}")
+    if _peek_kind(cfg.data) == "image" and cfg.in_chans in (None, 3):
+        return
+    from ..data import load_task
+    # the same call as engine.fit makes: the statistics come from exactly the run's training split
+    task = load_task(cfg.data, val=cfg.val, test=cfg.test, shots=cfg.shots, seed=cfg.seed,
+                     val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, modality="image")
+    kinds = {}
+    for ex in task.train + task.val + task.test:
+        kinds.setdefault(input_kind(ex.x), ex.x)
+    if len(kinds) > 1:
+        raise DataError(f"{cfg.data} mixes input kinds ({', '.join(f'{k}: {v}' for k, v in kinds.items())}); "
+                        "a run reads one kind: images, arrays (.npy/.tif) or signals (.wav, 1-D .npy)")
+    kind = next(iter(kinds))
+    first = task.train[0].x
+    if kind == "signal":
+        cfg.spectrogram = SpectrogramSpec.parse(cfg.spectrogram).to_str()
+        cfg.tta = False
+        data_chans = 1
+    elif kind == "array":
+        data_chans = read_array(first, cfg.array_layout).shape[0]
+    else:
+        if cfg.in_chans not in (1, 3):
+            raise ConfigError(f"image files give 1 (--in-chans 1, luminance) or 3 (RGB) channels, not "
+                              f"{cfg.in_chans}; store N-band data as .npy or .tif")
+        data_chans = cfg.in_chans
+    cfg.in_chans = cfg.in_chans or data_chans
+    cfg.chan_mean, cfg.chan_std = channel_stats(task.train, cfg.in_chans, cfg.array_layout, cfg.spectrogram)
+
+
+def adapt_backbone(backbone: Backbone, cfg: TrainConfig) -> Backbone:
+    """The backbone reading `cfg.in_chans` channels, normalised by the run's channel statistics.
+
+    Without recorded statistics (a model built from a config with no data), channels the source
+    defines keep its mean/std and the others get the average of the source's.
+    """
+    if cfg.chan_mean is None and cfg.in_chans in (None, 3):
+        return backbone
+    n = cfg.in_chans or len(cfg.chan_mean)
+    backbone.input_adaptation = adapt_input_channels(backbone, n, cfg.chans_init)
+    pre = backbone.preprocess
+    mean, std = cfg.chan_mean, cfg.chan_std
+    if mean is None or std is None:
+        avg_m, avg_s = sum(pre.mean) / len(pre.mean), sum(pre.std) / len(pre.std)
+        mean = [pre.mean[i] if i < len(pre.mean) and n >= 3 else avg_m for i in range(n)]
+        std = [pre.std[i] if i < len(pre.std) and n >= 3 else avg_s for i in range(n)]
+    if len(mean) != n or len(std) != n:
+        raise ConfigError(f"chan_mean/chan_std have {len(mean)}/{len(std)} values for {n} input channels")
+    backbone.preprocess = dataclasses.replace(pre, mean=tuple(mean), std=tuple(std),
+                                              array_layout=cfg.array_layout, spectrogram=cfg.spectrogram)
+    return backbone
+
+
+def source_only_anchor(anchor: dict, backbone: Backbone) -> dict:
+    """L2-SP anchors only what exists in the source: the adapted first conv's weight does not (its
+    filters were made by a rule, and its new channels have no source value), so it is left out and
+    trains freely; every other backbone parameter, that conv's bias included, stays anchored."""
+    info = backbone.input_adaptation
+    if not info:
+        return anchor
+    drop = {f"backbone.{info['param']}", f"backbone.inner.{info['param']}"}  # inner.: multi-stage wrap
+    return {k: v for k, v in anchor.items() if k not in drop}
