@@ -243,7 +243,9 @@ class ImageDataset(Dataset):
         return im.convert("L") if self.gray else im
 
     def _key(self, i: int) -> str:
-        return f"{self.items[i].x}|{'L' if self.gray else 'RGB'}"
+        # size and mtime too: a file edited while the process runs is decoded again
+        st = os.stat(self.items[i].x)
+        return f"{self.items[i].x}|{st.st_size}|{st.st_mtime_ns}|{'L' if self.gray else 'RGB'}"
 
     def _image(self, i: int) -> Image.Image:
         key = self._key(i)
