@@ -11,7 +11,7 @@ few-label protocol), each job trains what its rows need and scores the test spli
   training labels (transferkit.choose.cv), the WiSE weight with the best held-out accuracy kept
   (w = 0: the probe, `linear_probe`). The final run and the fold runs are the same code `auto` runs;
   the choice uses held-out folds only, the test split only scores.
-- `full+l2sp`: everything trains from the start with L2-SP (alpha 0.01).
+- `full+l2sp`: everything trains from the start with L2-SP (alpha 10, decoupled under AdamW).
 
 Prints the mean ± std table per data set and shot count, seconds per cell, and how often each
 fine-tuning row kept its fine-tuned weights; writes JSON lines and a markdown table.
@@ -112,7 +112,7 @@ def run_job(job: dict) -> dict:
         res["linear_probe_cv"] = (r.metrics.get("estimate") or {}).get("accuracy")
         res["linear_probe_seconds"] = round(time.time() - t1, 1)
     elif job["kind"] == "l2sp":
-        r = fit(_cfg(job, root / "l2sp", strategy="full", reg="l2sp:0.01", **VARIANTS[job["variant"]]),
+        r = fit(_cfg(job, root / "l2sp", strategy="full", reg="l2sp:10", **VARIANTS[job["variant"]]),
                 log=quiet, progress=False, task=task)
         res["accuracy"] = r.metrics["accuracy"]
     else:  # LP-FT with a recipe variant: CV over folds (what auto sees), then the run on every label

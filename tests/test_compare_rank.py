@@ -151,10 +151,10 @@ def test_budget_decision_and_estimate():
 
 
 def test_strategy_names():
-    assert strategy_overrides("full+l2sp", "bundled:x") == {"strategy": "full", "reg": "l2sp:0.01"}
+    assert strategy_overrides("full+l2sp", "bundled:x") == {"strategy": "full", "reg": "l2sp:10"}
     assert strategy_overrides("two_phase+l2sp:0.001", "b:x") == {"strategy": "two_phase", "reg": "l2sp:0.001"}
     assert strategy_overrides("full+bss:0.001", "b:x") == {"strategy": "full", "reg": "bss:0.001"}
-    assert strategy_overrides("full+l2sp+bss:0.001", "b:x")["reg"] == "l2sp:0.01+bss:0.001"
+    assert strategy_overrides("full+l2sp+bss:0.001", "b:x")["reg"] == "l2sp:10+bss:0.001"
     assert strategy_overrides("scratch", "bundled:efficientnet_lite0") == {
         "backbone": "bundled:efficientnet_lite0@random", "strategy": "full", "lr": 3e-3}
     with pytest.raises(ValueError, match="unknown kind"):

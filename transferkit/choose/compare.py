@@ -13,7 +13,7 @@ Rows:
 - ``linear_probe``: exactly what ``transferkit train --strategy linear_probe`` does (the engine's
   `fit_probe` on cached features, C picked on validation or by cross-validation), run on the same cached features: seconds.
 - ``STRATEGY[+REG]`` (``full``, ``partial:1``, ``two_phase+l2sp:0.001``, ``full+bss:0.001``; a bare
-  ``l2sp`` means ``l2sp:0.01``) and ``scratch`` (the same architecture from random initialisation,
+  ``l2sp`` means ``l2sp:10``, decoupled under AdamW) and ``scratch`` (the same architecture from random initialisation,
   strategy ``full``, lr 3e-3): one engine run per cell in
   ``OUT/cells/<strategy>/<shots>/seed<k>``. A finished cell with the same configuration is reused
   when the command is run again.
@@ -42,7 +42,7 @@ from ..data import Task, load_task
 
 PROBE = "probe"
 SCRATCH_LR = 3e-3
-DEFAULT_REG = {"l2sp": "l2sp:0.01"}
+DEFAULT_REG = {"l2sp": "l2sp:10"}  # decoupled under AdamW: a pull of lr x 10 per step
 
 
 # ------------------------------------------------------------------------------------ parsing
@@ -80,7 +80,7 @@ def shots_label(shots: int | None) -> str:
 
 
 def strategy_overrides(name: str, backbone: str) -> dict:
-    """The TrainConfig fields a strategy name sets: ``full+l2sp`` -> strategy full, reg l2sp:0.01;
+    """The TrainConfig fields a strategy name sets: ``full+l2sp`` -> strategy full, reg l2sp:10;
     ``scratch`` -> the backbone with ``@random``, strategy full, lr 3e-3."""
     from ..regularizers import parse_regularizer
     base, _, reg = name.strip().partition("+")

@@ -20,7 +20,7 @@ def _compare_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="folder of class folders, image CSV (path,label), or text CSV/TSV/JSONL")
     p.add_argument("--strategies", default="linear_probe,multi_probe,two_phase,full+l2sp,auto,scratch",
                    help="comma-separated: auto, linear_probe, multi_probe, partial:K, full, two_phase, stages:A-B, "
-                        "STRATEGY+REG (full+l2sp = l2sp:0.01, two_phase+l2sp:0.001, full+bss:0.001), "
+                        "STRATEGY+REG (full+l2sp = l2sp:10, two_phase+l2sp:100, full+bss:0.001), "
                         "scratch (same architecture, random init, full, lr 3e-3) "
                         "(default: linear_probe,full,full+l2sp,two_phase,scratch)")
     p.add_argument("--shots", default="5,10,all", help="labelled examples per class: e.g. 5,10,all (default: 5,10,all)")
