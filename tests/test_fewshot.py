@@ -229,7 +229,7 @@ def test_auto_end_to_end_never_reads_the_test_split_before_the_final_score(image
 def test_scratch_baseline_learns(image_folder, tmp_path):
     # an honest baseline: random init with a learning rate for random weights; its loss must fall
     run = tmp_path / "scratch"
-    assert _train(image_folder, run, "--lr", "3e-3", "--eval-every", "5", steps=30, strategy="full") == 0
+    assert _train(image_folder, run, "--lr", "3e-3", "--eval-every", "10", steps=60, strategy="full") == 0
     losses = [float(r["train_loss"]) for r in _rows(run / "history.csv") if r["train_loss"]]
     assert losses[-1] < 0.7 * losses[0] and losses[0] > 0.5
     assert json.loads((run / "metrics.json").read_text())["accuracy"] > 1 / len(COLOURS) + 0.2
@@ -252,9 +252,11 @@ def test_fine_tuning_real_weights_moves_the_backbone_and_beats_chance_and_scratc
                  "--wise", "1", "--out", str(ft), *common]) == 0
     assert main(["train", str(data), "--backbone", "timm:tf_efficientnet_lite0@random", "--strategy", "full",
                  "--lr", "3e-3", "--out", str(scratch), *common]) == 0
-    source = {f"backbone.{k}": v for k, v in load_backbone("bundled:efficientnet_lite0").module.state_dict().items()}
+    # parameters only: with few labels BatchNorm runs on its source statistics (--bn auto), so the
+    # running means and variances rightly stay where they were
+    source = {f"backbone.{k}": v for k, v in load_backbone("bundled:efficientnet_lite0").module.named_parameters()}
     tuned = ck.load_tensors(ft / "model.safetensors")
-    moved = [k for k in source if source[k].is_floating_point() and not torch.equal(source[k], tuned[k])]
+    moved = [k for k in source if not torch.equal(source[k].detach(), tuned[k])]
     assert len(moved) > 0.5 * len(source)  # fine-tuning moved the backbone, not only the head
     acc_ft = json.loads((ft / "metrics.json").read_text())["accuracy"]
     acc_scratch = json.loads((scratch / "metrics.json").read_text())["accuracy"]

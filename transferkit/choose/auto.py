@@ -33,9 +33,13 @@ def resolve_auto(cfg: TrainConfig, log=print) -> tuple[TrainConfig, dict]:
     from ..engine.fit import WISE_DEFAULT
     from ..models import parse_source
     from .cv import best_wise, cv_finetune
-    from ..engine.runfolder import claim_out_dir
+    from ..engine.build import build_model
+    from ..engine.runfolder import check_out_dir, claim_out_dir
+    check_out_dir(cfg)
     task = load_task_for(cfg)
     _, _, pretrained = parse_source(cfg.backbone)
+    # the model builds (source, class texts, input adaptation) before anything is written
+    build_model(dataclasses.replace(cfg, strategy="two_phase" if pretrained else "full"), task.classes)
     claim_out_dir(cfg, overwrite=cfg.overwrite, log=log)  # OUT/auto is written before the run starts
     root = Path(cfg.out) / "auto"
     if not pretrained:
