@@ -108,4 +108,7 @@ def test_random_kills_resume_to_the_uninterrupted_result(tmp_path):
     def strip(h):
         return [{k: v for k, v in row.items() if k != "seconds"} for row in h]
     assert strip(sa["history"]) == strip(sb["history"]) and sb["done"] and sb["global_step"] == 6
-    assert json.loads((whole / "metrics.json").read_text()) == json.loads((run / "metrics.json").read_text())
+    m_whole, m_run = (json.loads((r / "metrics.json").read_text()) for r in (whole, run))
+    # wall-clock seconds per phase are the one thing a resumed run cannot reproduce
+    assert m_whole.pop("phase_seconds").keys() == m_run.pop("phase_seconds").keys()
+    assert m_whole == m_run
