@@ -3,14 +3,13 @@ and report.html with the source/target accuracy curves."""
 
 from __future__ import annotations
 
-import csv
 import html
-import io
 import json
 from pathlib import Path
 
 from ..engine import checkpoint as ck
 from ..engine.evaluate import predict_probs
+from ..engine.fit import write_history
 from ..report import png_data_uri, write_report
 from ..report.metrics import classification_metrics
 from ..strategies import parameter_summary
@@ -40,24 +39,13 @@ def finish(run: Path, cfg, model, state, domains, data, accel, log) -> dict:
     metrics["parameters"] = parameter_summary(model)
     metrics["skipped"] = domains.skipped
     ck.atomic_write_json(run / "metrics.json", metrics)
-    _write_history(run, state.history)
+    write_history(run, state.history)
     write_report(run, cfg.train_config(), model, metrics, state.history, accuracy_label="target test accuracy",
                  extra_html=[_section(cfg, metrics, state.history)])
     src = metrics.get("source_val", {}).get("accuracy")
     log(f"{cfg.method}: source val accuracy {src if src is None else f'{src:.4f}'}"
         + (f", target test accuracy {metrics['accuracy']:.4f}" if "accuracy" in metrics else "") + f" -> {run}")
     return metrics
-
-
-def _write_history(run: Path, history: list[dict]) -> None:
-    keys: list[str] = []
-    for row in history:
-        keys += [k for k in row if k not in keys]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys)
-    w.writeheader()
-    w.writerows(history)
-    ck.atomic_write_text(run / "history.csv", buf.getvalue())
 
 
 def _section(cfg, metrics: dict, history: list[dict]) -> str:

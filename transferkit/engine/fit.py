@@ -585,7 +585,7 @@ def _finish(run: Path, cfg: TrainConfig, model, task: Task, state: RunState, dev
         metrics["non_finite"] = non_finite
         log(f"warning: the model produced NaN/infinite values ({', '.join(non_finite[:5])}); written as null")
     ck.atomic_write_json(run / "metrics.json", metrics)
-    _write_history(run, state.history)
+    write_history(run, state.history)
     write_report(run, cfg, model, metrics, state.history, errors=errors)
     log(f"test accuracy {metrics.get('accuracy', float('nan')):.4f}, macro-F1 "
         f"{metrics.get('macro_f1', float('nan')):.4f} -> {run}")
@@ -608,7 +608,8 @@ def held_out_estimate(state: RunState) -> dict | None:
     return None
 
 
-def _write_history(run: Path, history: list[dict]) -> None:
+def write_history(run: Path, history: list[dict]) -> None:
+    """RUN/history.csv: one row per validation (or head fit), the union of the rows' keys as columns."""
     keys: list[str] = []
     for row in history:
         keys += [k for k in row if k not in keys]
