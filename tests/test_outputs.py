@@ -97,3 +97,22 @@ def test_training_report_has_the_gallery_when_the_test_split_has_errors(run):
     n_wrong = round((1 - m["accuracy"]) * m["n_test"])
     assert ("Most confident mistakes" in page) == (n_wrong > 0)
     assert len(re.findall(r"<figure class='err'", page)) == min(16, n_wrong)
+
+
+def test_progress_bars_on_a_terminal_only(run, monkeypatch, capsys):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    inputs = [str(p) for p in sorted(run.data.rglob("*.png"))[:3]]
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    assert main(["evaluate", str(run.out), str(run.data)]) == 0
+    assert main(["predict", str(run.out), *inputs]) == 0
+    assert "evaluate:" in term.getvalue() and "predict:" in term.getvalue()
+    monkeypatch.undo()
+    assert main(["predict", str(run.out), *inputs]) == 0  # not a terminal: no bar
+    assert "predict:" not in capsys.readouterr().err

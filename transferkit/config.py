@@ -136,6 +136,9 @@ class TrainConfig:
                                 "(1 = fine-tuned only, 0 = the probe)", low=0, high=1,
                                 none="chosen on validation, else 0.5")
 
+    log_with: str | None = option(None, "experiment tracker, through Accelerate (tensorboard writes to "
+                                  "RUN/logs)", choices=("tensorboard", "mlflow", "wandb"), none="none")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -219,6 +222,11 @@ def validate(cfg: TrainConfig) -> None:
 
 
 def _check_syntax(cfg: TrainConfig) -> None:
+    if cfg.log_with:
+        import importlib.util
+        if importlib.util.find_spec(cfg.log_with) is None:
+            raise ConfigError(f"{_named('log_with')}: {cfg.log_with} is not installed; "
+                              f"pip install {cfg.log_with}")
     if cfg.backbone:
         from .models.sources import SourceError, parse_source
         try:

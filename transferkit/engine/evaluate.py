@@ -54,12 +54,14 @@ def _flip(x):
 
 @torch.no_grad()
 def predict_probs(model: TransferModel, loader: DataLoader, device, *, tta: bool = False,
-                  autocast=None) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities and labels for every item (labels -1 where unknown)."""
+                  autocast=None, progress: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities and labels for every item (labels -1 where unknown); `progress`
+    names a progress bar."""
+    from ..progress import progress as bar
     was = model.training
     model.eval()
     probs, labels = [], []
-    for x, y in loader:
+    for x, y in bar(loader, progress):
         x = to_device(x, device)
         with autocast() if autocast else _null():
             logits = model(x).float()
@@ -96,7 +98,8 @@ def extract_views(backbone: nn.Module, loader: DataLoader, device, *, flip: bool
     backbone.eval()
     feats: list[list[torch.Tensor]] = [[], []]
     labels = []
-    for x, y in loader:
+    from ..progress import progress as bar
+    for x, y in bar(loader, "features"):
         x = to_device(x, device)
         with autocast() if autocast else _null():
             feats[0].append(backbone(x).float().cpu())

@@ -34,7 +34,8 @@ def _compute(backbone: nn.Module, loader: DataLoader, device, flip: bool, autoca
     was = backbone.training
     backbone.eval()
     feats, flipped, labels = [], [], []
-    for x, y in loader:
+    from ..progress import progress
+    for x, y in progress(loader, "features"):
         x = _to_device(x, device)
         with autocast() if autocast else nullcontext():
             feats.append(backbone(x).float().cpu())

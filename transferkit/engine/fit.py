@@ -37,6 +37,7 @@ from .environment import write_environment
 from .evaluate import collate_for, eval_loader, extract_views, make_dataset, predict_probs, to_device
 from .headfit import fit_multistage_probe, fit_probe
 from .resume import restore_optimizer_and_rng, resume_point
+from .tracking import accelerator_kwargs, end_tracking, log_evaluation, log_step, start_tracking
 from .runfolder import check_out_dir, claim_out_dir
 
 
@@ -75,7 +76,8 @@ def _accelerator(cfg: TrainConfig):
     precision = cfg.precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    return Accelerator(mixed_precision={"fp32": "no"}.get(precision, precision), cpu=not torch.cuda.is_available())
+    return Accelerator(mixed_precision={"fp32": "no"}.get(precision, precision), cpu=not torch.cuda.is_available(),
+                       **accelerator_kwargs(cfg))
 
 
 # Default schedule, fixed by benchmarks/fewshot.py: passes over the training set, with a floor
@@ -170,6 +172,7 @@ def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: 
         # only now, with data, model, strategy and regularizers known to be valid, touch the disk
         _start_run_folder(run, cfg, task, model, anchor, log)
     accel.wait_for_everyone()
+    start_tracking(accel, cfg)
     n_sgd = total_steps(cfg, len(task.train))
     sgd_phases = [p for p in plan.phases if not p.head_only]
     share = sum(p.fraction for p in sgd_phases) or 1.0
@@ -201,7 +204,7 @@ def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: 
         if phase.head_only:
             then_trains = state.phase + 1 < len(plan.phases)
             _head_phase(model, cfg, state, plain_train, val_loader, device, autocast, log,
-                        calibrated=then_trains)
+                        calibrated=then_trains, accel=accel)
             if then_trains and _wise_applies(plan) and accel.is_main_process:
                 _save_model(run / "lp_model.safetensors", model)  # WiSE-FT's other end
             if has_val:
@@ -210,6 +213,7 @@ def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: 
             if interrupt.requested():
                 state.phase += 1
                 _save_last(run, model, None, state)
+                end_tracking(accel, None, state.global_step)
                 return _stopped(run, state)
             resume = None  # the next phase starts from this process's state, not the checkpoint
         else:
@@ -217,6 +221,7 @@ def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: 
                                      val_loader, accel, regs, run, resume, log, progress)
             resume = None
             if interrupted:
+                end_tracking(accel, None, state.global_step)
                 return FitResult(run, None, state, interrupted=True, signal=interrupt.requested())
         state.phase_seconds[phase.name] = round(state.phase_seconds.get(phase.name, 0.0)
                                                 + time.time() - t_phase, 2)
@@ -236,6 +241,7 @@ def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: 
     accel.wait_for_everyone()  # the best weights are on disk before any process reads them back
     metrics = _finish(run, cfg, model, task, state, device, autocast, log, evaluate_test,
                       write=accel.is_main_process)
+    end_tracking(accel, metrics, state.global_step)
     return FitResult(run, metrics, state)
 
 
@@ -257,7 +263,7 @@ def _bb_mult(cfg: TrainConfig, model) -> float:
 
 
 def _head_phase(model, cfg, state: RunState, plain_train, val_loader, device, autocast, log,
-                calibrated: bool = False) -> None:
+                calibrated: bool = False, accel=None) -> None:
     """Fit the head on frozen features, C chosen on validation or by cross-validation.
     `calibrated`: fine-tuning follows, so fit with the C of best held-out NLL (see fit_probe)."""
     t0 = time.time()
@@ -305,7 +311,8 @@ def _head_phase(model, cfg, state: RunState, plain_train, val_loader, device, au
                       "estimate": choice.estimate(), **extra}
     row = {"phase": state.phase, "step": state.global_step, "epoch": state.epoch, "lr": "",
            "train_loss": "", "seconds": round(time.time() - t0, 2)}
-    row.update(_validate(model, val_loader, device, autocast, tta=cfg.tta))
+    row.update(_validate(model, val_loader, device, autocast, tta=cfg.tta, accel=accel,
+                         step=state.global_step))
     state.history.append(row)
     est = choice.estimate()
     how = {"val": "on validation", "cv": f"by {choice.folds}-fold cross-validation",
@@ -354,13 +361,15 @@ def _apply_wise(run: Path, cfg: TrainConfig, model, state: RunState, val_loader,
         _save_model(run / "model.safetensors", model)
 
 
-def _validate(model, loader, device, autocast, tta: bool = False) -> dict:
-    """Validation metrics, scored exactly as the test split is (same test-time augmentation)."""
+def _validate(model, loader, device, autocast, tta: bool = False, accel=None, step: int = 0) -> dict:
+    """Validation metrics, scored exactly as the test split is (same test-time augmentation);
+    with `accel`, also sent to its experiment trackers at `step`."""
     if not len(loader.dataset):
         return {}
     probs, y = predict_probs(model, loader, device, tta=tta, autocast=autocast)
     from ..report.metrics import classification_metrics
     m = classification_metrics(y, probs, model.class_names)
+    log_evaluation(accel, m, model.class_names, step)
     return {"val_accuracy": round(m["accuracy"], 6), "val_macro_f1": round(m["macro_f1"], 6),
             "val_loss": round(m["nll"], 6)}
 
@@ -486,6 +495,7 @@ def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, tr
         state.step += 1
         state.global_step += 1
         running.append(loss_val)
+        log_step(accel, state.global_step, loss_val, optimizer.param_groups[-1]["lr"])
         if bar is not None:
             bar.update(1)
             last_val = next((r["val_accuracy"] for r in reversed(state.history) if "val_accuracy" in r), None)
@@ -497,7 +507,8 @@ def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, tr
             row = {"phase": state.phase, "step": state.global_step, "epoch": state.epoch,
                    "lr": optimizer.param_groups[-1]["lr"], "train_loss": round(float(np.mean(running)), 6),
                    "seconds": round(time.time() - t0, 2)}
-            row.update(_validate(model, val_loader, device, accel.autocast, tta=cfg.tta))
+            row.update(_validate(model, val_loader, device, accel.autocast, tta=cfg.tta, accel=accel,
+                                 step=state.global_step))
             set_train_mode(model, bn)
             running.clear()
             state.history.append(row)

@@ -65,7 +65,7 @@ def evaluate_loaded(model, cfg, data: str | Path, *, batch_size: int = 64, tta: 
                         "train with them")
     ds = make_dataset(model, items, train=False, augment=False, image_size=cfg.image_size, seed=0)
     probs, y = predict_probs(model, eval_loader(model, ds, batch_size), _device(),
-                             tta=cfg.tta if tta is None else tta)
+                             tta=cfg.tta if tta is None else tta, progress="evaluate")
     m = classification_metrics(y, probs, model.class_names)
     m["skipped"] = skipped
     m["data"] = str(data)
@@ -126,7 +126,8 @@ def predict_items(model, cfg, items: list[Example], *, top_k: int = 1, batch_siz
     rows = []
     if good:
         ds = make_dataset(model, good, train=False, augment=False, image_size=cfg.image_size, seed=0)
-        probs, _ = predict_probs(model, eval_loader(model, ds, batch_size), _device(), tta=cfg.tta)
+        probs, _ = predict_probs(model, eval_loader(model, ds, batch_size), _device(), tta=cfg.tta,
+                                 progress="predict")
         rows = _topk_rows(good, torch.from_numpy(probs), model.class_names, top_k)
     done = iter(rows)
     return [_error_row(e, errors[i]) if i in errors else next(done) for i, e in enumerate(items)]

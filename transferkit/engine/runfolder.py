@@ -28,7 +28,7 @@ RUN_META = "run.json"
 # what `train` writes in a run folder (files and folders); only these are ever removed by --overwrite
 OUTPUTS = ("run.json", "config.yaml", "environment.json", "splits.csv", "source.json", "anchor.safetensors",
            "model.safetensors", "metrics.json", "history.csv", "report.html", "last", ".last.old",
-           "sweep", "plots", "auto", "lp_model.safetensors")
+           "sweep", "plots", "auto", "lp_model.safetensors", "logs")
 
 
 def _version() -> str:
