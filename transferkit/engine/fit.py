@@ -32,9 +32,10 @@ from ..strategies import (freeze_stages, param_groups, parameter_summary, plan_s
                           set_train_mode)
 from . import checkpoint as ck
 from . import interrupt
+from .batches import train_batches
 from .build import anchor_hash, build_model, build_regularizers_for, load_task_for, verify_anchor
 from .environment import write_environment
-from .evaluate import collate_for, eval_loader, extract_views, make_dataset, predict_probs, to_device
+from .evaluate import eval_loader, extract_views, make_dataset, predict_probs, to_device
 from .headfit import fit_multistage_probe, fit_probe
 from .resume import restore_optimizer_and_rng, resume_point
 from .tracking import accelerator_kwargs, end_tracking, log_evaluation, log_step, start_tracking
@@ -461,6 +462,7 @@ def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, tr
     bn = resolve_bn(cfg.bn, len(train_ds), model.num_classes, pretrained=model.spec.source.pretrained)
     batches, batches_epoch = [], None
     maps_at = feature_map_layers(regs)  # layers a regularizer reads (DELTA), hooked in the one forward
+    feed, feed_at = None, None
     set_train_mode(model, bn)
     while state.step < n_steps:
         if batches_epoch != state.epoch:  # one permutation per epoch, not per step
@@ -469,13 +471,17 @@ def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, tr
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
             continue
         micro = batches[state.batch_in_epoch: state.batch_in_epoch + cfg.grad_accum]
+        if feed_at != (state.epoch, state.batch_in_epoch):  # a new epoch, or a resumed run
+            feed = train_batches(train_ds, batches, state.batch_in_epoch, model, num_workers=cfg.num_workers,
+                                 seed=cfg.seed, epoch=state.epoch, rank=accel.process_index,
+                                 world=accel.num_processes)
         for factor_group in optimizer.param_groups:
             factor_group["lr"] = factor_group["initial_lr"] * lr_factor(state.step, n_steps, cfg.warmup)
         loss_val = 0.0
         for j, idx in enumerate(micro):
             if accel.num_processes > 1:  # each process takes its share of the global batch
                 idx = idx[accel.process_index::accel.num_processes]
-            x, y = _collate(train_ds, idx, model)
+            x, y = next(feed)
             x, y = to_device(x, device), y.to(device)
             sync = j == len(micro) - 1
             with (nullcontext() if sync or accel.num_processes == 1 else accel.no_sync(ddp_model)):
@@ -492,6 +498,7 @@ def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, tr
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         state.batch_in_epoch += len(micro)
+        feed_at = (state.epoch, state.batch_in_epoch)
         state.step += 1
         state.global_step += 1
         running.append(loss_val)
@@ -534,14 +541,6 @@ def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, tr
     if bar is not None:
         bar.close()
     return False
-
-
-def _collate(ds, idx, model):
-    items = [ds[i] for i in idx]
-    collate = collate_for(model)
-    if collate is not None:
-        return collate(items)
-    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
 
 
 def _progress(total: int, start: int, desc: str, enabled: bool):
