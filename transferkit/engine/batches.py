@@ -22,11 +22,13 @@ def collate_items(items: list, model):
 
 
 def train_batches(ds, batches: list[list[tuple[int, int]]], start: int, model, *, num_workers: int = 0,
-                  seed: int = 0, epoch: int = 0, rank: int = 0, world: int = 1):
-    """An iterator over `batches[start:]` (each cut to this process's share), collated."""
+                  seed: int = 0, epoch: int = 0, rank: int = 0, world: int = 1, fetch=None):
+    """An iterator over `batches[start:]` (each cut to this process's share), collated. Without
+    workers each batch is made in this process when it is asked for, by `fetch(indices)` if given."""
     own = [b[rank::world] if world > 1 else b for b in batches[start:]]
     if num_workers == 0:  # in this process, batch by batch, as the engine always did
-        return (collate_items([ds[i] for i in b], model) for b in own)
+        fetch = fetch or (lambda b: collate_items([ds[i] for i in b], model))
+        return (fetch(b) for b in own)
     loader = DataLoader(ds, batch_sampler=own, num_workers=num_workers,
                         collate_fn=lambda items: collate_items(items, model),
                         generator=torch.Generator().manual_seed(seed * 100_003 + epoch))

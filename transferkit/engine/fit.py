@@ -32,7 +32,7 @@ from ..strategies import (freeze_stages, param_groups, parameter_summary, plan_s
                           set_train_mode)
 from . import checkpoint as ck
 from . import interrupt
-from .batches import train_batches
+from .batches import collate_items, train_batches
 from .build import anchor_hash, build_model, build_regularizers_for, load_task_for, verify_anchor
 from .environment import write_environment
 from .evaluate import eval_loader, extract_views, make_dataset, predict_probs, to_device
@@ -474,7 +474,7 @@ def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, tr
         if feed_at != (state.epoch, state.batch_in_epoch):  # a new epoch, or a resumed run
             feed = train_batches(train_ds, batches, state.batch_in_epoch, model, num_workers=cfg.num_workers,
                                  seed=cfg.seed, epoch=state.epoch, rank=accel.process_index,
-                                 world=accel.num_processes)
+                                 world=accel.num_processes, fetch=lambda b: _collate(train_ds, b, model))
         for factor_group in optimizer.param_groups:
             factor_group["lr"] = factor_group["initial_lr"] * lr_factor(state.step, n_steps, cfg.warmup)
         loss_val = 0.0
@@ -541,6 +541,10 @@ def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, tr
     if bar is not None:
         bar.close()
     return False
+
+
+def _collate(ds, idx, model):
+    return collate_items([ds[i] for i in idx], model)
 
 
 def _progress(total: int, start: int, desc: str, enabled: bool):
