@@ -71,8 +71,15 @@ def test_toy_separable_set_is_classified_perfectly():
 def test_prototypes_strategy_trains_evaluates_and_predicts(image_folder, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", str(image_folder), "--backbone", TINY, "--image-size", "32", "--strategy",
-                 "prototypes", "--out", str(run), "--quiet"]) == 0
+                 "prototypes", "--out", str(run)]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
+    # the log, metrics.json and the report name the scale; a nearest class mean head has no C
+    said = "".join(capsys.readouterr())
+    line = next(ln for ln in said.splitlines() if "prototype head" in ln)
+    assert f"scale {metrics['head_fit']['scale']:g} chosen" in line and "C=" not in said
+    assert metrics["head_fit"]["C"] is None and metrics["head_fit"]["scale"] in (3.0, 10.0, 30.0, 100.0)
+    page = (run / "report.html").read_text()
+    assert "prototype head" in page and "with C =" not in page
     state = load_file(str(run / "model.safetensors"))
     assert set(k for k in state if k.startswith("head.")) == {"head.weight"}  # no bias: W = s * p_c
     norms = state["head.weight"].norm(dim=1)

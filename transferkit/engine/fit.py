@@ -286,7 +286,8 @@ def _head_phase(model, cfg, state: RunState, plain_train, val_loader, device, au
         X, Y = views[:how_views["fit_views"]].reshape(-1, views.shape[-1]), labels.repeat(how_views["fit_views"])
         info = fit_head(model.head, X, Y, val=(val[0][0], val[1]) if val is not None else None)
         from .headfit import HeadChoice
-        choice = HeadChoice(C=1.0, C_nll=1.0, method="default")  # no C: the scale is in extra
+        # no C to choose: the one free number is the scale, picked by validation NLL when there is one
+        choice = HeadChoice(C=1.0, C_nll=1.0, method="val" if val is not None else "default")
         extra = {"scale": info["scale"]}
     elif prior is not None:  # class names as the head's prior (transferkit.zeroshot.prior)
         from .evaluate import fit_head
@@ -310,11 +311,17 @@ def _head_phase(model, cfg, state: RunState, plain_train, val_loader, device, au
     state.head_fit = {"C": C, "C_best_accuracy": choice.C, "C_best_nll": choice.C_nll,
                       "method": choice.method, "folds": choice.folds, "table": choice.table,
                       "estimate": choice.estimate(), **extra}
+    if "scale" in extra:
+        state.head_fit.update(C=None, C_best_accuracy=None, C_best_nll=None,
+                              estimate={**choice.estimate(), "C": None})
     row = {"phase": state.phase, "step": state.global_step, "epoch": state.epoch, "lr": "",
            "train_loss": "", "seconds": round(time.time() - t0, 2)}
     row.update(_validate(model, val_loader, device, autocast, tta=cfg.tta, accel=accel,
                          step=state.global_step))
     state.history.append(row)
+    if "scale" in extra:
+        log(_prototypes_line(extra["scale"], choice.method, row))
+        return
     est = choice.estimate()
     how = {"val": "on validation", "cv": f"by {choice.folds}-fold cross-validation",
            "default": "by default (too few labels to cross-validate)"}[choice.method]
@@ -322,6 +329,13 @@ def _head_phase(model, cfg, state: RunState, plain_train, val_loader, device, au
         + (f", held-out accuracy {est['accuracy']:.4f}" if est.get("accuracy") is not None else "")
         + (f" ± {est['accuracy_se']:.4f}" if est.get("accuracy_se") is not None else "")
         + f" ({row['seconds']:.1f}s)")
+
+
+def _prototypes_line(scale: float, method: str, row: dict) -> str:
+    how = "on validation NLL" if method == "val" else "by default (no validation split)"
+    acc = f", val acc {row['val_accuracy']:.4f}" if "val_accuracy" in row else ""
+    return (f"prototype head (nearest class mean, no C): scale {scale:g} chosen {how}{acc} "
+            f"({row['seconds']:.1f}s)")
 
 
 def _wise_applies(plan) -> bool:

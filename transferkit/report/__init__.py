@@ -117,7 +117,10 @@ def _choices(metrics: dict) -> list[str]:
                               [[f"{r['wise']:g}", f"{r['accuracy']:.3f}", f"{r['accuracy_se']:.3f}",
                                 f"{r['nll']:.3f}"] for r in table]))
     head = metrics.get("head_fit") or {}
-    if head.get("method"):
+    if head.get("scale") is not None:  # --strategy prototypes: no C, one scale
+        out.append(f"<p class='sub'>prototype head: normalised class means scaled by s = {head['scale']:g} "
+                   f"(chosen {'on validation NLL' if head.get('method') == 'val' else 'by default'})</p>")
+    elif head.get("method"):
         out.append(f"<p class='sub'>head fitted on frozen features with C = {head['C']:g} "
                    f"(chosen {'on validation' if head['method'] == 'val' else str(head.get('folds')) + '-fold CV' if head['method'] == 'cv' else 'by default'})"
                    + (f"; {head['blocks']} stage block(s) below the final features" if "blocks" in head else "")
