@@ -192,3 +192,27 @@ def test_train_and_cache_command_end_to_end(image_folder, tmp_path, capsys, monk
     foreign.write_text("mine")
     assert main(["cache", "clear", "--cache-dir", str(cache_dir)]) == 0
     assert not (cache_dir / "features").exists() and foreign.read_text() == "mine"
+
+
+def test_cache_flags_of_train_and_compare(image_folder, tmp_path, monkeypatch):
+    """--no-cache writes nothing into --cache-dir; without it the run's features land there (and not
+    in $TRANSFERKIT_CACHE); compare takes the same flags."""
+    env = tmp_path / "env_cache"
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(env))
+    monkeypatch.delenv("TRANSFERKIT_NO_CACHE", raising=False)
+    mine = tmp_path / "mine"
+    assert _train(image_folder, tmp_path / "r1", "--no-cache", "--cache-dir", str(mine)) == 0
+    assert not mine.exists() or not list(mine.rglob("*"))
+    assert _train(image_folder, tmp_path / "r2", "--cache-dir", str(mine)) == 0
+    assert len(list(mine.rglob("*.npy"))) >= 2 and not env.exists()
+    m1, m2 = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("r1", "r2"))
+    assert m1["accuracy"] == m2["accuracy"]
+
+    cmp_cache = tmp_path / "cmp_cache"
+    args = ["compare", str(image_folder), "--backbone", TINY, "--image-size", "32", "--batch-size", "8",
+            "--strategies", "linear_probe", "--shots", "all", "--seeds", "1", "--quiet",
+            "--cache-dir", str(cmp_cache)]
+    assert main([*args, "--no-cache", "--out", str(tmp_path / "c1")]) == 0
+    assert not cmp_cache.exists() or not list(cmp_cache.rglob("*"))
+    assert main([*args, "--out", str(tmp_path / "c2")]) == 0
+    assert list(cmp_cache.rglob("*.npy")) and not env.exists()

@@ -107,6 +107,11 @@ class TrainConfig:
     precision: str = option("auto", "numeric precision (auto: bf16 on a GPU that has it, else fp32)",
                             choices=("auto", "fp32", "bf16", "fp16"))
     num_workers: int = option(0, "data loader worker processes", low=0, high=256)
+    cache: bool = option(True, "read and write frozen features in the on-disk feature cache; --no-cache "
+                         "computes them afresh and writes nothing there (TRANSFERKIT_NO_CACHE=1 also "
+                         "turns it off)")
+    cache_dir: str | None = option(None, "feature cache root", none="$TRANSFERKIT_CACHE, else "
+                                   "~/.cache/transferkit")
     text_col: str = option("text", "text column of a CSV/TSV/JSONL")
     label_col: str = option("label", "label column of a CSV/TSV/JSONL")
     max_length: int | None = option(None, "tokens per text", low=2, high=1_000_000,

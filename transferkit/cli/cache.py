@@ -12,8 +12,9 @@ def _parser() -> argparse.ArgumentParser:
                                             "phases, compare, rank, embed, knn and cluster).")
     p.add_argument("action", choices=["info", "clear"],
                    help="info: feature spaces, rows and bytes held; clear: delete the cached features")
-    p.add_argument("--cache-dir", default=None,
-                   help="feature cache root (default: $TRANSFERKIT_CACHE or ~/.cache/transferkit)")
+    from ..config import TrainConfig
+    from .options import field_help
+    p.add_argument("--cache-dir", default=None, help=field_help(TrainConfig.__dataclass_fields__["cache_dir"]))
     p.add_argument("--json", action="store_true", help="print the result as JSON (default: off)")
     return p
 

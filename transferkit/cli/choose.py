@@ -87,7 +87,7 @@ def cmd_rank(argv: list[str]) -> int:
     args = _rank_parser().parse_args(argv)
     from ..choose.rank import format_ranking, rank_sources
     from ..config import make_config
-    from ..data.feature_cache import open_cache
+    from .embeddings import open_cache_from_args
     sources = [s.strip() for s in args.backbones.split(",") if s.strip()]
     given = {k: getattr(args, k) for k in _RANK_KEEP | {"batch_size"}}
     c = make_config(None, data=args.data, **given)
@@ -95,7 +95,7 @@ def cmd_rank(argv: list[str]) -> int:
                         batch_size=c.batch_size, val=c.val, test=c.test,
                         val_fraction=c.val_fraction, test_fraction=c.test_fraction,
                         text_col=c.text_col, label_col=c.label_col,
-                        cache=open_cache(args.cache, args.cache_dir), log=(lambda *a, **k: None) if args.json else print)
+                        cache=open_cache_from_args(args), log=(lambda *a, **k: None) if args.json else print)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

@@ -21,11 +21,14 @@ def _common(p: argparse.ArgumentParser, keep: set[str] = _SHARED) -> None:
 
 
 def add_cache_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
-                   help="read and write frozen features in the feature cache; --no-cache computes them "
-                        "afresh (default: on, unless TRANSFERKIT_NO_CACHE=1)")
-    p.add_argument("--cache-dir", default=None, help="feature cache root (default: $TRANSFERKIT_CACHE "
-                   "or ~/.cache/transferkit)")
+    """--cache/--no-cache and --cache-dir: TrainConfig's fields, so the help is train's."""
+    add_train_options(p, skip=set(FIELD_NAMES) - {"cache", "cache_dir"}, title="feature cache (as for train)")
+
+
+def open_cache_from_args(a: argparse.Namespace):
+    """The cache that --cache/--no-cache and --cache-dir ask for (unset flags: the defaults)."""
+    from ..data.feature_cache import open_cache
+    return open_cache(a.cache is not False, a.cache_dir)
 
 
 def _config(a: argparse.Namespace, keep: set[str] = _SHARED):
@@ -34,8 +37,7 @@ def _config(a: argparse.Namespace, keep: set[str] = _SHARED):
 
 
 def _cache(a: argparse.Namespace):
-    from ..data.feature_cache import open_cache
-    return open_cache(a.cache, a.cache_dir)
+    return open_cache_from_args(a)
 
 
 def _embed_parser() -> argparse.ArgumentParser:

@@ -18,7 +18,7 @@ from . import checkpoint as ck
 from .runfolder import note_in_run_meta, read_run_meta
 
 # options that belong to this invocation, not to the run: a resume takes them from the command line
-RUNTIME_OPTIONS = ("stop_after", "resume_inexact", "checkpoint_every", "checkpoint_seconds")
+RUNTIME_OPTIONS = ("stop_after", "resume_inexact", "checkpoint_every", "checkpoint_seconds", "cache", "cache_dir")
 
 
 def resume_point(run: Path, cfg: TrainConfig, log):
@@ -29,7 +29,7 @@ def resume_point(run: Path, cfg: TrainConfig, log):
         raise ConfigError(f"nothing to resume in {run}: it holds no transferkit run (no config.yaml); "
                           "start it with 'transferkit train DATA --out RUN_DIR'")
     saved = read_config(run / "config.yaml")
-    for name in ("stop_after", "resume_inexact"):  # for this invocation only
+    for name in ("stop_after", "resume_inexact", "cache", "cache_dir"):  # for this invocation only
         setattr(saved, name, getattr(cfg, name))
     for name in ("checkpoint_every", "checkpoint_seconds"):  # the run's own, unless given again
         if getattr(cfg, name) != TrainConfig.__dataclass_fields__[name].default:
