@@ -112,6 +112,8 @@ class TrainConfig:
                          "turns it off)")
     cache_dir: str | None = option(None, "feature cache root", none="$TRANSFERKIT_CACHE, else "
                                    "~/.cache/transferkit")
+    stage_cache: bool = option(True, "without augmentation, compute frozen stages (partial:K) once and "
+                               "train on their stored outputs (engine/stage_cache.py)")
     text_col: str = option("text", "text column of a CSV/TSV/JSONL")
     label_col: str = option("label", "label column of a CSV/TSV/JSONL")
     max_length: int | None = option(None, "tokens per text", low=2, high=1_000_000,

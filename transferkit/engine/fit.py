@@ -40,6 +40,7 @@ from .headfit import fit_multistage_probe, fit_probe
 from .resume import restore_optimizer_and_rng, resume_point
 from .tracking import accelerator_kwargs, end_tracking, log_evaluation, log_step, start_tracking
 from .runfolder import check_out_dir, claim_out_dir
+from .stage_cache import stage_cache_for
 
 
 @dataclass
@@ -478,6 +479,7 @@ def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, tr
     maps_at = feature_map_layers(regs)  # layers a regularizer reads (DELTA), hooked in the one forward
     feed, feed_at = None, None
     set_train_mode(model, bn)
+    cache = stage_cache_for(model, cfg, phase.frozen, train_ds, maps_at, accel, log)  # partial:K, no augment
     while state.step < n_steps:
         if batches_epoch != state.epoch:  # one permutation per epoch, not per step
             batches, batches_epoch = _epoch_batches(len(train_ds), cfg.batch_size, cfg.seed, state.epoch), state.epoch
@@ -485,7 +487,7 @@ def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, tr
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
             continue
         micro = batches[state.batch_in_epoch: state.batch_in_epoch + cfg.grad_accum]
-        if feed_at != (state.epoch, state.batch_in_epoch):  # a new epoch, or a resumed run
+        if cache is None and feed_at != (state.epoch, state.batch_in_epoch):  # a new epoch, or a resumed run
             feed = train_batches(train_ds, batches, state.batch_in_epoch, model, num_workers=cfg.num_workers,
                                  seed=cfg.seed, epoch=state.epoch, rank=accel.process_index,
                                  world=accel.num_processes, fetch=lambda b: _collate(train_ds, b, model))
@@ -495,7 +497,7 @@ def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, tr
         for j, idx in enumerate(micro):
             if accel.num_processes > 1:  # each process takes its share of the global batch
                 idx = idx[accel.process_index::accel.num_processes]
-            x, y = next(feed)
+            x, y = cache.inputs(idx) if cache is not None else next(feed)
             x, y = to_device(x, device), y.to(device)
             sync = j == len(micro) - 1
             with (nullcontext() if sync or accel.num_processes == 1 else accel.no_sync(ddp_model)):
