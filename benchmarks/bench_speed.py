@@ -276,8 +276,9 @@ def _pairs(args, base: dict, tmp: Path) -> dict:
     run = str(tmp / "lp_run")
     size_lp = args.frozen_size
     pairs = {
-        "train": ("tk_train", {**base}, "bare_train", {**base}),
-        "train_bf16_option": ("tk_train", {**base, "flags": ["--precision", "bf16"]}, "tk_train", {**base}),
+        "train": ("tk_train", {**base, "out": str(tmp / "full")}, "bare_train", {**base}),
+        "train_bf16_option": ("tk_train", {**base, "flags": ["--precision", "bf16"], "out": str(tmp / "bf16")},
+                              "tk_train", {**base, "out": str(tmp / "full")}),
         "frozen": ("tk_frozen", {**base, "size": size_lp, "out": run}, "bare_forward",
                    {**base, "size": size_lp, "views": 2}),
         "eval": ("tk_eval", {**base, "size": size_lp, "run": run}, "bare_eval", {**base, "size": size_lp}),

@@ -53,6 +53,14 @@ def load_backbone(source: str, *, arch: str | None = None, pooling: str | None =
     optionally with `@random` for random initialisation. `arch` names the timm architecture for
     `file:` weights that carry no metadata; `pooling`/`max_length` apply to text encoders.
     """
+    bb = _load_source(source, arch=arch, pooling=pooling, max_length=max_length)
+    if bb.modality == "image":
+        from .memory_format import prefer_channels_last
+        prefer_channels_last(bb.module)
+    return bb
+
+
+def _load_source(source: str, *, arch: str | None, pooling: str | None, max_length: int | None) -> Backbone:
     kind, name, pretrained = parse_source(source)
     if kind == "timm":
         return _load_timm(source, name, pretrained)
