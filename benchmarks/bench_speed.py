@@ -2,23 +2,25 @@
 
     OMP_NUM_THREADS=1 python benchmarks/bench_speed.py --threads 1
 
-Each measurement runs in a subprocess of its own (so its peak RSS is its own), the two sides of a
-comparison alternate (A B, then B A, ...) so that drift of a shared machine cancels, and the
-median over `--repeats` is reported as a ratio. On a GPU the same script runs with AMP (bf16
-autocast) on both sides. Pairs:
+Each measurement runs in a subprocess of its own (so its peak RSS is its own); the members of a
+group run one after another in an order that rotates and reverses from repeat to repeat, so drift
+of a shared machine cancels, and ratios are taken between medians over `--repeats`. Imports are
+done before the clock starts on both sides (they are a one-time cost of a process, reported
+apart for the frozen run). On a GPU the same script runs with AMP (bf16 autocast) on both sides.
 
-- train: `transferkit train --strategy full --no-augment --bn frozen` (the engine's SGD phase, timed
-  by the engine: `metrics.json` phase_seconds, its one validation pass included) against a timm
-  loop on the same bundled EfficientNet-Lite0 weights, images, size, batch, AdamW and threads;
-  `--precision bf16` through the engine is the option measured next to it.
-- eval: `evaluate` (transferkit.engine.run.evaluate_loaded: read, decode, forward, metrics) against
-  a bare `torch.inference_mode` loop over a DataLoader with the same transform.
-- frozen: a `train --strategy linear_probe` run's wall time (everything in `main()` after import:
-  model load, decoding, forwards, head fit, test evaluation, report) against its forward passes
-  alone (the same number of images, already decoded, through the backbone).
+- train: `transferkit train --strategy full --no-augment --bn frozen` (the engine's SGD phase as
+  the engine times it, `metrics.json` phase_seconds, its one validation pass included) against a
+  minimal timm loop on the same bundled EfficientNet-Lite0 weights, images, size, batch, AdamW and
+  threads, in NCHW (what a user writes) and in channels_last (what transferkit runs); the engine
+  in NCHW (`TRANSFERKIT_CHANNELS_LAST=0`) and with `--precision bf16` are the options measured.
+- frozen: a `train --strategy linear_probe` run (all of `main()`: model load, decoding, forwards,
+  head fit with its cross-validation, test evaluation, report) against its forward passes alone:
+  the same images (train and test, each also mirrored: augmentation and TTA are on by default),
+  decoded beforehand, through the same backbone in the same memory order.
+- eval: `evaluate` (transferkit.engine.run.evaluate_loaded: read, check, decode, forward, metrics;
+  no TTA) against a bare `torch.inference_mode` loop over a DataLoader with the same transform.
 - partial:K: `train --strategy partial:K --no-augment` with the frozen-stage cache against
-  `--no-stage-cache` (engine phase time), and the largest weight difference between the two.
-- options (bare loop, same model and data): channels_last and bf16 autocast against plain fp32.
+  `--no-stage-cache` (the engine's phase time), and the largest weight difference between the two.
 
 Results: benchmarks/results/bench_speed.{json,md}.
 """
@@ -167,6 +169,8 @@ def bare_eval(spec: dict) -> dict:
     rows = _rows(spec["test"])
     classes = sorted({c for _, c in rows})
     model = _bare_model(len(classes), device).eval()
+    if spec.get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
     t0 = time.perf_counter()
     loader = DataLoader(_Files(rows, classes, _eval_transform(spec["size"])), batch_size=64)
     probs = []
@@ -184,6 +188,8 @@ def bare_forward(spec: dict) -> dict:
     rows = _rows(spec["lp_train"]) + _rows(spec["test"])
     x_all = torch.stack([_Files(rows, sorted({c for _, c in rows}), tf)[i][0] for i in range(len(rows))])
     model = _bare_model(10, device).eval()
+    if spec.get("channels_last"):  # as transferkit runs it: the forwards of the run, not of another layout
+        model = model.to(memory_format=torch.channels_last)
     t0 = time.perf_counter()
     n = 0
     with torch.inference_mode(), _amp(device):
@@ -221,6 +227,7 @@ def tk_partial(spec: dict) -> dict:
 
 def tk_eval(spec: dict) -> dict:
     from transferkit.engine.run import evaluate_loaded, load_run
+    from transferkit.report import metrics  # noqa: F401  (imports before the clock, as on the bare side)
     model, cfg = load_run(spec["run"])
     t0 = time.perf_counter()
     m, _, probs = evaluate_loaded(model, cfg, spec["test"], tta=False)
@@ -228,7 +235,13 @@ def tk_eval(spec: dict) -> dict:
 
 
 def tk_frozen(spec: dict) -> dict:
+    t_imp = time.perf_counter()
+    import sklearn.model_selection  # noqa: F401
+    import timm  # noqa: F401
     from transferkit.cli.main import main
+    from transferkit.engine import fit  # noqa: F401
+    from transferkit.report import metrics  # noqa: F401
+    imports = time.perf_counter() - t_imp
     os.environ["TRANSFERKIT_CACHE"] = tempfile.mkdtemp(prefix="bench-speed-cache-")  # a cold cache
     t0 = time.perf_counter()
     assert main(["train", spec["lp_train"], "--test", spec["test"], "--backbone", "bundled:efficientnet_lite0",
@@ -237,7 +250,7 @@ def tk_frozen(spec: dict) -> dict:
     seconds = time.perf_counter() - t0
     m = json.loads(Path(spec["out"], "metrics.json").read_text())
     return {"seconds": seconds, "items": m["n_train"] + m["n_test"], "accuracy": m["accuracy"],
-            "phase_seconds": m["phase_seconds"]}
+            "phase_seconds": m["phase_seconds"], "import_seconds": round(imports, 2)}
 
 
 CHILDREN = {f.__name__: f for f in (bare_train, bare_eval, bare_forward, tk_train, tk_partial, tk_eval, tk_frozen)}
@@ -251,15 +264,15 @@ def _child(name: str, spec: dict) -> None:
     print("RESULT " + json.dumps(res), flush=True)
 
 
-def run_child(name: str, spec: dict) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "PYTHONPATH": str(ROOT)}
+def run_child(name: str, spec: dict, label: str) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "PYTHONPATH": str(ROOT), **spec.get("env", {})}
     proc = subprocess.run([sys.executable, __file__, "--child", name, "--spec", json.dumps(spec)],
                           capture_output=True, text=True, env=env)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
         raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
     res = json.loads(line[len("RESULT "):])
-    print(f"  {name:<13} {json.dumps(spec.get('flags') or spec.get('strategy') or '')[:28]:<30}"
+    print(f"  {label:<26}"
           f"{res['seconds']:8.2f} s  {res['items'] / res['seconds']:8.1f} items/s  "
           f"peak RSS {res['peak_rss_mb']:.0f} MB", flush=True)
     return res
@@ -271,48 +284,62 @@ def _median(rows: list[dict], key: str = "seconds") -> float:
     return statistics.median(r[key] for r in rows)
 
 
-def _pairs(args, base: dict, tmp: Path) -> dict:
-    """name -> (child A, spec A, child B, spec B): A is transferkit's side (or the option)."""
+def _groups(args, base: dict, tmp: Path) -> dict:
+    """group -> {label: (child, spec)}; the members of a group run one after another in an order
+    that rotates and reverses from repeat to repeat."""
     run = str(tmp / "lp_run")
-    size_lp = args.frozen_size
-    pairs = {
-        "train": ("tk_train", {**base, "out": str(tmp / "full")}, "bare_train", {**base}),
-        "train_bf16_option": ("tk_train", {**base, "flags": ["--precision", "bf16"], "out": str(tmp / "bf16")},
-                              "tk_train", {**base, "out": str(tmp / "full")}),
-        "frozen": ("tk_frozen", {**base, "size": size_lp, "out": run}, "bare_forward",
-                   {**base, "size": size_lp, "views": 2}),
-        "eval": ("tk_eval", {**base, "size": size_lp, "run": run}, "bare_eval", {**base, "size": size_lp}),
-        "option_channels_last": ("bare_train", {**base, "channels_last": True}, "bare_train", {**base}),
-        "option_bf16_autocast": ("bare_train", {**base, "bf16": True}, "bare_train", {**base}),
+    lp = {**base, "size": args.frozen_size}
+    nchw = {"env": {"TRANSFERKIT_CHANNELS_LAST": "0"}}
+    groups = {
+        "train": {"transferkit": ("tk_train", {**base, "out": str(tmp / "full")}),
+                  "bare": ("bare_train", {**base}),
+                  "bare_nhwc": ("bare_train", {**base, "channels_last": True}),
+                  "transferkit_nchw": ("tk_train", {**base, **nchw, "out": str(tmp / "full_nchw")}),
+                  "transferkit_bf16": ("tk_train", {**base, "flags": ["--precision", "bf16"],
+                                                    "out": str(tmp / "bf16")})},
+        # the eval group reads the run the frozen group writes
+        "frozen": {"transferkit": ("tk_frozen", {**lp, "out": run}),
+                   "forwards_nhwc": ("bare_forward", {**lp, "views": 2, "channels_last": True})},
+        "eval": {"transferkit": ("tk_eval", {**lp, "run": run}),
+                 "bare": ("bare_eval", {**lp}),
+                 "bare_nhwc": ("bare_eval", {**lp, "channels_last": True})},
     }
     for k in args.partial:
         spec = {**base, "strategy": f"partial:{k}", "steps": args.partial_steps}
-        pairs[f"partial:{k}"] = ("tk_partial", {**spec, "out": str(tmp / f"p{k}_cached")},
-                                 "tk_partial", {**spec, "flags": ["--no-stage-cache"],
-                                                "out": str(tmp / f"p{k}_plain")})
-    return {k: v for k, v in pairs.items() if not args.only or k in args.only}
+        groups[f"partial:{k}"] = {"cached": ("tk_partial", {**spec, "out": str(tmp / f"p{k}_cached")}),
+                                  "plain": ("tk_partial", {**spec, "flags": ["--no-stage-cache"],
+                                                           "out": str(tmp / f"p{k}_plain")})}
+    return {k: v for k, v in groups.items() if not args.only or k in args.only}
 
 
-def _max_weight_diff(a: str, b: str) -> float:
-    from safetensors.torch import load_file
-    wa, wb = load_file(str(Path(a, "last", "model.safetensors"))), load_file(str(Path(b, "last", "model.safetensors")))
-    return max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa if wa[k].is_floating_point())
+# (group, A, B, what the ratio is): throughput ratios are B time / A time (higher: A faster);
+# the frozen ratio is A time / B time (the run's wall over its forward passes: lower is better)
+RATIOS = [
+    ("train", "transferkit", "bare", "training throughput, transferkit (defaults) / bare timm loop (NCHW)"),
+    ("train", "transferkit", "bare_nhwc", "training throughput, transferkit / bare loop with channels_last"),
+    ("train", "transferkit", "transferkit_nchw", "option channels_last (the default): transferkit / transferkit NCHW"),
+    ("train", "transferkit_bf16", "transferkit", "option --precision bf16: bf16 autocast / fp32"),
+    ("train", "bare_nhwc", "bare", "option channels_last in the bare loop: NHWC / NCHW"),
+    ("frozen", "transferkit", "forwards_nhwc", "linear_probe run wall time / its forward passes alone (target <= 1.5)"),
+    ("eval", "transferkit", "bare", "evaluation throughput, evaluate / bare inference_mode loop (NCHW)"),
+    ("eval", "transferkit", "bare_nhwc", "evaluation throughput, evaluate / bare loop with channels_last"),
+]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=6, help="training steps per measured run")
+    ap.add_argument("--steps", type=int, default=5, help="training steps per measured run")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--image-size", type=int, default=96, help="training image size")
     ap.add_argument("--frozen-size", type=int, default=128, help="image size of the frozen run and eval")
-    ap.add_argument("--train-items", type=int, default=96)
+    ap.add_argument("--train-items", type=int, default=64)
     ap.add_argument("--lp-train-items", type=int, default=45)
-    ap.add_argument("--test-items", type=int, default=256)
+    ap.add_argument("--test-items", type=int, default=255, help="odd on purpose: no batch divides it")
     ap.add_argument("--partial", type=int, nargs="*", default=[1, 2])
-    ap.add_argument("--partial-steps", type=int, default=12)
-    ap.add_argument("--only", nargs="*", help="measure only these pairs")
+    ap.add_argument("--partial-steps", type=int, default=10)
+    ap.add_argument("--only", nargs="*", help="measure only these groups")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--child")
     ap.add_argument("--spec")
@@ -326,15 +353,17 @@ def main(argv=None) -> int:
     splits = make_splits(tmp, args.train_items, args.lp_train_items, args.test_items)
     base = {**splits, "device": device, "threads": args.threads, "steps": args.steps,
             "batch": args.batch_size, "size": args.image_size}
-    pairs = _pairs(args, base, tmp)
-    raw: dict[str, dict[str, list[dict]]] = {k: {"a": [], "b": []} for k in pairs}
+    groups = _groups(args, base, tmp)
+    raw: dict[str, dict[str, list[dict]]] = {g: {m: [] for m in members} for g, members in groups.items()}
     t_start = time.time()
     for r in range(args.repeats):
         print(f"repeat {r + 1}/{args.repeats}", flush=True)
-        for name, (ca, sa, cb, sb) in pairs.items():
-            order = [("a", ca, sa), ("b", cb, sb)]
-            for side, child, spec in (order if r % 2 == 0 else order[::-1]):
-                raw[name][side].append(run_child(child, spec))
+        for g, members in groups.items():
+            order = list(members)
+            order = order[r % len(order):] + order[:r % len(order)]
+            for label in (order if r % 2 == 0 else order[::-1]):
+                child, spec = members[label]
+                raw[g][label].append(run_child(child, spec, f"{g}/{label}"))
     summary = _summarise(raw, args, tmp)
     summary["machine"] = _machine(device, args.threads)
     summary["command"] = "OMP_NUM_THREADS=%d python benchmarks/bench_speed.py %s" % (
@@ -349,47 +378,45 @@ def main(argv=None) -> int:
 
 
 def _summarise(raw: dict, args, tmp: Path) -> dict:
-    rows = {}
-    for name, sides in raw.items():
-        a, b = sides["a"], sides["b"]
-        ta, tb = _median(a), _median(b)
-        row = {"a_seconds": round(ta, 3), "b_seconds": round(tb, 3),
-               "a_items_per_s": round(a[0]["items"] / ta, 2), "b_items_per_s": round(b[0]["items"] / tb, 2),
-               "a_peak_rss_mb": max(x["peak_rss_mb"] for x in a), "b_peak_rss_mb": max(x["peak_rss_mb"] for x in b),
-               "repeats": len(a)}
-        if name == "frozen":  # wall time of the run / time of its forward passes (lower is better)
-            row["ratio"] = round(ta / tb, 3)
-            row["forwards"] = b[0]["items"]
-        else:  # speed of A over B (higher is better)
-            row["ratio"] = round(tb / ta, 3)
-        if name.startswith("partial:"):
-            k = name.split(":")[1]
-            row["max_weight_diff"] = _max_weight_diff(str(tmp / f"p{k}_cached"), str(tmp / f"p{k}_plain"))
-        rows[name] = row
-    return {"pairs": rows, "settings": {k: v for k, v in vars(args).items() if k not in ("child", "spec")}}
+    sides = {}
+    for g, members in raw.items():
+        for label, rows in members.items():
+            t = _median(rows)
+            sides[f"{g}/{label}"] = {"seconds": round(t, 3), "items": rows[0]["items"],
+                                     "items_per_s": round(rows[0]["items"] / t, 2),
+                                     "peak_rss_mb": max(x["peak_rss_mb"] for x in rows), "repeats": len(rows)}
+    ratios = []
+    for g, a, b, what in RATIOS:
+        if g in raw:
+            ta, tb = sides[f"{g}/{a}"]["seconds"], sides[f"{g}/{b}"]["seconds"]
+            ratios.append({"group": g, "a": a, "b": b, "what": what,
+                           "ratio": round(ta / tb if g == "frozen" else tb / ta, 3)})
+    for k in args.partial:
+        g = f"partial:{k}"
+        if g in raw:
+            ratios.append({"group": g, "a": "cached", "b": "plain",
+                           "what": f"{g} --no-augment: frozen-stage cache / --no-stage-cache, training phase",
+                           "ratio": round(sides[f"{g}/plain"]["seconds"] / sides[f"{g}/cached"]["seconds"], 3),
+                           "max_weight_diff": _max_weight_diff(str(tmp / f"p{k}_cached"), str(tmp / f"p{k}_plain"))})
+    return {"ratios": ratios, "sides": sides,
+            "settings": {k: v for k, v in vars(args).items() if k not in ("child", "spec")}}
 
 
-WHAT = {
-    "train": ("transferkit train --strategy full", "timm loop", "throughput, A / B"),
-    "train_bf16_option": ("train --precision bf16", "train (fp32)", "throughput, A / B"),
-    "frozen": ("linear_probe run, wall", "its forward passes", "time, A / B (target <= 1.5)"),
-    "eval": ("evaluate", "inference_mode loop", "throughput, A / B"),
-    "option_channels_last": ("timm loop, channels_last", "timm loop", "throughput, A / B"),
-    "option_bf16_autocast": ("timm loop, bf16 autocast", "timm loop", "throughput, A / B"),
-}
+def _max_weight_diff(a: str, b: str) -> float:
+    from safetensors.torch import load_file
+    wa, wb = load_file(str(Path(a, "last", "model.safetensors"))), load_file(str(Path(b, "last", "model.safetensors")))
+    return max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa if wa[k].is_floating_point())
 
 
 def _markdown(s: dict) -> str:
     lines = [f"Machine: {s['machine']}", "", f"Command: `{s['command']}` ({s['wall_seconds']} s)", "",
-             "| pair | A | B | A s | B s | A items/s | B items/s | ratio | peak RSS A / B (MB) |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for name, r in s["pairs"].items():
-        a, b, how = WHAT.get(name, (f"train {name}, frozen-stage cache", f"{name}, --no-stage-cache",
-                                    "speed-up, B time / A time"))
-        extra = f" (max weight diff {r['max_weight_diff']:.1e})" if "max_weight_diff" in r else ""
-        lines.append(f"| {name} | {a} | {b} | {r['a_seconds']:.2f} | {r['b_seconds']:.2f} | "
-                     f"{r['a_items_per_s']:.1f} | {r['b_items_per_s']:.1f} | **{r['ratio']:.2f}** {how}{extra} | "
-                     f"{r['a_peak_rss_mb']:.0f} / {r['b_peak_rss_mb']:.0f} |")
+             "| ratio | what |", "| ---: | --- |"]
+    for r in s["ratios"]:
+        extra = f" (largest weight difference {r['max_weight_diff']:.1e})" if "max_weight_diff" in r else ""
+        lines.append(f"| **{r['ratio']:.2f}x** | {r['what']}{extra} |")
+    lines += ["", "| side | median s | items | items/s | peak RSS MB |", "| --- | ---: | ---: | ---: | ---: |"]
+    for name, v in s["sides"].items():
+        lines.append(f"| {name} | {v['seconds']:.2f} | {v['items']} | {v['items_per_s']:.1f} | {v['peak_rss_mb']:.0f} |")
     return "\n".join(lines) + "\n"
 
 

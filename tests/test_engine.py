@@ -310,29 +310,53 @@ def test_shipped_recipes_load():
             parse_regularizer(cfg.reg)
 
 
-def test_train_under_torchrun_with_two_cpu_processes(image_folder, tmp_path):
-    """The same command scales out: two processes (gloo on CPU) share each batch through DDP."""
+def _torchrun(args: list[str], timeout: int = 240):
     import shutil
+    import socket
     import subprocess
     import sys
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
-    run = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    import socket
     with socket.socket() as sock:  # a free port: a fixed one collides with any other run of the suite
         sock.bind(("127.0.0.1", 0))
         port = str(sock.getsockname()[1])
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", port,
-                           "-m", "transferkit",
-                           "train", str(image_folder), "--backbone", TINY, "--image-size", "32",
-                           "--steps", "3", "--batch-size", "8", "--strategy", "full", "--out", str(run),
-                           "--quiet"], capture_output=True, text=True, env=env, timeout=240)
+    return subprocess.run([torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", port,
+                           "-m", "transferkit", *args], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=timeout)
+
+
+def test_train_under_torchrun_with_two_cpu_processes(image_folder, tmp_path):
+    """The same command scales out: two processes (gloo on CPU) share each batch through DDP and
+    make the updates of one process with the same global batch and seed. A run started in one
+    process, stopped after 2 steps and resumed under torchrun with 2 processes (a change of process
+    count) ends with the weights of an uninterrupted 1-process run: atol 1e-5, since only the order
+    in which the two halves of each batch's gradient are summed differs (BatchNorm on running
+    statistics, so nothing depends on how the batch is split). Its validation and test metrics
+    count each of 9 items once: 9 is odd, so two equal shares would need a padded, repeated item."""
+    val = write_image_folder(tmp_path / "val", per_class=3, seed=2)
+    test = write_image_folder(tmp_path / "test", per_class=3, seed=1)
+    common = ["train", str(image_folder), "--val", str(val), "--test", str(test), "--backbone", TINY,
+              "--image-size", "32", "--steps", "4", "--eval-every", "2", "--batch-size", "8", "--strategy", "full",
+              "--bn", "eval", "--quiet"]
+    one, run = tmp_path / "one", tmp_path / "ddp"
+    assert main([*common, "--out", str(one)]) == 0
+    assert main([*common, "--out", str(run), "--stop-after", "2"]) == 0
+    proc = _torchrun(["train", "--resume", str(run), "--quiet"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count('"accuracy"') == 1  # one process reports
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["n_train"] + metrics["n_val"] + metrics["n_test"] == 36
     state = json.loads((run / "last" / "state.json").read_text())["run_state"]
-    assert state["global_step"] == 3 and state["done"]
+    assert state["global_step"] == 4 and state["done"]
+    w1, w2 = load_file(str(one / "last" / "model.safetensors")), load_file(str(run / "last" / "model.safetensors"))
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=1e-5)
+    m1, m2 = (json.loads((r / "metrics.json").read_text()) for r in (one, run))
+    assert m2["n_test"] == 9 and sum(map(sum, m2["confusion_matrix"])) == 9
+    assert sum(c["support"] for c in m2["per_class"].values()) == 9
+    assert m2["accuracy"] == m1["accuracy"] and m2["nll"] == pytest.approx(m1["nll"], abs=1e-5)
+    h1, h2 = ([r for r in csv.DictReader(open(p / "history.csv"))] for p in (one, run))
+    assert [r["step"] for r in h2] == [r["step"] for r in h1] == ["2", "4"]
+    for a, b in zip(h1, h2):  # validation after the resume ran sharded over the two processes
+        assert float(b["val_loss"]) == pytest.approx(float(a["val_loss"]), abs=1e-5)
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in one.iterdir())  # no stray files
 
 
 def test_gradient_accumulation_matches_one_big_batch(image_folder, tmp_path):

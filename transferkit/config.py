@@ -283,8 +283,8 @@ def _coerce(name: str, value: Any) -> Any:
 
 
 def _floats(name: str, value: Any) -> list[float]:
-    parts = value.split(",") if isinstance(value, str) else list(value)
     try:
+        parts = value.split(",") if isinstance(value, str) else list(value)
         return [float(v) for v in parts]
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{_named(name)} must be numbers, one per channel (e.g. 0.5,0.2), got {value!r}") from e

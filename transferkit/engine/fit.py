@@ -35,11 +35,12 @@ from . import interrupt
 from .batches import collate_items, train_batches
 from .build import anchor_hash, build_model, build_regularizers_for, load_task_for, verify_anchor
 from .environment import write_environment
-from .evaluate import eval_loader, extract_views, make_dataset, predict_probs, to_device
+from .evaluate import eval_loader, extract_views, make_dataset, to_device
 from .headfit import fit_multistage_probe, fit_probe
 from .resume import restore_optimizer_and_rng, resume_point
 from .tracking import accelerator_kwargs, end_tracking, log_evaluation, log_step, start_tracking
 from .runfolder import check_out_dir, claim_out_dir
+from .sharded import predict_probs_sharded
 from .stage_cache import stage_cache_for
 
 
@@ -242,7 +243,7 @@ def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: 
         _save_last(run, model, None, state)
     accel.wait_for_everyone()  # the best weights are on disk before any process reads them back
     metrics = _finish(run, cfg, model, task, state, device, autocast, log, evaluate_test,
-                      write=accel.is_main_process)
+                      write=accel.is_main_process, accel=accel)
     end_tracking(accel, metrics, state.global_step)
     return FitResult(run, metrics, state)
 
@@ -382,7 +383,7 @@ def _validate(model, loader, device, autocast, tta: bool = False, accel=None, st
     with `accel`, also sent to its experiment trackers at `step`."""
     if not len(loader.dataset):
         return {}
-    probs, y = predict_probs(model, loader, device, tta=tta, autocast=autocast)
+    probs, y = predict_probs_sharded(model, loader, device, tta=tta, autocast=autocast, accel=accel)
     from ..report.metrics import classification_metrics
     m = classification_metrics(y, probs, model.class_names)
     log_evaluation(accel, m, model.class_names, step)
@@ -579,9 +580,10 @@ def _write_splits(run: Path, task: Task) -> None:
 
 
 def _finish(run: Path, cfg: TrainConfig, model, task: Task, state: RunState, device, autocast,
-            log, evaluate_test: bool = True, write: bool = True) -> dict:
-    """Reload the best weights, evaluate on the test split, write metrics, history and report
-    (the files only from the main process)."""
+            log, evaluate_test: bool = True, write: bool = True, accel=None) -> dict:
+    """Reload the best weights, evaluate on the test split (shared by the processes of a
+    distributed run, each item once), write metrics, history and report (the files only from the
+    main process)."""
     from ..report import write_report
     from ..report.gallery import worst_errors
     from ..report.metrics import classification_metrics
@@ -595,7 +597,7 @@ def _finish(run: Path, cfg: TrainConfig, model, task: Task, state: RunState, dev
         loader = eval_loader(model, make_dataset(model, task.test, train=False, augment=False,
                                                  image_size=cfg.image_size, seed=cfg.seed),
                              cfg.batch_size * 2, cfg.num_workers)
-        probs, y = predict_probs(model, loader, device, tta=cfg.tta, autocast=autocast)
+        probs, y = predict_probs_sharded(model, loader, device, tta=cfg.tta, autocast=autocast, accel=accel)
         metrics.update(classification_metrics(y, probs, model.class_names))
         errors = worst_errors(task.test, probs, y, model.class_names)
     metrics["best_step"] = state.best_step
