@@ -36,7 +36,7 @@ def _compare_parser() -> argparse.ArgumentParser:
 
 
 _RANK_KEEP = {"shots", "seed", "image_size", "val", "test", "val_fraction", "test_fraction",
-              "text_col", "label_col"}
+              "text_col", "label_col", "in_chans", "chans_init", "array_layout", "spectrogram"}
 _RANK_SKIP = set(FIELD_NAMES) - _RANK_KEEP
 
 
@@ -91,17 +91,47 @@ def cmd_rank(argv: list[str]) -> int:
     sources = [s.strip() for s in args.backbones.split(",") if s.strip()]
     given = {k: getattr(args, k) for k in _RANK_KEEP | {"batch_size"}}
     c = make_config(None, data=args.data, **given)
-    rows = rank_sources(args.data, sources, shots=c.shots, seed=c.seed, image_size=c.image_size,
-                        batch_size=c.batch_size, val=c.val, test=c.test,
-                        val_fraction=c.val_fraction, test_fraction=c.test_fraction,
-                        text_col=c.text_col, label_col=c.label_col,
-                        cache=open_cache_from_args(args), log=(lambda *a, **k: None) if args.json else print)
+    log = (lambda *a, **k: None) if args.json else print
+
+    def rank(srcs):
+        return rank_sources(args.data, srcs, shots=c.shots, seed=c.seed, image_size=c.image_size,
+                            batch_size=c.batch_size, val=c.val, test=c.test,
+                            val_fraction=c.val_fraction, test_fraction=c.test_fraction,
+                            text_col=c.text_col, label_col=c.label_col,
+                            cache=open_cache_from_args(args), log=log)
+    rows = rank(sources) if not _other_inputs(c) else _rank_adapted(sources, c, rank)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         print()
         print(format_ranking(rows))
     return 0
+
+
+def _other_inputs(cfg) -> bool:
+    """Whether DATA is not RGB pictures (arrays, signals, --in-chans): settles cfg's in_chans,
+    channel statistics and spectrogram from the training split, as `train` does (engine/inputs.py)."""
+    from ..engine.inputs import resolve_inputs
+    resolve_inputs(cfg)
+    return cfg.chan_mean is not None
+
+
+def _rank_adapted(sources: list[str], cfg, rank) -> list[dict]:
+    """Rank sources whose first conv must read cfg.in_chans channels: each is loaded as `train`
+    would build it (seeded, first conv adapted, the data's channel statistics), ranked alone so
+    only one is in memory, and the rows are ordered together."""
+    import torch
+    from ..engine.inputs import adapt_backbone
+    from ..models import load_backbone
+    rows = []
+    for src in sources:
+        torch.manual_seed(cfg.seed)
+        bb = load_backbone(src)
+        rows += rank([adapt_backbone(bb, cfg) if bb.modality == "image" else bb])
+    rows.sort(key=lambda r: -r["logme"])
+    for i, r in enumerate(rows, start=1):
+        r["rank"] = i
+    return rows
 
 
 def main(argv: list[str]) -> int:

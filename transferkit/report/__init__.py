@@ -181,7 +181,7 @@ def write_report(run: Path, cfg, model, metrics: dict, history: list[dict], *,
         cm = _confusion(metrics)
         if cm:
             parts.append(f"<h2>Confusion matrix</h2><img src='{cm}' alt='confusion matrix'>")
-    parts.append(gallery_html(errors or [], model.spec.modality))
+    parts.append(gallery_html(errors or [], model.spec.modality, getattr(model.spec, "preprocess", None)))
     params = metrics.get("parameters") or []
     if params:
         parts.append("<h2>Trainable vs frozen parameters (final phase)</h2>" + _table(

@@ -67,7 +67,8 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, merge: bool = 
     if lora and merge and fmt != "hf":
         from .hf_format import merged_copy
         src = merged_copy(model)
-    runner, files, extra = _write(fmt, src, model, cfg, out, batches, merge)
+    kind = _input_kind(run, cfg, model, data)
+    runner, files, extra = _write(fmt, src, model, cfg, out, batches, merge, kind)
     if fmt == "hf":
         from .hf_format import check_tokenizer
         texts = [e.x for e in split_examples(run, cfg, "text", data=data, limit=limit)]
@@ -75,7 +76,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, merge: bool = 
     report = check_parity(fmt, model, batches, runner)
     manifest = {"format": fmt, "run": str(run.resolve()), "files": files,
                 "classes": list(model.class_names), "source": model.spec.source.to_dict(),
-                "modality": model.spec.modality, "preprocess": preprocess_of(model, cfg),
+                "modality": model.spec.modality, "input_kind": kind, "preprocess": preprocess_of(model, cfg),
                 "lora": ("merged" if merge else "adapter") if lora else None,
                 "tta_in_graph": False, **extra, "parity": report.to_dict()}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -86,11 +87,19 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, merge: bool = 
     return manifest
 
 
-def _write(fmt: str, src, model, cfg, out: Path, batches: list, merge: bool):
+def _input_kind(run: Path, cfg, model, data: str | None) -> str:
+    """"text", or what an image run reads: "image", "array" or "signal" (its first test item's kind)."""
+    if model.spec.modality != "image":
+        return model.spec.modality
+    from ..data.arrays import input_kind
+    return input_kind(split_examples(run, cfg, "image", data=data, limit=1)[0].x)
+
+
+def _write(fmt: str, src, model, cfg, out: Path, batches: list, merge: bool, kind: str = "image"):
     """Write `src` in `fmt`; return (logits function of the reloaded export, files, manifest extras)."""
     if fmt == "timm":
         from .timm_format import load_timm, write_timm
-        files = write_timm(src, out, preprocess_of(model, cfg))
+        files = write_timm(src, out, preprocess_of(model, cfg), kind)
         return load_timm(out), files, {"load": "timm.create_model('local-dir:OUT') or "
                                                "timm.create_model(arch, num_classes=K, checkpoint_path='OUT/model.safetensors')"}
     if fmt == "hf":

@@ -1,7 +1,7 @@
 """`--format onnx` and `--format torchscript`: the whole run (backbone + head) as one graph.
 
-Images take `pixel_values [B, 3, H, W]` (normalised as in `export.json`); text takes the tokenizer's
-`input_ids`, `attention_mask` (and `token_type_ids` where the tokenizer makes them) `[B, T]`. The
+Images take `pixel_values [B, C, H, W]` (C = 3, or the run's `--in-chans`; normalised as in
+`export.json`); text takes the tokenizer's `input_ids`, `attention_mask` (and `token_type_ids` where the tokenizer makes them) `[B, T]`. The
 batch axis (and, for text, the sequence axis) is dynamic. Output: `logits [B, K]`.
 """
 

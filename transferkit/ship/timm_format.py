@@ -7,6 +7,14 @@ The folder holds `model.safetensors` and a `config.json` in the layout timm read
 `timm.create_model("local-dir:PATH")` (architecture, num_classes, label_names, pretrained_cfg with
 the preprocessing), and loads equally with `timm.create_model(arch, num_classes=K,
 checkpoint_path="PATH/model.safetensors")`.
+
+A run that reads other than 3 channels (`--in-chans`, arrays, signals) is built with timm's own
+`in_chans=N` (its first conv then has N input channels, the shape the run's weights have);
+`config.json` says so in `model_args`, which timm's local-dir loader passes back to `create_model`,
+and its `pretrained_cfg.input_size` starts with N. Arrays and signals are not pictures timm's data
+pipeline can read: `config.json` then has `transferkit_input`, what to feed the model (the array
+in its own units or the log-mel spectrogram, resized to size x size, normalised by mean/std), and
+`crop_mode` "squash" (resized whole, no centre crop), as transferkit feeds them.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ def to_timm(model) -> tuple[nn.Module, str]:
     """A fresh timm model with the run's weights, and the name of its classifier module."""
     import timm
     arch = timm_arch(model)
-    tm = timm.create_model(arch, pretrained=False, num_classes=model.num_classes)
+    tm = timm.create_model(arch, pretrained=False, num_classes=model.num_classes, **_chans_args(model))
     clf = tm.get_classifier()
     clf_name = next((n for n, m in tm.named_modules() if m is clf), None)
     if not isinstance(clf, nn.Linear) or clf_name is None:
@@ -55,25 +63,45 @@ def to_timm(model) -> tuple[nn.Module, str]:
     return tm.eval(), clf_name
 
 
-def timm_config(model, arch: str, clf_name: str, preprocess: dict) -> dict:
+def _chans_args(model) -> dict:
+    """timm's `in_chans` for a run whose first conv reads other than 3 channels, else nothing."""
+    n = model.spec.preprocess.channels
+    return {"in_chans": n} if n != 3 else {}
+
+
+def timm_config(model, arch: str, clf_name: str, preprocess: dict, kind: str = "image") -> dict:
+    """timm's config.json. `kind`: what the run reads, "image", "array" or "signal"
+    (data.arrays.input_kind)."""
     size = int(preprocess["size"])
+    whole = kind in ("array", "signal")  # resized whole to size x size, no centre crop
+    chans = _chans_args(model).get("in_chans", 3)
     pretrained_cfg = {
-        "input_size": [3, size, size], "mean": preprocess["mean"], "std": preprocess["std"],
-        "interpolation": preprocess["interpolation"], "crop_pct": preprocess["crop_pct"],
-        "crop_mode": "center", "num_classes": model.num_classes, "classifier": clf_name,
+        "input_size": [chans, size, size], "mean": preprocess["mean"], "std": preprocess["std"],
+        "interpolation": preprocess["interpolation"], "crop_pct": 1.0 if whole else preprocess["crop_pct"],
+        "crop_mode": "squash" if whole else "center", "num_classes": model.num_classes,
+        "classifier": clf_name,
     }
-    return {"architecture": arch, "num_classes": model.num_classes,
-            "num_features": int(model.spec.feature_dim), "label_names": list(model.class_names),
-            "pretrained_cfg": pretrained_cfg}
+    cfg = {"architecture": arch, "num_classes": model.num_classes,
+           "num_features": int(model.spec.feature_dim), "label_names": list(model.class_names),
+           "pretrained_cfg": pretrained_cfg}
+    if _chans_args(model):
+        cfg["model_args"] = _chans_args(model)
+    if whole:
+        what = (f"the log-mel spectrogram ({preprocess['spectrogram']}) of the signal, in dB"
+                if kind == "signal" else "the array as C x H x W floats in its own units")
+        cfg["transferkit_input"] = {"kind": kind, "feed": f"{what}, resized to {size} x {size} (bilinear, "
+                                                         "antialiased, no crop), minus mean, divided by std"}
+    return cfg
 
 
-def write_timm(model, out: Path, preprocess: dict) -> list[str]:
+def write_timm(model, out: Path, preprocess: dict, kind: str = "image") -> list[str]:
     from safetensors.torch import save_file
     tm, clf_name = to_timm(model)
     arch = timm_arch(model)
     state = {k: v.detach().contiguous().cpu() for k, v in tm.state_dict().items()}
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(timm_config(model, arch, clf_name, preprocess), indent=2))
+    config = timm_config(model, arch, clf_name, preprocess, kind)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
     return ["model.safetensors", "config.json"]
 
 
@@ -82,7 +110,7 @@ def load_timm(out: Path):
     import timm
     cfg = json.loads((out / "config.json").read_text())
     tm = timm.create_model(cfg["architecture"], pretrained=False, num_classes=cfg["num_classes"],
-                           checkpoint_path=str(out / "model.safetensors")).eval()
+                           checkpoint_path=str(out / "model.safetensors"), **cfg.get("model_args", {})).eval()
 
     def run(x):
         with torch.no_grad():
