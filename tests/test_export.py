@@ -180,8 +180,8 @@ def test_a_tampered_export_fails_the_parity_check(image_run, tmp_path, capsys, m
     from transferkit.ship import timm_format
     real = timm_format.write_timm
 
-    def write_then_tamper(model, out, pre):
-        files = real(model, out, pre)
+    def write_then_tamper(model, out, pre, *rest):
+        files = real(model, out, pre, *rest)
         state = load_file(str(out / "model.safetensors"))
         state["fc.bias"] = state["fc.bias"] + torch.tensor([0.0, 0.0, 0.01])
         save_file(state, str(out / "model.safetensors"))
