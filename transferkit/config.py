@@ -143,6 +143,17 @@ class TrainConfig:
                                 "(1 = fine-tuned only, 0 = the probe)", low=0, high=1,
                                 none="chosen on validation, else 0.5")
 
+    unlabelled: str | None = option(None, "unlabelled target images (folder, loose or in class folders, labels "
+                                    "ignored; or a CSV with a path column), or 'test': the test split's inputs "
+                                    "(transductive). Used for AdaBN statistics and FixMatch pseudo-labels",
+                                    none="none")
+    unlabelled_weight: float = option(1.0, "FixMatch: weight (lambda) of the loss on confident pseudo-labels",
+                                      low=0, high=100)
+    unlabelled_ratio: int = option(1, "FixMatch: unlabelled images per labelled one in each step (mu)", low=1,
+                                   high=64)
+    unlabelled_threshold: float = option(0.95, "FixMatch: keep a pseudo-label when its probability is at "
+                                         "least this (tau)", low=0, high=1)
+
     log_with: str | None = option(None, "experiment tracker, through Accelerate (tensorboard writes to "
                                   "RUN/logs)", choices=("tensorboard", "mlflow", "wandb"), none="none")
 
@@ -246,6 +257,9 @@ def _check_syntax(cfg: TrainConfig) -> None:
             plan_strategy(cfg.strategy, num_stages=1_000_000)  # the stage range is checked with the model
         except ValueError as e:
             raise ConfigError(f"{_named('strategy')}: {e}") from None
+    if cfg.unlabelled:
+        from .data.pool import check_pool_path
+        check_pool_path(cfg.unlabelled)
     if cfg.reg:
         from .regularizers.spec import parse_regularizer
         try:

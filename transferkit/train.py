@@ -17,6 +17,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False, log=No
         validate(cfg)  # the same errors as the CLI's, before anything is written
     say = log or ((lambda *a, **k: None) if quiet else print)
     choice = None
+    if not resume and cfg.unlabelled:  # a bad pool stops here, before auto writes OUT/auto
+        from .engine.unlabelled import check_pool
+        check_pool(cfg)
     if not resume and cfg.strategy == "auto":
         from .choose.auto import resolve_auto
         cfg, choice = resolve_auto(cfg, log=say)

@@ -50,13 +50,20 @@ def resolve_auto(cfg: TrainConfig, log=print) -> tuple[TrainConfig, dict]:
                        "the WiSE-FT weight chosen on it (0 keeps the probe)", {}, log)
     log(f"auto: {len(task.train)} training labels, no validation split: cross-validating the probe "
         f"and fine-tuning ({FT_FOLDS} folds)")
-    ft = cv_finetune(cfg, task, root / "cv", k=FT_FOLDS, log=log)
+    pool_choice = None
+    if cfg.unlabelled:  # the same folds with and without the pool; kept only if it wins held out
+        from .unlabelled import cv_pool_or_not
+        ft, cfg, pool_choice = cv_pool_or_not(cfg, task, root, k=FT_FOLDS, log=log)
+    else:
+        ft = cv_finetune(cfg, task, root / "cv", k=FT_FOLDS, log=log)
     if ft is None:
         return _chosen(cfg, root, "two_phase", WISE_DEFAULT, "too few labels per class to cross-validate: "
                        f"LP-FT with the default WiSE-FT weight {WISE_DEFAULT} (no held-out evidence)", {}, log)
     best = best_wise(ft["table"])
     probe = ft["table"][0]
     evidence = {"finetune_cv": ft, "probe_cv": probe, "best": best}
+    if pool_choice:
+        evidence["unlabelled"] = pool_choice
     if best["wise"] == 0.0:
         return _chosen(cfg, root, "linear_probe", None,
                        f"the probe scored best held out ({probe['accuracy']:.3f} ± {probe['accuracy_se']:.3f}); "

@@ -63,6 +63,7 @@ class RunState:
     phase_seconds: dict = field(default_factory=dict)        # wall time per phase name
     wise: dict = field(default_factory=dict)                 # WiSE-FT: weight used and how it was chosen
     choice: dict = field(default_factory=dict)               # --strategy auto: what and why
+    unlabelled: dict = field(default_factory=dict)           # --unlabelled: the pool and its use
 
 
 @dataclass
@@ -171,6 +172,9 @@ def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: 
     model.to(device)
     plan = plan_strategy(cfg.strategy, model.spec.num_stages, backbone_lr_mult=_bb_mult(cfg, model))
     regs = build_regularizers_for(cfg, model, anchor, device, task.train, log)
+    from .unlabelled import setup_unlabelled  # --unlabelled: AdaBN and FixMatch (read before any write)
+    pool_loader, fixmatch = setup_unlabelled(cfg, task, model, plan, state, resume=bool(resume), log=log,
+                                             num_processes=accel.num_processes)
     if not resume and accel.is_main_process:
         # only now, with data, model, strategy and regularizers known to be valid, touch the disk
         _start_run_folder(run, cfg, task, model, anchor, log)
@@ -207,7 +211,7 @@ def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: 
         if phase.head_only:
             then_trains = state.phase + 1 < len(plan.phases)
             _head_phase(model, cfg, state, plain_train, val_loader, device, autocast, log,
-                        calibrated=then_trains, accel=accel)
+                        calibrated=then_trains, accel=accel, pool=pool_loader)
             if then_trains and _wise_applies(plan) and accel.is_main_process:
                 _save_model(run / "lp_model.safetensors", model)  # WiSE-FT's other end
             if has_val:
@@ -221,7 +225,7 @@ def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: 
             resume = None  # the next phase starts from this process's state, not the checkpoint
         else:
             interrupted = _sgd_phase(model, cfg, state, phase, phase_steps[state.phase], train_ds,
-                                     val_loader, accel, regs, run, resume, log, progress)
+                                     val_loader, accel, regs, run, resume, log, progress, fixmatch=fixmatch)
             resume = None
             if interrupted:
                 end_tracking(accel, None, state.global_step)
@@ -266,7 +270,7 @@ def _bb_mult(cfg: TrainConfig, model) -> float:
 
 
 def _head_phase(model, cfg, state: RunState, plain_train, val_loader, device, autocast, log,
-                calibrated: bool = False, accel=None) -> None:
+                calibrated: bool = False, accel=None, pool=None) -> None:
     """Fit the head on frozen features, C chosen on validation or by cross-validation.
     `calibrated`: fine-tuning follows, so fit with the C of best held-out NLL (see fit_probe)."""
     t0 = time.time()
@@ -283,6 +287,11 @@ def _head_phase(model, cfg, state: RunState, plain_train, val_loader, device, au
     how_views = {"fit_views": len(views) if cfg.augment else 1, "score_views": len(views) if cfg.tta else 1}
     extra = {}
     prior = getattr(model, "head_prior", None)
+    if pool is not None and prior is None and not hasattr(model.head, "fit_prototypes") \
+            and not isinstance(model.backbone, MultiStageFeatures):  # AdaBN, if it wins held out
+        from .unlabelled import adabn_in_head_phase
+        views, val = adabn_in_head_phase(model, cfg, state, pool, loader, val_loader, views, labels, val, folds,
+                                         how_views, device, autocast, cache)
     if hasattr(model.head, "fit_prototypes"):  # --strategy prototypes: class means, nothing to fit
         from .evaluate import fit_head
         X, Y = views[:how_views["fit_views"]].reshape(-1, views.shape[-1]), labels.repeat(how_views["fit_views"])
@@ -454,7 +463,7 @@ def _make_optimizer(cfg: TrainConfig, groups: list[dict]):
 
 
 def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, train_ds, val_loader,
-               accel, regs, run: Path, resume: bool, log, progress: bool) -> bool:
+               accel, regs, run: Path, resume: bool, log, progress: bool, fixmatch=None) -> bool:
     """Run (or continue) one training phase. Returns True if stopped by `stop_after`."""
     no_wd = set().union(*[r.no_weight_decay(model) for r in regs]) if regs else set()
     groups = param_groups(model, phase, lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -507,6 +516,8 @@ def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, tr
                     loss = loss_fn(logits.float(), y)
                     for r in regs:
                         loss = loss + r(model, feats, feature_maps=maps, inputs=x)
+                    if fixmatch is not None:  # pseudo-labels on the unlabelled pool (engine/fixmatch.py)
+                        loss = loss + fixmatch(ddp_model, state.global_step, j, device)
                 accel.backward(loss / len(micro))
             loss_val += loss.item() / len(micro)
             seen += len(idx)
@@ -606,6 +617,8 @@ def _finish(run: Path, cfg: TrainConfig, model, task: Task, state: RunState, dev
     metrics["head_fit"] = {k: v for k, v in state.head_fit.items() if k != "table"} or None
     metrics["wise"] = state.wise or None
     metrics["choice"] = state.choice or None
+    from .unlabelled import unlabelled_record
+    metrics["unlabelled"] = unlabelled_record(state)
     metrics["phase_seconds"] = state.phase_seconds
     metrics["parameters"] = parameter_summary(model)
     metrics["skipped"] = task.skipped

@@ -129,9 +129,38 @@ def _choices(metrics: dict) -> list[str]:
     if wise:
         out.append(f"<p class='sub'>WiSE-FT: final weights = {1 - wise['weight']:g} &times; probe + "
                    f"{wise['weight']:g} &times; fine-tuned ({e(wise['chosen'])})</p>")
+    out += _unlabelled(metrics.get("unlabelled") or {})
     if metrics.get("phase_seconds"):
         out.append("<p class='sub'>time per phase: " + ", ".join(
             f"{e(k)} {v:.1f}s" for k, v in metrics["phase_seconds"].items()) + "</p>")
+    return out
+
+
+def _unlabelled(u: dict) -> list[str]:
+    """Which inputs were used without their labels, and for what (train --unlabelled)."""
+    if not u:
+        return []
+    e = html.escape
+    where = ("the test split's inputs (transductive: the test images were seen without labels)"
+             if u.get("transductive") else e(str(u.get("source"))))
+    uses = []
+    ada = u.get("adabn") or {}
+    if ada.get("held_out_source") is not None:
+        uses.append(f"AdaBN {'applied' if ada.get('applied') else 'not applied'} (held-out accuracy "
+                    f"{ada['held_out_adabn']:.3f} with re-estimated BatchNorm statistics, "
+                    f"{ada['held_out_source']:.3f} with the source's)")
+    elif ada:
+        uses.append(f"AdaBN not applied ({e(ada.get('reason', ''))})")
+    fm = u.get("fixmatch") or {}
+    if fm:
+        rate = f", {fm['kept'] / fm['seen']:.0%} of pseudo-labels kept" if fm.get("seen") else ""
+        uses.append(f"FixMatch with weight {fm['weight']:g}, threshold {fm['threshold']:g}, "
+                    f"{fm['ratio']} unlabelled per labelled image{rate}")
+    if not u.get("used"):
+        uses.append("not used for the final model")
+    out = [f"<h2>Unlabelled inputs</h2><p>{u.get('count')} images from {where}: " + "; ".join(uses) + "</p>"]
+    if u.get("chosen"):
+        out.append(f"<p class='sub'>{e(u['chosen'])}</p>")
     return out
 
 
