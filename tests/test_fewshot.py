@@ -158,6 +158,44 @@ def test_two_phase_with_wise_zero_is_exactly_its_probe(image_folder, tmp_path):
     assert kept_finetuned(m, read_config(run / "config.yaml")) is False  # measured, not hidden
 
 
+# ------------------------------------------------------------------------------ augmented probe views
+
+def test_probe_learns_from_augmented_views_and_scores_only_plain_ones(image_folder, tmp_path, monkeypatch):
+    from transferkit.engine import checkpoint as ck
+    from transferkit.engine import headfit
+    seen = []
+    real = headfit.choose_c
+
+    def spy(head, views, y, **kw):
+        seen.append((len(views), kw.get("fit_views"), kw.get("score_views")))
+        return real(head, views, y, **kw)
+    monkeypatch.setattr(headfit, "choose_c", spy)
+    runs = {}
+    for k in (0, 3):
+        runs[k] = tmp_path / f"pv{k}"
+        assert _train(image_folder, runs[k], "--shots", "6", "--probe-views", str(k),
+                      strategy="linear_probe") == 0
+    # plain + mirrored views score; the 3 augmented copies are only learnt from
+    assert seen == [(2, 2, 2), (5, 5, 2)]
+    m = json.loads((runs[3] / "metrics.json").read_text())
+    assert m["head_fit"]["probe_views"] == 3
+    assert "probe_views" not in json.loads((runs[0] / "metrics.json").read_text())["head_fit"]
+    w0, w3 = (ck.load_tensors(runs[k] / "model.safetensors")["head.weight"] for k in (0, 3))
+    assert not torch.allclose(w0, w3)  # the extra views changed what the head learnt
+
+
+def test_probe_views_default_shrinks_with_the_training_set():
+    from transferkit.config import TrainConfig
+    from transferkit.engine.probe_views import MAX_VIEWS, VIEW_BUDGET, n_probe_views
+    cfg = TrainConfig(data="x", out="y")
+    assert n_probe_views(cfg, 50, "image") == MAX_VIEWS
+    assert n_probe_views(cfg, VIEW_BUDGET // 2, "image") == 2
+    assert n_probe_views(cfg, VIEW_BUDGET * 2, "image") == 0
+    assert n_probe_views(cfg, 50, "text") == 0
+    assert n_probe_views(TrainConfig(data="x", out="y", augment=False), 50, "image") == 0
+    assert n_probe_views(TrainConfig(data="x", out="y", probe_views=3), 10_000, "image") == 3
+
+
 # ------------------------------------------------------------------------------ multi-stage probe
 
 def test_multi_probe_chooses_blocks_by_cv_and_reloads(image_folder, tmp_path, capsys):

@@ -139,6 +139,9 @@ class TrainConfig:
     strict_shots: bool = option(False, "stop when a class has fewer than --shots images (default: warn)")
     cv_folds: int = option(5, "folds of the cross-validation that chooses at few labels (no validation split)",
                            low=2, high=100)
+    probe_views: int | None = option(None, "augmented copies (crop, flip, colour) of each training image the head "
+                                     "fitted on frozen features also learns from", low=0, high=64,
+                                     none="8 at few labels, fewer as the training set grows; 0 without --augment")
     wise: float | None = option(None, "two_phase: WiSE-FT weight of the fine-tuned weights against the probe's "
                                 "(1 = fine-tuned only, 0 = the probe)", low=0, high=1,
                                 none="chosen on validation, else 0.5")

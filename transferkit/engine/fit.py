@@ -37,6 +37,7 @@ from .build import anchor_hash, build_model, build_regularizers_for, load_task_f
 from .environment import write_environment
 from .evaluate import eval_loader, extract_views, make_dataset, to_device
 from .headfit import fit_multistage_probe, fit_probe
+from .probe_views import augmented_views, n_probe_views
 from .resume import restore_optimizer_and_rng, resume_point
 from .tracking import accelerator_kwargs, end_tracking, log_evaluation, log_step, start_tracking
 from .runfolder import check_out_dir, claim_out_dir
@@ -284,14 +285,20 @@ def _head_phase(model, cfg, state: RunState, plain_train, val_loader, device, au
         val = extract_views(model.backbone, val_loader, device, flip=image and cfg.tta, autocast=autocast,
                             cache=cache)
     folds = [] if val is not None else cv_folds(labels.numpy(), cfg.cv_folds, cfg.seed)
-    how_views = {"fit_views": len(views) if cfg.augment else 1, "score_views": len(views) if cfg.tta else 1}
-    extra = {}
     prior = getattr(model, "head_prior", None)
+    how_views = {"fit_views": len(views) if cfg.augment else 1, "score_views": len(views) if cfg.tta else 1}
     if pool is not None and prior is None and not hasattr(model.head, "fit_prototypes") \
             and not isinstance(model.backbone, MultiStageFeatures):  # AdaBN, if it wins held out
         from .unlabelled import adabn_in_head_phase
         views, val = adabn_in_head_phase(model, cfg, state, pool, loader, val_loader, views, labels, val, folds,
                                          how_views, device, autocast, cache)
+    plain_probe = not (isinstance(model.backbone, MultiStageFeatures) or prior is not None
+                       or hasattr(model.head, "fit_prototypes"))
+    k_aug = n_probe_views(cfg, len(labels), model.spec.modality) if plain_probe else 0
+    if k_aug:  # augmented copies to learn from, after the views that score (probe_views.py)
+        views = torch.cat([views, augmented_views(model, plain_train.items, cfg, device, autocast, k_aug)])
+        how_views["fit_views"] = len(views)
+    extra = {"probe_views": k_aug} if k_aug else {}
     if hasattr(model.head, "fit_prototypes"):  # --strategy prototypes: class means, nothing to fit
         from .evaluate import fit_head
         X, Y = views[:how_views["fit_views"]].reshape(-1, views.shape[-1]), labels.repeat(how_views["fit_views"])
