@@ -4,7 +4,10 @@ For every data set x shots x seed (identical splits for every row; no validation
 few-label protocol), each job trains what its rows need and scores the test split:
 
 - `probe`: scikit-learn LogisticRegression (C=1) on frozen pooled features, no augmentation — the bar.
-- `linear_probe`: the engine's probe (C by cross-validation, mirrored views, flip TTA).
+- `linear_probe`: the engine's probe (C by cross-validation, mirrored and augmented views of each
+  training image, flip TTA).
+- `multi_probe`: the engine's multi-stage probe (Head2Toe-style: pooled outputs of the last stages
+  too, how many chosen with C by cross-validation).
 - `two_phase[V]`: LP-FT with recipe variant V (augmentation policy, epochs, ...), trained on every
   label, at the default WiSE-FT weight; `ft_only[V]` is the same run's fine-tuned endpoint (w = 1).
 - `auto[V]`: what `--strategy auto` does with recipe V: LP-FT cross-validated over 3 folds of the
@@ -35,6 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 VARIANTS = {
+    "default": {},  # the product's defaults, as `transferkit train` runs them
     "strong_e30": {"augment_policy": "strong", "epochs": 30},
     "light_e15": {"augment_policy": "light", "epochs": 15},
     "strong_e15": {"augment_policy": "strong", "epochs": 15},
@@ -46,7 +50,8 @@ def _cfg(job: dict, out: Path, **over):
     from transferkit.config import make_config
     modality = {"image_size": job["image_size"]} if job["dataset"] != "text" else {"max_length": 96}
     return make_config(None, data=job["data"], backbone=job["backbone"], out=str(out), shots=job["shots"],
-                       seed=job["seed"], precision="fp32", val_fraction=0.0, batch_size=32, **modality, **over)
+                       seed=job["seed"], precision="fp32", val_fraction=0.0, test_fraction=job["test_fraction"],
+                       batch_size=32, **modality, **over)
 
 
 def _test_curve(run: Path, cfg, task, grid) -> dict:
@@ -97,7 +102,8 @@ def run_job(job: dict) -> dict:
     from transferkit.data import load_task
     from transferkit.engine.fit import fit
     torch.set_num_threads(job["threads"])
-    task = load_task(job["data"], shots=job["shots"], seed=job["seed"], val_fraction=0.0)
+    task = load_task(job["data"], shots=job["shots"], seed=job["seed"], val_fraction=0.0,
+                     test_fraction=job["test_fraction"])
     tag = f"{job['kind']}_{job.get('variant', '')}_{job['dataset']}_{job['shots']}_{job['seed']}"
     root = Path(job["tmp"]) / tag
     quiet = lambda *a, **k: None  # noqa: E731
@@ -111,6 +117,12 @@ def run_job(job: dict) -> dict:
         res["linear_probe"] = r.metrics["accuracy"]
         res["linear_probe_cv"] = (r.metrics.get("estimate") or {}).get("accuracy")
         res["linear_probe_seconds"] = round(time.time() - t1, 1)
+        if job["dataset"] != "text":
+            t1 = time.time()
+            r = fit(_cfg(job, root / "mp", strategy="multi_probe"), log=quiet, progress=False, task=task)
+            res["multi_probe"] = r.metrics["accuracy"]
+            res["multi_probe_blocks"] = r.metrics["head_fit"].get("blocks")
+            res["multi_probe_seconds"] = round(time.time() - t1, 1)
     elif job["kind"] == "l2sp":
         r = fit(_cfg(job, root / "l2sp", strategy="full", reg="l2sp:10", **VARIANTS[job["variant"]]),
                 log=quiet, progress=False, task=task)
@@ -138,6 +150,8 @@ def summarize(results: list[dict], variants: list[str]) -> tuple[str, dict]:
         if r["kind"] == "features":
             c["probe"], c["linear_probe"] = r["probe"], r["linear_probe"]
             c["t:probe"], c["t:linear_probe"] = r["probe_seconds"], r["linear_probe_seconds"]
+            if "multi_probe" in r:
+                c["multi_probe"], c["t:multi_probe"] = r["multi_probe"], r["multi_probe_seconds"]
         elif r["kind"] == "l2sp":
             c[f"full+l2sp[{r['variant']}]"] = r["accuracy"]
             c[f"t:full+l2sp[{r['variant']}]"] = r["seconds"]
@@ -153,7 +167,7 @@ def summarize(results: list[dict], variants: list[str]) -> tuple[str, dict]:
     for c in cells.values():  # auto's probe branch trains linear_probe
         for k in [k for k in c if k.startswith("auto[") and c[k] == "lp"]:
             c[k] = c.get("linear_probe")
-    rows = ["probe", "linear_probe"] + [f"{n}[{v}]" for v in variants for n in ("two_phase", "ft_only", "auto")] \
+    rows = ["probe", "linear_probe", "multi_probe"] + [f"{n}[{v}]" for v in variants for n in ("two_phase", "ft_only", "auto")] \
         + [f"full+l2sp[{variants[0]}]"]
     datasets = sorted({k[0] for k in cells})
     shots = sorted({k[1] for k in cells})
@@ -188,7 +202,10 @@ def main() -> None:
     ap.add_argument("--shots", default="1,5,20")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--image-size", type=int, default=112)
-    ap.add_argument("--variants", default="strong_e30,light_e15")
+    ap.add_argument("--variants", default="default",
+                    help="recipe variants of the fine-tuning rows (default: the product's defaults)")
+    ap.add_argument("--test-fraction", type=float, default=0.5,
+                    help="share of each data set held out as the test split (the same for every shot count)")
     ap.add_argument("--jobs", type=int, default=1, help="parallel processes")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--out", default="benchmarks/results/fewshot")
@@ -202,7 +219,7 @@ def main() -> None:
     variants = a.variants.split(",")
     base = [{"dataset": d, "data": str(p), "shots": s, "seed": sd, "image_size": a.image_size,
              "backbone": "bundled:minilm-l6" if d == "text" else "bundled:efficientnet_lite0",
-             "tmp": tmp, "threads": a.threads}
+             "tmp": tmp, "threads": a.threads, "test_fraction": a.test_fraction}
             for (d, p), s, sd in itertools.product(data.items(), [int(x) for x in a.shots.split(",")],
                                                    range(a.seeds))]
     jobs = [{**b, "kind": "ft", "variant": v} for v in variants for b in base]
