@@ -131,6 +131,9 @@ def run_job(job: dict) -> dict:
         cfg = _cfg(job, root / "full", strategy="two_phase", wise=1.0, **VARIANTS[job["variant"]])
         cv = cv_finetune(cfg, task, root / "cv", k=3, log=quiet)
         res["cv"] = cv["table"] if cv else None
+        if job["dataset"] != "text":  # auto's other candidate, on the same folds
+            mp = cv_finetune(cfg, task, root / "cv_mp", k=3, strategy="multi_probe", log=quiet)
+            res["cv_multi_probe"] = mp["table"][0] if mp else None
         res["cv_seconds"] = round(time.time() - t0, 1)
         t1 = time.time()
         fit(cfg, log=quiet, progress=False, evaluate_test=False, task=task)
@@ -141,7 +144,7 @@ def run_job(job: dict) -> dict:
 
 
 def summarize(results: list[dict], variants: list[str]) -> tuple[str, dict]:
-    from transferkit.choose.cv import best_wise
+    from transferkit.choose.auto import pick
     from transferkit.engine.fit import WISE_DEFAULT
     cells: dict = {}
     for r in results:
@@ -160,20 +163,20 @@ def summarize(results: list[dict], variants: list[str]) -> tuple[str, dict]:
             c[f"two_phase[{v}]"] = curve[str(WISE_DEFAULT)]
             c[f"ft_only[{v}]"] = curve["1.0"]
             c[f"t:two_phase[{v}]"] = r["final_seconds"]
-            w = best_wise(r["cv"])["wise"] if r["cv"] else WISE_DEFAULT
-            c[f"auto_w[{v}]"] = w
+            strategy, w = ("two_phase", WISE_DEFAULT) if not r["cv"] else pick(r["cv"], r.get("cv_multi_probe"))[:2]
+            c[f"auto_pick[{v}]"] = strategy
             c[f"t:auto[{v}]"] = r["seconds"]
-            c[f"auto[{v}]"] = ("lp" if w == 0.0 else curve[str(w)])
-    for c in cells.values():  # auto's probe branch trains linear_probe
-        for k in [k for k in c if k.startswith("auto[") and c[k] == "lp"]:
-            c[k] = c.get("linear_probe")
+            c[f"auto[{v}]"] = curve[str(w)] if strategy == "two_phase" else strategy
+    for c in cells.values():  # auto's probe branches train linear_probe / multi_probe on every label
+        for k in [k for k in c if k.startswith("auto[") and isinstance(c[k], str)]:
+            c[k] = c.get(c[k])
     rows = ["probe", "linear_probe", "multi_probe"] + [f"{n}[{v}]" for v in variants for n in ("two_phase", "ft_only", "auto")] \
         + [f"full+l2sp[{variants[0]}]"]
     datasets = sorted({k[0] for k in cells})
     shots = sorted({k[1] for k in cells})
     lines, summary = [], {}
     for d in datasets:
-        lines += [f"\n### {d}\n", "| row | " + " | ".join(f"{s} shots" for s in shots) + " | s/cell (5 shots) | kept FT |",
+        lines += [f"\n### {d}\n", "| row | " + " | ".join(f"{s} shots" for s in shots) + " | s/cell (5 shots) | kept FT / auto picked |",
                   "|---|" + "---:|" * (len(shots) + 2)]
         for row in rows:
             vals = []
@@ -186,8 +189,9 @@ def summarize(results: list[dict], variants: list[str]) -> tuple[str, dict]:
             ts = [t for t in ts if t is not None]
             kept = "–"
             if row.startswith("auto["):
-                ws = [cells[k].get(f"auto_w[{row[5:-1]}]") for k in cells if k[0] == d]
-                kept = f"{sum(w > 0 for w in ws if w is not None)}/{len(ws)}"
+                picks = [cells[k].get(f"auto_pick[{row[5:-1]}]") for k in cells if k[0] == d]
+                picks = [p for p in picks if p]
+                kept = ", ".join(f"{p} {picks.count(p)}/{len(picks)}" for p in sorted(set(picks)))
             elif row.startswith(("two_phase", "ft_only", "full+l2sp")):
                 kept = "all (no fallback)"
             lines.append(f"| {row} | " + " | ".join(vals) + f" | {np.mean(ts):.0f} | {kept} |" if ts else
@@ -206,6 +210,8 @@ def main() -> None:
                     help="recipe variants of the fine-tuning rows (default: the product's defaults)")
     ap.add_argument("--test-fraction", type=float, default=0.5,
                     help="share of each data set held out as the test split (the same for every shot count)")
+    ap.add_argument("--ft-shots", default=None,
+                    help="shot counts of the fine-tuning rows (two_phase, auto, full+l2sp); default: --shots")
     ap.add_argument("--jobs", type=int, default=1, help="parallel processes")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--out", default="benchmarks/results/fewshot")
@@ -222,8 +228,10 @@ def main() -> None:
              "tmp": tmp, "threads": a.threads, "test_fraction": a.test_fraction}
             for (d, p), s, sd in itertools.product(data.items(), [int(x) for x in a.shots.split(",")],
                                                    range(a.seeds))]
-    jobs = [{**b, "kind": "ft", "variant": v} for v in variants for b in base]
-    jobs += [{**b, "kind": "l2sp", "variant": variants[0]} for b in base]
+    ft_shots = {int(x) for x in (a.ft_shots or a.shots).split(",")}
+    ft_base = [b for b in base if b["shots"] in ft_shots]
+    jobs = [{**b, "kind": "ft", "variant": v} for v in variants for b in ft_base]
+    jobs += [{**b, "kind": "l2sp", "variant": variants[0]} for b in ft_base]
     jobs += [{**b, "kind": "features"} for b in base]
     jobs.sort(key=lambda j: -j["shots"])  # the longest first, so the pool ends together
     out = Path(a.out)

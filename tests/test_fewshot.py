@@ -222,18 +222,22 @@ def test_multi_probe_chooses_blocks_by_cv_and_reloads(image_folder, tmp_path, ca
 def test_auto_follows_the_cross_validated_evidence(image_folder, tmp_path, monkeypatch):
     from transferkit.choose import auto, cv
     from transferkit.config import make_config
-    tables = {"probe": [0.8, 0.7, 0.6, 0.5, 0.5], "ft": [0.5, 0.6, 0.9, 0.7, 0.6]}
-    for name, accs in tables.items():
-        table = [{"wise": w, "accuracy": a, "accuracy_se": 0.01, "nll": 1.0}
-                 for w, a in zip(cv.WISE_GRID, accs)]
-        monkeypatch.setattr(cv, "cv_finetune", lambda *a, t=table, **k: {"folds": 3, "table": t, "seconds": 0})
+    # (LP-FT held-out accuracy per WiSE weight, multi-stage probe held-out accuracy) -> the choice
+    cases = {"probe": ([0.8, 0.7, 0.6, 0.5, 0.5], 0.8, ("linear_probe", None)),  # a tie goes to the cheaper
+             "ft": ([0.5, 0.6, 0.9, 0.7, 0.6], 0.7, ("two_phase", 0.5)),
+             "multi": ([0.6, 0.65, 0.7, 0.6, 0.6], 0.75, ("multi_probe", None))}
+    for name, (accs, multi, expect) in cases.items():
+        ft = [{"wise": w, "accuracy": a, "accuracy_se": 0.01, "nll": 1.0} for w, a in zip(cv.WISE_GRID, accs)]
+        mp = [{"wise": 1.0, "accuracy": multi, "accuracy_se": 0.01, "nll": 1.0}]
+
+        def fake(cfg, task, root, *, k=3, strategy="two_phase", ft=ft, mp=mp, **kw):
+            return {"folds": k, "table": mp if strategy == "multi_probe" else ft, "seconds": 0}
+        monkeypatch.setattr(cv, "cv_finetune", fake)
         cfg = make_config(None, data=str(image_folder), backbone="bundled:efficientnet_lite0",
                           out=str(tmp_path / name), shots=5)
         chosen, info = auto.resolve_auto(cfg, log=lambda *a: None)
-        if name == "probe":
-            assert (chosen.strategy, chosen.wise) == ("linear_probe", None)
-        else:
-            assert (chosen.strategy, chosen.wise) == ("two_phase", 0.5)
+        assert (chosen.strategy, chosen.wise) == expect, name
+        assert info["multi_probe_cv"]["accuracy"] == multi
         assert json.loads((tmp_path / name / "auto" / "choice.json").read_text())["strategy"] == chosen.strategy
     # a random-init backbone is fine-tuned whole; with a validation split, LP-FT chooses on it
     assert auto.resolve_auto(make_config(None, data=str(image_folder), backbone=TINY, out=str(tmp_path / "r")),
@@ -257,7 +261,8 @@ def test_auto_end_to_end_never_reads_the_test_split_before_the_final_score(image
     test_items = {e.x for e in load_task_for(cfg).test}
     assert opened and not test_items & set(opened)
     assert info["finetune_cv"]["folds"] == 3 and len(info["finetune_cv"]["table"]) == 5
-    assert chosen.strategy in ("linear_probe", "two_phase")
+    assert info["multi_probe_cv"]["accuracy"] is not None  # scored on the same folds, before any test item
+    assert chosen.strategy in ("linear_probe", "multi_probe", "two_phase")
     result = train(chosen, quiet=True)
     assert test_items <= set(opened) and result.metrics["n_test"] == len(test_items)
 

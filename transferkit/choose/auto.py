@@ -4,10 +4,11 @@
   WiSE-FT weight is chosen on validation among 0 (the probe itself), 0.25, ..., 1 (the fine-tuned
   endpoint); so the probe is kept exactly when validation says so, and the run records it.
 - With few labels (no validation split): the training labels are cross-validated
-  (`transferkit.choose.cv`): the probe's C over k folds on frozen features (seconds), and LP-FT over
-  3 folds, scored at every WiSE weight on the same held-out labels. The weight with the best held-out
-  accuracy is kept; w = 0 means the probe wins and the final model is the probe (`linear_probe`, its C
-  chosen by cross-validation); otherwise `two_phase` with that weight, trained on every label.
+  (`transferkit.choose.cv`) over 3 folds, every candidate on the same held-out labels: LP-FT scored
+  at every WiSE weight (w = 0 is the probe it starts from, `linear_probe`), and for images the
+  multi-stage probe (`multi_probe`, whose blocks and C are chosen inside each fold). The candidate
+  with the best held-out accuracy is trained on every label; ties go to the cheaper one
+  (linear_probe, then multi_probe, then fine-tuning).
 - A randomly initialised backbone (`@random`) has nothing to probe: `full`.
 - With a single label in some class no fold can be formed: `two_phase` with the benchmark's
   default WiSE weight, and the log says the choice had no held-out evidence.
@@ -64,14 +65,37 @@ def resolve_auto(cfg: TrainConfig, log=print) -> tuple[TrainConfig, dict]:
     evidence = {"finetune_cv": ft, "probe_cv": probe, "best": best}
     if pool_choice:
         evidence["unlabelled"] = pool_choice
+    multi = None
+    if task.modality == "image":
+        mp = cv_finetune(cfg, task, root / "cv_multi_probe", k=FT_FOLDS, strategy="multi_probe", log=log)
+        multi = mp["table"][0] if mp else None
+        evidence["multi_probe_cv"] = multi
+    strategy, wise, row, candidates = pick(ft["table"], multi)
+    evidence["best"] = {"strategy": strategy, **row}
+    others = "; ".join(f"{_name(s, w)} {r['accuracy']:.3f} ± {r['accuracy_se']:.3f}"
+                       for s, w, r in candidates if s != strategy)
+    why = f"{_name(strategy, wise)} scored best held out ({row['accuracy']:.3f} ± {row['accuracy_se']:.3f})" \
+        + (f" against {others}" if others else "")
     if best["wise"] == 0.0:
-        return _chosen(cfg, root, "linear_probe", None,
-                       f"the probe scored best held out ({probe['accuracy']:.3f} ± {probe['accuracy_se']:.3f}); "
-                       "no fine-tuned interpolation beat it", evidence, log)
-    return _chosen(cfg, root, "two_phase", best["wise"],
-                   f"fine-tuning with WiSE-FT weight {best['wise']:g} scored {best['accuracy']:.3f} ± "
-                   f"{best['accuracy_se']:.3f} held out against {probe['accuracy']:.3f} ± "
-                   f"{probe['accuracy_se']:.3f} for the probe", evidence, log)
+        why += "; no fine-tuned interpolation beat the probe"
+    return _chosen(cfg, root, strategy, wise, why, evidence, log)
+
+
+def pick(finetune_table: list[dict], multi_probe_row: dict | None) -> tuple[str, float | None, dict, list]:
+    """(strategy, WiSE weight, its held-out row, all candidates) from the cross-validated rows: the
+    best held-out accuracy wins; of equals the first, i.e. the cheapest (probe, multi-stage probe,
+    fine-tuning)."""
+    from .cv import best_wise
+    best = best_wise(finetune_table)
+    candidates = [("linear_probe", None, finetune_table[0])] \
+        + ([("multi_probe", None, multi_probe_row)] if multi_probe_row else []) \
+        + [("two_phase", best["wise"], best)] * (best["wise"] > 0)
+    strategy, wise, row = max(candidates, key=lambda c: round(c[2]["accuracy"], 9))
+    return strategy, wise, row, candidates
+
+
+def _name(strategy: str, wise) -> str:
+    return f"fine-tuning with WiSE-FT weight {wise:g}" if strategy == "two_phase" else strategy
 
 
 def _chosen(cfg: TrainConfig, root: Path, strategy: str, wise, why: str, evidence: dict,
