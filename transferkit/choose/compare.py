@@ -219,15 +219,22 @@ def feature_cell(name: str, store: FeatureStore, task: Task, cfg: TrainConfig) -
         # training features (+ mirrored ones when augmenting), C chosen as the engine chooses it
         from ..data import cv_folds
         torch.manual_seed(cfg.seed)
-        head = attach_head(store.backbone, task.classes, hidden=cfg.head_hidden, dropout=cfg.head_dropout).head
+        from ..engine.probe_views import augmented_views, n_probe_views
+        model = attach_head(store.backbone, task.classes, hidden=cfg.head_hidden, dropout=cfg.head_dropout)
+        head = model.head
         flip = store.flipped is not None
         views = torch.stack([tr, store.get(task.train, flipped=True)[0]]) if flip else tr[None]
         tta = cfg.tta and flip
         te_views = torch.stack([te, store.get(task.test, flipped=True)[0]]) if tta else te[None]
         va_views = torch.stack([va, store.get(task.val, flipped=True)[0]]) if tta else va[None]
+        score_views = len(views) if tta else 1
+        k_aug = n_probe_views(cfg, len(task.train), model.spec.modality)
+        if k_aug:  # the augmented copies the engine's probe also learns from (not cached: random crops)
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            views = torch.cat([views, augmented_views(model.to(device), task.train, cfg, device, None, k_aug)])
         choice = fit_probe(head, views, ytr, val=(va_views, yva) if len(yva) else None,
                   folds=cv_folds(ytr.numpy(), cfg.cv_folds, cfg.seed),
-                  fit_views=len(views) if cfg.augment else 1, score_views=len(views) if tta else 1,
+                  fit_views=len(views) if cfg.augment else 1, score_views=score_views,
                   label_smoothing=cfg.label_smoothing)
         test_probs, val_probs = view_probs(head, te_views).numpy(), view_probs(head, va_views).numpy()
     test, val = _metrics(test_probs, yte, task.classes), _metrics(val_probs, yva, task.classes)
