@@ -20,3 +20,20 @@ def test_workers_train_exactly_like_the_main_process_and_resume_exactly(image_fo
     from transferkit.cli import main
     assert main(["train", "--resume", str(parts), "--quiet"]) == 0
     _assert_same_run(workers, parts)
+
+
+def test_the_batch_maker_pickles_for_spawned_workers(image_folder):
+    # macOS and Windows start DataLoader workers by spawn, which pickles collate_fn: a lambda fails there
+    import pickle
+
+    from transferkit.data import load_task
+    from transferkit.engine.batches import _Collate, collate_items
+    from transferkit.engine.evaluate import collate_for, make_dataset
+    from transferkit.models import attach_head, load_backbone
+    task = load_task(image_folder, val_fraction=0.0)
+    model = attach_head(load_backbone("timm:test_resnet@random"), task.classes)
+    ds = make_dataset(model, task.train[:4], train=True, augment=True, image_size=32, seed=0)
+    collate = pickle.loads(pickle.dumps(_Collate(collate_for(model))))
+    x, y = collate([ds[(i, 0)] for i in range(4)])
+    x0, y0 = collate_items([ds[(i, 0)] for i in range(4)], model)
+    assert x.shape == (4, 3, 32, 32) and torch.equal(x, x0) and torch.equal(y, y0)

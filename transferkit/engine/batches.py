@@ -15,10 +15,21 @@ from .evaluate import collate_for
 
 
 def collate_items(items: list, model):
-    collate = collate_for(model)
-    if collate is not None:
-        return collate(items)
-    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+    return _Collate(collate_for(model))(items)
+
+
+class _Collate:
+    """The batch maker handed to DataLoader workers: a picklable object holding only the text
+    collator (or nothing, for tensors), so workers started by spawn (macOS, Windows) can receive it
+    without pickling the model."""
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, items: list):
+        if self.collate is not None:
+            return self.collate(items)
+        return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
 
 
 def train_batches(ds, batches: list[list[tuple[int, int]]], start: int, model, *, num_workers: int = 0,
@@ -30,6 +41,6 @@ def train_batches(ds, batches: list[list[tuple[int, int]]], start: int, model, *
         fetch = fetch or (lambda b: collate_items([ds[i] for i in b], model))
         return (fetch(b) for b in own)
     loader = DataLoader(ds, batch_sampler=own, num_workers=num_workers,
-                        collate_fn=lambda items: collate_items(items, model),
+                        collate_fn=_Collate(collate_for(model)),
                         generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
     return iter(loader)
