@@ -261,7 +261,29 @@ def tk_frozen(spec: dict) -> dict:
             "phase_seconds": m["phase_seconds"], "import_seconds": round(imports, 2)}
 
 
-CHILDREN = {f.__name__: f for f in (bare_train, bare_eval, bare_forward, tk_train, tk_partial, tk_eval, tk_frozen)}
+def tk_text_eval(spec: dict) -> dict:
+    """`predict_probs` over demo texts with bundled:minilm-l6 (max 256 tokens), in batches of
+    similar length (the default) or in the data set's order (`by_length` bypassed)."""
+    import pandas as pd
+    import torch
+    from transferkit.data.splits import Example
+    from transferkit.engine import evaluate, length_sort
+    from transferkit.models import attach_head, load_backbone
+    df = pd.read_csv(ROOT / "transferkit" / "demo_data" / "debian_descriptions.csv").sample(
+        spec["texts"], random_state=0)
+    model = attach_head(load_backbone("bundled:minilm-l6"), sorted(df["label"].unique())).eval()
+    items = [Example(t, lab) for t, lab in zip(df["text"], df["label"])]
+    loader = evaluate.eval_loader(model, evaluate.make_dataset(model, items, train=False, augment=False,
+                                                               image_size=None, seed=0), 64)
+    if not spec["sorted"]:
+        length_sort.by_length = lambda ld: (ld, None)
+    t0 = time.perf_counter()
+    probs, _ = evaluate.predict_probs(model, loader, torch.device("cpu"))
+    return {"seconds": time.perf_counter() - t0, "items": len(probs)}
+
+
+CHILDREN = {f.__name__: f for f in (bare_train, bare_eval, bare_forward, tk_train, tk_partial, tk_eval, tk_frozen,
+                                    tk_text_eval)}
 
 
 def _child(name: str, spec: dict) -> None:
@@ -310,6 +332,9 @@ def _groups(args, base: dict, tmp: Path) -> dict:
                  "bare": ("bare_eval", {**lp}),
                  "bare_nhwc": ("bare_eval", {**lp, "channels_last": True})},
     }
+    if args.only and "text" in args.only:  # not in the default run: `--only text`
+        groups["text"] = {"sorted": ("tk_text_eval", {**base, "texts": args.texts, "sorted": True}),
+                          "unsorted": ("tk_text_eval", {**base, "texts": args.texts, "sorted": False})}
     for k in args.partial:
         spec = {**base, "strategy": f"partial:{k}", "steps": args.partial_steps}
         groups[f"partial:{k}"] = {"cached": ("tk_partial", {**spec, "out": str(tmp / f"p{k}_cached")}),
@@ -328,6 +353,7 @@ RATIOS = [
     ("frozen", "transferkit", "forwards_nhwc", "linear_probe run wall time / its forward passes alone (target <= 1.5)"),
     ("eval", "transferkit", "bare", "evaluation throughput, evaluate / bare inference_mode loop (NCHW)"),
     ("eval", "transferkit", "bare_nhwc", "evaluation throughput, evaluate / bare loop with channels_last"),
+    ("text", "sorted", "unsorted", "text inference (MiniLM-L6), batches of similar length / in data order"),
 ]
 
 
@@ -344,7 +370,8 @@ def main(argv=None) -> int:
     ap.add_argument("--test-items", type=int, default=301, help="odd on purpose: no batch divides it")
     ap.add_argument("--partial", type=int, nargs="*", default=[1, 2])
     ap.add_argument("--partial-steps", type=int, default=8)
-    ap.add_argument("--only", nargs="*", help="measure only these groups")
+    ap.add_argument("--only", nargs="*", help="measure only these groups (and 'text', not in the default run)")
+    ap.add_argument("--texts", type=int, default=640, help="texts of the 'text' group")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--child")
     ap.add_argument("--spec")
@@ -376,8 +403,9 @@ def main(argv=None) -> int:
     summary["wall_seconds"] = round(time.time() - t_start, 1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_speed.json").write_text(json.dumps({"summary": summary, "raw": raw}, indent=1) + "\n")
-    (out / "bench_speed.md").write_text(_markdown(summary))
+    name = "bench_speed" + ("_" + "_".join(args.only).replace(":", "") if args.only else "")
+    (out / f"{name}.json").write_text(json.dumps({"summary": summary, "raw": raw}, indent=1) + "\n")
+    (out / f"{name}.md").write_text(_markdown(summary))
     print(_markdown(summary))
     return 0
 

@@ -107,3 +107,4 @@ def test_a_skip_connection_across_the_boundary_falls_back():
     logs = []
     assert _cache(_model(skip=True), logs) is None
     assert any("differs when the frozen stages are replayed" in m for m in logs)
+

@@ -58,9 +58,11 @@ def predict_probs(model: TransferModel, loader: DataLoader, device, *, tta: bool
     """Softmax probabilities and labels for every item (labels -1 where unknown); `progress`
     names a progress bar."""
     from ..progress import progress as bar
+    from .length_sort import by_length, in_dataset_order
     was = model.training
     model.eval()
     probs, labels = [], []
+    loader, order = by_length(loader)  # texts: batches of similar length, less padding
     for x, y in bar(loader, progress):
         x = to_device(x, device)
         with autocast() if autocast else _null():
@@ -71,7 +73,7 @@ def predict_probs(model: TransferModel, loader: DataLoader, device, *, tta: bool
         probs.append(p.cpu())
         labels.append(torch.as_tensor(y))
     model.train(was)
-    return torch.cat(probs).numpy(), torch.cat(labels).numpy()
+    return in_dataset_order(torch.cat(probs), order).numpy(), in_dataset_order(torch.cat(labels), order).numpy()
 
 
 @torch.no_grad()
@@ -99,6 +101,8 @@ def extract_views(backbone: nn.Module, loader: DataLoader, device, *, flip: bool
     feats: list[list[torch.Tensor]] = [[], []]
     labels = []
     from ..progress import progress as bar
+    from .length_sort import by_length, in_dataset_order
+    loader, order = by_length(loader)  # texts: batches of similar length, less padding
     for x, y in bar(loader, "features"):
         x = to_device(x, device)
         with autocast() if autocast else _null():
@@ -107,8 +111,8 @@ def extract_views(backbone: nn.Module, loader: DataLoader, device, *, flip: bool
                 feats[1].append(backbone(_flip(x)).float().cpu())
         labels.append(torch.as_tensor(y))
     backbone.train(was)
-    views = [torch.cat(f) for f in feats if f]
-    return torch.stack(views), torch.cat(labels)
+    views = [in_dataset_order(torch.cat(f), order) for f in feats if f]
+    return torch.stack(views), in_dataset_order(torch.cat(labels), order)
 
 
 class _null:

@@ -35,6 +35,8 @@ def _compute(backbone: nn.Module, loader: DataLoader, device, flip: bool, autoca
     backbone.eval()
     feats, flipped, labels = [], [], []
     from ..progress import progress
+    from .length_sort import by_length, in_dataset_order
+    loader, order = by_length(loader)  # texts: batches of similar length, less padding
     for x, y in progress(loader, "features"):
         x = _to_device(x, device)
         with autocast() if autocast else nullcontext():
@@ -43,7 +45,8 @@ def _compute(backbone: nn.Module, loader: DataLoader, device, flip: bool, autoca
                 flipped.append(backbone(_flip(x)).float().cpu())
         labels.append(torch.as_tensor(y))
     backbone.train(was)
-    return torch.cat(feats), (torch.cat(flipped) if flipped else None), torch.cat(labels)
+    flipped = in_dataset_order(torch.cat(flipped), order) if flipped else None
+    return in_dataset_order(torch.cat(feats), order), flipped, in_dataset_order(torch.cat(labels), order)
 
 
 def _autocast_tag(autocast, device_type: str) -> str:
