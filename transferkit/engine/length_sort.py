@@ -26,8 +26,9 @@ def _texts(ds) -> list[str] | None:
 
 def by_length(loader: DataLoader) -> tuple[DataLoader, list[int] | None]:
     """(a loader over the same items in batches of similar length, the order it visits them in),
-    or (`loader`, None) when it is not a text loader with a fixed batch size."""
-    if not isinstance(loader.collate_fn, TextCollator) or not loader.batch_size:
+    or (`loader`, None) when it is not a text DataLoader with a fixed batch size (a list of batches,
+    as the server passes, is scored as it is)."""
+    if not isinstance(getattr(loader, "collate_fn", None), TextCollator) or not loader.batch_size:
         return loader, None
     texts = _texts(loader.dataset)
     if texts is None or len(texts) <= loader.batch_size:
