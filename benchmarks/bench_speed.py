@@ -271,14 +271,15 @@ def tk_text_eval(spec: dict) -> dict:
     from transferkit.models import attach_head, load_backbone
     df = pd.read_csv(ROOT / "transferkit" / "demo_data" / "debian_descriptions.csv").sample(
         spec["texts"], random_state=0)
-    model = attach_head(load_backbone("bundled:minilm-l6"), sorted(df["label"].unique())).eval()
+    device = torch.device(spec["device"])
+    model = attach_head(load_backbone("bundled:minilm-l6"), sorted(df["label"].unique())).eval().to(device)
     items = [Example(t, lab) for t, lab in zip(df["text"], df["label"])]
     loader = evaluate.eval_loader(model, evaluate.make_dataset(model, items, train=False, augment=False,
                                                                image_size=None, seed=0), 64)
     if not spec["sorted"]:
         length_sort.by_length = lambda ld: (ld, None)
     t0 = time.perf_counter()
-    probs, _ = evaluate.predict_probs(model, loader, torch.device("cpu"))
+    probs, _ = evaluate.predict_probs(model, loader, device, autocast=lambda: _amp(device))
     return {"seconds": time.perf_counter() - t0, "items": len(probs)}
 
 
