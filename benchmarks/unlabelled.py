@@ -74,6 +74,9 @@ def run_job(job: dict) -> dict:
             over["unlabelled"] = str(pool)
         t0 = time.time()
         r = fit(_cfg(job, root / row.replace("+", "_"), **over), log=quiet, progress=False, task=task)
+        if r.metrics is None:
+            raise RuntimeError(f"{job['dataset']} seed {job['seed']} {row}: the run was interrupted "
+                               f"(signal {r.signal})")
         res[row] = r.metrics["accuracy"]
         res[f"t:{row}"] = round(time.time() - t0, 1)
         if r.metrics.get("unlabelled"):

@@ -285,13 +285,12 @@ def _head_phase(model, cfg, state: RunState, plain_train, val_loader, device, au
         val = extract_views(model.backbone, val_loader, device, flip=image and cfg.tta, autocast=autocast,
                             cache=cache)
     folds = [] if val is not None else cv_folds(labels.numpy(), cfg.cv_folds, cfg.seed)
-    prior = getattr(model, "head_prior", None)
-    how_views = {"fit_views": len(views) if cfg.augment else 1, "score_views": len(views) if cfg.tta else 1}
-    if pool is not None and prior is None and not hasattr(model.head, "fit_prototypes") \
-            and not isinstance(model.backbone, MultiStageFeatures):  # AdaBN, if it wins held out
+    if pool is not None:  # AdaBN, kept only if the probe scores better held out (engine/unlabelled.py)
         from .unlabelled import adabn_in_head_phase
         views, val = adabn_in_head_phase(model, cfg, state, pool, loader, val_loader, views, labels, val, folds,
-                                         how_views, device, autocast, cache)
+                                         device, autocast, cache)
+    prior = getattr(model, "head_prior", None)
+    how_views = {"fit_views": len(views) if cfg.augment else 1, "score_views": len(views) if cfg.tta else 1}
     plain_probe = not (isinstance(model.backbone, MultiStageFeatures) or prior is not None
                        or hasattr(model.head, "fit_prototypes"))
     k_aug = n_probe_views(cfg, len(labels), model.spec.modality) if plain_probe else 0
@@ -523,7 +522,7 @@ def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, tr
                     loss = loss_fn(logits.float(), y)
                     for r in regs:
                         loss = loss + r(model, feats, feature_maps=maps, inputs=x)
-                    if fixmatch is not None:  # pseudo-labels on the unlabelled pool (engine/fixmatch.py)
+                    if fixmatch is not None:  # pseudo-labels on the unlabelled pool (adaptation/fixmatch.py)
                         loss = loss + fixmatch(ddp_model, state.global_step, j, device)
                 accel.backward(loss / len(micro))
             loss_val += loss.item() / len(micro)

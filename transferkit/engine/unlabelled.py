@@ -1,10 +1,10 @@
 """`train --unlabelled`: wiring the unlabelled pool (data/pool.py) into a run.
 
-- Head phases (the probe, LP-FT's first phase): AdaBN (engine/adabn.py), kept only when the probe
+- Head phases (the probe, LP-FT's first phase): AdaBN (adaptation/adabn.py), kept only when the probe
   scores better held out with the re-estimated BatchNorm statistics (on the head fit's own
   validation split or cross-validation folds; ties keep the source statistics).
 - Phases that train with SGD (two_phase's second phase, full, partial): FixMatch
-  (engine/fixmatch.py) with weight `--unlabelled-weight`, `--unlabelled-ratio` unlabelled images
+  (adaptation/fixmatch.py) with weight `--unlabelled-weight`, `--unlabelled-ratio` unlabelled images
   per labelled one, threshold `--unlabelled-threshold`.
 
 What was used is recorded in the run state and written to metrics.json (`unlabelled`) and the report.
@@ -48,7 +48,7 @@ def setup_unlabelled(cfg: TrainConfig, task, model, plan, state, *, resume, log,
         loader = eval_loader(model, ds, cfg.batch_size * 2, cfg.num_workers)
     fixmatch = None
     if fixmatch_on:
-        from .fixmatch import FixMatch
+        from ..adaptation.fixmatch import FixMatch
         rec = state.unlabelled.setdefault("fixmatch", {"weight": cfg.unlabelled_weight,
                                                        "threshold": cfg.unlabelled_threshold,
                                                        "ratio": cfg.unlabelled_ratio})
@@ -61,13 +61,21 @@ def setup_unlabelled(cfg: TrainConfig, task, model, plan, state, *, resume, log,
 
 
 def adabn_in_head_phase(model, cfg: TrainConfig, state, pool_loader, train_loader, val_loader, views, labels,
-                        val, folds, how_views: dict, device, autocast, cache):
-    """The AdaBN gate of a head phase: (train views, val views or None) of the statistics kept.
-    Only the plain linear probe is gated (C by choose_c on the same folds / validation split)."""
-    from .adabn import gate
+                        val, folds, device, autocast, cache):
+    """The AdaBN gate of a head phase: (train views, val views or None) of the statistics kept,
+    compared on the plain and mirrored views (augmented copies, if any, are made afterwards with
+    the statistics kept). Only the plain linear probe is gated (C by choose_c on the same folds or
+    validation split); other heads keep the source statistics."""
+    from ..models.multistage import MultiStageFeatures
+    from ..adaptation.adabn import gate
     from .evaluate import extract_views
     from .headfit import choose_c
+    if (getattr(model, "head_prior", None) is not None or hasattr(model.head, "fit_prototypes")
+            or isinstance(model.backbone, MultiStageFeatures)):
+        state.unlabelled["adabn"] = {"applied": False, "reason": "only the plain linear probe is gated"}
+        return views, val
     image = model.spec.modality == "image"
+    how_views = {"fit_views": len(views) if cfg.augment else 1, "score_views": len(views) if cfg.tta else 1}
 
     def features():
         views, _ = extract_views(model.backbone, train_loader, device, flip=image and (cfg.augment or cfg.tta),
