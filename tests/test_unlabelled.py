@@ -103,6 +103,11 @@ def test_train_with_the_test_inputs_transductive(image_folder, tmp_path):
     assert u["transductive"] is True and u["count"] == m["n_test"] and u["weight"] == 0.0
     assert "fixmatch" not in u["used"] and u["adabn"]["held_out_source"] is not None
     assert "transductive" in (run / "report.html").read_text()
+    # a head the gate does not cover, and no phase that trains: the pool is not read, and the run says so
+    other = tmp_path / "multi"
+    assert _train(image_folder, other, "--unlabelled", "test", strategy="multi_probe") == 0
+    u = json.loads((other / "metrics.json").read_text())["unlabelled"]
+    assert u["used"] == [] and u["weight"] == 0.0 and "plain probe" in u["reason"]
 
 
 def test_resume_with_the_pool_gives_the_uninterrupted_weights(image_folder, tmp_path):

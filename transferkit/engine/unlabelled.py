@@ -13,7 +13,7 @@ What was used is recorded in the run state and written to metrics.json (`unlabel
 from __future__ import annotations
 
 from ..config import TrainConfig
-from ..data.pool import Pool, read_pool
+from ..data.pool import TEST, Pool, read_pool
 
 
 def check_pool(cfg: TrainConfig, log=print) -> Pool:
@@ -27,11 +27,19 @@ def setup_unlabelled(cfg: TrainConfig, task, model, plan, state, *, resume, log,
     """(pool loader for AdaBN or None, FixMatch term or None) for this run; fills `state.unlabelled`."""
     if not cfg.unlabelled:
         return None, None
-    pool = read_pool(cfg.unlabelled, task, log=log if not resume else (lambda *a, **k: None))
     from .evaluate import eval_loader, make_dataset
     has_head = any(p.head_only for p in plan.phases)
     has_sgd = any(not p.head_only for p in plan.phases)
     fixmatch_on = has_sgd and cfg.unlabelled_weight > 0
+    plain_probe = not (plan.multi_stage or getattr(model, "head_prior", None) is not None
+                       or hasattr(model.head, "fit_prototypes"))
+    if not fixmatch_on and not (has_head and plain_probe):  # nothing here can use the pool: not read
+        if not state.unlabelled:
+            state.unlabelled = {"source": cfg.unlabelled, "transductive": cfg.unlabelled == TEST, "used": [],
+                                "weight": 0.0, "reason": f"{plan.strategy}: AdaBN is gated on the plain probe "
+                                "only, and FixMatch needs a phase that trains (with --unlabelled-weight > 0)"}
+        return None, None
+    pool = read_pool(cfg.unlabelled, task, log=log if not resume else (lambda *a, **k: None))
     if fixmatch_on and num_processes > 1:
         from ..config import ConfigError
         raise ConfigError("'unlabelled' (--unlabelled): FixMatch runs in a single process for now; "

@@ -157,8 +157,9 @@ def _unlabelled(u: dict) -> list[str]:
         uses.append(f"FixMatch with weight {fm['weight']:g}, threshold {fm['threshold']:g}, "
                     f"{fm['ratio']} unlabelled per labelled image{rate}")
     if not u.get("used"):
-        uses.append("not used for the final model")
-    out = [f"<h2>Unlabelled inputs</h2><p>{u.get('count')} images from {where}: " + "; ".join(uses) + "</p>"]
+        uses.append("not used for the final model" + (f" ({e(u['reason'])})" if u.get("reason") else ""))
+    count = f"{u['count']} images" if u.get("count") is not None else "images"
+    out = [f"<h2>Unlabelled inputs</h2><p>{count} from {where}: " + "; ".join(uses) + "</p>"]
     if u.get("chosen"):
         out.append(f"<p class='sub'>{e(u['chosen'])}</p>")
     return out
