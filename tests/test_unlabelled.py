@@ -160,3 +160,21 @@ def test_auto_keeps_the_pool_only_when_it_wins_held_out(image_folder, tmp_path, 
         else:  # a tie keeps the run without the pool
             assert not rec["kept"] and chosen.unlabelled is None and chosen.strategy == "linear_probe"
         assert info["unlabelled"] == rec
+
+
+def test_auto_pool_folds_see_their_held_out_images_unlabelled_when_transductive(image_folder, tmp_path):
+    from transferkit.choose.unlabelled import cv_pool_or_not
+    from transferkit.config import make_config
+    from transferkit.engine.build import load_task_for
+    cfg = make_config(None, data=str(image_folder), backbone=TINY, out=str(tmp_path / "run"), shots=4,
+                      image_size=32, batch_size=8, steps=2, unlabelled="test", cache=False)
+    task = load_task_for(cfg)
+    ft, chosen, rec = cv_pool_or_not(cfg, task, tmp_path / "auto", k=2, log=lambda *a: None)
+    rows = (tmp_path / "auto" / "pool.csv").read_text().splitlines()
+    assert rows[0] == "path" and len(rows) - 1 == len(task.test) + len(task.train)
+    for i in range(2):  # each fold's pool: the test inputs and the fold's held-out training images
+        u = json.loads((tmp_path / "auto" / "cv_pool" / f"fold{i}" / "metrics.json").read_text())["unlabelled"]
+        assert u["count"] == len(task.test) + len(task.train) // 2 and u["dropped_training_items"] == len(task.train) // 2
+    assert rec["source"] == "test" and rec["transductive"] and rec["count"] == len(task.test)
+    assert rec["kept"] == (rec["with_pool"]["accuracy"] > rec["without_pool"]["accuracy"])
+    assert (chosen.unlabelled == "test") == rec["kept"] and ft["folds"] == 2
