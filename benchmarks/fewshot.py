@@ -212,6 +212,8 @@ def main() -> None:
                     help="share of each data set held out as the test split (the same for every shot count)")
     ap.add_argument("--ft-shots", default=None,
                     help="shot counts of the fine-tuning rows (two_phase, auto, full+l2sp); default: --shots")
+    ap.add_argument("--kinds", default=None,
+                    help="only these job kinds (features,ft,l2sp), e.g. to spread one table over machines")
     ap.add_argument("--jobs", type=int, default=1, help="parallel processes")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--out", default="benchmarks/results/fewshot")
@@ -233,6 +235,8 @@ def main() -> None:
     jobs = [{**b, "kind": "ft", "variant": v} for v in variants for b in ft_base]
     jobs += [{**b, "kind": "l2sp", "variant": variants[0]} for b in ft_base]
     jobs += [{**b, "kind": "features"} for b in base]
+    if a.kinds:
+        jobs = [j for j in jobs if j["kind"] in a.kinds.split(",")]
     jobs.sort(key=lambda j: -j["shots"])  # the longest first, so the pool ends together
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
