@@ -37,3 +37,19 @@ def test_the_batch_maker_pickles_for_spawned_workers(image_folder):
     x, y = collate([ds[(i, 0)] for i in range(4)])
     x0, y0 = collate_items([ds[(i, 0)] for i in range(4)], model)
     assert x.shape == (4, 3, 32, 32) and torch.equal(x, x0) and torch.equal(y, y0)
+
+
+def test_evaluation_loaders_leave_the_global_random_stream_alone(image_folder):
+    # a warm feature cache skips these loaders; if they drew from the global RNG, dropout after a
+    # cached head phase would differ from dropout after an uncached one
+    from transferkit.data import load_task
+    from transferkit.engine.evaluate import eval_loader, make_dataset
+    from transferkit.models import attach_head, load_backbone
+    task = load_task(image_folder, val_fraction=0.0)
+    model = attach_head(load_backbone("timm:test_resnet@random"), task.classes)
+    loader = eval_loader(model, make_dataset(model, task.train[:4], train=False, augment=False, image_size=32,
+                                             seed=0), 2)
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    assert len(list(loader)) == 2
+    assert torch.equal(torch.get_rng_state(), before)

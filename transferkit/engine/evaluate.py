@@ -38,8 +38,11 @@ def collate_for(model: TransferModel):
 
 
 def eval_loader(model: TransferModel, dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
+    # its own generator: starting an iterator over a DataLoader draws a seed from the global RNG,
+    # which would make dropout in the steps that follow depend on whether features came from the
+    # feature cache (no loader) or from the backbone (a loader)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      collate_fn=collate_for(model))
+                      collate_fn=collate_for(model), generator=torch.Generator().manual_seed(0))
 
 
 def to_device(x, device):
