@@ -304,3 +304,14 @@ def test_fine_tuning_real_weights_moves_the_backbone_and_beats_chance_and_scratc
     acc_ft = json.loads((ft / "metrics.json").read_text())["accuracy"]
     acc_scratch = json.loads((scratch / "metrics.json").read_text())["accuracy"]
     assert acc_ft > 0.25 + 0.25 and acc_ft > acc_scratch + 0.1
+
+
+def test_report_curves_without_a_validation_split_draw_without_warnings():
+    # few labels: no validation rows; matplotlib warned "No artists with labels" into every demo log
+    import warnings
+
+    from transferkit.report import _curves
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        uri = _curves([{"step": 0, "train_loss": 2.0}, {"step": 5, "train_loss": 1.0}])
+    assert uri.startswith("data:image/png;base64,")

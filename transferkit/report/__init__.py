@@ -59,7 +59,8 @@ def _curves(history: list[dict]) -> str | None:
         axes[0].plot(*zip(*vl), label="val loss", marker=".")
     axes[0].set_xlabel("step")
     axes[0].set_title("loss")
-    axes[0].legend()
+    if tl or vl:
+        axes[0].legend()
     va = [(s, r["val_accuracy"]) for s, r in zip(steps, rows) if "val_accuracy" in r]
     vf = [(s, r["val_macro_f1"]) for s, r in zip(steps, rows) if "val_macro_f1" in r]
     if va:
@@ -69,7 +70,10 @@ def _curves(history: list[dict]) -> str | None:
     axes[1].set_xlabel("step")
     axes[1].set_title("validation metric")
     axes[1].set_ylim(0, 1.02)
-    axes[1].legend()
+    if va or vf:
+        axes[1].legend()
+    else:  # few labels: no validation split, the held-out evidence is the cross-validation estimate
+        axes[1].text(0.5, 0.5, "no validation split", ha="center", va="center", transform=axes[1].transAxes)
     for ax in axes:
         ax.grid(alpha=.3)
     return png_data_uri(fig)
