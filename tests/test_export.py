@@ -205,3 +205,45 @@ def test_export_refuses_bad_requests(image_run, tmp_path, capsys):
     assert (theirs / "notes.txt").read_text() == "mine" and len(list(theirs.iterdir())) == 1
     assert main(["export", str(tmp_path / "nope"), "--format", "onnx", "--out", str(tmp_path / "o")]) == 2
     assert "not a finished transferkit run" in capsys.readouterr().err
+
+
+def test_hf_export_loads_in_plain_transformers_without_transferkit(text_runs, tmp_path, capsys):
+    # the folder carries its model code (auto_map): a user without transferkit loads it with
+    # trust_remote_code=True and gets the run's logits
+    import subprocess
+    import sys
+    plain, _, _ = text_runs
+    model, _ = load_run(plain)
+    texts = ["cat dog and the bird", "rain and snow", "red green blue black white"]
+    enc = model.spec.preprocess.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = model.cpu()(dict(enc)).numpy()
+    _export(plain, "hf", tmp_path / "hf", capsys)
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert cfg["auto_map"]["AutoModelForSequenceClassification"].startswith("modeling_transferkit.")
+    np.save(tmp_path / "ref.npy", ref)
+    script = f"""
+import importlib.abc, sys
+class NoTransferkit(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "transferkit" or name.startswith("transferkit."):
+            raise ImportError("transferkit is not installed here")
+sys.meta_path.insert(0, NoTransferkit())
+import numpy as np, torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+folder = {str(tmp_path / "hf")!r}
+model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
+tok = AutoTokenizer.from_pretrained(folder)
+with torch.no_grad():
+    got = model(**tok({texts!r}, padding=True, return_tensors="pt")).logits.numpy()
+assert "transferkit" not in sys.modules
+diff = float(np.abs(got - np.load({str(tmp_path / "ref.npy")!r})).max())
+print("max abs diff", diff)
+assert diff <= 1e-5, diff
+"""
+    env = {**__import__("os").environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                          cwd=str(tmp_path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "max abs diff" in done.stdout

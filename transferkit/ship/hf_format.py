@@ -10,6 +10,7 @@ with `PeftModel.from_pretrained(model, "OUT/adapter")`.
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 
 import torch
@@ -17,6 +18,9 @@ from torch import nn
 
 from ..models import load_state_dict_checked
 from ..models.lora import attention_projections, lora_parameters
+
+
+REMOTE_MODULE = "modeling_transferkit"  # copied into every export (see modeling_transferkit.py)
 
 
 def merged_copy(model):
@@ -50,7 +54,10 @@ def build_hf_model(model, cfg, state: dict[str, torch.Tensor]) -> nn.Module:
         encoder=enc.model.config.to_dict(), pooling=enc.pooling, head_hidden=cfg.head_hidden,
         head_dropout=cfg.head_dropout, num_labels=len(classes),
         id2label={i: c for i, c in enumerate(classes)}, label2id={c: i for i, c in enumerate(classes)},
-        architectures=["PooledEncoderForSequenceClassification"])
+        architectures=["PooledEncoderForSequenceClassification"],
+        # the model code travels with the weights: plain transformers loads it with trust_remote_code
+        auto_map={"AutoConfig": f"{REMOTE_MODULE}.PooledEncoderConfig",
+                  "AutoModelForSequenceClassification": f"{REMOTE_MODULE}.PooledEncoderForSequenceClassification"})
     hf = PooledEncoderForSequenceClassification(config)
     load_state_dict_checked(hf, {_hf_key(k): v for k, v in state.items()}, "the run mapped onto the HF class")
     return hf.eval()
@@ -64,8 +71,9 @@ def write_hf(model, cfg, out: Path, *, merge: bool = True) -> list[str]:
     state = (merged_copy(model).state_dict() if lora and merge else _base_state(model))
     hf = build_hf_model(model, cfg, state)
     hf.save_pretrained(str(out))
+    shutil.copyfile(Path(__file__).with_name(f"{REMOTE_MODULE}.py"), out / f"{REMOTE_MODULE}.py")
     model.spec.preprocess.tokenizer.save_pretrained(str(out))
-    files = ["config.json", "model.safetensors", "tokenizer files"]
+    files = ["config.json", "model.safetensors", f"{REMOTE_MODULE}.py", "tokenizer files"]
     if lora and not merge:
         _write_adapter(model, cfg, hf, out / "adapter")
         files.append("adapter/")
