@@ -114,16 +114,22 @@ def test_image_run_exports_to_timm_onnx_torchscript(image_run, tmp_path, capsys)
         assert np.abs(ts(x).numpy() - ref).max() <= 1e-5
 
 
+def _text_reference(run):
+    """(three texts, their tokenised batch, the run's logits on them)."""
+    model, _ = load_run(run)
+    texts = ["cat dog and the bird", "rain and snow", "red green blue black white"]
+    enc = model.spec.preprocess.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = model.cpu()(dict(enc)).numpy()
+    return texts, enc, ref
+
+
 def test_text_run_exports_to_hf_onnx_torchscript(text_runs, tmp_path, capsys):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     import transferkit.ship.hf_model  # noqa: F401 - registers the exported model type
     plain, _, _ = text_runs
-    model, _ = load_run(plain)
-    texts = ["cat dog and the bird", "rain and snow", "red green blue black white"]
-    enc = model.spec.preprocess.tokenizer(texts, padding=True, return_tensors="pt")
-    with torch.no_grad():
-        ref = model.cpu()(dict(enc)).numpy()
+    texts, enc, ref = _text_reference(plain)
 
     _export(plain, "hf", tmp_path / "hf", capsys)
     hf = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "hf")).eval()
@@ -213,11 +219,7 @@ def test_hf_export_loads_in_plain_transformers_without_transferkit(text_runs, tm
     import subprocess
     import sys
     plain, _, _ = text_runs
-    model, _ = load_run(plain)
-    texts = ["cat dog and the bird", "rain and snow", "red green blue black white"]
-    enc = model.spec.preprocess.tokenizer(texts, padding=True, return_tensors="pt")
-    with torch.no_grad():
-        ref = model.cpu()(dict(enc)).numpy()
+    texts, _, ref = _text_reference(plain)
     _export(plain, "hf", tmp_path / "hf", capsys)
     cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert cfg["auto_map"]["AutoModelForSequenceClassification"].startswith("modeling_transferkit.")

@@ -35,9 +35,9 @@ from . import interrupt
 from .batches import collate_items, train_batches
 from .build import anchor_hash, build_model, build_regularizers_for, load_task_for, verify_anchor
 from .environment import write_environment
-from .evaluate import eval_loader, extract_views, make_dataset, to_device
+from .evaluate import eval_loader, make_dataset, to_device
 from .headfit import fit_multistage_probe, fit_probe
-from .probe_views import augmented_views, n_probe_views
+from .probe_views import augmented_views, frozen_views, n_probe_views, plain_probe, view_counts
 from .resume import restore_optimizer_and_rng, resume_point
 from .tracking import accelerator_kwargs, end_tracking, log_evaluation, log_step, start_tracking
 from .runfolder import check_out_dir, claim_out_dir
@@ -276,24 +276,16 @@ def _head_phase(model, cfg, state: RunState, plain_train, val_loader, device, au
     `calibrated`: fine-tuning follows, so fit with the C of best held-out NLL (see fit_probe)."""
     t0 = time.time()
     loader = eval_loader(model, plain_train, cfg.batch_size * 2, cfg.num_workers)
-    image = model.spec.modality == "image"
     cache = feature_cache_for(cfg)  # frozen + deterministic preprocessing: rows come from disk
-    views, labels = extract_views(model.backbone, loader, device, flip=image and (cfg.augment or cfg.tta),
-                                  autocast=autocast, cache=cache)
-    val = None
-    if len(val_loader.dataset):
-        val = extract_views(model.backbone, val_loader, device, flip=image and cfg.tta, autocast=autocast,
-                            cache=cache)
+    views, labels, val = frozen_views(model, cfg, loader, val_loader, device, autocast, cache)
     folds = [] if val is not None else cv_folds(labels.numpy(), cfg.cv_folds, cfg.seed)
     if pool is not None:  # AdaBN, kept only if the probe scores better held out (engine/unlabelled.py)
         from .unlabelled import adabn_in_head_phase
         views, val = adabn_in_head_phase(model, cfg, state, pool, loader, val_loader, views, labels, val, folds,
                                          device, autocast, cache)
     prior = getattr(model, "head_prior", None)
-    how_views = {"fit_views": len(views) if cfg.augment else 1, "score_views": len(views) if cfg.tta else 1}
-    plain_probe = not (isinstance(model.backbone, MultiStageFeatures) or prior is not None
-                       or hasattr(model.head, "fit_prototypes"))
-    k_aug = n_probe_views(cfg, len(labels), model.spec.modality) if plain_probe else 0
+    how_views = view_counts(cfg, views)
+    k_aug = n_probe_views(cfg, len(labels), model.spec.modality) if plain_probe(model) else 0
     if k_aug:  # augmented copies to learn from, after the views that score (probe_views.py)
         views = torch.cat([views, augmented_views(model, plain_train.items, cfg, device, autocast, k_aug)])
         how_views["fit_views"] = len(views)

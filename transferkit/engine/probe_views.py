@@ -26,6 +26,34 @@ VIEW_BUDGET = 4000     # at most this many extra forward passes: fewer views per
 _EPOCH_BASE = 10_000   # view j reads the augmentation stream of "epoch" _EPOCH_BASE + j
 
 
+def frozen_views(model, cfg, train_loader, val_loader, device, autocast, cache=None):
+    """(train views `[V, N, D]`, train labels, (val views, val labels) or None): the pooled features
+    the head phase fits and scores on, plain and, for images with augmentation or TTA, mirrored."""
+    from .evaluate import extract_views
+    image = model.spec.modality == "image"
+    views, labels = extract_views(model.backbone, train_loader, device, flip=image and (cfg.augment or cfg.tta),
+                                  autocast=autocast, cache=cache)
+    val = None
+    if len(val_loader.dataset):
+        val = extract_views(model.backbone, val_loader, device, flip=image and cfg.tta, autocast=autocast,
+                            cache=cache)
+    return views, labels, val
+
+
+def view_counts(cfg, views) -> dict:
+    """`fit_views`/`score_views` for headfit: train on every view with --augment, score on every
+    view with TTA (before augmented copies are appended)."""
+    return {"fit_views": len(views) if cfg.augment else 1, "score_views": len(views) if cfg.tta else 1}
+
+
+def plain_probe(model) -> bool:
+    """A plain linear head on the final features: not the multi-stage probe, prototypes or a name
+    prior (the heads that augmented views and the AdaBN gate apply to)."""
+    from ..models.multistage import MultiStageFeatures
+    return not (isinstance(model.backbone, MultiStageFeatures) or getattr(model, "head_prior", None) is not None
+                or hasattr(model.head, "fit_prototypes"))
+
+
 def n_probe_views(cfg, n_train: int, modality: str) -> int:
     """`--probe-views` when given, else MAX_VIEWS bounded by VIEW_BUDGET / n_train (0 for text,
     without --augment, or for large training sets)."""

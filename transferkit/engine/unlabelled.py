@@ -74,24 +74,16 @@ def adabn_in_head_phase(model, cfg: TrainConfig, state, pool_loader, train_loade
     compared on the plain and mirrored views (augmented copies, if any, are made afterwards with
     the statistics kept). Only the plain linear probe is gated (C by choose_c on the same folds or
     validation split); other heads keep the source statistics."""
-    from ..models.multistage import MultiStageFeatures
     from ..adaptation.adabn import gate
-    from .evaluate import extract_views
     from .headfit import choose_c
-    if (getattr(model, "head_prior", None) is not None or hasattr(model.head, "fit_prototypes")
-            or isinstance(model.backbone, MultiStageFeatures)):
+    from .probe_views import frozen_views, plain_probe, view_counts
+    if not plain_probe(model):
         state.unlabelled["adabn"] = {"applied": False, "reason": "only the plain linear probe is gated"}
         return views, val
-    image = model.spec.modality == "image"
-    how_views = {"fit_views": len(views) if cfg.augment else 1, "score_views": len(views) if cfg.tta else 1}
+    how_views = view_counts(cfg, views)
 
     def features():
-        views, _ = extract_views(model.backbone, train_loader, device, flip=image and (cfg.augment or cfg.tta),
-                                 autocast=autocast, cache=cache)
-        val = None
-        if len(val_loader.dataset):
-            val = extract_views(model.backbone, val_loader, device, flip=image and cfg.tta, autocast=autocast,
-                                cache=cache)
+        views, _, val = frozen_views(model, cfg, train_loader, val_loader, device, autocast, cache)
         return views, val
 
     def held_out(f):
