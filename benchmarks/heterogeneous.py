@@ -150,13 +150,16 @@ def _write(out: Path, command: str, rows: list[dict], shots: list[int], args, se
     seeds = sorted({r["seed"] for r in rows})
     fell = [r for r in rows if r["arm"] == "scratch" and r["first_train_loss"] is not None]
     fell_note = (f"Scratch training loss fell in {sum(r['last_train_loss'] < r['first_train_loss'] for r in fell)}"
-                 f" of {len(fell)} runs (mean {np.mean([r['first_train_loss'] for r in fell]):.2f} -> "
+                 f" of {len(fell)} runs (first logged loss, step {args.eval_every}, to the last, step {args.steps}: mean {np.mean([r['first_train_loss'] for r in fell]):.2f} -> "
                  f"{np.mean([r['last_train_loss'] for r in fell]):.3f}).\n") if fell else ""
+    timed = [r["seconds"] for r in rows if r["seconds"] is not None]
+    took = (f"{sum(timed):.0f}s of training by the runs' own clocks, {len(timed)} of {len(rows)} runs timed"
+            if args.collect else f"{seconds:.0f}s wall in all")  # --collect trains nothing: its wall time says nothing
     n = {(r["data"], r["arm"], r["shots"]): 0 for r in rows}
     for r in rows:
         n[(r["data"], r["arm"], r["shots"])] += 1
     md = (f"# Heterogeneous transfer\n\n```\n{command}\n```\n\nTest accuracy, mean ± std over seeds "
-          f"{', '.join(map(str, seeds))} ({seconds:.0f}s in all; {args.steps} steps, {args.image_size} px, "
+          f"{', '.join(map(str, seeds))} ({took}; {args.steps} steps, {args.image_size} px, "
           f"no augmentation, no flip TTA; (n) = runs in the cell, {min(n.values())}-{max(n.values())}):\n\n"
           f"{table(rows, shots)}\n\n{fell_note}")
     (out / f"heterogeneous_{name}.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
