@@ -14,10 +14,15 @@ apart for the frozen run). On a GPU the same script runs with AMP (bf16 autocast
   weights, images, size, batch, AdamW and threads, in NCHW (what a user writes) and in
   channels_last (what transferkit runs); `--precision bf16` (bf16 autocast) is the engine option
   measured, channels_last the bare loop's.
-- frozen: a `train --strategy linear_probe` run (all of `main()`: model load, decoding, forwards,
-  head fit with its cross-validation, test evaluation, report) against its forward passes alone:
-  the same images (train and test, each also mirrored: augmentation and TTA are on by default),
-  decoded beforehand, through the same backbone in the same memory order.
+- frozen: a `train --strategy linear_probe` run (all of `main()`: model load, decoding,
+  augmentation, forwards, head fit with its cross-validation, test evaluation, report) against its
+  backbone forward passes alone, through the same backbone in the same memory order, every input
+  decoded, resized, augmented and mirrored before the clock starts. Items on both sides count
+  forward passes: each training image as is, mirrored (augmentation and TTA are on by default) and
+  in `--probe-views` augmented copies (the default count for the training set's size, `light`
+  crop/flip/colour policy), each test image as is and mirrored (TTA). The run's counts are read
+  from what it wrote (metrics.json `head_fit.probe_views`, config.yaml) and the two sides must
+  agree, or the script stops.
 - eval: `evaluate` (transferkit.engine.run.evaluate_loaded: read, check, decode, forward, metrics;
   no TTA) against a bare `torch.inference_mode` loop over a DataLoader with the same transform.
 - partial:K: `train --strategy partial:K --no-augment` with the frozen-stage cache against
@@ -182,26 +187,46 @@ def bare_eval(spec: dict) -> dict:
     return {"seconds": time.perf_counter() - t0, "items": len(torch.cat(probs))}
 
 
+def _light_transform(size: int):
+    """The `light` augmentation a linear_probe run draws its probe views with (crop, flip, colour)."""
+    import torch
+    from torchvision.transforms import v2 as T
+    return T.Compose([T.RandomResizedCrop(size, scale=(0.6, 1.0), interpolation=T.InterpolationMode.BICUBIC,
+                                          antialias=True),
+                      T.RandomHorizontalFlip(), T.ColorJitter(0.2, 0.2, 0.2), T.ToImage(),
+                      T.ToDtype(torch.float32, scale=True), T.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])])
+
+
 def bare_forward(spec: dict) -> dict:
-    """The forward passes a linear_probe run needs, and nothing else: images decoded beforehand."""
+    """The forward passes a linear_probe run makes, and nothing else: every input (decoded, resized,
+    augmented, mirrored) is prepared before the clock starts. Per training image: as is, mirrored
+    and `probe_views` augmented copies; per test image: as is and mirrored (TTA)."""
     import torch
     device = torch.device(spec["device"])
-    tf = _eval_transform(spec["size"])
-    rows = _rows(spec["lp_train"]) + _rows(spec["test"])
-    x_all = torch.stack([_Files(rows, sorted({c for _, c in rows}), tf)[i][0] for i in range(len(rows))])
+    train, test = _rows(spec["lp_train"]), _rows(spec["test"])
+    classes = sorted({c for _, c in train + test})
+    plain = _Files(train + test, classes, _eval_transform(spec["size"]))
+    torch.manual_seed(0)
+    aug = _Files(train, classes, _light_transform(spec["size"]))
+    x_train = torch.stack([plain[i][0] for i in range(len(train))])
+    x_test = torch.stack([plain[len(train) + i][0] for i in range(len(test))])
+    x_views = [torch.stack([aug[i][0] for i in range(len(train))]) for _ in range(spec["probe_views"])]
+    batches = [x_train, x_train.flip(3), *x_views, x_test, x_test.flip(3)]
+    counts = {"train": len(x_train), "train_mirrored": len(x_train), "probe_views": len(train) * len(x_views),
+              "test": len(x_test), "test_mirrored": len(x_test)}
     model = _bare_model(10, device).eval()
     if spec.get("channels_last"):  # as transferkit runs it: the forwards of the run, not of another layout
         model = model.to(memory_format=torch.channels_last)
     t0 = time.perf_counter()
     n = 0
     with torch.inference_mode(), _amp(device):
-        for _ in range(spec["views"]):
+        for x_all in batches:
             for i in range(0, len(x_all), 64):
                 model.forward_features(x_all[i:i + 64].to(device))
                 n += len(x_all[i:i + 64])
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return {"seconds": time.perf_counter() - t0, "items": n}
+    return {"seconds": time.perf_counter() - t0, "items": n, "counts": counts}
 
 
 # ------------------------------------------------------------------------------ transferkit side
@@ -257,8 +282,21 @@ def tk_frozen(spec: dict) -> dict:
                  "--overwrite", "--quiet"]) == 0
     seconds = time.perf_counter() - t0
     m = json.loads(Path(spec["out"], "metrics.json").read_text())
-    return {"seconds": seconds, "items": m["n_train"] + m["n_test"], "accuracy": m["accuracy"],
+    return {"seconds": seconds, "items": sum(_frozen_counts(spec["out"], m).values()), "accuracy": m["accuracy"],
+            "counts": _frozen_counts(spec["out"], m), "C": m["head_fit"]["C"],
             "phase_seconds": m["phase_seconds"], "import_seconds": round(imports, 2)}
+
+
+def _frozen_counts(run: str, m: dict) -> dict:
+    """The backbone forward passes a linear_probe run made, read from what it wrote: the training
+    images plain and (with augmentation or TTA) mirrored, `head_fit.probe_views` augmented copies of
+    each, and the test images plain and (with TTA) mirrored."""
+    from transferkit.config import read_config
+    cfg = read_config(Path(run) / "config.yaml")
+    n_train, n_test = m["n_train"], m["n_test"]
+    return {"train": n_train, "train_mirrored": n_train if (cfg.augment or cfg.tta) else 0,
+            "probe_views": n_train * m["head_fit"].get("probe_views", 0),
+            "test": n_test, "test_mirrored": n_test if cfg.tta else 0}
 
 
 def tk_text_eval(spec: dict) -> dict:
@@ -328,7 +366,8 @@ def _groups(args, base: dict, tmp: Path) -> dict:
                                                     "out": str(tmp / "bf16")})},
         # the eval group reads the run the frozen group writes
         "frozen": {"transferkit": ("tk_frozen", {**lp, "out": run}),
-                   "forwards_nhwc": ("bare_forward", {**lp, "views": 2, "channels_last": True})},
+                   "forwards_nhwc": ("bare_forward", {**lp, "probe_views": _default_probe_views(args.lp_train_items),
+                                                      "channels_last": True})},
         "eval": {"transferkit": ("tk_eval", {**lp, "run": run}),
                  "bare": ("bare_eval", {**lp}),
                  "bare_nhwc": ("bare_eval", {**lp, "channels_last": True})},
@@ -342,6 +381,14 @@ def _groups(args, base: dict, tmp: Path) -> dict:
                                   "plain": ("tk_partial", {**spec, "flags": ["--no-stage-cache"],
                                                            "out": str(tmp / f"p{k}_plain")})}
     return {k: v for k, v in groups.items() if not args.only or k in args.only}
+
+
+def _default_probe_views(n_train: int) -> int:
+    """The augmented views per training image a default linear_probe run draws (engine/probe_views.py);
+    the frozen group checks afterwards that the run drew as many (its metrics' head_fit.probe_views)."""
+    from transferkit.config import TrainConfig
+    from transferkit.engine.probe_views import n_probe_views
+    return n_probe_views(TrainConfig(data="-", out="-"), n_train, "image")
 
 
 # (group, A, B, what the ratio is): throughput ratios are B time / A time (higher: A faster);
@@ -419,6 +466,13 @@ def _summarise(raw: dict, args, tmp: Path) -> dict:
             sides[f"{g}/{label}"] = {"seconds": round(t, 3), "items": rows[0]["items"],
                                      "items_per_s": round(rows[0]["items"] / t, 2),
                                      "peak_rss_mb": max(x["peak_rss_mb"] for x in rows), "repeats": len(rows)}
+    if "frozen" in raw:  # both sides must have made the same forward passes, or the ratio means nothing
+        counts = {label: rows[0]["counts"] for label, rows in raw["frozen"].items()}
+        if len({json.dumps(c, sort_keys=True) for c in counts.values()}) != 1:
+            raise RuntimeError(f"the frozen group's sides made different forward passes: {counts}")
+        sides["frozen/transferkit"]["counts"] = counts["transferkit"]
+        sides["frozen/transferkit"]["C"] = sorted({r["C"] for r in raw["frozen"]["transferkit"]})
+        sides["frozen/transferkit"]["accuracy"] = sorted({r["accuracy"] for r in raw["frozen"]["transferkit"]})
     ratios = []
     for g, a, b, what in RATIOS:
         if g in raw:
@@ -451,6 +505,13 @@ def _markdown(s: dict) -> str:
     lines += ["", "| side | median s | items | items/s | peak RSS MB |", "| --- | ---: | ---: | ---: | ---: |"]
     for name, v in s["sides"].items():
         lines.append(f"| {name} | {v['seconds']:.2f} | {v['items']} | {v['items_per_s']:.1f} | {v['peak_rss_mb']:.0f} |")
+    if "frozen/transferkit" in s["sides"]:
+        v = s["sides"]["frozen/transferkit"]
+        c = v["counts"]
+        lines += ["", f"Frozen group, items = backbone forward passes, the same on both sides (checked): "
+                      f"{c['train']} training images as is + {c['train_mirrored']} mirrored + {c['probe_views']} "
+                      f"augmented probe views, {c['test']} test images as is + {c['test_mirrored']} mirrored (TTA). "
+                      f"The run's chosen C: {v['C']}, test accuracy: {v['accuracy']} (every repeat)."]
     return "\n".join(lines) + "\n"
 
 

@@ -114,6 +114,35 @@ def test_cv_scores_held_out_items_on_all_their_views_and_never_trains_on_them():
     assert choice.table[0]["accuracy"] == pytest.approx(np.mean(accs), abs=1e-9)
 
 
+def test_folds_fitted_together_along_the_c_path_match_separate_fits():
+    # a linear head fits the folds of one C in one L-BFGS run, warm-started from the smaller C:
+    # same minimum as one cold fit per (C, fold), which a head of another type still gets
+    from transferkit.engine.headfit import _fit_linear_heads
+    x, y = _blobs(n_per_class=10, sep=0.6)  # overlapping classes: held-out accuracy varies with C
+    views = torch.stack([x, x.flip(1)])
+    folds = cv_folds(y.numpy(), 4, 0)
+    torch.manual_seed(0)
+    linear = nn.Linear(16, 3)
+    other = nn.Sequential(nn.Linear(16, 3))
+    other[0].load_state_dict(linear.state_dict())
+    together, apart = choose_c(linear, views, y, folds=folds), choose_c(other, views, y, folds=folds)
+    assert (together.C, together.C_nll) == (apart.C, apart.C_nll)
+    assert len({r["accuracy"] for r in apart.table}) > 2  # the choice is not a tie
+    for a, b in zip(together.table, apart.table):
+        assert a["accuracy"] == b["accuracy"] and a["nll"] == pytest.approx(b["nll"], abs=2e-3)
+    rows = torch.zeros(len(folds), len(y))
+    for f, (tr, _) in enumerate(folds):
+        rows[f, tr] = 1.0
+    w = linear.weight.detach().expand(len(folds), -1, -1).clone().requires_grad_(True)
+    b = linear.bias.detach().expand(len(folds), -1).clone().requires_grad_(True)
+    _fit_linear_heads(w, b, views.reshape(-1, 16), y.repeat(2), rows.repeat(1, 2), 1.0)
+    for f, (tr, _) in enumerate(folds):
+        head = nn.Linear(16, 3)
+        head.load_state_dict(linear.state_dict())
+        fit_linear_head(head, views[:, tr].reshape(-1, 16), y[tr].repeat(2), 1.0)
+        assert torch.allclose(head.weight, w[f], atol=5e-3) and torch.allclose(head.bias, b[f], atol=5e-3)
+
+
 def test_validation_is_scored_with_the_tests_tta(image_folder, tmp_path):
     # defect 2: validation was scored without the flip TTA the test uses
     run = tmp_path / "run"
