@@ -217,7 +217,7 @@ def bare_forward(spec: dict) -> dict:
     model = _bare_model(10, device).eval()
     if spec.get("channels_last"):  # as transferkit runs it: the forwards of the run, not of another layout
         model = model.to(memory_format=torch.channels_last)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     n = 0
     with torch.inference_mode(), _amp(device):
         for x_all in batches:
@@ -226,7 +226,8 @@ def bare_forward(spec: dict) -> dict:
                 n += len(x_all[i:i + 64])
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return {"seconds": time.perf_counter() - t0, "items": n, "counts": counts}
+    return {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "items": n,
+            "counts": counts}
 
 
 # ------------------------------------------------------------------------------ transferkit side
@@ -276,14 +277,15 @@ def tk_frozen(spec: dict) -> dict:
     from transferkit.report import metrics  # noqa: F401
     imports = time.perf_counter() - t_imp
     os.environ["TRANSFERKIT_CACHE"] = tempfile.mkdtemp(prefix="bench-speed-cache-")  # a cold cache
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     assert main(["train", spec["lp_train"], "--test", spec["test"], "--backbone", "bundled:efficientnet_lite0",
                  "--strategy", "linear_probe", "--image-size", str(spec["size"]), "--out", spec["out"],
                  "--overwrite", "--quiet"]) == 0
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     m = json.loads(Path(spec["out"], "metrics.json").read_text())
-    return {"seconds": seconds, "items": sum(_frozen_counts(spec["out"], m).values()), "accuracy": m["accuracy"],
-            "counts": _frozen_counts(spec["out"], m), "C": m["head_fit"]["C"],
+    counts = _frozen_counts(spec["out"], m)
+    return {"seconds": seconds, "cpu_seconds": cpu, "items": sum(counts.values()), "counts": counts,
+            "accuracy": m["accuracy"], "C": m["head_fit"]["C"],
             "phase_seconds": m["phase_seconds"], "import_seconds": round(imports, 2)}
 
 
@@ -473,12 +475,20 @@ def _summarise(raw: dict, args, tmp: Path) -> dict:
         sides["frozen/transferkit"]["counts"] = counts["transferkit"]
         sides["frozen/transferkit"]["C"] = sorted({r["C"] for r in raw["frozen"]["transferkit"]})
         sides["frozen/transferkit"]["accuracy"] = sorted({r["accuracy"] for r in raw["frozen"]["transferkit"]})
+        for label, rows in raw["frozen"].items():
+            sides[f"frozen/{label}"]["cpu_seconds"] = round(_median(rows, "cpu_seconds"), 3)
     ratios = []
     for g, a, b, what in RATIOS:
         if g in raw:
             ta, tb = sides[f"{g}/{a}"]["seconds"], sides[f"{g}/{b}"]["seconds"]
             ratios.append({"group": g, "a": a, "b": b, "what": what,
                            "ratio": round(ta / tb if g == "frozen" else tb / ta, 3)})
+    if "frozen" in raw:
+        ratios.append({"group": "frozen", "a": "transferkit", "b": "forwards_nhwc",
+                       "what": "the same in process CPU time (user + system; less sensitive than wall time to "
+                               "other load on a shared machine)",
+                       "ratio": round(sides["frozen/transferkit"]["cpu_seconds"]
+                                      / sides["frozen/forwards_nhwc"]["cpu_seconds"], 3)})
     for k in args.partial:
         g = f"partial:{k}"
         if g in raw:
@@ -511,7 +521,9 @@ def _markdown(s: dict) -> str:
         lines += ["", f"Frozen group, items = backbone forward passes, the same on both sides (checked): "
                       f"{c['train']} training images as is + {c['train_mirrored']} mirrored + {c['probe_views']} "
                       f"augmented probe views, {c['test']} test images as is + {c['test_mirrored']} mirrored (TTA). "
-                      f"The run's chosen C: {v['C']}, test accuracy: {v['accuracy']} (every repeat)."]
+                      f"The run's chosen C: {v['C']}, test accuracy: {v['accuracy']} (every repeat). "
+                      f"Median process CPU seconds: run {v['cpu_seconds']:.2f}, forwards "
+                      f"{s['sides']['frozen/forwards_nhwc']['cpu_seconds']:.2f}."]
     return "\n".join(lines) + "\n"
 
 
