@@ -5,7 +5,8 @@ few-label protocol), each job trains what its rows need and scores the test spli
 
 - `probe`: scikit-learn LogisticRegression (C=1) on frozen pooled features, no augmentation — the bar.
 - `linear_probe`: the engine's probe (C by cross-validation, mirrored and augmented views of each
-  training image, flip TTA).
+  training image; the test scored on the image, its mirror and 4 augmented copies: engine/tta.py).
+  Every engine row (all but `probe`) is scored with that test-time augmentation.
 - `multi_probe`: the engine's multi-stage probe (Head2Toe-style: pooled outputs of the last stages
   too, how many chosen with C by cross-validation).
 - `two_phase[V]`: LP-FT with recipe variant V (augmentation policy, epochs, ...), trained on every
@@ -60,7 +61,10 @@ def _test_curve(run: Path, cfg, task, grid) -> dict:
     from transferkit.engine import checkpoint as ck
     from transferkit.engine.build import build_model
     from transferkit.engine.evaluate import eval_loader, make_dataset, predict_probs
+    from transferkit.config import read_config
     from transferkit.engine.fit import wise_mix
+    from transferkit.engine.tta import views_of
+    views = views_of(read_config(run / "config.yaml"))  # the run's test-time views, as evaluate scores
     model, _ = build_model(cfg, task.classes)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(dev)
@@ -71,7 +75,7 @@ def _test_curve(run: Path, cfg, task, grid) -> dict:
     out = {}
     for w in (grid if lp is not None else (1.0,)):
         model.load_state_dict(wise_mix(lp, ft, w) if lp is not None else ft)
-        p, y = predict_probs(model, loader, dev, tta=cfg.tta)
+        p, y = predict_probs(model, loader, dev, tta=cfg.tta, views=views)
         out[str(w)] = float((p.argmax(1) == y).mean())
     return out
 

@@ -154,7 +154,9 @@ def test_validation_is_scored_with_the_tests_tta(image_folder, tmp_path):
     from transferkit.data import Example
     items = [Example(str(Path(image_folder) / r["item"]), r["label"]) for r in val]
     loader = eval_loader(model, make_dataset(model, items, train=False, augment=False, image_size=32, seed=0), 16)
-    p_tta, yv = predict_probs(model, loader, "cpu", tta=True)
+    from transferkit.engine.tta import views_of
+    assert views_of(cfg) > 0  # the mirror and augmented copies (engine/tta.py), as the test is scored
+    p_tta, yv = predict_probs(model, loader, "cpu", tta=True, views=views_of(cfg))
     p_plain, _ = predict_probs(model, loader, "cpu", tta=False)
     nll = lambda p: float(-np.log(p[np.arange(len(yv)), yv]).mean())  # noqa: E731
     logged = float(_rows(run / "history.csv")[0]["val_loss"])

@@ -220,6 +220,7 @@ def feature_cell(name: str, store: FeatureStore, task: Task, cfg: TrainConfig) -
         from ..data import cv_folds
         torch.manual_seed(cfg.seed)
         from ..engine.probe_views import augmented_views, n_probe_views
+        from ..engine.tta import resolve_views, view_features
         model = attach_head(store.backbone, task.classes, hidden=cfg.head_hidden, dropout=cfg.head_dropout)
         head = model.head
         flip = store.flipped is not None
@@ -229,9 +230,14 @@ def feature_cell(name: str, store: FeatureStore, task: Task, cfg: TrainConfig) -
         va_views = torch.stack([va, store.get(task.val, flipped=True)[0]]) if tta else va[None]
         score_views = len(views) if tta else 1
         k_aug = n_probe_views(cfg, len(task.train), model.spec.modality)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
         if k_aug:  # the augmented copies the engine's probe also learns from (not cached: random crops)
-            device = "cuda" if torch.cuda.is_available() else "cpu"
             views = torch.cat([views, augmented_views(model.to(device), task.train, cfg, device, None, k_aug)])
+        k_tta = resolve_views(cfg, task.train, model.spec.modality) if tta else 0
+        if k_tta:  # scored as a trained run scores them: with its test-time views (engine/tta.py)
+            te_views = torch.cat([te_views, view_features(model.to(device), task.test, cfg, device, k_tta)])
+            if len(yva):
+                va_views = torch.cat([va_views, view_features(model.to(device), task.val, cfg, device, k_tta)])
         choice = fit_probe(head, views, ytr, val=(va_views, yva) if len(yva) else None,
                   folds=cv_folds(ytr.numpy(), cfg.cv_folds, cfg.seed),
                   fit_views=len(views) if cfg.augment else 1, score_views=score_views,

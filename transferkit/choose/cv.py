@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import TrainConfig
+from ..config import TrainConfig, read_config
 from ..data import Task, cv_folds
 from ..engine.fit import WISE_GRID
 
@@ -46,6 +46,8 @@ def _held_out_scores(run: Path, cfg: TrainConfig, classes: list[str], held_out: 
     from ..engine.evaluate import eval_loader, make_dataset, predict_probs
     from ..engine.fit import wise_mix
     from ..engine.headfit import score
+    from ..engine.tta import views_of
+    run_cfg = read_config(run / "config.yaml")  # the fold run's resolved --tta-views
     model, _ = build_model(cfg, classes)
     ft = ck.load_tensors(run / "model.safetensors")
     lp = ck.load_tensors(run / "lp_model.safetensors") if (run / "lp_model.safetensors").exists() else None
@@ -58,7 +60,7 @@ def _held_out_scores(run: Path, cfg: TrainConfig, classes: list[str], held_out: 
     rows = []
     for w in grid:
         model.load_state_dict(wise_mix(lp, ft, w) if lp is not None else ft)
-        probs, y = predict_probs(model, loader, device, tta=cfg.tta)
+        probs, y = predict_probs(model, loader, device, tta=cfg.tta, views=views_of(run_cfg))
         acc, nll = score(torch.from_numpy(probs), torch.from_numpy(y).long())
         rows.append({"wise": w, "accuracy": acc, "nll": nll})
     return rows

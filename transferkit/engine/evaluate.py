@@ -16,6 +16,7 @@ from ..data.arrays import IMAGE_EXTS, array_transforms
 from ..data.images import ArrayDataset
 from ..data.splits import Example
 from ..models.heads import TransferModel
+from .tta import combine, view_loaders
 
 
 def make_dataset(model: TransferModel, items: list[Example], *, train: bool, augment: bool,
@@ -26,7 +27,10 @@ def make_dataset(model: TransferModel, items: list[Example], *, train: bool, aug
     pre = model.spec.preprocess
     if all(Path(e.x).suffix.lower() in IMAGE_EXTS for e in items):
         train_tf, eval_tf = build_transforms(pre, image_size, augment, policy)
-        return ImageDataset(items, cls, train_tf if train else eval_tf, seed=seed, gray=pre.channels == 1)
+        ds = ImageDataset(items, cls, train_tf if train else eval_tf, seed=seed, gray=pre.channels == 1)
+        if not train:  # what test-time augmentation's extra views are drawn with (engine/tta.py)
+            ds.view_transform = build_transforms(pre, image_size, True, "light")[0]
+        return ds
     train_tf, eval_tf = array_transforms(pre, image_size, augment)
     return ArrayDataset(items, cls, train_tf if train else eval_tf, pre, seed=seed)
 
@@ -57,14 +61,16 @@ def _flip(x):
 
 @torch.no_grad()
 def predict_probs(model: TransferModel, loader: DataLoader, device, *, tta: bool = False,
-                  autocast=None, progress: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  autocast=None, progress: str | None = None, views: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities and labels for every item (labels -1 where unknown); `progress`
-    names a progress bar."""
+    names a progress bar. `tta`: averaged with the mirrored image; `views` (with `tta`): and with
+    that many augmented copies of each image (engine/tta.py)."""
     from ..progress import progress as bar
     from .length_sort import by_length, in_dataset_order
     was = model.training
     model.eval()
     probs, labels = [], []
+    mirrored = False
     loader, order = by_length(loader)  # texts: batches of similar length, less padding
     for x, y in bar(loader, progress):
         x = to_device(x, device)
@@ -73,10 +79,22 @@ def predict_probs(model: TransferModel, loader: DataLoader, device, *, tta: bool
             p = logits.softmax(-1)
             if tta and _flip(x) is not None:
                 p = (p + model(_flip(x)).float().softmax(-1)) / 2
+                mirrored = True
         probs.append(p.cpu())
         labels.append(torch.as_tensor(y))
+    probs = in_dataset_order(torch.cat(probs), order)
+    extra = view_loaders(loader, views) if tta else []
+    probs = combine(probs, mirrored, [_probs_of(model, vl, device, autocast) for vl in extra])
     model.train(was)
-    return in_dataset_order(torch.cat(probs), order).numpy(), in_dataset_order(torch.cat(labels), order).numpy()
+    return probs.numpy(), in_dataset_order(torch.cat(labels), order).numpy()
+
+
+def _probs_of(model, loader: DataLoader, device, autocast) -> torch.Tensor:
+    out = []
+    for x, _ in loader:
+        with autocast() if autocast else _null():
+            out.append(model(to_device(x, device)).float().softmax(-1).cpu())
+    return torch.cat(out)
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ every validation so `--resume` continues exactly where the run stopped.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -38,6 +39,7 @@ from .environment import write_environment
 from .evaluate import eval_loader, make_dataset, to_device
 from .headfit import fit_multistage_probe, fit_probe
 from .probe_views import augmented_views, frozen_views, n_probe_views, plain_probe, view_counts
+from .tta import resolve_views, views_of
 from .resume import restore_optimizer_and_rng, resume_point
 from .tracking import accelerator_kwargs, end_tracking, log_evaluation, log_step, start_tracking
 from .runfolder import check_out_dir, claim_out_dir
@@ -168,6 +170,8 @@ def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: 
         task = load_task_for(cfg)
     report_data_issues(task, cfg, log)
     model, anchor = build_model(cfg, task.classes)
+    if not resume:  # recorded in config.yaml, so evaluate and predict score as the test split was
+        cfg = dataclasses.replace(cfg, tta_views=resolve_views(cfg, task.train, model.spec.modality))
     if resume and anchor is not None:
         anchor = verify_anchor(run, cfg, model, anchor)
     model.to(device)
@@ -325,7 +329,7 @@ def _head_phase(model, cfg, state: RunState, plain_train, val_loader, device, au
                               estimate={**choice.estimate(), "C": None})
     row = {"phase": state.phase, "step": state.global_step, "epoch": state.epoch, "lr": "",
            "train_loss": "", "seconds": round(time.time() - t0, 2)}
-    row.update(_validate(model, val_loader, device, autocast, tta=cfg.tta, accel=accel,
+    row.update(_validate(model, val_loader, device, autocast, tta=cfg.tta, views=views_of(cfg), accel=accel,
                          step=state.global_step))
     state.history.append(row)
     if "scale" in extra:
@@ -373,7 +377,7 @@ def _apply_wise(run: Path, cfg: TrainConfig, model, state: RunState, val_loader,
         rows = []
         for cand in WISE_GRID:
             model.load_state_dict(wise_mix(lp, ft, cand))
-            rows.append({"wise": cand, **_validate(model, val_loader, device, autocast, tta=cfg.tta)})
+            rows.append({"wise": cand, **_validate(model, val_loader, device, autocast, tta=cfg.tta, views=views_of(cfg))})
         best = max(rows, key=lambda r: validation_score(r, cfg.metric))
         w, how = best["wise"], "on validation"
     else:
@@ -385,12 +389,14 @@ def _apply_wise(run: Path, cfg: TrainConfig, model, state: RunState, val_loader,
         _save_model(run / "model.safetensors", model)
 
 
-def _validate(model, loader, device, autocast, tta: bool = False, accel=None, step: int = 0) -> dict:
+def _validate(model, loader, device, autocast, tta: bool = False, accel=None, step: int = 0,
+              views: int = 0) -> dict:
     """Validation metrics, scored exactly as the test split is (same test-time augmentation);
     with `accel`, also sent to its experiment trackers at `step`."""
     if not len(loader.dataset):
         return {}
-    probs, y = predict_probs_sharded(model, loader, device, tta=tta, autocast=autocast, accel=accel)
+    probs, y = predict_probs_sharded(model, loader, device, tta=tta, autocast=autocast, accel=accel,
+                                     views=views)
     from ..report.metrics import classification_metrics
     m = classification_metrics(y, probs, model.class_names)
     log_evaluation(accel, m, model.class_names, step)
@@ -540,7 +546,7 @@ def _sgd_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: int, tr
             row = {"phase": state.phase, "step": state.global_step, "epoch": state.epoch,
                    "lr": optimizer.param_groups[-1]["lr"], "train_loss": round(float(np.mean(running)), 6),
                    "seconds": round(time.time() - t0, 2)}
-            row.update(_validate(model, val_loader, device, accel.autocast, tta=cfg.tta, accel=accel,
+            row.update(_validate(model, val_loader, device, accel.autocast, tta=cfg.tta, views=views_of(cfg), accel=accel,
                                  step=state.global_step))
             set_train_mode(model, bn)
             running.clear()
@@ -606,7 +612,7 @@ def _finish(run: Path, cfg: TrainConfig, model, task: Task, state: RunState, dev
         loader = eval_loader(model, make_dataset(model, task.test, train=False, augment=False,
                                                  image_size=cfg.image_size, seed=cfg.seed),
                              cfg.batch_size * 2, cfg.num_workers)
-        probs, y = predict_probs_sharded(model, loader, device, tta=cfg.tta, autocast=autocast, accel=accel)
+        probs, y = predict_probs_sharded(model, loader, device, tta=cfg.tta, views=views_of(cfg), autocast=autocast, accel=accel)
         metrics.update(classification_metrics(y, probs, model.class_names))
         errors = worst_errors(task.test, probs, y, model.class_names)
     metrics["best_step"] = state.best_step

@@ -12,6 +12,7 @@ import torch
 from ..data import Example
 from .evaluate import collate_for, make_dataset, predict_probs
 from .run import _device, _topk_rows, load_run
+from .tta import combine, view_tensor, views_of
 
 
 def preprocess_of(model, cfg) -> dict:
@@ -38,15 +39,20 @@ class Predictor:
             ds = make_dataset(self.model, [], train=False, augment=False,
                               image_size=self.cfg.image_size, seed=0)
             self.transform = ds.transform
+            self.view_transform = getattr(ds, "view_transform", None)
+        self.views = views_of(self.cfg) if getattr(self, "view_transform", None) is not None else 0
 
     def info(self) -> dict:
         return {"classes": self.classes, "modality": self.modality,
                 "source": self.model.spec.source.to_dict(), "preprocess": preprocess_of(self.model, self.cfg),
-                "strategy": self.cfg.strategy, "tta": bool(self.cfg.tta and self.modality == "image")}
+                "strategy": self.cfg.strategy, "tta": bool(self.cfg.tta and self.modality == "image"),
+                "tta_views": self.views}
 
     def predict_images(self, images: list, names: list[str] | None = None, top_k: int = 5) -> list[dict]:
-        x = torch.stack([self.transform(im.convert("RGB")) for im in images])
-        return self._predict([x], names or [f"image{i}" for i in range(len(images))], top_k)
+        images = [im.convert("RGB") for im in images]
+        x = torch.stack([self.transform(im) for im in images])
+        views = [torch.stack([view_tensor(im, j, self.view_transform) for im in images]) for j in range(self.views)]
+        return self._predict([x], names or [f"image{i}" for i in range(len(images))], top_k, views)
 
     def predict_texts(self, texts: list[str], top_k: int = 5) -> list[dict]:
         collate = collate_for(self.model)
@@ -54,8 +60,13 @@ class Predictor:
             batch, _ = collate([(t, -1) for t in texts])
         return self._predict([batch], texts, top_k)
 
-    def _predict(self, batches: list, names: list[str], top_k: int) -> list[dict]:
+    def _predict(self, batches: list, names: list[str], top_k: int, views: list | None = None) -> list[dict]:
         loader = [(b, torch.full((len(names),), -1)) for b in batches]
         with self._lock:
             probs, _ = predict_probs(self.model, loader, _device(), tta=self.cfg.tta)
+            if views and self.cfg.tta:  # as predict_probs(views=K) does for files (engine/tta.py)
+                with torch.no_grad():
+                    self.model.eval()
+                    extra = [self.model(v.to(_device())).float().softmax(-1).cpu() for v in views]
+                probs = combine(torch.from_numpy(probs), True, extra).numpy()
         return _topk_rows([Example(n, "") for n in names], torch.from_numpy(probs), self.classes, top_k)

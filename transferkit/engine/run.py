@@ -13,6 +13,7 @@ from ..models import SourceError, load_state_dict_checked, parse_source
 from . import checkpoint as ck
 from .build import build_model
 from .evaluate import eval_loader, make_dataset, predict_probs
+from .tta import views_of
 
 
 def load_run(run_dir: str | Path):
@@ -65,7 +66,7 @@ def evaluate_loaded(model, cfg, data: str | Path, *, batch_size: int = 64, tta: 
                         "train with them")
     ds = make_dataset(model, items, train=False, augment=False, image_size=cfg.image_size, seed=0)
     probs, y = predict_probs(model, eval_loader(model, ds, batch_size), _device(),
-                             tta=cfg.tta if tta is None else tta, progress="evaluate")
+                             tta=cfg.tta if tta is None else tta, progress="evaluate", views=views_of(cfg, tta))
     m = classification_metrics(y, probs, model.class_names)
     m["skipped"] = skipped
     m["data"] = str(data)
@@ -127,7 +128,7 @@ def predict_items(model, cfg, items: list[Example], *, top_k: int = 1, batch_siz
     if good:
         ds = make_dataset(model, good, train=False, augment=False, image_size=cfg.image_size, seed=0)
         probs, _ = predict_probs(model, eval_loader(model, ds, batch_size), _device(), tta=cfg.tta,
-                                 progress="predict")
+                                 progress="predict", views=views_of(cfg))
         rows = _topk_rows(good, torch.from_numpy(probs), model.class_names, top_k)
     done = iter(rows)
     return [_error_row(e, errors[i]) if i in errors else next(done) for i, e in enumerate(items)]

@@ -16,17 +16,17 @@ from .evaluate import predict_probs
 
 
 def predict_probs_sharded(model, loader: DataLoader, device, *, tta: bool = False, autocast=None,
-                          accel=None) -> tuple[np.ndarray, np.ndarray]:
+                          accel=None, views: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """`predict_probs` over all of `loader.dataset`, the work split over `accel`'s processes."""
     if accel is None or accel.num_processes == 1:
-        return predict_probs(model, loader, device, tta=tta, autocast=autocast)
+        return predict_probs(model, loader, device, tta=tta, autocast=autocast, views=views)
     import torch.distributed as dist
     rank, world, n = accel.process_index, accel.num_processes, len(loader.dataset)
     own = list(range(rank, n, world))
     if own:
         sub = DataLoader(Subset(loader.dataset, own), batch_size=loader.batch_size, shuffle=False,
                          num_workers=loader.num_workers, collate_fn=loader.collate_fn)
-        probs, y = predict_probs(model, sub, device, tta=tta, autocast=autocast)
+        probs, y = predict_probs(model, sub, device, tta=tta, autocast=autocast, views=views)
     else:  # fewer items than processes
         probs, y = np.zeros((0, model.num_classes), dtype=np.float32), np.zeros(0, dtype=np.int64)
     parts: list = [None] * world
