@@ -200,7 +200,8 @@ def _light_transform(size: int):
 def bare_forward(spec: dict) -> dict:
     """The forward passes a linear_probe run makes, and nothing else: every input (decoded, resized,
     augmented, mirrored) is prepared before the clock starts. Per training image: as is, mirrored
-    and `probe_views` augmented copies; per test image: as is and mirrored (TTA)."""
+    and `probe_views` augmented copies; per test image: as is, mirrored and `tta_views` augmented
+    copies (test-time augmentation, engine/tta.py)."""
     import torch
     device = torch.device(spec["device"])
     train, test = _rows(spec["lp_train"]), _rows(spec["test"])
@@ -211,9 +212,11 @@ def bare_forward(spec: dict) -> dict:
     x_train = torch.stack([plain[i][0] for i in range(len(train))])
     x_test = torch.stack([plain[len(train) + i][0] for i in range(len(test))])
     x_views = [torch.stack([aug[i][0] for i in range(len(train))]) for _ in range(spec["probe_views"])]
-    batches = [x_train, x_train.flip(3), *x_views, x_test, x_test.flip(3)]
+    aug_test = _Files(test, classes, _light_transform(spec["size"]))
+    t_views = [torch.stack([aug_test[i][0] for i in range(len(test))]) for _ in range(spec.get("tta_views", 0))]
+    batches = [x_train, x_train.flip(3), *x_views, x_test, x_test.flip(3), *t_views]
     counts = {"train": len(x_train), "train_mirrored": len(x_train), "probe_views": len(train) * len(x_views),
-              "test": len(x_test), "test_mirrored": len(x_test)}
+              "test": len(x_test), "test_mirrored": len(x_test), "test_views": len(test) * len(t_views)}
     model = _bare_model(10, device).eval()
     if spec.get("channels_last"):  # as transferkit runs it: the forwards of the run, not of another layout
         model = model.to(memory_format=torch.channels_last)
@@ -294,11 +297,13 @@ def _frozen_counts(run: str, m: dict) -> dict:
     images plain and (with augmentation or TTA) mirrored, `head_fit.probe_views` augmented copies of
     each, and the test images plain and (with TTA) mirrored."""
     from transferkit.config import read_config
+    from transferkit.engine.tta import views_of
     cfg = read_config(Path(run) / "config.yaml")
     n_train, n_test = m["n_train"], m["n_test"]
     return {"train": n_train, "train_mirrored": n_train if (cfg.augment or cfg.tta) else 0,
             "probe_views": n_train * m["head_fit"].get("probe_views", 0),
-            "test": n_test, "test_mirrored": n_test if cfg.tta else 0}
+            "test": n_test, "test_mirrored": n_test if cfg.tta else 0,
+            "test_views": n_test * views_of(cfg)}
 
 
 def tk_text_eval(spec: dict) -> dict:
@@ -369,6 +374,7 @@ def _groups(args, base: dict, tmp: Path) -> dict:
         # the eval group reads the run the frozen group writes
         "frozen": {"transferkit": ("tk_frozen", {**lp, "out": run}),
                    "forwards_nhwc": ("bare_forward", {**lp, "probe_views": _default_probe_views(args.lp_train_items),
+                                                      "tta_views": _default_tta_views(args.lp_train_items),
                                                       "channels_last": True})},
         "eval": {"transferkit": ("tk_eval", {**lp, "run": run}),
                  "bare": ("bare_eval", {**lp}),
@@ -391,6 +397,16 @@ def _default_probe_views(n_train: int) -> int:
     from transferkit.config import TrainConfig
     from transferkit.engine.probe_views import n_probe_views
     return n_probe_views(TrainConfig(data="-", out="-"), n_train, "image")
+
+
+def _default_tta_views(n_train: int) -> int:
+    """The augmented test-time copies a default linear_probe run on `n_train` images of the 10 demo
+    classes scores each test image with (engine/tta.py); checked afterwards like the probe views."""
+    from transferkit.config import TrainConfig
+    from transferkit.data.splits import Example
+    from transferkit.engine.tta import resolve_views
+    items = [Example(f"{i}.png", str(i % 10)) for i in range(n_train)]
+    return resolve_views(TrainConfig(data="-", out="-"), items, "image")
 
 
 # (group, A, B, what the ratio is): throughput ratios are B time / A time (higher: A faster);
@@ -520,7 +536,8 @@ def _markdown(s: dict) -> str:
         c = v["counts"]
         lines += ["", f"Frozen group, items = backbone forward passes, the same on both sides (checked): "
                       f"{c['train']} training images as is + {c['train_mirrored']} mirrored + {c['probe_views']} "
-                      f"augmented probe views, {c['test']} test images as is + {c['test_mirrored']} mirrored (TTA). "
+                      f"augmented probe views, {c['test']} test images as is + {c['test_mirrored']} mirrored + "
+                      f"{c.get('test_views', 0)} augmented copies (TTA). "
                       f"The run's chosen C: {v['C']}, test accuracy: {v['accuracy']} (every repeat). "
                       f"Median process CPU seconds: run {v['cpu_seconds']:.2f}, forwards "
                       f"{s['sides']['frozen/forwards_nhwc']['cpu_seconds']:.2f}."]

@@ -1,12 +1,16 @@
-"""Image backbones keep their convolution weights in channels-last (NHWC) memory order.
+"""Image backbones keep their convolution weights in channels-last (NHWC) memory order on the CPU.
 
-oneDNN (CPU) and cuDNN (GPU tensor cores) have their fast convolution kernels for NHWC; with the
-weights in that order PyTorch runs every convolution of the network in it, the input is converted
-once by the first convolution, and the values are those of the default (NCHW) order up to float
-rounding. Measured by benchmarks/bench_speed.py on EfficientNet-Lite0 with one CPU thread: about
-1.4x the training steps and 1.5x the inference of NCHW. Checkpoints are written contiguous (NCHW)
-as before (engine/checkpoint.py), so runs and exports do not depend on it.
-`TRANSFERKIT_CHANNELS_LAST=0` keeps the default order.
+oneDNN (CPU) has its fast convolution kernels for NHWC; with the weights in that order PyTorch runs
+every convolution of the network in it, the input is converted once by the first convolution, and
+the values are those of the default (NCHW) order up to float rounding. Measured by
+benchmarks/bench_speed.py on EfficientNet-Lite0 with one CPU thread: about 1.4x the training steps
+and 1.5x the inference of NCHW. On an H200 the same measurement went the other way: a bare timm
+training loop in channels_last ran at 0.43x its NCHW speed (Lite0 is mostly depthwise
+convolutions), and transferkit with channels_last at 0.32x the NCHW bare loop, 0.93x without it
+(benchmarks/results/bench_speed_h200.md). So the default (`TRANSFERKIT_CHANNELS_LAST` unset or
+`auto`) is channels-last only where no CUDA device is present; `=1` forces it, `=0` keeps NCHW.
+Checkpoints are written contiguous (NCHW) as before (engine/checkpoint.py), so runs and exports do
+not depend on it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,12 @@ from torch import nn
 
 
 def channels_last_enabled() -> bool:
-    return os.environ.get("TRANSFERKIT_CHANNELS_LAST", "1") not in ("0", "false", "no", "off")
+    v = os.environ.get("TRANSFERKIT_CHANNELS_LAST", "auto").strip().lower()
+    if v in ("0", "false", "no", "off"):
+        return False
+    if v in ("1", "true", "yes", "on"):
+        return True
+    return not torch.cuda.is_available()  # auto: a CPU's oneDNN gains, cuDNN lost here
 
 
 def prefer_channels_last(module: nn.Module) -> nn.Module:
