@@ -13,7 +13,7 @@ apart for the frozen run). On a GPU the same script runs with AMP (bf16 autocast
   read and decoded inside) against a minimal timm loop on the same bundled EfficientNet-Lite0
   weights, images, size, batch, AdamW and threads, in NCHW (what a user writes) and in
   channels_last (what transferkit runs); `--precision bf16` (bf16 autocast) is the engine option
-  measured, channels_last the bare loop's.
+  measured, channels_last the bare loop's (and the two options below).
 - frozen: a `train --strategy linear_probe` run (all of `main()`: model load, decoding,
   augmentation, forwards, head fit with its cross-validation, test evaluation, report) against its
   backbone forward passes alone, through the same backbone in the same memory order, every input
@@ -23,13 +23,19 @@ apart for the frozen run). On a GPU the same script runs with AMP (bf16 autocast
   crop/flip/colour policy), each test image as is and mirrored (TTA). The run's counts are read
   from what it wrote (metrics.json `head_fit.probe_views`, config.yaml) and the two sides must
   agree, or the script stops.
+- options measured in the bare loops only (not used by transferkit): fused AdamW (`fused=True`) in
+  training; glibc malloc told not to serve large blocks by mmap nor to return freed memory to the
+  system (`mallopt(M_MMAP_MAX, 0)`, `mallopt(M_TRIM_THRESHOLD, 1 GiB)`, set at the start of the
+  process): in inference every freed activation buffer above the mmap threshold otherwise goes back
+  to the kernel and is faulted in again by the next batch (system time).
 - eval: `evaluate` (transferkit.engine.run.evaluate_loaded: read, check, decode, forward, metrics;
   no TTA) against a bare `torch.inference_mode` loop over a DataLoader with the same transform.
 - partial:K: `train --strategy partial:K --no-augment` with the frozen-stage cache against
   `--no-stage-cache` (the engine's clock as above, computing the cache included), and the largest
   weight difference between the two.
 
-Results: benchmarks/results/bench_speed.{json,md}.
+Results: benchmarks/results/bench_speed.{json,md}; with `--only G ...`,
+benchmarks/results/bench_speed_G_....{json,md}.
 """
 
 from __future__ import annotations
@@ -142,7 +148,8 @@ def bare_train(spec: dict) -> dict:
     model = _bare_model(len(classes), device)
     head = list(model.get_classifier().parameters())
     body = [p for p in model.parameters() if all(p is not h for h in head)]
-    opt = torch.optim.AdamW([{"params": body, "lr": 1e-4}, {"params": head, "lr": 1e-3}], weight_decay=0.01)
+    opt = torch.optim.AdamW([{"params": body, "lr": 1e-4}, {"params": head, "lr": 1e-3}], weight_decay=0.01,
+                            **({"fused": True} if spec.get("fused") else {}))
     loader = DataLoader(_Files(rows, classes, _eval_transform(spec["size"])), batch_size=spec["batch"],
                         shuffle=True)
     channels_last, bf16 = spec.get("channels_last", False), spec.get("bf16", False)
@@ -333,6 +340,11 @@ CHILDREN = {f.__name__: f for f in (bare_train, bare_eval, bare_forward, tk_trai
 
 
 def _child(name: str, spec: dict) -> None:
+    if spec.get("malloc"):
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-4, 0)        # M_MMAP_MAX: no mmap for large blocks
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of freed heap
     import torch
     torch.set_num_threads(spec["threads"])
     res = CHILDREN[name](spec)
@@ -365,20 +377,24 @@ def _groups(args, base: dict, tmp: Path) -> dict:
     that rotates and reverses from repeat to repeat."""
     run = str(tmp / "lp_run")
     lp = {**base, "size": args.frozen_size}
+    fwd = {**lp, "probe_views": _default_probe_views(args.lp_train_items),
+           "tta_views": _default_tta_views(args.lp_train_items), "channels_last": True}
     groups = {
         "train": {"transferkit": ("tk_train", {**base, "out": str(tmp / "full")}),
                   "bare": ("bare_train", {**base}),
                   "bare_nhwc": ("bare_train", {**base, "channels_last": True}),
+                  "bare_nhwc_fused": ("bare_train", {**base, "channels_last": True, "fused": True}),
+                  "bare_nhwc_malloc": ("bare_train", {**base, "channels_last": True, "malloc": True}),
                   "transferkit_bf16": ("tk_train", {**base, "flags": ["--precision", "bf16"],
                                                     "out": str(tmp / "bf16")})},
         # the eval group reads the run the frozen group writes
         "frozen": {"transferkit": ("tk_frozen", {**lp, "out": run}),
-                   "forwards_nhwc": ("bare_forward", {**lp, "probe_views": _default_probe_views(args.lp_train_items),
-                                                      "tta_views": _default_tta_views(args.lp_train_items),
-                                                      "channels_last": True})},
+                   "forwards_nhwc": ("bare_forward", {**fwd}),
+                   "forwards_nhwc_malloc": ("bare_forward", {**fwd, "malloc": True})},
         "eval": {"transferkit": ("tk_eval", {**lp, "run": run}),
                  "bare": ("bare_eval", {**lp}),
-                 "bare_nhwc": ("bare_eval", {**lp, "channels_last": True})},
+                 "bare_nhwc": ("bare_eval", {**lp, "channels_last": True}),
+                 "bare_nhwc_malloc": ("bare_eval", {**lp, "channels_last": True, "malloc": True})},
     }
     if args.only and "text" in args.only:  # not in the default run: `--only text`
         groups["text"] = {"sorted": ("tk_text_eval", {**base, "texts": args.texts, "sorted": True}),
@@ -416,9 +432,16 @@ RATIOS = [
     ("train", "transferkit", "bare_nhwc", "training throughput, transferkit / bare loop with channels_last"),
     ("train", "transferkit_bf16", "transferkit", "option --precision bf16: bf16 autocast / fp32"),
     ("train", "bare_nhwc", "bare", "option channels_last in the bare loop: NHWC / NCHW"),
+    ("train", "bare_nhwc_fused", "bare_nhwc", "option fused AdamW in the bare loop (channels_last): fused / default"),
+    ("train", "bare_nhwc_malloc", "bare_nhwc", "option glibc malloc without mmap or trimming in the bare loop "
+                                              "(channels_last): tuned / default"),
     ("frozen", "transferkit", "forwards_nhwc", "linear_probe run wall time / its forward passes alone (target <= 1.5)"),
     ("eval", "transferkit", "bare", "evaluation throughput, evaluate / bare inference_mode loop (NCHW)"),
     ("eval", "transferkit", "bare_nhwc", "evaluation throughput, evaluate / bare loop with channels_last"),
+    ("eval", "bare_nhwc_malloc", "bare_nhwc", "option glibc malloc without mmap or trimming in the bare inference "
+                                             "loop (channels_last): tuned / default"),
+    ("frozen", "forwards_nhwc", "forwards_nhwc_malloc", "option glibc malloc without mmap or trimming, the frozen "
+                                                       "run's forward passes alone: default time / tuned time"),
     ("text", "sorted", "unsorted", "text inference (MiniLM-L6), batches of similar length / in data order"),
 ]
 

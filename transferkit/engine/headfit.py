@@ -128,7 +128,7 @@ def _fitted(head: nn.Module, init: dict, views: torch.Tensor, y: torch.Tensor, t
     the objective is strictly convex, so the start changes the iterations, not the minimum). Other
     heads fit each (C, f) from `init`."""
     if not (type(head) is nn.Linear and head.bias is not None):
-        for c in cs:
+        for c in dict.fromkeys(cs):  # each C once, however often it is listed
             for f, tr in enumerate(train_sets):
                 head.load_state_dict(init)
                 X, Y = _stack(views[:, tr], y[tr])
@@ -145,7 +145,7 @@ def _fitted(head: nn.Module, init: dict, views: torch.Tensor, y: torch.Tensor, t
     w = init["weight"].to(device).expand(len(train_sets), -1, -1).clone().requires_grad_(True)
     b = init["bias"].to(device).expand(len(train_sets), -1).clone().requires_grad_(True)
     head.train()
-    for c in sorted(cs):
+    for c in sorted(set(cs)):
         _fit_linear_heads(w, b, X, Y, rows, c, label_smoothing=label_smoothing)
         for f in range(len(train_sets)):
             with torch.no_grad():
