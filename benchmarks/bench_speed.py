@@ -524,8 +524,8 @@ def _summarise(raw: dict, args, tmp: Path) -> dict:
                            "ratio": round(ta / tb if g == "frozen" else tb / ta, 3)})
     if "frozen" in raw:
         ratios.append({"group": "frozen", "a": "transferkit", "b": "forwards_nhwc",
-                       "what": "the same in process CPU time (user + system; less sensitive than wall time to "
-                               "other load on a shared machine)",
+                       "what": "linear_probe run / its forward passes alone, in process CPU time (user + system; "
+                               "less sensitive than wall time to other load on a shared machine)",
                        "ratio": round(sides["frozen/transferkit"]["cpu_seconds"]
                                       / sides["frozen/forwards_nhwc"]["cpu_seconds"], 3)})
     for k in args.partial:
