@@ -1,17 +1,20 @@
-"""Text to image on Debian icon themes: a DeViSE bridge, zero-shot on held-out classes, name priors.
+"""Text to image on Debian icon themes: a linear bridge (ESZSL or DeViSE), zero-shot on held-out classes, name priors.
 
 Data: icons of six Debian icon themes paired with the words of their names (scripts/build_icon_pairs.py;
 built on first run into --pairs, needs the apt packages it names). Per seed, --held-out classes are
 drawn at random; the bridge (bundled:efficientnet_lite0 features -> bundled:minilm-l6 space) is
 trained only on the images of the other classes, each paired with its own icon name ("battery
 caution"); with --extra-pairs, a second bridge on those plus the icons of no class (extra_pairs.csv)
-whose names share no word with a held-out class. Then, on the held-out classes only:
+whose names share no word with a held-out class. The default bridge is the closed-form ESZSL map
+(transferkit.zeroshot.ridge) whose penalties are chosen per seed by 5-fold class-disjoint
+cross-validation over the training classes only (transferkit.zeroshot.select); --loss hinge is
+DeViSE's map. Then, on the held-out classes only:
 
 - zero-shot: each image gets the nearest class description (classes.csv) among the held-out ones;
 - 1-2 labels per class: the plain probe (L2 logistic regression on frozen features, C on validation,
   as `linear_probe`) against the same probe pulled toward the class-name head (transferkit.zeroshot.prior).
 
-    python benchmarks/zero_shot.py --image-size 96 --threads 1 --seeds 3
+    python benchmarks/zero_shot.py --image-size 96 --threads 1 --seeds 3 --extra-pairs
 
 Writes OUT/zero_shot.json and OUT/zero_shot.md (copy them to benchmarks/results/).
 """
@@ -35,6 +38,7 @@ from transferkit.data import Example, sample_shots, stratified_split
 from transferkit.engine.evaluate import fit_head
 from transferkit.zeroshot import BridgeConfig, fit_bridge, head_prior, read_class_text, text_embedder
 from transferkit.zeroshot.pairs import image_features
+from transferkit.zeroshot.select import select_bridge
 from transferkit.zeroshot.space import JointSpace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,16 +84,44 @@ def _probe(feats, flipped, tr, va, y, k, prior=None) -> torch.nn.Linear:
     return head
 
 
-def _bridge(texts_of, feats, embed, args, seed):
+ALPHAS, BETAS = (10.0, 100.0, 1000.0), (0.1, 1.0, 10.0)
+
+
+def _choose(texts_of, groups, feats, embed, class_text, args, seed, extra=None):
+    """(alpha, beta) of the closed-form bridge by 5-fold class-disjoint CV (2 deals) on the TRAINING
+    classes only (`groups`); with `extra` = (texts, feats, allowed(fold)), its allowed pairs also train."""
+    if args.loss not in ("ridge", "eszsl") or args.no_cv:
+        return BridgeConfig(loss=args.loss, steps=args.bridge_steps, seed=seed), None
+    texts = sorted(set(texts_of) | set(extra[0] if extra else []))
+    t_index = {t: j for j, t in enumerate(texts)}
+    emb = embed(texts)
+    names = sorted(set(groups))
+    group_emb = dict(zip(names, embed([class_text[c] for c in names])))
+    ex = None if extra is None else (extra[1], torch.tensor([t_index[t] for t in extra[0]]), extra[2])
+    cands = [BridgeConfig(loss=args.loss, alpha=a, beta=b, seed=seed) for a in ALPHAS
+             for b in (BETAS if args.loss == "eszsl" else (1.0,))]
+    t0 = time.time()
+    best, table = select_bridge(cands, feats, torch.tensor([t_index[t] for t in texts_of]), emb, groups, n_folds=5,
+                                repeats=2, seed=seed, group_emb=group_emb, extra=ex)
+    return best, {"alpha": best.alpha, "beta": best.beta, "seconds": round(time.time() - t0, 2),
+                  "cv": [{"alpha": r["config"].alpha, "beta": r["config"].beta, "mean": round(r["mean"], 4)}
+                         for r in table]}
+
+
+def _bridge(texts_of, feats, embed, cfg):
     # the bridge sees each icon once (mirror images would double its cost for little on icons)
     texts = sorted(set(texts_of))
     t_index = {t: j for j, t in enumerate(texts)}
     targets = torch.tensor([t_index[t] for t in texts_of])
-    cfg = BridgeConfig(loss=args.loss, steps=args.bridge_steps, seed=seed)
     t0 = time.time()
     bridge, curve = fit_bridge(feats, targets, embed(texts), cfg)
     return JointSpace("bundled:efficientnet_lite0", bridge, embed, "benchmark"), {
         "images": len(texts_of), "texts": len(texts), "loss": curve, "seconds": round(time.time() - t0, 2)}
+
+
+def _no_shared_word(texts, class_text, classes):
+    banned = {w for c in classes for w in (c + " " + class_text[c]).split()}
+    return torch.tensor([not banned & set(t.split()) for t in texts], dtype=torch.bool)
 
 
 def run_seed(seed, rows, feats, flipped, extra, class_text, embed, args) -> dict:
@@ -97,16 +129,23 @@ def run_seed(seed, rows, feats, flipped, extra, class_text, embed, args) -> dict
     held = sorted(random.Random(seed).sample(classes, args.held_out))
     held_texts = [class_text[c] for c in held]
     seen_idx = [i for i, r in enumerate(rows) if r["label"] not in held]
-    space, info = _bridge([rows[i]["text"] for i in seen_idx], feats[seen_idx], embed, args, seed)
+    seen_texts, groups = [rows[i]["text"] for i in seen_idx], [rows[i]["label"] for i in seen_idx]
+    cfg, cv = _choose(seen_texts, groups, feats[seen_idx], embed, class_text, args, seed)
+    space, info = _bridge(seen_texts, feats[seen_idx], embed, cfg)
     spaces = {"": space}
-    out = {"seed": seed, "held_out": held, "bridge": info}
+    out = {"seed": seed, "held_out": held, "bridge": info | {"cv": cv}}
     if extra is not None:
-        # the extra icons whose names share no word with a held-out class (name or description)
-        banned = {w for c in held for w in (c + " " + class_text[c]).split()}
-        ok = [j for j, r in enumerate(extra["rows"]) if not banned & set(r["text"].split())]
-        spaces["x"], out["bridge_extra"] = _bridge(
-            [rows[i]["text"] for i in seen_idx] + [extra["rows"][j]["text"] for j in ok],
-            torch.cat([feats[seen_idx], extra["feats"][ok]]), embed, args, seed)
+        # the extra icons whose names share no word with a held-out class (name or description); in the
+        # CV, also none with the validation fold's classes
+        x_texts = [r["text"] for r in extra["rows"]]
+        ok = torch.nonzero(_no_shared_word(x_texts, class_text, held)).flatten().tolist()
+        ok_texts = [x_texts[j] for j in ok]
+        allowed = lambda fold: _no_shared_word(ok_texts, class_text, fold)  # noqa: E731
+        cfg_x, cv_x = _choose(seen_texts, groups, feats[seen_idx], embed, class_text, args, seed,
+                              (ok_texts, extra["feats"][ok], allowed))
+        spaces["x"], out["bridge_extra"] = _bridge(seen_texts + ok_texts,
+                                                   torch.cat([feats[seen_idx], extra["feats"][ok]]), embed, cfg_x)
+        out["bridge_extra"]["cv"] = cv_x
     # --- zero-shot on all images of the held-out classes
     h_idx = [i for i, r in enumerate(rows) if r["label"] in held]
     y_all = torch.tensor([held.index(r["label"]) for r in rows if r["label"] in held])
@@ -146,6 +185,17 @@ def _row(results, key, label, chance, base=None) -> str:
     return cell + f" {np.mean(d):+.3f} ({', '.join(f'{x:+.3f}' for x in d)}) |"
 
 
+def _method(results, args) -> str:
+    if args.loss in ("hinge", "softmax"):
+        return f"{args.loss} loss, {args.bridge_steps} steps."
+    def chosen(key):
+        return ", ".join(f"{r[key]['cv']['alpha']:g}/{r[key]['cv']['beta']:g}" if r[key]["cv"] else "fixed"
+                         for r in results)
+    text = (f"{args.loss} closed form; alpha/beta per seed by class-disjoint CV on the training classes: "
+            f"A {chosen('bridge')}")
+    return text + (f"; B {chosen('bridge_extra')}." if "bridge_extra" in results[0] else ".")
+
+
 def report(results: list[dict], args, command: str, feature_s: float, n_images: int, n_classes: int) -> str:
     chance = 1.0 / args.held_out
     b, bx = results[0]["bridge"], results[0].get("bridge_extra")
@@ -156,7 +206,7 @@ def report(results: list[dict], args, command: str, feature_s: float, n_images: 
              f"{b['images']} images, {b['texts']} texts)"
              + (f"; bridge B: those plus extra icons of no class whose names share no word with a held-out "
                 f"class (seed 0: {bx['images']} images, {bx['texts']} texts). " if extra else ". ")
-             + f"{args.loss} loss, {args.bridge_steps} steps. {len(results)} seeds, mean ± std over seeds. "
+             + _method(results, args) + f" {len(results)} seeds, mean ± std over seeds. "
              f"Features: bundled:efficientnet_lite0 at {args.image_size} px ({feature_s:.0f} s once); "
              "text: bundled:minilm-l6.", "",
              "| on the held-out classes | accuracy | vs chance | vs probe (per seed) |", "|---|---:|---:|---:|",
@@ -183,10 +233,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--held-out", type=int, default=10, help="classes held out of the bridge per seed")
     ap.add_argument("--shots", default="1,2")
-    ap.add_argument("--loss", default="hinge", choices=["hinge", "softmax"])
-    ap.add_argument("--bridge-steps", type=int, default=300)
+    ap.add_argument("--loss", default="eszsl", choices=["eszsl", "ridge", "hinge", "softmax"],
+                    help="eszsl/ridge: closed form, alpha (beta) by class-disjoint CV on the training classes; "
+                         "hinge: DeViSE's map (the earlier default)")
+    ap.add_argument("--no-cv", action="store_true", help="eszsl/ridge with BridgeConfig's alpha, beta (no CV)")
+    ap.add_argument("--bridge-steps", type=int, default=300, help="hinge/softmax steps")
     ap.add_argument("--extra-pairs", action="store_true",
-                    help="also train bridge B on the extra icons (about 5x the bridge's cost)")
+                    help="also train bridge B on the extra icons (hinge: about 5x the bridge's cost)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default="runs/bench/zero_shot")
     args = ap.parse_args(argv)

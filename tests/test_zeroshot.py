@@ -55,12 +55,12 @@ def _toy(seed=0, n_texts=40, d_text=8, d_img=24, per=6, noise=0.05):
     return x, y, text
 
 
-@pytest.mark.parametrize("loss", ["hinge", "softmax"])
+@pytest.mark.parametrize("loss", ["hinge", "softmax", "ridge", "eszsl"])
 def test_zero_shot_on_held_out_texts_beats_chance_clearly(loss):
     x, y, text = _toy()
     seen = y < 32                                # 32 texts train the bridge, 8 are never seen
     bridge, curve = fit_bridge(x[seen], y[seen], text[:32], BridgeConfig(loss=loss, steps=300, lr=1e-2))
-    assert curve[-1] < curve[0]
+    assert (curve[-1] < curve[0]) if loss in ("hinge", "softmax") else curve == []
     space = JointSpace("toy", bridge, lambda t: text[[int(s) for s in t]], "toy")
     held = ~seen
     scores = space.scores(x[held], [str(i) for i in range(32, 40)])
@@ -127,11 +127,17 @@ def test_cli_bridge_zero_shot_predict_and_train_with_class_text(tmp_path, tiny_s
     pairs = _pairs_csv(tmp_path, images)
     out = tmp_path / "bridge"
     assert main(["bridge", str(pairs), "--out", str(out), "--backbone", tiny_source, "--text-encoder",
-                 f"hf:{tiny_bert_dir}", "--steps", "50", "--image-size", "32", "--quiet"]) == 0
+                 f"hf:{tiny_bert_dir}", "--beta", "2", "--image-size", "32", "--quiet"]) == 0
     meta = json.loads((out / "bridge.json").read_text())
     assert meta["pairs"] == 18 and meta["texts"] == 3 and meta["feature_dim"] > 0 and meta["text_dim"] == 32
-    assert meta["config"]["loss"] == "hinge" and meta["loss_curve"][-1] <= meta["loss_curve"][0]
+    assert meta["config"]["loss"] == "eszsl" and meta["config"]["alpha"] == 100.0 and meta["config"]["beta"] == 2.0
+    assert meta["loss_curve"] == []
     assert (out / "bridge.safetensors").is_file()
+    hinge = tmp_path / "bridge_hinge"                                  # DeViSE's map stays one flag away
+    assert main(["bridge", str(pairs), "--out", str(hinge), "--backbone", tiny_source, "--text-encoder",
+                 f"hf:{tiny_bert_dir}", "--loss", "hinge", "--steps", "50", "--image-size", "32", "--quiet"]) == 0
+    hmeta = json.loads((hinge / "bridge.json").read_text())
+    assert hmeta["config"]["loss"] == "hinge" and hmeta["loss_curve"][-1] <= hmeta["loss_curve"][0]
 
     capsys.readouterr()
     assert main(["predict", "--zero-shot", str(out), "--classes", "red,green,blue", "--top-k", "3",

@@ -21,12 +21,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"image source whose pooled features are mapped (default: {d.backbone})")
     ap.add_argument("--text-encoder", default=d.text_encoder,
                     help=f"text source whose embedding space is the target (default: {d.text_encoder})")
-    ap.add_argument("--loss", default=d.loss, choices=["hinge", "softmax"],
-                    help="hinge: DeViSE's rank loss with --margin; softmax: cross-entropy over cosines "
-                         f"(default: {d.loss})")
+    ap.add_argument("--loss", default=d.loss, choices=["eszsl", "ridge", "hinge", "softmax"],
+                    help="eszsl / ridge: closed-form maps with --alpha (and --beta); hinge: DeViSE's rank loss "
+                         f"with --margin; softmax: cross-entropy over cosines (default: {d.loss})")
+    ap.add_argument("--alpha", type=float, default=d.alpha,
+                    help=f"eszsl/ridge: image-side penalty, over the features' mean eigenvalue (default: {d.alpha:g})")
+    ap.add_argument("--beta", type=float, default=d.beta,
+                    help=f"eszsl: text-side penalty, over the texts' mean eigenvalue (default: {d.beta:g})")
     ap.add_argument("--margin", type=float, default=d.margin, help=f"hinge margin (default: {d.margin})")
     ap.add_argument("--steps", type=int, default=d.steps,
-                    help=f"full-batch AdamW steps on the cached features (default: {d.steps})")
+                    help=f"hinge/softmax: full-batch AdamW steps on the cached features (default: {d.steps})")
     ap.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default: {d.lr})")
     ap.add_argument("--image-size", type=int, default=None,
                     help="input size in pixels (default: the backbone's own)")
@@ -43,7 +47,8 @@ def main(argv: list[str]) -> int:
     if (out / BRIDGE_FILE).exists():
         raise FileExistsError(f"{out} already holds a bridge; choose another --out")
     cfg = BridgeConfig(backbone=args.backbone, text_encoder=args.text_encoder, loss=args.loss,
-                       margin=args.margin, steps=args.steps, lr=args.lr, seed=args.seed,
+                       margin=args.margin, alpha=args.alpha, beta=args.beta,
+                       steps=args.steps, lr=args.lr, seed=args.seed,
                        image_size=args.image_size)
     pairs = read_pairs(args.pairs)
     _, info = train_bridge(pairs, cfg, out, log=(lambda *a: None) if args.quiet else print)

@@ -81,7 +81,9 @@ def train_bridge(pairs: list[Example], cfg: BridgeConfig, out: str | Path | None
     info = {"pairs": len(pairs), "texts": len(texts), "loss_curve": curve,
             "train_text_accuracy": round(train_acc, 4), "feature_seconds": round(t1 - t0, 2),
             "fit_seconds": round(time.time() - t1, 2), "weights_hash": bb.source.weights_hash}
-    log(f"bridge: {len(pairs)} images, {len(texts)} texts, {cfg.loss} loss {curve[0]:.4f} -> {curve[-1]:.4f}, "
+    fit = (f"{cfg.loss} loss {curve[0]:.4f} -> {curve[-1]:.4f}" if curve
+           else f"{cfg.loss} closed form (alpha {cfg.alpha:g}, beta {cfg.beta:g})")
+    log(f"bridge: {len(pairs)} images, {len(texts)} texts, {fit}, "
         f"nearest-text accuracy on its own pairs {train_acc:.3f}")
     if out is not None:
         save_bridge(out, bridge, cfg, info)
