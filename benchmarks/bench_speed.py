@@ -353,7 +353,8 @@ def _child(name: str, spec: dict) -> None:
 
 
 def run_child(name: str, spec: dict, label: str) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "PYTHONPATH": str(ROOT), **spec.get("env", {})}
+    path = os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "PYTHONPATH": path, **spec.get("env", {})}
     proc = subprocess.run([sys.executable, __file__, "--child", name, "--spec", json.dumps(spec)],
                           capture_output=True, text=True, env=env)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)

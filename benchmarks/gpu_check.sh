@@ -8,7 +8,8 @@
 # 1. engine on the GPU: `train` (two_phase, --precision auto = bf16 there) interrupted by
 #    --stop-after and resumed, against the same run uninterrupted (largest weight difference);
 #    `evaluate` and `predict` on the result;
-# 2. the speed benchmark (AMP on both sides on a GPU; larger steps than the CPU defaults);
+# 2. the speed benchmark (AMP on both sides on a GPU; larger steps than the CPU defaults; the eval
+#    group reads the frozen group's run);
 # 3. the few-shot benchmark (clip art and digits, 1/5/20 labels per class, 3 seeds, 64 px).
 # Each part runs under its own time limit and leaves what it finished in $OUT (the few-shot
 # benchmark writes a JSON line per finished job), so a slow machine still returns results.
@@ -58,7 +59,7 @@ EOF
 tail -c 3000 "$OUT/engine.log"; cat "$OUT/engine.json" | head -c 2000; echo
 
 log "2. speed benchmark (${SPEED_S}s at most)"
-timeout "$SPEED_S" $PY benchmarks/bench_speed.py --threads 4 --repeats 2 --only train eval \
+timeout "$SPEED_S" $PY benchmarks/bench_speed.py --threads 4 --repeats 2 --only train frozen eval \
     --steps 40 --batch-size 64 --image-size 160 --frozen-size 160 --train-items 192 --test-items 301 \
     --out "$OUT" 2>&1 | tail -40
 
