@@ -170,12 +170,14 @@ def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: 
         task = load_task_for(cfg)
     report_data_issues(task, cfg, log)
     model, anchor = build_model(cfg, task.classes)
-    if not resume:  # recorded in config.yaml, so evaluate and predict score as the test split was
-        cfg = dataclasses.replace(cfg, tta_views=resolve_views(cfg, task.train, model.spec.modality))
     if resume and anchor is not None:
         anchor = verify_anchor(run, cfg, model, anchor)
     model.to(device)
     plan = plan_strategy(cfg.strategy, model.spec.num_stages, backbone_lr_mult=_bb_mult(cfg, model))
+    if not resume:  # recorded in config.yaml, so evaluate and predict score as the test split was
+        seen = plain_probe(model) or not all(p.head_only for p in plan.phases)
+        cfg = dataclasses.replace(cfg, tta_views=resolve_views(cfg, task.train, model.spec.modality,
+                                                               sees_augmented=seen))
     regs = build_regularizers_for(cfg, model, anchor, device, task.train, log)
     from .unlabelled import setup_unlabelled  # --unlabelled: AdaBN and FixMatch (read before any write)
     pool_loader, fixmatch = setup_unlabelled(cfg, task, model, plan, state, resume=bool(resume), log=log,

@@ -5,8 +5,9 @@ framed. Averaging its class probabilities over a few random crops (the `light` p
 `transferkit.data.images.build_transforms`: crop 0.6-1 of the image, flip, mild colour jitter) on
 top of the image and its mirror (`--tta`) evens that out, at K more forward passes per image.
 
-`--tta-views K` sets K; by default it is `DEFAULT_VIEWS` for image runs trained on few labels (the
-same runs whose probe learns from augmented views, `engine/probe_views.py`) and 0 otherwise.
+`--tta-views K` sets K; by default it is `DEFAULT_VIEWS` for image runs trained on few labels with
+augmentation — fine-tuned on augmented batches, or a linear probe fitted on augmented views
+(`engine/probe_views.py`) — and 0 otherwise (heads that never saw an augmented image).
 Measured on frozen features at 5 labels per class, 64 px, 3 seeds (EfficientNet-Lite0, the probe
 fitted on augmented views): image + mirror + 4 crops against image + mirror, +1.2 points on clip art,
 +0.7 on digits (the first two seeds; the benchmark's rows have it on, benchmarks/fewshot.py).
@@ -27,9 +28,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 DEFAULT_VIEWS = 4
 
 
-def resolve_views(cfg, train_items: list, modality: str) -> int:
+def resolve_views(cfg, train_items: list, modality: str, *, sees_augmented: bool = True) -> int:
     """`--tta-views` when given; else DEFAULT_VIEWS for image files with --tta, trained on few
-    labels (<= 20 per class) with the probe's augmented views on, else 0."""
+    labels (<= 20 per class) with augmentation, else 0. `sees_augmented=False`: the model never
+    learns from augmented images (a head-only strategy whose head gets no augmented views: the
+    multi-stage probe, prototypes, a name prior), so augmented copies at test time would be inputs
+    unlike any it was fitted on — measured on digits, the multi-stage probe lost 3 points with
+    them — and the default is 0."""
     from pathlib import Path
 
     from ..data import few_labels
@@ -41,7 +46,7 @@ def resolve_views(cfg, train_items: list, modality: str) -> int:
     if cfg.tta_views is not None:
         return int(cfg.tta_views)
     few = few_labels(train_items) and n_probe_views(cfg, len(train_items), modality) > 0
-    return DEFAULT_VIEWS if few else 0
+    return DEFAULT_VIEWS if few and sees_augmented else 0
 
 
 def views_of(cfg, tta: bool | None = None) -> int:
