@@ -8,14 +8,16 @@ top of the image and its mirror (`--tta`) evens that out, at K more forward pass
 `--tta-views K` sets K; by default it is `DEFAULT_VIEWS` for image runs trained on few labels with
 augmentation — fine-tuned on augmented batches, or a linear probe fitted on augmented views
 (`engine/probe_views.py`) — and 0 otherwise (heads that never saw an augmented image).
-Measured on frozen features at 5 labels per class, 64 px, 3 seeds (EfficientNet-Lite0, the probe
-fitted on augmented views): image + mirror + 4 crops against image + mirror, +1.2 points on clip art,
-+0.7 on digits (the first two seeds; the benchmark's rows have it on, benchmarks/fewshot.py).
+Measured by benchmarks/fewshot.py at 5 labels per class, 64 px, 3 seeds (EfficientNet-Lite0): with
+the 4 copies `linear_probe` scored +0.9 points on clip art and +1.1 on digits, `two_phase` -0.2 and
++1.8, against the same splits scored on image + mirror only (benchmarks/results/fewshot_64px_v3.md
+against fewshot_64px_v2.md).
 
 The crops of an image are a pure function of (view, its decoded pixels): `predict a.png`, `predict
 a.png b.png` and the same image posted to `serve` get the same probabilities, and reruns, resumed
-runs and every process of a distributed run see the same pixels. Validation, cross-validation folds and the test split are all
-scored this way (`predict_probs(views=K)`), so the held-out estimate is that of the test score.
+runs and every process of a distributed run see the same pixels. Validation, cross-validation
+folds and the test split are all scored this way (`predict_probs(views=K)`), so the held-out
+estimate is that of the test score.
 """
 
 from __future__ import annotations
