@@ -10,6 +10,7 @@ import itertools
 import json
 import multiprocessing as mp
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -112,6 +113,7 @@ def main() -> None:
             f.write(json.dumps(r) + "\n")
             f.flush()
             print(json.dumps(r), flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)  # the run folders
 
 
 if __name__ == "__main__":

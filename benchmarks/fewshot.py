@@ -29,6 +29,7 @@ import itertools
 import json
 import multiprocessing as mp
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -256,6 +257,9 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1, help="parallel processes")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--out", default="benchmarks/results/fewshot")
+    ap.add_argument("--keep-runs", action="store_true",
+                    help="keep the run folders (several GB at 20 shots) instead of removing them at the end; "
+                         "benchmarks/fewshot_moved.py reads them")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="tk-fewshot-")
     from datasets import TEXT
@@ -293,6 +297,10 @@ def main() -> None:
     text = f"# Few-shot benchmark\n\n`{cmd}` ({time.time() - t0:.0f}s)\n{table}\n"
     Path(str(out) + ".md").write_text(text)
     print(text)
+    if a.keep_runs:
+        print(f"run folders kept in {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Add the measured `moved` (fewshot.moved) of each fine-tuning job to a finished benchmark's JSON lines, read
-from its run folders, and write the table again with the benchmark's own summarize().
+from its run folders (a run made with `fewshot.py --keep-runs`; newer runs measure it themselves),
+and write the table again with the benchmark's own summarize().
 
     python benchmarks/fewshot_moved.py RESULTS.jsonl RUN_TMP_DIR RESULTS.md
 """

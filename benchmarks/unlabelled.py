@@ -25,6 +25,7 @@ import itertools
 import json
 import multiprocessing as mp
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -151,6 +152,7 @@ def main() -> None:
             + summarize(results) + "\n")
     Path(str(out) + ".md").write_text(text)
     print(text)
+    shutil.rmtree(tmp, ignore_errors=True)  # the run folders and the feature cache
 
 
 if __name__ == "__main__":
