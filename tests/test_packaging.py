@@ -66,6 +66,8 @@ def test_run_by_recipe_name_readable_by_colleagues_with_versions(tmp_path, image
     assert env["libraries"]["transformers"] == transformers.__version__
     assert env["libraries"]["accelerate"] == accelerate.__version__
     assert env["libraries"]["transferkit"] == transferkit.__version__
+    from transferkit.allocator import allocator_state
+    assert env["allocator"] == allocator_state() != "library defaults (not set by transferkit in this process)"
 
 
 def test_wheel_ships_the_recipes(tmp_path):

@@ -225,6 +225,12 @@ def cmd_demo(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:  # the command owns its process: keep freed activations for the next batch (transferkit/allocator.py)
+        from ..allocator import tune_allocator
+        tune_allocator()
+    except ValueError as e:
+        print(f"transferkit: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     if argv and argv[0] in COMMAND_MODULES:
         import importlib
         module = importlib.import_module(f".{COMMAND_MODULES[argv[0]][0]}", __package__)

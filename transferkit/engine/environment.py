@@ -25,6 +25,8 @@ def environment() -> dict:
         versions["transferkit"] = __version__
     env = {"python": sys.version.split()[0], "implementation": platform.python_implementation(),
            "platform": platform.platform(), "machine": platform.machine(), "libraries": versions}
+    from ..allocator import allocator_state
+    env["allocator"] = allocator_state()
     import torch
     env["torch_threads"] = torch.get_num_threads()
     if torch.cuda.is_available():
