@@ -229,6 +229,21 @@ def test_probe_views_default_shrinks_with_the_training_set():
 
 # ------------------------------------------------------------------------------ multi-stage probe
 
+def test_multi_stage_features_scale_each_block_by_one_number():
+    """A dimension nearly constant on the few training items must not get a huge weight: the scale
+    is per block (unit total variance), not per dimension."""
+    from transferkit.models.multistage import MultiStageFeatures
+    feats = MultiStageFeatures(torch.nn.Identity(), [], [4])
+    g = torch.Generator().manual_seed(0)
+    raw = torch.randn(12, 4, generator=g) * torch.tensor([1.0, 2.0, 3.0, 1e-4]) + 5.0
+    feats.standardise(raw, [True])
+    assert torch.allclose(feats.shift, raw.mean(0))
+    assert torch.allclose(feats.scale, torch.full((4,), feats.scale[0].item()))  # one number per block
+    z = (raw - feats.shift) * feats.scale
+    assert abs(float(z.var(0).sum()) - 1.0) < 1e-4  # the block's total variance is 1
+    assert float(z[:, 3].abs().max()) < 1e-3  # the near-constant dimension stays near zero
+
+
 def test_multi_probe_chooses_blocks_by_cv_and_reloads(image_folder, tmp_path, capsys):
     run = tmp_path / "run"
     assert _train(image_folder, run, "--shots", "6", strategy="multi_probe") == 0

@@ -9,10 +9,17 @@ a prefix of that list (from the top) chosen with its C on held-out folds (`trans
 
 `MultiStageFeatures` wraps the backbone module: it hooks the candidate stage outputs, global-average
 pools each (over H, W for conv maps, over tokens for `[B, T, C]`), concatenates them after the final
-features and standardises every dimension with `shift`/`scale` buffers computed on the training
-items. Each block is scaled by 1/sqrt(its width), so a wide block does not dominate the L2 penalty,
-and a block that is not selected gets scale 0: it is still computed (cheap next to the backbone) but
-contributes nothing, and the saved model carries its own choice.
+features, centres every dimension and scales every block with `shift`/`scale` buffers computed on
+the training items. A block's scale is one number, 1 / (its RMS standard deviation x sqrt(its
+width)), so every selected block has the same total variance and a wide block does not dominate the
+L2 penalty, while the directions inside a block keep their relative sizes. Scaling every dimension
+by its own standard deviation instead was worse at few labels: estimated on ten to a hundred items,
+the smallest standard deviations are mostly noise and their dimensions got the largest weights
+(`benchmarks/fewshot.py`, 64 px, 3 seeds, multi_probe test accuracy, per dimension -> per block:
+digits 0.316 -> 0.540 at 1 label per class, 0.820 -> 0.852 at 5, 0.936 -> 0.942 at 20; clip art
+0.177 -> 0.232, 0.380 -> 0.379, 0.507 -> 0.509). A block that is not selected gets scale 0: it is
+still computed (cheap next to the backbone) but contributes nothing, and the saved model carries its
+own choice.
 """
 
 from __future__ import annotations
@@ -89,12 +96,14 @@ class MultiStageFeatures(nn.Module):
 
     @torch.no_grad()
     def standardise(self, raw: torch.Tensor, keep: list[bool]) -> None:
-        """Set shift/scale from raw (unstandardised) training features `[N, D]`; blocks with
-        `keep` False get scale 0."""
-        mean, std = raw.mean(0), raw.std(0).clamp_min(1e-6)
+        """Set shift/scale from raw (unstandardised) training features `[N, D]`: every dimension
+        centred, every block scaled by one number to unit total variance (see the module's
+        docstring); blocks with `keep` False get scale 0."""
+        mean, var = raw.mean(0), raw.var(0)
         for sl, k, d in zip(self.blocks(), keep, self.dims):
             self.shift[sl] = mean[sl]
-            self.scale[sl] = (1.0 / std[sl] / d ** 0.5) if k else 0.0
+            rms_std = var[sl].mean().sqrt().clamp_min(1e-6)
+            self.scale[sl] = (1.0 / rms_std / d ** 0.5) if k else 0.0
 
 
 def candidate_layers(backbone: Backbone, max_extra: int = 3) -> list[str]:
