@@ -218,9 +218,14 @@ def summarize(results: list[dict], variants: list[str]) -> tuple[str, dict]:
             ts = [t for t in ts if t is not None]
             kept = "–"
             if row.startswith("auto["):
-                picks = [cells[k].get(f"auto_pick[{row[5:-1]}]") for k in cells if k[0] == d]
-                picks = [p for p in picks if p]
-                kept = ", ".join(f"{p} {picks.count(p)}/{len(picks)}" for p in sorted(set(picks)))
+                parts = []
+                for s in shots:  # per shot count: what auto picks depends on how many labels it has
+                    picks = [cells[k].get(f"auto_pick[{row[5:-1]}]") for k in cells if k[:2] == (d, s)]
+                    picks = [p for p in picks if p]
+                    if picks:
+                        parts.append((f"{s} shots: " if len(shots) > 1 else "")
+                                     + ", ".join(f"{p} {picks.count(p)}/{len(picks)}" for p in sorted(set(picks))))
+                kept = "; ".join(parts) or "–"
             elif row.startswith(("two_phase", "ft_only", "full+l2sp")):
                 kept = _kept(cells, d, row)
             lines.append(f"| {row} | " + " | ".join(vals) + f" | {np.mean(ts):.0f} | {kept} |" if ts else
