@@ -23,11 +23,14 @@ apart for the frozen run). On a GPU the same script runs with AMP (bf16 autocast
   crop/flip/colour policy), each test image as is and mirrored (TTA). The run's counts are read
   from what it wrote (metrics.json `head_fit.probe_views`, config.yaml) and the two sides must
   agree, or the script stops.
-- options measured in the bare loops only (not used by transferkit): fused AdamW (`fused=True`) in
-  training; glibc malloc told not to serve large blocks by mmap nor to return freed memory to the
-  system (`mallopt(M_MMAP_MAX, 0)`, `mallopt(M_TRIM_THRESHOLD, 1 GiB)`, set at the start of the
-  process): in inference every freed activation buffer above the mmap threshold otherwise goes back
-  to the kernel and is faulted in again by the next batch (system time).
+- the allocator: the `transferkit` command tells glibc's malloc not to serve large blocks by mmap
+  nor to return freed memory to the system (`mallopt(M_MMAP_MAX, 0)`, `mallopt(M_TRIM_THRESHOLD,
+  1 GiB)`, transferkit/allocator.py): in inference every freed activation buffer above the mmap
+  threshold otherwise goes back to the kernel and is faulted in again by the next batch (system
+  time). The transferkit sides run with it (the command's default; `tk_eval`, which calls the
+  library, sets it as the command does) and once more with `TRANSFERKIT_MALLOC=default`; the bare
+  sides run with glibc's defaults and once more with the same two calls (`malloc`).
+- option measured in the bare loop only (not used by transferkit): fused AdamW (`fused=True`).
 - eval: `evaluate` (transferkit.engine.run.evaluate_loaded: read, check, decode, forward, metrics;
   no TTA) against a bare `torch.inference_mode` loop over a DataLoader with the same transform.
 - partial:K: `train --strategy partial:K --no-augment` with the frozen-stage cache against
@@ -47,6 +50,7 @@ import os
 import platform
 import random
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -269,6 +273,8 @@ def tk_partial(spec: dict) -> dict:
 
 
 def tk_eval(spec: dict) -> dict:
+    from transferkit.allocator import tune_allocator
+    tune_allocator()  # what the `transferkit evaluate` command does first (TRANSFERKIT_MALLOC decides)
     from transferkit.engine.run import evaluate_loaded, load_run
     from transferkit.report import metrics  # noqa: F401  (imports before the clock, as on the bare side)
     model, cfg = load_run(spec["run"])
@@ -286,7 +292,8 @@ def tk_frozen(spec: dict) -> dict:
     from transferkit.engine import fit  # noqa: F401
     from transferkit.report import metrics  # noqa: F401
     imports = time.perf_counter() - t_imp
-    os.environ["TRANSFERKIT_CACHE"] = tempfile.mkdtemp(prefix="bench-speed-cache-")  # a cold cache
+    # a cold cache, inside the benchmark's folder (removed with it at the end)
+    os.environ["TRANSFERKIT_CACHE"] = tempfile.mkdtemp(prefix="cache-", dir=Path(spec["out"]).parent)
     t0, c0 = time.perf_counter(), time.process_time()
     assert main(["train", spec["lp_train"], "--test", spec["test"], "--backbone", "bundled:efficientnet_lite0",
                  "--strategy", "linear_probe", "--image-size", str(spec["size"]), "--out", spec["out"],
@@ -386,13 +393,18 @@ def _groups(args, base: dict, tmp: Path) -> dict:
                   "bare_nhwc": ("bare_train", {**base, "channels_last": True}),
                   "bare_nhwc_fused": ("bare_train", {**base, "channels_last": True, "fused": True}),
                   "bare_nhwc_malloc": ("bare_train", {**base, "channels_last": True, "malloc": True}),
+                  "transferkit_glibc_default": ("tk_train", {**base, "out": str(tmp / "full_glibc"),
+                                                             "env": {"TRANSFERKIT_MALLOC": "default"}}),
                   "transferkit_bf16": ("tk_train", {**base, "flags": ["--precision", "bf16"],
                                                     "out": str(tmp / "bf16")})},
         # the eval group reads the run the frozen group writes
         "frozen": {"transferkit": ("tk_frozen", {**lp, "out": run}),
+                   "transferkit_glibc_default": ("tk_frozen", {**lp, "out": run + "_glibc",
+                                                               "env": {"TRANSFERKIT_MALLOC": "default"}}),
                    "forwards_nhwc": ("bare_forward", {**fwd}),
                    "forwards_nhwc_malloc": ("bare_forward", {**fwd, "malloc": True})},
         "eval": {"transferkit": ("tk_eval", {**lp, "run": run}),
+                 "transferkit_glibc_default": ("tk_eval", {**lp, "run": run, "env": {"TRANSFERKIT_MALLOC": "default"}}),
                  "bare": ("bare_eval", {**lp}),
                  "bare_nhwc": ("bare_eval", {**lp, "channels_last": True}),
                  "bare_nhwc_malloc": ("bare_eval", {**lp, "channels_last": True, "malloc": True})},
@@ -433,12 +445,20 @@ RATIOS = [
     ("train", "transferkit", "bare_nhwc", "training throughput, transferkit / bare loop with channels_last"),
     ("train", "transferkit_bf16", "transferkit", "option --precision bf16: bf16 autocast / fp32"),
     ("train", "bare_nhwc", "bare", "option channels_last in the bare loop: NHWC / NCHW"),
+    ("train", "transferkit", "transferkit_glibc_default", "the allocator setting in transferkit, training: "
+                                                          "tuned (default) / TRANSFERKIT_MALLOC=default"),
     ("train", "bare_nhwc_fused", "bare_nhwc", "option fused AdamW in the bare loop (channels_last): fused / default"),
     ("train", "bare_nhwc_malloc", "bare_nhwc", "option glibc malloc without mmap or trimming in the bare loop "
                                               "(channels_last): tuned / default"),
     ("frozen", "transferkit", "forwards_nhwc", "linear_probe run wall time / its forward passes alone (target <= 1.5)"),
+    ("frozen", "transferkit", "forwards_nhwc_malloc", "linear_probe run wall time / its forward passes alone, "
+                                                      "both with the allocator setting"),
+    ("frozen", "transferkit_glibc_default", "transferkit", "the allocator setting in transferkit, a linear_probe "
+                                                           "run: TRANSFERKIT_MALLOC=default time / default time"),
     ("eval", "transferkit", "bare", "evaluation throughput, evaluate / bare inference_mode loop (NCHW)"),
     ("eval", "transferkit", "bare_nhwc", "evaluation throughput, evaluate / bare loop with channels_last"),
+    ("eval", "transferkit", "transferkit_glibc_default", "the allocator setting in transferkit, evaluate: "
+                                                         "tuned (default) / TRANSFERKIT_MALLOC=default"),
     ("eval", "bare_nhwc_malloc", "bare_nhwc", "option glibc malloc without mmap or trimming in the bare inference "
                                              "loop (channels_last): tuned / default"),
     ("frozen", "forwards_nhwc", "forwards_nhwc_malloc", "option glibc malloc without mmap or trimming, the frozen "
@@ -497,6 +517,7 @@ def main(argv=None) -> int:
     (out / f"{name}.json").write_text(json.dumps({"summary": summary, "raw": raw}, indent=1) + "\n")
     (out / f"{name}.md").write_text(_markdown(summary))
     print(_markdown(summary))
+    shutil.rmtree(tmp, ignore_errors=True)  # runs, caches and splits: hundreds of MB per run
     return 0
 
 
