@@ -126,6 +126,10 @@ def test_cli_bridge_zero_shot_predict_and_train_with_class_text(tmp_path, tiny_s
     images = write_image_folder(tmp_path / "images", per_class=6)
     pairs = _pairs_csv(tmp_path, images)
     out = tmp_path / "bridge"
+    capsys.readouterr()
+    assert main(["bridge", str(pairs), "--out", str(out), "--backbone", tiny_source, "--text-encoder",
+                 f"hf:{tiny_bert_dir}", "--alpha", "-1", "--quiet"]) == 2   # refused before any work
+    assert "--alpha) must be a finite number >= 0" in capsys.readouterr().err and not out.exists()
     assert main(["bridge", str(pairs), "--out", str(out), "--backbone", tiny_source, "--text-encoder",
                  f"hf:{tiny_bert_dir}", "--beta", "2", "--image-size", "32", "--quiet"]) == 0
     meta = json.loads((out / "bridge.json").read_text())

@@ -44,6 +44,10 @@ def test_closed_form_bridge_is_the_ridge_map_on_standardised_features():
     assert curve == [] and torch.allclose(bridge.proj.weight, b.proj.weight)
     with pytest.raises(ValueError, match="ridge or eszsl"):
         fit_closed_form(feats, targets, text, "lasso")
+    with pytest.raises(ValueError, match=r"alpha \(--alpha\) must be a finite number >= 0, got -1"):
+        fit_closed_form(feats, targets, text, "ridge", alpha=-1.0)
+    with pytest.raises(ValueError, match=r"beta \(--beta\) must be a finite number >= 0, got nan"):
+        BridgeConfig(beta=float("nan"))
 
 
 def test_class_folds_are_disjoint_and_cover_every_class():

@@ -89,6 +89,10 @@ class BridgeConfig:
     seed: int = 0
     image_size: int | None = None                  # image size the features were extracted at
 
+    def __post_init__(self):  # before any feature is extracted
+        from .ridge import check_penalties
+        check_penalties(self.alpha, self.beta)
+
 
 def fit_bridge(feats: torch.Tensor, targets: torch.Tensor, text_emb: torch.Tensor,
                cfg: BridgeConfig) -> tuple[LinearBridge, list[float]]:

@@ -31,6 +31,14 @@ import torch
 from .bridge import LinearBridge
 
 
+def check_penalties(alpha: float, beta: float) -> None:
+    """alpha and beta are penalties: finite and >= 0 (a negative one would make the solve unstable)."""
+    for name, value in (("alpha", alpha), ("beta", beta)):
+        if not 0 <= value < float("inf"):  # also NaN
+            raise ValueError(f"bridge {name} (--{name}) must be a finite number >= 0, got {value:g}: it is a "
+                             "penalty relative to the mean eigenvalue (default alpha 100, beta 1)")
+
+
 def _standardised(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x = feats.double()
     mu = x.mean(0)
@@ -60,6 +68,7 @@ def fit_closed_form(feats: torch.Tensor, targets: torch.Tensor, text_emb: torch.
     """A LinearBridge fitted in closed form. feats [N, D]; targets [N] index into text_emb [T, E]."""
     if method not in ("ridge", "eszsl"):
         raise ValueError(f"unknown closed-form bridge '{method}'; use ridge or eszsl")
+    check_penalties(alpha, beta)
     z, mu, sigma = _standardised(feats)
     w = ridge_weight(z, text_emb.double()[targets], alpha)
     if method == "eszsl":
