@@ -483,12 +483,17 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="*", help="measure only these groups (and 'text', not in the default run)")
     ap.add_argument("--texts", type=int, default=640, help="texts of the 'text' group")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--summarise", metavar="RESULTS_JSON",
+                    help="recompute the ratios and the markdown of an earlier run from the raw timings in its "
+                         "JSON (groups without partial:K, whose weight check needs the run folders)")
     ap.add_argument("--child")
     ap.add_argument("--spec")
     args = ap.parse_args(argv)
     if args.child:
         _child(args.child, json.loads(args.spec))
         return 0
+    if args.summarise:
+        return _resummarise(Path(args.summarise))
     import torch
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tmp = Path(tempfile.mkdtemp(prefix="bench-speed-"))
@@ -521,6 +526,20 @@ def main(argv=None) -> int:
     return 0
 
 
+def _resummarise(path: Path) -> int:
+    """--summarise: the same summary from the same raw timings, written back beside them."""
+    old = json.loads(path.read_text())
+    raw, kept = old["raw"], old["summary"]
+    if any(g.startswith("partial:") for g in raw):
+        raise SystemExit(f"{path} has partial:K groups; their weight check needs the run folders: rerun instead")
+    summary = _summarise(raw, argparse.Namespace(**kept["settings"]), Path("-"))
+    summary.update({k: kept[k] for k in ("machine", "command", "wall_seconds")})
+    path.write_text(json.dumps({"summary": summary, "raw": raw}, indent=1) + "\n")
+    path.with_suffix(".md").write_text(_markdown(summary))
+    print(_markdown(summary))
+    return 0
+
+
 def _summarise(raw: dict, args, tmp: Path) -> dict:
     sides = {}
     for g, members in raw.items():
@@ -544,12 +563,13 @@ def _summarise(raw: dict, args, tmp: Path) -> dict:
             ta, tb = sides[f"{g}/{a}"]["seconds"], sides[f"{g}/{b}"]["seconds"]
             ratios.append({"group": g, "a": a, "b": b, "what": what,
                            "ratio": round(ta / tb if g == "frozen" else tb / ta, 3)})
-    if "frozen" in raw:
-        ratios.append({"group": "frozen", "a": "transferkit", "b": "forwards_nhwc",
-                       "what": "linear_probe run / its forward passes alone, in process CPU time (user + system; "
-                               "less sensitive than wall time to other load on a shared machine)",
-                       "ratio": round(sides["frozen/transferkit"]["cpu_seconds"]
-                                      / sides["frozen/forwards_nhwc"]["cpu_seconds"], 3)})
+    for fwd, how in (("forwards_nhwc", ""), ("forwards_nhwc_malloc", ", both with the allocator setting")):
+        if "frozen" in raw and fwd in raw["frozen"]:
+            ratios.append({"group": "frozen", "a": "transferkit", "b": fwd,
+                           "what": f"linear_probe run / its forward passes alone{how}, in process CPU time (user + "
+                                   "system; less sensitive than wall time to other load on a shared machine)",
+                           "ratio": round(sides["frozen/transferkit"]["cpu_seconds"]
+                                          / sides[f"frozen/{fwd}"]["cpu_seconds"], 3)})
     for k in args.partial:
         g = f"partial:{k}"
         if g in raw:
