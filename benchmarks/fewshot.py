@@ -230,7 +230,34 @@ def summarize(results: list[dict], variants: list[str]) -> tuple[str, dict]:
                 kept = _kept(cells, d, row)
             lines.append(f"| {row} | " + " | ".join(vals) + f" | {np.mean(ts):.0f} | {kept} |" if ts else
                          f"| {row} | " + " | ".join(vals) + f" | – | {kept} |")
+        lines += _per_seed(cells, d, shots, variants)
     return "\n".join(lines), summary
+
+
+def _per_seed(cells: dict, d: str, shots: list[int], variants: list[str]) -> list[str]:
+    """Per shot count and seed: what auto picked, its test accuracy and its difference from the
+    plain probe in points (the spread behind the mean)."""
+    out = []
+    for v in variants:
+        for s in shots:
+            seeds = sorted(k[2] for k in cells if k[:2] == (d, s) and cells[k].get(f"auto[{v}]") is not None)
+            parts = []
+            for sd in seeds:
+                c = cells[(d, s, sd)]
+                diff = f", {100 * (c[f'auto[{v}]'] - c['probe']):+.1f} vs probe" if c.get("probe") is not None else ""
+                parts.append(f"seed {sd} {c.get(f'auto_pick[{v}]')} {c[f'auto[{v}]']:.3f}{diff}")
+            if parts:
+                out.append(f"\nauto[{v}], {s} shots, per seed: " + "; ".join(parts) + ".")
+    return out
+
+
+def rewrite_table(jsonl: Path, md: Path, variants: list[str]) -> str:
+    """The markdown table of a finished run again from its JSON lines, under the run's own header."""
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    table, _ = summarize(rows, variants)
+    head = md.read_text().split("\n### ")[0].rstrip("\n")
+    md.write_text(head + "\n" + table + "\n")
+    return md.read_text()
 
 
 def _kept(cells: dict, d: str, row: str) -> str:
@@ -265,7 +292,12 @@ def main() -> None:
     ap.add_argument("--keep-runs", action="store_true",
                     help="keep the run folders (several GB at 20 shots) instead of removing them at the end; "
                          "benchmarks/fewshot_moved.py reads them")
+    ap.add_argument("--table", metavar="RESULTS_JSONL",
+                    help="only write RESULTS.md again from a finished run's JSON lines (nothing is run)")
     a = ap.parse_args()
+    if a.table:
+        print(rewrite_table(Path(a.table), Path(a.table).with_suffix(".md"), a.variants.split(",")))
+        return
     tmp = tempfile.mkdtemp(prefix="tk-fewshot-")
     from datasets import TEXT
     wanted = a.datasets.split(",")

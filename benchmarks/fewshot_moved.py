@@ -7,7 +7,7 @@ and write the table again with the benchmark's own summarize().
 import json, sys
 from pathlib import Path
 sys.path.insert(0, "benchmarks")
-from fewshot import moved, summarize
+from fewshot import moved, rewrite_table
 jsonl, tmp, md = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 rows = [json.loads(l) for l in jsonl.read_text().splitlines()]
 for r in rows:
@@ -17,7 +17,4 @@ for r in rows:
     elif r["kind"] == "l2sp":
         r["moved"] = moved(tmp / tag / "l2sp", r["backbone"])
 jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
-table, _ = summarize(rows, ["default"])
-head = md.read_text().split("\n### ")[0].rstrip("\n")
-md.write_text(head + "\n" + table + "\n")
-print(md.read_text())
+print(rewrite_table(jsonl, md, ["default"]))
