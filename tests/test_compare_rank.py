@@ -279,3 +279,42 @@ def test_rank_cli(image_folder, capsys):
     assert main(["rank", str(image_folder), "--backbones", TINY, "--shots", "2", "--image-size", "32"]) == 0
     out = capsys.readouterr().out
     assert "| 1 | timm:test_resnet@random |" in out and "LogME" in out
+
+
+def test_rank_pick_prefers_the_source_whose_probe_scores_higher(image_folder):
+    from transferkit.choose.source import best_row
+    from transferkit.choose.rank import rank_sources
+    good = _fake_backbone(_MeanColour(), "fake:colour")
+    noise = _fake_backbone(_Noise(), "fake:noise")
+    rows = rank_sources(str(image_folder), [noise, good], cv=True, log=lambda *a: None)
+    by = {r["source"]: r for r in rows}
+    assert by["fake:colour"]["cv_accuracy"] > 0.9 > 0.6 > by["fake:noise"]["cv_accuracy"]
+    assert by["fake:colour"]["cv_folds"] == 5  # 8 training images per class: 5 stratified folds
+    assert best_row(rows)["source"] == "fake:colour"
+    # one label per class: nothing to cross-validate, LogME decides
+    rows1 = rank_sources(str(image_folder), [noise, good], cv=True, shots=1, log=lambda *a: None)
+    assert all(r["cv_accuracy"] is None for r in rows1)
+    assert best_row(rows1)["source"] == max(rows1, key=lambda r: r["logme"])["source"]
+
+
+def test_train_backbone_auto_trains_the_source_with_the_best_cv_probe(image_folder, tmp_path, capsys):
+    other = "timm:test_efficientnet@random"
+    out = tmp_path / "run"
+    assert main(["train", str(image_folder), "--backbone", f"auto:{TINY},{other}", "--strategy",
+                 "linear_probe", "--image-size", "32", "--quiet", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    record = metrics["choice"]["backbone"]
+    assert record["candidates"] == [TINY, other] and record["unscored"] == []
+    best = max(record["rows"], key=lambda r: (r["cv_accuracy"], r["logme"]))
+    assert record["chosen"] == best["source"]
+    import yaml
+    assert yaml.safe_load((out / "config.yaml").read_text())["backbone"] == best["source"]
+    assert "Source chosen by auto" in (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize("value,needle", [("auto:", "lists no source"),
+                                          ("auto:bundled:efficientnet_lite0,nosuch:x", "nosuch")])
+def test_backbone_auto_lists_are_checked_before_work(image_folder, tmp_path, capsys, value, needle):
+    assert main(["train", str(image_folder), "--backbone", value, "--out", str(tmp_path / "r")]) == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

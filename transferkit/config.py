@@ -40,7 +40,12 @@ class TrainConfig:
 
     data: str = option("", "folder of class folders, image CSV (path,label), or text CSV/TSV/JSONL")
     backbone: str = option("bundled:efficientnet_lite0", "source model id (see 'transferkit models'); "
-                           "kind:NAME[@random]", syntax="backbone")
+                           "kind:NAME[@random], or auto[:SRC1,SRC2,...] to train the source whose "
+                           "frozen features score best by cross-validated probe accuracy (auto alone: "
+                           "the bundled sources of the data's modality)", syntax="backbone")
+    backbone_budget: float | None = option(None, "with --backbone auto: minutes to spend scoring "
+                                           "sources; the rest are not scored", low=0, open_low=True,
+                                           none="no limit")
     out: str = option("", "run directory to write")
     strategy: str = option("auto", "what trains: auto (probe or LP-FT, chosen on held-out labels) | "
                            "linear_probe | multi_probe | partial:K | full | two_phase | stages:A-B | "
@@ -245,6 +250,16 @@ def validate(cfg: TrainConfig) -> None:
     _check_syntax(cfg)
 
 
+def auto_backbone_sources(backbone: str | None) -> list[str] | None:
+    """The sources that `--backbone auto:SRC1,SRC2,...` lists ([] for plain `auto`: the bundled
+    ones of the data's modality); None when the backbone is not `auto`."""
+    if backbone == "auto":
+        return []
+    if backbone and backbone.startswith("auto:"):
+        return [s.strip() for s in backbone[len("auto:"):].split(",") if s.strip()]
+    return None
+
+
 def _check_syntax(cfg: TrainConfig) -> None:
     if cfg.log_with:
         import importlib.util
@@ -253,8 +268,13 @@ def _check_syntax(cfg: TrainConfig) -> None:
                               f"pip install {cfg.log_with}")
     if cfg.backbone:
         from .models.sources import SourceError, parse_source
+        listed = auto_backbone_sources(cfg.backbone)
+        sources = [cfg.backbone] if listed is None else listed
+        if cfg.backbone.startswith("auto:") and not listed:
+            raise ConfigError(f"{_named('backbone')}: auto: lists no source (auto:SRC1,SRC2,...)")
         try:
-            parse_source(cfg.backbone)
+            for source in sources:
+                parse_source(source)
         except SourceError as e:
             raise ConfigError(f"{_named('backbone')}: {e}") from None
     if cfg.strategy != "auto":  # `auto` is resolved from the data (transferkit.choose)

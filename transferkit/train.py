@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .config import TrainConfig, validate
+from .config import TrainConfig, auto_backbone_sources, validate
 from .engine.fit import FitResult, fit
 
 
@@ -10,6 +10,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False, log=No
     """Fine-tune according to `cfg` (or resume `cfg.out`) and return the run's result.
 
     Choices are resolved here, before fitting, and recorded in config.yaml and metrics.json:
+    `--backbone auto` by cross-validated probe accuracy of each source (transferkit.choose.source),
     `--strategy auto` by held-out evidence (transferkit.choose.auto), `--reg l2sp:auto[,BETA]` by a
     sweep over alpha (transferkit.choose.l2sp_sweep).
     """
@@ -20,9 +21,16 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False, log=No
     if not resume and cfg.unlabelled:  # a bad pool stops here, before auto writes OUT/auto
         from .engine.unlabelled import check_pool
         check_pool(cfg)
+    source_choice = None
+    if not resume and auto_backbone_sources(cfg.backbone) is not None:
+        from .choose.source import resolve_backbone
+        from .engine.build import load_task_for
+        cfg, source_choice = resolve_backbone(cfg, load_task_for(cfg), log=say)
     if not resume and cfg.strategy == "auto":
         from .choose.auto import resolve_auto
         cfg, choice = resolve_auto(cfg, log=say)
+    if source_choice:
+        choice = {**(choice or {}), "backbone": source_choice}
     if not resume and cfg.reg and "auto" in cfg.reg:
         from .choose.l2sp_sweep import resolve_l2sp_auto
         cfg = resolve_l2sp_auto(cfg, log=say)

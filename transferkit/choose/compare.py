@@ -318,7 +318,7 @@ def kept_finetuned(metrics: dict, cfg: TrainConfig) -> bool | None:
     the probe it started from: False when a two_phase run ended on its head-fit checkpoint or on
     WiSE weight 0, or when `auto` chose the probe. None for strategies that never fine-tune."""
     if cfg.strategy == "linear_probe":
-        return False if metrics.get("choice") else None
+        return False if (metrics.get("choice") or {}).get("strategy") else None
     wise = (metrics.get("wise") or {}).get("weight")
     if wise is not None and wise == 0.0:
         return False

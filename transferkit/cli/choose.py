@@ -50,6 +50,10 @@ def _rank_parser() -> argparse.ArgumentParser:
                    help="comma-separated source ids, e.g. bundled:efficientnet_lite0,timm:tf_efficientnet_lite0@random "
                         "(default: none, required)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON (default: off)")
+    p.add_argument("--pick", action="store_true",
+                   help="also cross-validate a logistic-regression probe on each source's features and "
+                        "name the source with the best held-out accuracy, the one 'train --backbone "
+                        "auto:SRC1,SRC2,...' would train (default: off)")
     p.add_argument("--batch-size", default=64, metavar="N",
                    help="feature extraction batch size (default: 64; allowed: 1 <= integer <= 65536)")
     # the data options mean what they mean for `train`, and are checked the same way
@@ -98,13 +102,21 @@ def cmd_rank(argv: list[str]) -> int:
                             batch_size=c.batch_size, val=c.val, test=c.test,
                             val_fraction=c.val_fraction, test_fraction=c.test_fraction,
                             text_col=c.text_col, label_col=c.label_col,
-                            cache=open_cache_from_args(args), log=log)
+                            cache=open_cache_from_args(args), cv=args.pick, log=log)
     rows = rank(sources) if not _other_inputs(c) else _rank_adapted(sources, c, rank)
+    picked = None
+    if args.pick:
+        from ..choose.source import best_row
+        picked = best_row(rows)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"rows": rows, "picked": picked["source"]} if picked else rows, indent=2))
     else:
         print()
         print(format_ranking(rows))
+        if picked:
+            how = (f"cross-validated probe accuracy {picked['cv_accuracy']:.3f}"
+                   if picked.get("cv_accuracy") is not None else "LogME (a class has one label)")
+            print(f"\npicked: {picked['source']} (by {how})")
     return 0
 
 

@@ -113,7 +113,16 @@ def _choices(metrics: dict) -> list[str]:
     """How the strategy, the head's C and the WiSE-FT weight were chosen, with the evidence."""
     e, out = html.escape, []
     choice = metrics.get("choice") or {}
-    if choice:
+    source = choice.get("backbone")
+    if source:
+        out.append(f"<h2>Source chosen by auto: {e(source['chosen'])}</h2><p>by {e(source['by'])}"
+                   + (f"; not scored within the budget: {e(', '.join(source['unscored']))}" if source["unscored"] else "")
+                   + "</p>")
+        out.append(_table(["source", "CV probe accuracy", "± s.e.", "LogME", "seconds"],
+                          [[e(r["source"]), "–" if r.get("cv_accuracy") is None else f"{r['cv_accuracy']:.3f}",
+                            "–" if r.get("cv_accuracy_se") is None else f"{r['cv_accuracy_se']:.3f}",
+                            f"{r['logme']:.3f}", f"{r['seconds']:.1f}"] for r in source["rows"]]))
+    if choice.get("strategy"):
         out.append(f"<h2>Strategy chosen by auto: {e(choice['strategy'])}</h2><p>{e(choice['reason'])}</p>")
         table = (choice.get("finetune_cv") or {}).get("table") or []
         if table:
