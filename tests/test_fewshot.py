@@ -65,6 +65,10 @@ def test_train_at_few_labels_reports_the_cv_estimate_and_keeps_final_weights(ima
     assert est["accuracy_se"] is not None and est["of"] == "the probe phase"
     assert m["selection"].startswith("final weights")
     assert "held-out" in (run / "report.html").read_text() or "estimate" in (run / "report.html").read_text()
+    # the estimate is the best of the values of C compared on the same folds: labelled optimistic
+    from transferkit.engine.headfit import C_GRID
+    assert est["compared"] == len(C_GRID) and est["optimistic"] is True
+    assert f"the best of {est['compared']} compared, so optimistic" in (run / "report.html").read_text()
 
 
 # ------------------------------------------------------------------------------ head fitting

@@ -646,16 +646,24 @@ def _finish(run: Path, cfg: TrainConfig, model, task: Task, state: RunState, dev
 def held_out_estimate(state: RunState) -> dict | None:
     """What to expect before testing: the cross-validated (or validation) accuracy of what was
     trained, mean ± standard error. From `auto`'s evidence when it chose, else from the head fit
-    (the probe's estimate; for a fine-tuned run that is the probe it started from, said so)."""
+    (the probe's estimate; for a fine-tuned run that is the probe it started from, said so).
+
+    `compared` counts the candidates (auto's rows, or the head fit's values of C) the estimate was
+    the best of; with more than one it is the maximum of noisy scores, so `optimistic` is set: the
+    test score is expected below it."""
     best = (state.choice or {}).get("best")
     if best:
+        compared = state.choice.get("compared", len(state.choice["finetune_cv"]["table"]))
         return {"accuracy": best["accuracy"], "accuracy_se": best["accuracy_se"], "method": "cv",
                 "folds": state.choice["finetune_cv"]["folds"],
-                "of": "the chosen model" if best["wise"] else "the probe"}
+                "of": "the chosen model" if best["wise"] else "the probe",
+                "compared": compared, "optimistic": compared > 1}
     est = (state.head_fit or {}).get("estimate")
     if est and est.get("accuracy") is not None:
         trained_more = any(r.get("train_loss", "") != "" for r in state.history)
-        return {**est, "of": "the probe phase" if trained_more else "the probe"}
+        compared = len((state.head_fit or {}).get("table") or []) or 1
+        return {**est, "of": "the probe phase" if trained_more else "the probe",
+                "compared": compared, "optimistic": compared > 1}
     return None
 
 

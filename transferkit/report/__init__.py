@@ -198,7 +198,9 @@ def write_report(run: Path, cfg, model, metrics: dict, history: list[dict], *,
     if est.get("accuracy") is not None:
         se = f" ± {est['accuracy_se']:.3f}" if est.get("accuracy_se") is not None else ""
         how = f"{est.get('folds')}-fold CV" if est.get("method") == "cv" else "validation"
-        est_card = (f"<div class='card'>held-out estimate ({e(how)}, {e(str(est.get('of', '')))})"
+        best_of = (f"; the best of {est['compared']} compared, so optimistic: expect the test score lower"
+                   if est.get("optimistic") else "")
+        est_card = (f"<div class='card'>held-out estimate ({e(how)}, {e(str(est.get('of', '')))}{best_of})"
                     f"<b>{est['accuracy']:.3f}{se}</b></div>")
     parts.append("<div class='cards'>" + "".join(
         f"<div class='card'>{e(k)}<b>{'–' if v is None else f'{v:.3f}'}</b></div>" for k, v in cards)
