@@ -3,7 +3,14 @@
 For every data set x shots x seed (identical splits for every row; no validation carve-out: the
 few-label protocol), each job trains what its rows need and scores the test split:
 
-- `probe`: scikit-learn LogisticRegression (C=1) on frozen pooled features, no augmentation — the bar.
+- `strong_probe`: the bar every row is compared to. scikit-learn LogisticRegression on the same
+  frozen features the engine's probe sees — each training image, its mirror and the same augmented
+  views (engine/probe_views.py) as extra rows; C chosen by stratified cross-validation over items
+  (all views of an item in one fold); the test scored on the same views the engine rows get (image,
+  mirror and the test-time augmented copies of engine/tta.py), probabilities averaged. Independent
+  of the engine's head-fitting code, with the same test-time treatment as every other row.
+- `probe`: scikit-learn LogisticRegression (C=1) on one unflipped view, no test-time views (the
+  old, weak bar; kept to show how much of a gain is test-time treatment).
 - `linear_probe`: the engine's probe (C by cross-validation, mirrored and augmented views of each
   training image; the test scored on the image, its mirror and 4 augmented copies: engine/tta.py).
   Every engine row (all but `probe`) is scored with that test-time augmentation.
@@ -17,8 +24,13 @@ few-label protocol), each job trains what its rows need and scores the test spli
   the choice uses held-out folds only, the test split only scores.
 - `full+l2sp`: everything trains from the start with L2-SP (alpha 10, decoupled under AdamW).
 
-Prints the mean ± std table per data set and shot count, seconds per cell, and how often each
-fine-tuning row kept its fine-tuned weights; writes JSON lines and a markdown table.
+Seeds are development seeds (DEV_SEEDS: the defaults were chosen on them) or report seeds (any
+other); the results file records which, and the table's means and paired differences use the report
+seeds whenever a run has any. Per row: mean ± std, the paired difference from `strong_probe` per
+seed (points) and how many seeds are above it. Fine-tuning rows record how far the backbone moved:
+the relative change ||w_end - w_start|| / ||w_start|| over all backbone weights.
+
+Prints the tables and seconds per cell; writes JSON lines and a markdown table.
 """
 
 from __future__ import annotations
@@ -38,6 +50,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# the seeds the defaults (WISE_DEFAULT, epochs, TTA and probe views, block scaling) were tuned on:
+# numbers on them are optimistic; report seeds are the others
+DEV_SEEDS = (0, 1, 2)
 
 VARIANTS = {
     "default": {},  # the product's defaults, as `transferkit train` runs them
@@ -100,10 +116,63 @@ def _plain_probe(task, job) -> float:
     return float(np.mean(LogisticRegression(max_iter=3000).fit(Xtr, ytr).predict(Xte) == yte))
 
 
+def _strong_probe(task, job) -> dict:
+    """Test accuracy of scikit-learn's logistic regression on the engine probe's views (image,
+    mirror, augmented copies), C by item-wise stratified CV, scored on the engine's test views."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    from transferkit.engine.evaluate import eval_loader, extract_views, make_dataset
+    from transferkit.engine.headfit import C_GRID
+    from transferkit.engine.probe_views import augmented_views, n_probe_views
+    from transferkit.engine.tta import resolve_views, view_features
+    from transferkit.models import attach_head, load_backbone
+    cfg = _cfg(job, Path(job["tmp"]) / "strong", strategy="linear_probe")
+    torch.manual_seed(0)
+    model = attach_head(load_backbone(job["backbone"]), task.classes)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(dev)
+    image = job["dataset"] != "text"
+
+    def views(items, augmented: int, tta: int) -> tuple[np.ndarray, np.ndarray]:
+        ds = make_dataset(model, items, train=False, augment=False, image_size=cfg.image_size, seed=0)
+        v, y = extract_views(model.backbone, eval_loader(model, ds, 128), dev, flip=image)
+        extra = [augmented_views(model, items, cfg, dev, None, augmented)] if augmented else []
+        extra += [view_features(model, items, cfg, dev, tta)] if tta else []
+        return torch.cat([v, *extra]).double().numpy(), y.numpy()
+    k_train = n_probe_views(cfg, len(task.train), "image" if image else "text")
+    k_test = resolve_views(cfg, task.train, "image" if image else "text")
+    xtr, ytr = views(task.train, k_train, 0)
+    xte, yte = views(task.test, 0, k_test)
+
+    def fit(rows: np.ndarray, C: float):
+        x = xtr[:, rows].reshape(-1, xtr.shape[2])
+        return LogisticRegression(C=C, max_iter=3000).fit(x, np.tile(ytr[rows], xtr.shape[0]))
+
+    def accuracy(clf, x: np.ndarray, y: np.ndarray) -> float:
+        p = np.mean([clf.predict_proba(v) for v in x], axis=0)
+        return float((clf.classes_[p.argmax(1)] == y).mean())
+    counts = np.bincount(ytr)
+    k = int(min(5, counts[counts > 0].min()))
+    C, table = 1.0, {}
+    if k >= 2:
+        folds = list(StratifiedKFold(n_splits=k, shuffle=True, random_state=job["seed"]).split(ytr, ytr))
+        score_views = xtr[:2] if image else xtr[:1]  # held out: plain and mirror, as the test split
+        for c in C_GRID:
+            table[c] = float(np.mean([accuracy(fit(tr, c), score_views[:, te], ytr[te]) for tr, te in folds]))
+        C = max(table, key=lambda c: (table[c], -abs(np.log(c))))
+    clf = fit(np.arange(len(ytr)), C)
+    return {"accuracy": accuracy(clf, xte, yte), "C": C, "train_views": int(xtr.shape[0]),
+            "test_views": int(xte.shape[0]), "cv": {str(c): a for c, a in table.items()}}
+
+
 def moved(run: Path, backbone: str) -> float:
-    """Largest change of a backbone weight between where fine-tuning started (the probe checkpoint
-    `lp_model.safetensors` of LP-FT, else the source weights) and the run's final weights: 0 means
-    the run handed back its starting point (the "fallback" this benchmark counts)."""
+    """How far fine-tuning moved the backbone: ||w_end - w_start|| / ||w_start|| over all its
+    floating-point weights, from where fine-tuning started (the probe checkpoint
+    `lp_model.safetensors` of LP-FT, else the source weights). Any nonzero gradient under AdamW
+    changes single weights by ~lr per step, so the largest single change says nothing; the
+    relative change of the whole backbone is what says whether the features moved."""
     from transferkit.engine import checkpoint as ck
     final = ck.load_tensors(run / "model.safetensors")
     if (run / "lp_model.safetensors").exists():
@@ -114,7 +183,9 @@ def moved(run: Path, backbone: str) -> float:
     keys = [k for k in final if k.startswith("backbone.") and k in start and final[k].is_floating_point()]
     if not keys:
         raise RuntimeError(f"{run}: no backbone weights to compare")
-    return max(float((final[k].float() - start[k].float()).abs().max()) for k in keys)
+    diff = sum(float((final[k].double() - start[k].double()).pow(2).sum()) for k in keys)
+    norm = sum(float(start[k].double().pow(2).sum()) for k in keys)
+    return (diff / norm) ** 0.5
 
 
 def run_job(job: dict) -> dict:
@@ -134,6 +205,10 @@ def run_job(job: dict) -> dict:
     if job["kind"] == "features":
         res["probe"] = _plain_probe(task, job)
         res["probe_seconds"] = round(time.time() - t0, 1)
+        t1 = time.time()
+        strong = _strong_probe(task, job)
+        res["strong_probe"], res["strong_probe_info"] = strong.pop("accuracy"), strong
+        res["strong_probe_seconds"] = round(time.time() - t1, 1)
         t1 = time.time()
         r = fit(_cfg(job, root / "lp", strategy="linear_probe"), log=quiet, progress=False, task=task)
         res["linear_probe"] = r.metrics["accuracy"]
@@ -177,6 +252,8 @@ def summarize(results: list[dict], variants: list[str]) -> tuple[str, dict]:
         if r["kind"] == "features":
             c["probe"], c["linear_probe"] = r["probe"], r["linear_probe"]
             c["t:probe"], c["t:linear_probe"] = r["probe_seconds"], r["linear_probe_seconds"]
+            if "strong_probe" in r:
+                c["strong_probe"], c["t:strong_probe"] = r["strong_probe"], r["strong_probe_seconds"]
             if "multi_probe" in r:
                 c["multi_probe"], c["t:multi_probe"] = r["multi_probe"], r["multi_probe_seconds"]
         elif r["kind"] == "l2sp":
@@ -198,22 +275,34 @@ def summarize(results: list[dict], variants: list[str]) -> tuple[str, dict]:
     for c in cells.values():  # auto's probe branches train linear_probe / multi_probe on every label
         for k in [k for k in c if k.startswith("auto[") and isinstance(c[k], str)]:
             c[k] = c.get(c[k])
-    rows = ["probe", "linear_probe", "multi_probe"] + [f"{n}[{v}]" for v in variants for n in ("two_phase", "ft_only", "auto")] \
-        + [f"full+l2sp[{variants[0]}]"]
+    rows = ["strong_probe", "probe", "linear_probe", "multi_probe"] \
+        + [f"{n}[{v}]" for v in variants for n in ("two_phase", "ft_only", "auto")] + [f"full+l2sp[{variants[0]}]"]
+    report = {k[2] for k in cells} - set(DEV_SEEDS)
+    if report:  # numbers on the seeds the defaults were tuned on stay in the JSON lines only
+        cells = {k: c for k, c in cells.items() if k[2] in report}
     datasets = sorted({k[0] for k in cells})
     shots = sorted({k[1] for k in cells})
     tshot = 5 if 5 in shots else shots[0]  # the shot count whose seconds per cell are shown
-    lines, summary = [], {}
+    bar = "strong_probe" if any("strong_probe" in c for c in cells.values()) else "probe"
+    lines = [f"\nSeeds: {', '.join(map(str, sorted({k[2] for k in cells})))} "
+             f"({'report seeds: no default was tuned on them' if report else 'DEVELOPMENT seeds: the defaults were tuned on them, so these numbers are optimistic'}). "
+             f"Each cell: mean ± std over seeds (paired difference from {bar} in points, mean; seeds above it)."]
+    summary = {}
     for d in datasets:
-        lines += [f"\n### {d}\n", "| row | " + " | ".join(f"{s} shots" for s in shots) + f" | s/cell ({tshot} shots) | kept FT / auto picked |",
+        lines += [f"\n### {d}\n", "| row | " + " | ".join(f"{s} shots" for s in shots) + f" | s/cell ({tshot} shots) | backbone moved / auto picked |",
                   "|---|" + "---:|" * (len(shots) + 2)]
         for row in rows:
             vals = []
             for s in shots:
-                xs = [cells[(d, s, sd)].get(row) for sd in sorted({k[2] for k in cells if k[:2] == (d, s)})]
-                xs = [x for x in xs if x is not None]
+                seeds = sorted({k[2] for k in cells if k[:2] == (d, s)})
+                pairs = [(cells[(d, s, sd)].get(row), cells[(d, s, sd)].get(bar)) for sd in seeds]
+                xs = [x for x, _ in pairs if x is not None]
+                diffs = [100 * (x - b) for x, b in pairs if x is not None and b is not None]
                 summary[(d, s, row)] = xs
-                vals.append(f"{np.mean(xs):.3f} ± {np.std(xs, ddof=1) if len(xs) > 1 else 0:.3f}" if xs else "–")
+                cell = f"{np.mean(xs):.3f} ± {np.std(xs, ddof=1) if len(xs) > 1 else 0:.3f}" if xs else "–"
+                if xs and diffs and row != bar:
+                    cell += f" ({np.mean(diffs):+.1f}; {sum(x > 0 for x in diffs)}/{len(diffs)})"
+                vals.append(cell)
             ts = [cells[k].get(f"t:{row}") for k in cells if k[0] == d and k[1] == tshot]
             ts = [t for t in ts if t is not None]
             kept = "–"
@@ -244,7 +333,8 @@ def _per_seed(cells: dict, d: str, shots: list[int], variants: list[str]) -> lis
             parts = []
             for sd in seeds:
                 c = cells[(d, s, sd)]
-                diff = f", {100 * (c[f'auto[{v}]'] - c['probe']):+.1f} vs probe" if c.get("probe") is not None else ""
+                bar = "strong_probe" if c.get("strong_probe") is not None else "probe"
+                diff = f", {100 * (c[f'auto[{v}]'] - c[bar]):+.1f} vs {bar}" if c.get(bar) is not None else ""
                 parts.append(f"seed {sd} {c.get(f'auto_pick[{v}]')} {c[f'auto[{v}]']:.3f}{diff}")
             if parts:
                 out.append(f"\nauto[{v}], {s} shots, per seed: " + "; ".join(parts) + ".")
@@ -261,14 +351,13 @@ def rewrite_table(jsonl: Path, md: Path, variants: list[str]) -> str:
 
 
 def _kept(cells: dict, d: str, row: str) -> str:
-    """How many cells of a fine-tuning row ended on weights that moved away from where fine-tuning
-    started (measured: `moved` > 0), out of those that recorded it."""
+    """How far the fine-tuning runs of a row moved their backbone: the relative change of all its
+    weights (`moved`), median and smallest over the cells that recorded it."""
     key = "moved:l2sp" if row.startswith("full+l2sp") else "moved:ft"
     xs = [c[key] for k, c in cells.items() if k[0] == d and key in c]
     if not xs:
         return "not recorded"
-    n = sum(x > 0 for x in xs)
-    return f"{n}/{len(xs)} moved (largest weight change >= {min(xs):.1e})"
+    return f"||dw||/||w|| median {100 * np.median(xs):.2f}% (min {100 * min(xs):.2f}%, {len(xs)} runs)"
 
 
 def main() -> None:
@@ -276,7 +365,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="clipart,digits")
     ap.add_argument("--shots", default="1,5,20")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", default="3,4,5",
+                    help=f"comma-separated seeds; {','.join(map(str, DEV_SEEDS))} are development seeds "
+                         "(the defaults were tuned on them), any other is a report seed")
     ap.add_argument("--image-size", type=int, default=112)
     ap.add_argument("--variants", default="default",
                     help="recipe variants of the fine-tuning rows (default: the product's defaults)")
@@ -309,7 +400,7 @@ def main() -> None:
              "backbone": "bundled:minilm-l6" if d == "text" else "bundled:efficientnet_lite0",
              "tmp": tmp, "threads": a.threads, "test_fraction": a.test_fraction}
             for (d, p), s, sd in itertools.product(data.items(), [int(x) for x in a.shots.split(",")],
-                                                   range(a.seeds))]
+                                                   [int(x) for x in a.seeds.split(",")])]
     ft_shots = {int(x) for x in (a.ft_shots or a.shots).split(",")}
     ft_base = [b for b in base if b["shots"] in ft_shots]
     jobs = [{**b, "kind": "ft", "variant": v} for v in variants for b in ft_base]
