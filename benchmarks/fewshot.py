@@ -381,8 +381,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--out", default="benchmarks/results/fewshot")
     ap.add_argument("--keep-runs", action="store_true",
-                    help="keep the run folders (several GB at 20 shots) instead of removing them at the end; "
-                         "benchmarks/fewshot_moved.py reads them")
+                    help="keep the run folders (several GB at 20 shots) instead of removing them at the end")
     ap.add_argument("--table", metavar="RESULTS_JSONL",
                     help="only write RESULTS.md again from a finished run's JSON lines (nothing is run)")
     a = ap.parse_args()
