@@ -62,3 +62,86 @@ def test_cache_clear_recognises_entries_of_older_versions_without_the_marker(tmp
     # and the cache still works afterwards
     _store(cache)
     assert cache.info()["spaces"][0]["rows"] == 2
+
+
+TINY = "timm:test_resnet@random"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from conftest import write_image_folder
+    root = tmp_path_factory.mktemp("trust")
+    data = write_image_folder(root / "images")
+    out = root / "run"
+    assert main(["train", str(data), "--backbone", TINY, "--image-size", "32", "--batch-size", "8",
+                 "--steps", "2", "--strategy", "full", "--out", str(out), "--quiet"]) == 0
+    return out, data
+
+
+def _theirs(folder, names):
+    folder.mkdir()
+    for n in names:
+        (folder / n).write_text(f"my own {n}")
+
+
+def test_evaluate_out_never_replaces_files_it_did_not_write(run, tmp_path, capsys):
+    out, data = run
+    theirs = tmp_path / "theirs"
+    _theirs(theirs, ["report.html", "metrics.json", "predictions.csv"])
+    assert main(["evaluate", str(out), str(data), "--out", str(theirs)]) == 2
+    err = capsys.readouterr().err
+    assert "transferkit did not write it" in err and "metrics.json" in err and "--overwrite" in err
+    assert all((theirs / n).read_text() == f"my own {n}" for n in ["report.html", "metrics.json", "predictions.csv"])
+    assert main(["evaluate", str(out), str(data), "--out", str(theirs), "--overwrite"]) == 0
+    for n in ["report.html", "metrics.json", "predictions.csv"]:  # theirs kept beside ours
+        assert (theirs / f"{n}.orig").read_text() == f"my own {n}"
+        assert (theirs / n).read_text() != f"my own {n}"
+    assert json.loads((theirs / "metrics.json").read_text())["run"] == str(out)
+    # now it is ours: a second --overwrite replaces our files and keeps the .orig ones untouched
+    assert main(["evaluate", str(out), str(data), "--out", str(theirs), "--overwrite"]) == 0
+    assert len(list(theirs.glob("*.orig*"))) == 3
+
+
+def test_evaluate_out_of_an_older_transferkit_and_a_training_run(run, tmp_path, capsys):
+    out, data = run
+    ev = tmp_path / "ev"
+    assert main(["evaluate", str(out), str(data), "--out", str(ev)]) == 0
+    (ev / "evaluation.json").unlink()  # an evaluation folder written before evaluation.json existed
+    assert main(["evaluate", str(out), str(data), "--out", str(ev)]) == 2
+    assert "already holds an evaluation" in capsys.readouterr().err
+    assert main(["evaluate", str(out), str(data), "--out", str(ev), "--overwrite"]) == 0
+    assert not list(ev.glob("*.orig"))
+    # the run's own metrics.json and report.html are never the evaluation's, even with --overwrite
+    before = {n: (out / n).read_bytes() for n in ("metrics.json", "report.html")}
+    assert main(["evaluate", str(out), str(data), "--out", str(out), "--overwrite"]) == 2
+    assert "training run" in capsys.readouterr().err
+    assert {n: (out / n).read_bytes() for n in before} == before
+
+
+def test_export_never_replaces_a_users_export_json(run, tmp_path, capsys):
+    out, _ = run
+    theirs = tmp_path / "theirs"
+    _theirs(theirs, ["export.json", "config.json"])
+    assert main(["export", str(out), "--format", "timm", "--out", str(theirs)]) == 2
+    assert "transferkit did not write" in capsys.readouterr().err
+    assert (theirs / "export.json").read_text() == "my own export.json"
+    assert main(["export", str(out), "--format", "timm", "--out", str(theirs), "--overwrite"]) == 0
+    assert (theirs / "export.json.orig").read_text() == "my own export.json"
+    assert (theirs / "config.json.orig").read_text() == "my own config.json"
+    assert json.loads((theirs / "export.json").read_text())["format"] == "timm"
+    assert not [p for p in theirs.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+
+def test_export_into_an_earlier_export_needs_overwrite_and_replaces_only_its_files(run, tmp_path, capsys):
+    out, _ = run
+    ex = tmp_path / "ex"
+    assert main(["export", str(out), "--format", "timm", "--out", str(ex)]) == 0
+    (ex / "NOTES.md").write_text("mine")
+    capsys.readouterr()
+    assert main(["export", str(out), "--format", "torchscript", "--out", str(ex)]) == 2
+    assert "already holds an export" in capsys.readouterr().err
+    assert sorted(p.name for p in ex.iterdir()) == ["NOTES.md", "config.json", "export.json", "model.safetensors"]
+    assert main(["export", str(out), "--format", "torchscript", "--out", str(ex), "--overwrite"]) == 0
+    # the timm files of the earlier export are gone, the user's note stays, nothing was renamed
+    assert sorted(p.name for p in ex.iterdir()) == ["NOTES.md", "export.json", "model.pt"]
+    assert json.loads((ex / "export.json").read_text())["written"] == ["model.pt"]

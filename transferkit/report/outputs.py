@@ -4,6 +4,7 @@ evaluation folder (metrics.json, predictions.csv, report.html with the worst err
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 
 PREDICTION_FORMATS = (".csv", ".jsonl")
 EVALUATION_FILES = ("metrics.json", "predictions.csv", "report.html")
+EVALUATION_META = "evaluation.json"  # written first: marks the folder as one `evaluate --out` wrote
 
 
 def check_predictions_path(path: str | Path) -> Path:
@@ -46,28 +48,49 @@ def write_predictions(rows: list[dict], path: str | Path) -> Path:
     return p
 
 
-def check_evaluation_dir(out: str | Path) -> Path:
-    """An evaluation folder is new, empty, or one that `evaluate --out` wrote before."""
-    d = Path(out)
-    if d.exists() and not d.is_dir():
-        raise FileExistsError(f"--out {d} is a file; give a folder")
-    if d.is_dir():
-        foreign = sorted(p.name for p in d.iterdir() if p.name not in EVALUATION_FILES)
-        if foreign:
-            raise FileExistsError(f"--out {d} holds files evaluate did not write ({', '.join(foreign[:3])}); "
-                                  "choose a new or empty folder")
-    return d
+def is_evaluation(d: Path) -> bool:
+    """`evaluate --out` wrote this folder: its evaluation.json, or (before evaluation.json existed)
+    nothing but its three files, with the metrics.json it writes."""
+    try:
+        meta = json.loads((d / EVALUATION_META).read_text())
+        return isinstance(meta, dict) and meta.get("written_by") == "transferkit evaluate"
+    except (OSError, ValueError):
+        pass
+    if any(p.name not in EVALUATION_FILES for p in d.iterdir()):
+        return False
+    try:
+        m = json.loads((d / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(m, dict) and {"run", "per_class", "accuracy"} <= set(m)
+
+
+def check_evaluation_dir(out: str | Path, overwrite: bool = False):
+    """An evaluation folder is new or empty; an earlier one or a folder with other files only with
+    `overwrite` (engine/outfolder.py)."""
+    from ..engine.outfolder import check_out_folder
+    return check_out_folder(out, is_ours=is_evaluation, what="an evaluation", sub="evaluation",
+                            overwrite=overwrite)
 
 
 def write_evaluation(out: str | Path, run_dir: str | Path, model, cfg, metrics: dict, items,
-                     probs: np.ndarray) -> Path:
+                     probs: np.ndarray, *, overwrite: bool = False, log=print) -> Path:
     """OUT/metrics.json, OUT/predictions.csv (one row per item: true, predicted, probabilities of
     every class) and OUT/report.html (metrics, confusion matrix, the most confident mistakes)."""
+    from .. import __version__
     from ..engine.checkpoint import atomic_write_json, atomic_write_text
+    from ..engine.outfolder import make_room
     from . import write_report
     from .gallery import worst_errors
-    d = check_evaluation_dir(out)
+    folder = check_evaluation_dir(out, overwrite)
+    d = folder.path
+    names = [EVALUATION_META, *EVALUATION_FILES]
+    make_room(folder, names, set(names), log)
     d.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(d / EVALUATION_META, {
+        "format": 1, "written_by": "transferkit evaluate", "transferkit": __version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "run": str(run_dir), "data": str(metrics.get("data", "")), "written": names})
     classes = list(model.class_names)
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index[e.label] for e in items])
