@@ -145,3 +145,35 @@ def test_export_into_an_earlier_export_needs_overwrite_and_replaces_only_its_fil
     # the timm files of the earlier export are gone, the user's note stays, nothing was renamed
     assert sorted(p.name for p in ex.iterdir()) == ["NOTES.md", "export.json", "model.pt"]
     assert json.loads((ex / "export.json").read_text())["written"] == ["model.pt"]
+
+
+MARKUP = ["$\\bogus{$", "$x^2$", "50%_off #1 {a}"]  # mathtext that fails, mathtext that draws, plain
+
+
+def test_class_names_in_the_confusion_matrix_are_drawn_as_they_are(monkeypatch):
+    import transferkit.report as report
+    figs = []
+    real = report.png_data_uri
+    monkeypatch.setattr(report, "png_data_uri", lambda fig: (figs.append(fig), real(fig))[1])
+    cm = [[2, 1, 0], [0, 3, 0], [1, 0, 2]]
+    assert report._confusion({"confusion_matrix": cm, "class_names": MARKUP}).startswith("data:image/png")
+    ax = figs[0].axes[0]
+    for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
+        # what the renderer draws: the text after matplotlib's maths preprocessing, and no maths
+        assert [t._preprocess_math(t.get_text()) for t in labels] == [(c, False) for c in MARKUP]
+
+
+def test_a_run_whose_class_names_look_like_mathtext_trains_and_evaluates(tmp_path, capsys):
+    from conftest import COLOURS, write_image_folder
+    data = write_image_folder(tmp_path / "images", per_class=6)
+    for colour, name in zip(sorted(COLOURS), MARKUP):
+        (data / colour).rename(data / name)
+    out = tmp_path / "run"
+    assert main(["train", str(data), "--backbone", TINY, "--image-size", "32", "--batch-size", "8",
+                 "--steps", "1", "--strategy", "full", "--out", str(out), "--quiet"]) == 0
+    assert "Confusion matrix" in (out / "report.html").read_text()
+    capsys.readouterr()
+    assert main(["evaluate", str(out), str(data), "--out", str(tmp_path / "ev"), "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert sorted(m["per_class"]) == sorted(MARKUP)
+    assert "Confusion matrix" in (tmp_path / "ev" / "report.html").read_text()
