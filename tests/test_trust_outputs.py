@@ -148,6 +148,32 @@ def test_export_into_an_earlier_export_needs_overwrite_and_replaces_only_its_fil
 
 
 MARKUP = ["$\\bogus{$", "$x^2$", "50%_off #1 {a}"]  # mathtext that fails, mathtext that draws, plain
+FORMULAS = ["=1+2", "@SUM(1+1)", "-2+3", "-1"]  # the last one is a number: it stays as it is
+ODD = MARKUP + FORMULAS
+
+
+def _safe(text: str) -> str:
+    return text if text == "-1" or not text.startswith(("=", "+", "-", "@")) else "'" + text
+
+
+@pytest.fixture(scope="module")
+def odd_run(tmp_path_factory):
+    """A run whose class names are mathtext and spreadsheet formulas (7 classes from 3 colours: a
+    weak model, but every output file is written)."""
+    import shutil
+
+    from conftest import COLOURS, write_image_folder
+    root = tmp_path_factory.mktemp("odd")
+    data = write_image_folder(root / "images", per_class=6)
+    colours = sorted(COLOURS)
+    for i, name in enumerate(ODD):
+        shutil.copytree(data / colours[i % 3], data / name)
+    for c in colours:
+        shutil.rmtree(data / c)
+    out = root / "run"
+    assert main(["train", str(data), "--backbone", TINY, "--image-size", "32", "--batch-size", "8",
+                 "--steps", "1", "--strategy", "full", "--seed", "0", "--out", str(out), "--quiet"]) == 0
+    return out, data
 
 
 def test_class_names_in_the_confusion_matrix_are_drawn_as_they_are(monkeypatch):
@@ -163,17 +189,59 @@ def test_class_names_in_the_confusion_matrix_are_drawn_as_they_are(monkeypatch):
         assert [t._preprocess_math(t.get_text()) for t in labels] == [(c, False) for c in MARKUP]
 
 
-def test_a_run_whose_class_names_look_like_mathtext_trains_and_evaluates(tmp_path, capsys):
-    from conftest import COLOURS, write_image_folder
-    data = write_image_folder(tmp_path / "images", per_class=6)
-    for colour, name in zip(sorted(COLOURS), MARKUP):
-        (data / colour).rename(data / name)
-    out = tmp_path / "run"
-    assert main(["train", str(data), "--backbone", TINY, "--image-size", "32", "--batch-size", "8",
-                 "--steps", "1", "--strategy", "full", "--out", str(out), "--quiet"]) == 0
+def test_a_run_whose_class_names_look_like_mathtext_trains_and_evaluates(odd_run, tmp_path, capsys):
+    out, data = odd_run
     assert "Confusion matrix" in (out / "report.html").read_text()
     capsys.readouterr()
     assert main(["evaluate", str(out), str(data), "--out", str(tmp_path / "ev"), "--json"]) == 0
     m = json.loads(capsys.readouterr().out)
-    assert sorted(m["per_class"]) == sorted(MARKUP)
+    assert sorted(m["per_class"]) == sorted(ODD)
     assert "Confusion matrix" in (tmp_path / "ev" / "report.html").read_text()
+
+
+def test_spreadsheet_cell():
+    from transferkit.report.outputs import spreadsheet_cell
+    cases = {"=cmd|' /C calc'!A0": "'=cmd|' /C calc'!A0", "+1+2": "'+1+2", "-2+3": "'-2+3", "@SUM(A1)": "'@SUM(A1)",
+             "\tx": "'\tx", "\rx": "'\rx", "cat": "cat", "a=b": "a=b", "": "",
+             "-0.000000": "-0.000000", "-1": "-1", "+2.5e-3": "+2.5e-3", "-.5": "-.5"}
+    assert {k: spreadsheet_cell(k) for k in cases} == cases
+    assert [spreadsheet_cell(v) for v in (-1, -0.0, 3.5, None)] == [-1, -0.0, 3.5, None]
+
+
+def _csv(path):
+    import csv
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_csv_outputs_neutralise_formulas_and_jsonl_stays_raw(odd_run, tmp_path, capsys):
+    out, data = odd_run
+    images = sorted(str(p) for p in data.rglob("*.png"))[::5]
+    assert main(["predict", str(out), *images, "--top-k", "2", "--output", str(tmp_path / "p.csv")]) == 0
+    assert main(["predict", str(out), *images, "--top-k", "2", "--output", str(tmp_path / "p.jsonl")]) == 0
+    raw = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    rows = _csv(tmp_path / "p.csv")
+    assert {r["label"] for r in raw} & set(FORMULAS), "the check needs a formula-like predicted label"
+    assert [r["label"] for r in rows] == [_safe(r["label"]) for r in raw]
+    assert [r["top"] for r in rows] == [_safe("|".join(f"{t['label']}:{t['probability']:.6f}" for t in r["top"]))
+                                        for r in raw]
+    assert [float(r["probability"]) for r in rows] == pytest.approx([r["probability"] for r in raw], abs=1e-6)
+
+    ev = tmp_path / "ev"
+    assert main(["evaluate", str(out), str(data), "--out", str(ev)]) == 0
+    rows = _csv(ev / "predictions.csv")
+    assert {r["label"] for r in rows} == {_safe(c) for c in ODD}
+    assert {r["predicted"] for r in rows} <= {_safe(c) for c in ODD}
+    assert all(abs(sum(float(r[f"p:{c}"]) for c in ODD) - 1) < 1e-4 for r in rows)  # numbers stay numbers
+
+    assert main(["knn", str(data), "--backbone", TINY, "--image-size", "32", "--out", str(tmp_path / "knn")]) == 0
+    rows = _csv(tmp_path / "knn" / "predictions.csv")
+    assert rows and {r["label"] for r in rows} <= {_safe(c) for c in ODD}
+    assert any(r["label"].startswith("'") for r in rows)
+    assert main(["embed", str(data), "--backbone", TINY, "--image-size", "32", "--out", str(tmp_path / "e.npy")]) == 0
+    rows = _csv(tmp_path / "e.index.csv")
+    assert {r["label"] for r in rows} == {_safe(c) for c in ODD} and rows[0]["row"] == "0"
+    assert main(["cluster", str(data), "--backbone", TINY, "--image-size", "32", "--k", "2",
+                 "--out", str(tmp_path / "cl")]) == 0
+    rows = _csv(tmp_path / "cl" / "clusters.csv")
+    assert {r["label"] for r in rows} == {_safe(c) for c in ODD} and all(float(r["distance"]) >= 0 for r in rows)
