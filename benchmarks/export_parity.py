@@ -59,7 +59,7 @@ def main() -> int:
         for fmt in formats:
             out = work / f"{name}_{fmt}"
             t = time.time()
-            m = export_run(run, fmt, out, limit=args.n_check)
+            m = export_run(run, fmt, out, limit=args.n_check, overwrite=True)  # its own earlier export
             p = m["parity"]
             rows.append({"run": name, "format": fmt, "n_inputs": p["n_inputs"],
                          "max_abs_diff": p["max_abs_diff"], "top1_agree": p["top1_agree"],

@@ -83,8 +83,12 @@ def test_evaluate_out_writes_report_and_per_item_predictions(run, tmp_path, caps
     assert len(figures) == min(16, len(wrong))
     assert figures[0] == wrong[0]["item"]
     assert page.count("data:image/jpeg;base64,") == len(figures)
-    # rerun into its own folder is fine; a folder with someone else's files is refused
-    assert main(["evaluate", str(run.out), str(run.swapped), "--out", str(out)]) == 0
+    # rerun into its own folder only with --overwrite; a folder with someone else's files is refused
+    assert main(["evaluate", str(run.out), str(run.swapped), "--out", str(out)]) == 2
+    assert "already holds an evaluation" in capsys.readouterr().err
+    assert main(["evaluate", str(run.out), str(run.swapped), "--out", str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["evaluation.json", "metrics.json", "predictions.csv",
+                                                     "report.html"]
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     assert main(["evaluate", str(run.out), str(run.swapped), "--out", str(tmp_path / "other")]) == 2

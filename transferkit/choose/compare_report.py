@@ -143,7 +143,7 @@ def _plot(result: dict) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..report import png_data_uri
+    from ..report import plain_text, png_data_uri
     shots = result["shots"]
     by = {(e["strategy"], e["shots"]): e for e in result["summary"]}
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -154,7 +154,7 @@ def _plot(result: dict) -> str:
                if by[(s, k)]["accuracy_mean"] is not None]
         if pts:
             xs, ms, sd = zip(*pts)
-            ax.errorbar(xs, ms, yerr=[d or 0.0 for d in sd], marker="o", capsize=3, label=s,
+            ax.errorbar(xs, ms, yerr=[d or 0.0 for d in sd], marker="o", capsize=3, label=plain_text(s),
                         linestyle="--" if s == "probe" else "-")
     ax.set_xticks(x, [f"{k} shots" if k != "all" else "all" for k in shots])
     ax.set_ylabel("test accuracy")

@@ -11,7 +11,8 @@ def _parser() -> argparse.ArgumentParser:
                                 description="The on-disk cache of frozen features (used by train's head-only "
                                             "phases, compare, rank, embed, knn and cluster).")
     p.add_argument("action", choices=["info", "clear"],
-                   help="info: feature spaces, rows and bytes held; clear: delete the cached features")
+                   help="info: feature spaces, rows and bytes held; clear: delete the feature spaces transferkit wrote "
+                        "(anything else under CACHE_DIR/features/ is left and named)")
     from ..config import TrainConfig
     from .options import field_help
     p.add_argument("--cache-dir", default=None, help=field_help(TrainConfig.__dataclass_fields__["cache_dir"]))
@@ -24,9 +25,15 @@ def main(argv: list[str]) -> int:
     from ..data.feature_cache import FeatureCache
     cache = FeatureCache(a.cache_dir)
     if a.action == "clear":
-        freed = cache.clear()
-        print(json.dumps({"root": str(cache.root), "freed_bytes": freed}) if a.json
-              else f"cleared {freed / 1e6:.1f} MB of cached features under {cache.root}")
+        r = cache.clear()
+        if a.json:
+            print(json.dumps({"root": str(cache.root), **r}))
+            return 0
+        print(f"cleared {r['freed_bytes'] / 1e6:.1f} MB of cached features ({r['removed']} feature spaces) "
+              f"under {cache.root}")
+        if r["kept"]:
+            shown = ", ".join(r["kept"][:5]) + (f" and {len(r['kept']) - 5} more" if len(r["kept"]) > 5 else "")
+            print(f"left {len(r['kept'])} entries transferkit did not write: {shown}")
         return 0
     info = cache.info()
     if a.json:

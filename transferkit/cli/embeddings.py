@@ -119,6 +119,7 @@ def _write_knn(out: str, r: dict) -> None:
     from pathlib import Path
 
     from ..engine.checkpoint import atomic_write_json, atomic_write_text
+    from ..report.outputs import spreadsheet_cell
     d = Path(out)
     for name in ("knn.json", "predictions.csv"):
         if (d / name).exists() and not (d / "knn.json").exists():
@@ -127,7 +128,7 @@ def _write_knn(out: str, r: dict) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(r["predictions"][0]))
     w.writeheader()
-    w.writerows(r["predictions"])
+    w.writerows({k: spreadsheet_cell(v) for k, v in row.items()} for row in r["predictions"])
     atomic_write_text(d / "predictions.csv", buf.getvalue())
 
 

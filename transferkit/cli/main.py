@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test-time augmentation (default: as the run was trained)")
     e.add_argument("--out", metavar="DIR", help="also write DIR/metrics.json, predictions.csv (one row per "
                    "item) and report.html with the most confident mistakes (default: none)")
+    e.add_argument("--overwrite", action="store_true", help="--out: replace an earlier evaluation there, or "
+                   "write beside other files (yours of the same name are kept as NAME.orig) (default: off)")
 
     pr = sub.add_parser("predict", help="labels for new inputs, from a run or a source model as it is")
     pr.add_argument("inputs", nargs="+", help="RUN_DIR then files/folders/texts, or files with --model")
@@ -202,11 +204,12 @@ def cmd_evaluate(args) -> int:
     from ..engine.run import evaluate_loaded, load_run
     if args.out:
         from ..report.outputs import check_evaluation_dir, write_evaluation
-        check_evaluation_dir(args.out)
+        check_evaluation_dir(args.out, args.overwrite)
     model, cfg = load_run(args.run_dir)
     m, items, probs = evaluate_loaded(model, cfg, args.data, tta=args.tta)
     if args.out:
-        d = write_evaluation(args.out, args.run_dir, model, cfg, m, items, probs)
+        d = write_evaluation(args.out, args.run_dir, model, cfg, m, items, probs, overwrite=args.overwrite,
+                             log=lambda line: print(line, file=sys.stderr))
         print(f"wrote {d}/metrics.json, predictions.csv, report.html", file=sys.stderr)
     if args.json:
         print(json.dumps(_strict_json(m), indent=2))

@@ -17,7 +17,11 @@ def _export_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=["timm", "hf", "onnx", "torchscript"],
                    help="timm: timm folder (images); hf: save_pretrained folder with tokenizer (text); "
                         "onnx: model.onnx, dynamic batch axis; torchscript: model.pt")
-    p.add_argument("--out", required=True, help="output directory (new, empty, or an earlier export)")
+    p.add_argument("--out", required=True, help="output directory: new or empty; an earlier export or a "
+                                                "folder with other files only with --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier export in --out, or write beside other files there (yours of "
+                        "the same name are kept as NAME.orig, nothing is deleted) (default: off)")
     p.add_argument("--no-merge", dest="merge", action="store_false",
                    help="LoRA runs, --format hf: keep the adapter apart in OUT/adapter (PEFT format) "
                         "instead of merging it into the weights (default: merged)")
@@ -49,7 +53,7 @@ def main(argv: list[str]) -> int:
         args = _export_parser().parse_args(rest)
         from ..ship.export import export_run
         manifest = export_run(args.run, args.format, args.out, merge=args.merge, data=args.data,
-                              limit=args.n_check)
+                              limit=args.n_check, overwrite=args.overwrite)
         if args.json:
             print(json.dumps(manifest, indent=2))
         return 0

@@ -18,6 +18,12 @@ was interrupted has no record and is never read. A record whose ``.npy`` does no
 recorded size and shape (a truncated file) is ignored as well, and its rows are computed again.
 
 Only deterministic features may be cached: `preprocess_key` returns None for a random transform.
+
+`cache clear` deletes only what this cache wrote: a namespace folder is ours when its ``meta.json``
+hashes to the folder's name (true of every entry any transferkit version wrote) and it holds
+nothing but our shards; ``features/.transferkit-cache`` marks a ``features/`` folder we created.
+Anything else under ``features/`` (a folder of the user's that happens to have this name) is left
+in place and named.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -40,6 +47,9 @@ from .splits import Example
 _DETERMINISTIC = {"Compose", "Resize", "CenterCrop", "ToTensor", "Normalize", "PILToTensor",
                   "ConvertImageDtype", "ToImage", "ToDtype", "Grayscale"}
 FORMAT = 1  # bump when the meaning of a cached row changes
+MARKER = ".transferkit-cache"  # in ROOT/features/ when transferkit created that folder
+# every file a namespace folder of ours holds: meta.json, shards, and temporary files of _atomic_write
+_OUR_FILE = re.compile(r"(meta\.json|[0-9a-f]{16}\.(npy|json)|\.(meta\.json|[0-9a-f]{16}\.(npy|json))\..+\.tmp)")
 
 
 def default_cache_dir() -> Path:
@@ -176,6 +186,10 @@ class FeatureCache:
         if feats.shape[0] != len(keys):
             raise ValueError(f"{len(keys)} keys for {feats.shape[0]} feature rows")
         d = self._dir(ns)
+        if not d.parent.is_dir():
+            d.parent.mkdir(parents=True)
+            (d.parent / MARKER).write_text("transferkit feature cache: `transferkit cache clear` deletes the "
+                                           "feature spaces in this folder that transferkit wrote\n")
         d.mkdir(parents=True, exist_ok=True)
         if not (d / "meta.json").exists():
             _atomic_write(d / "meta.json", lambda f: f.write(json.dumps(parts, indent=2).encode()))
@@ -205,14 +219,55 @@ class FeatureCache:
                            "preprocess": (parts.get("preprocess") or {}).get("kind")})
         return {"root": str(self.root), "spaces": spaces, "bytes": total}
 
-    def clear(self) -> int:
-        """Delete the cached features (only the `features/` folder this cache wrote); bytes freed."""
+    def clear(self) -> dict:
+        """Delete the feature spaces this cache wrote, and nothing else (see the module docstring).
+
+        Returns ``{"freed_bytes", "removed" (namespaces), "kept" (paths under features/ that are
+        not ours, left in place)}``."""
         d = self.root / "features"
-        if not d.is_dir():
-            return 0
-        freed = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
-        shutil.rmtree(d)
-        return freed
+        result = {"freed_bytes": 0, "removed": 0, "kept": []}
+        if not d.is_dir() or d.is_symlink():
+            if d.exists() or d.is_symlink():
+                result["kept"].append(str(d))
+            return result
+        marked = (d / MARKER).is_file()
+        for entry in sorted(d.iterdir()):
+            if entry.name == MARKER and entry.is_file():
+                continue
+            empty_of_ours = marked and _is_empty_dir(entry) and re.fullmatch(r"[0-9a-f]{24}", entry.name)
+            if not (empty_of_ours or is_our_namespace(entry)):
+                result["kept"].append(str(entry))
+                continue
+            result["freed_bytes"] += sum(f.stat().st_size for f in entry.iterdir())
+            shutil.rmtree(entry)
+            result["removed"] += 1
+        if not result["kept"]:  # nothing of anyone else's is left: the folder itself goes too
+            (d / MARKER).unlink(missing_ok=True)
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        return result
+
+
+def _is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+
+
+def is_our_namespace(path: Path) -> bool:
+    """A feature space that transferkit wrote: a plain folder whose meta.json holds the key parts that
+    hash to its name, and nothing but our own files (shards, temporary files of a killed writer)."""
+    if path.is_symlink() or not path.is_dir() or not re.fullmatch(r"[0-9a-f]{24}", path.name):
+        return False
+    try:
+        parts = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(parts, dict) or "format" not in parts or "transferkit" not in parts:
+        return False
+    if hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24] != path.name:
+        return False
+    return all(f.is_file() and not f.is_symlink() and _OUR_FILE.fullmatch(f.name) for f in path.iterdir())
 
 
 def cache_disabled() -> bool:

@@ -100,12 +100,14 @@ def cluster_data(data: str | Path, backbone, k: int, out: str | Path, *, seed: i
 def write_clusters(emb: Embeddings, clusters: np.ndarray, dist: np.ndarray, out: Path, *, data: str,
                    seed: int, per_sheet: int, thumb: int) -> dict:
     from ..engine.checkpoint import atomic_write_json, atomic_write_text
+    from ..report.outputs import spreadsheet_row
     (out / "sheets").mkdir(parents=True, exist_ok=True)
     k = int(clusters.max()) + 1
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["item", "cluster", "distance", "label"])
-    w.writerows([ex.x, int(c), round(float(d), 6), ex.label] for ex, c, d in zip(emb.items, clusters, dist))
+    w.writerows(spreadsheet_row([ex.x, int(c), round(float(d), 6), ex.label])
+                for ex, c, d in zip(emb.items, clusters, dist))
     atomic_write_text(out / "clusters.csv", buf.getvalue())
     sizes, sheets = {}, {}
     for c in range(k):

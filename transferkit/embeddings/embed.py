@@ -112,7 +112,8 @@ def write_embeddings(emb: Embeddings, out: str | Path, *, data: str = "") -> lis
     rows = io.StringIO()
     w = csv.writer(rows)
     w.writerow(["row", "item", "label"])
-    w.writerows([i, ex.x, ex.label] for i, ex in enumerate(emb.items))
+    from ..report.outputs import spreadsheet_row
+    w.writerows(spreadsheet_row([i, ex.x, ex.label]) for i, ex in enumerate(emb.items))
     atomic_write_text(index, rows.getvalue())
     atomic_write_json(meta, info)
     return [out, index, meta]

@@ -12,7 +12,7 @@ import numpy as np
 from .metrics import classification_metrics, expected_calibration_error, most_confused
 
 __all__ = ["write_report", "classification_metrics", "expected_calibration_error", "most_confused",
-           "png_data_uri"]
+           "png_data_uri", "plain_text"]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
@@ -27,6 +27,13 @@ img{max-width:100%}.grid{display:grid;grid-template-columns:1fr 1fr;gap:1em}
 pre{background:#f7f7fa;padding:.8em;border-radius:6px;overflow:auto;font-size:.85em}
 .low{color:#b3261e;font-weight:600}
 """
+
+
+def plain_text(text) -> str:
+    """`text` (a class name, a file name, anything from the user's data) for a matplotlib label, drawn
+    as it is: every `$` escaped, so that mathtext never parses it (`$x^2$` is not drawn as maths, and
+    `$\\bogus{$` cannot make the plot fail). Matplotlib draws `\\$` as `$` in text without maths."""
+    return str(text).replace("$", r"\$")
 
 
 def png_data_uri(fig) -> str:
@@ -89,8 +96,9 @@ def _confusion(metrics: dict) -> str | None:
     n = len(names)
     fig, ax = plt.subplots(figsize=(min(12, 2 + .55 * n), min(11, 1.6 + .5 * n)))
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), names, rotation=45, ha="right")
-    ax.set_yticks(range(n), names)
+    labels = [plain_text(c) for c in names]  # class names are data, never mathtext
+    ax.set_xticks(range(n), labels, rotation=45, ha="right")
+    ax.set_yticks(range(n), labels)
     if n <= 25:
         for i in range(n):
             for j in range(n):

@@ -1,17 +1,42 @@
 """Files that `predict --output` and `evaluate --out` write: predictions as CSV or JSON Lines, and an
-evaluation folder (metrics.json, predictions.csv, report.html with the worst errors)."""
+evaluation folder (metrics.json, predictions.csv, report.html with the worst errors).
+
+A CSV file is opened in spreadsheets, which run a cell that starts with `=`, `+`, `-` or `@` as a
+formula (CSV injection). Every text cell of a CSV written for people (here, and knn, cluster and
+embed) goes through `spreadsheet_cell`: such a cell (or one starting with a tab or carriage return)
+gets a leading `'`, which spreadsheets show as text. Numbers stay numbers. JSON and JSON Lines stay
+raw: they are data for programs (`predict --output x.jsonl` has the exact texts and labels).
+"""
 
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
+import re
 import json
 from pathlib import Path
 
 import numpy as np
 
 PREDICTION_FORMATS = (".csv", ".jsonl")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 EVALUATION_FILES = ("metrics.json", "predictions.csv", "report.html")
+EVALUATION_META = "evaluation.json"  # written first: marks the folder as one `evaluate --out` wrote
+
+
+def spreadsheet_cell(value):
+    """`value` for a CSV cell that a spreadsheet will not run as a formula: a text starting with
+    `=`, `+`, `-`, `@`, tab or carriage return gets a leading `'` (OWASP's advice); a number, or a
+    text that is a plain number (`-0.5`, `1e-3`), is left as it is."""
+    if not isinstance(value, str) or not value.startswith(_FORMULA_START) or _NUMBER.fullmatch(value):
+        return value
+    return "'" + value
+
+
+def spreadsheet_row(values) -> list:
+    return [spreadsheet_cell(v) for v in values]
 
 
 def check_predictions_path(path: str | Path) -> Path:
@@ -39,45 +64,67 @@ def write_predictions(rows: list[dict], path: str | Path) -> Path:
         w.writerow(["input", "label", "probability", "top", "error"])
         for r in rows:
             top = "|".join(f"{t['label']}:{t['probability']:.6f}" for t in r.get("top") or [])
-            w.writerow([r["input"], r.get("label") or "", "" if r.get("probability") is None
-                        else f"{r['probability']:.6f}", top, r.get("error") or ""])
+            w.writerow(spreadsheet_row([r["input"], r.get("label") or "", "" if r.get("probability") is None
+                                        else f"{r['probability']:.6f}", top, r.get("error") or ""]))
         text = buf.getvalue()
     atomic_write_text(p, text)
     return p
 
 
-def check_evaluation_dir(out: str | Path) -> Path:
-    """An evaluation folder is new, empty, or one that `evaluate --out` wrote before."""
-    d = Path(out)
-    if d.exists() and not d.is_dir():
-        raise FileExistsError(f"--out {d} is a file; give a folder")
-    if d.is_dir():
-        foreign = sorted(p.name for p in d.iterdir() if p.name not in EVALUATION_FILES)
-        if foreign:
-            raise FileExistsError(f"--out {d} holds files evaluate did not write ({', '.join(foreign[:3])}); "
-                                  "choose a new or empty folder")
-    return d
+def is_evaluation(d: Path) -> bool:
+    """`evaluate --out` wrote this folder: its evaluation.json, or (before evaluation.json existed)
+    nothing but its three files, with the metrics.json it writes."""
+    try:
+        meta = json.loads((d / EVALUATION_META).read_text())
+        return isinstance(meta, dict) and meta.get("written_by") == "transferkit evaluate"
+    except (OSError, ValueError):
+        pass
+    if any(p.name not in EVALUATION_FILES for p in d.iterdir()):
+        return False
+    try:
+        m = json.loads((d / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(m, dict) and {"run", "per_class", "accuracy"} <= set(m)
+
+
+def check_evaluation_dir(out: str | Path, overwrite: bool = False):
+    """An evaluation folder is new or empty; an earlier one or a folder with other files only with
+    `overwrite` (engine/outfolder.py)."""
+    from ..engine.outfolder import check_out_folder
+    return check_out_folder(out, is_ours=is_evaluation, what="an evaluation", sub="evaluation",
+                            overwrite=overwrite)
 
 
 def write_evaluation(out: str | Path, run_dir: str | Path, model, cfg, metrics: dict, items,
-                     probs: np.ndarray) -> Path:
+                     probs: np.ndarray, *, overwrite: bool = False, log=print) -> Path:
     """OUT/metrics.json, OUT/predictions.csv (one row per item: true, predicted, probabilities of
     every class) and OUT/report.html (metrics, confusion matrix, the most confident mistakes)."""
+    from .. import __version__
     from ..engine.checkpoint import atomic_write_json, atomic_write_text
+    from ..engine.outfolder import make_room
     from . import write_report
     from .gallery import worst_errors
-    d = check_evaluation_dir(out)
+    folder = check_evaluation_dir(out, overwrite)
+    d = folder.path
+    names = [EVALUATION_META, *EVALUATION_FILES]
+    make_room(folder, names, set(names), log)
     d.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(d / EVALUATION_META, {
+        "format": 1, "written_by": "transferkit evaluate", "transferkit": __version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "run": str(run_dir), "data": str(metrics.get("data", "")), "written": names})
     classes = list(model.class_names)
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index[e.label] for e in items])
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["item", "label", "predicted", "probability", "correct", *[f"p:{c}" for c in classes]])
+    w.writerow(spreadsheet_row(["item", "label", "predicted", "probability", "correct",
+                                *[f"p:{c}" for c in classes]]))
     for e, p in zip(items, probs):
         k = int(np.argmax(p))
-        w.writerow([e.x, e.label, classes[k], f"{p[k]:.6f}", int(classes[k] == e.label),
-                    *[f"{v:.6f}" for v in p]])
+        w.writerow(spreadsheet_row([e.x, e.label, classes[k], f"{p[k]:.6f}", int(classes[k] == e.label),
+                                    *[f"{v:.6f}" for v in p]]))
     atomic_write_text(d / "predictions.csv", buf.getvalue())
     atomic_write_json(d / "metrics.json", {**metrics, "run": str(run_dir)})
     write_report(d, cfg, model, metrics, [], errors=worst_errors(items, probs, y, classes),

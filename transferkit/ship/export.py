@@ -4,15 +4,20 @@ other tools load, checked against the run before it is declared written.
 Every export is reloaded the way its users load it (timm, transformers, onnxruntime, torch.jit)
 and run on the run's test split next to the PyTorch model; a max |logit difference| above 1e-4 or a
 different top-1 class is a `ParityError`. `OUT/export.json` records the format, classes,
-preprocessing, inputs and the parity numbers. Test-time augmentation (the flip average that
+preprocessing, inputs, the parity numbers and the entries it `written` into OUT (what a later
+`--overwrite` may replace; engine/outfolder.py has the rule for OUT). The files are written into a
+staging folder inside OUT and moved into place once checked. Test-time augmentation (the flip average that
 `predict` applies when the run has `tta`) is not part of any exported graph.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
+from ..engine.outfolder import STAGING, OutFolder, check_out_folder, make_room
 from ..engine.predictor import preprocess_of
 from ..engine.run import load_run
 from ..models.lora import lora_parameters
@@ -22,13 +27,27 @@ FORMATS = ("timm", "hf", "onnx", "torchscript")
 MANIFEST = "export.json"
 
 
-def _prepare_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} is a file; give a directory for the export")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise FileExistsError(f"--out {out} is a non-empty directory that transferkit did not write "
-                              f"(no {MANIFEST}); choose a new or empty directory")
-    out.mkdir(parents=True, exist_ok=True)
+def is_export(out: Path) -> bool:
+    """OUT holds an export.json that `export` wrote (any version: same keys)."""
+    try:
+        m = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(m, dict) and m.get("format") in FORMATS and isinstance(m.get("files"), list) and "parity" in m
+
+
+def _written_before(out: Path) -> set[str]:
+    """The entries of OUT that the previous export wrote (older manifests: the plain names of `files`)."""
+    m = json.loads((out / MANIFEST).read_text())
+    if isinstance(m.get("written"), list):
+        return {str(n) for n in m["written"]}
+    names = {str(n).rstrip("/") for n in m["files"]}
+    return {n for n in names if n and "/" not in n and " " not in n}
+
+
+def check_export_out(out: str | Path, overwrite: bool = False) -> OutFolder:
+    """Refuse, before any work, an OUT that export may not write (engine/outfolder.py)."""
+    return check_out_folder(out, is_ours=is_export, what="an export", sub="export", overwrite=overwrite)
 
 
 def _check_format(fmt: str, model) -> None:
@@ -50,35 +69,47 @@ def _check_format(fmt: str, model) -> None:
 
 
 def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, merge: bool = True,
-               data: str | None = None, limit: int = 32, log=print) -> dict:
+               data: str | None = None, limit: int = 32, overwrite: bool = False, log=print) -> dict:
     """Write the run's model to `out` in `fmt`, verify parity on the test split, return the manifest.
 
     `merge` (text LoRA runs): fold the adapters into the weights (default) or keep them apart (hf).
     `data`: where the training data lives now, if it moved since training (for the test inputs).
+    `overwrite`: write into an earlier export (its files are replaced) or beside someone else's files
+    (theirs of the same name are kept as NAME.orig).
     """
     run, out = Path(run_dir), Path(out)
+    folder = check_export_out(out, overwrite)
     model, cfg = load_run(run)
     model = model.float().cpu().eval()
     _check_format(fmt, model)
     batches = split_batches(model, run, cfg, data=data, limit=limit)
     lora = bool(lora_parameters(model))
-    _prepare_out(out)
+    out.mkdir(parents=True, exist_ok=True)
     src = model
     if lora and merge and fmt != "hf":
         from .hf_format import merged_copy
         src = merged_copy(model)
     kind = _input_kind(run, cfg, model, data)
-    runner, files, extra = _write(fmt, src, model, cfg, out, batches, merge, kind)
-    if fmt == "hf":
-        from .hf_format import check_tokenizer
-        texts = [e.x for e in split_examples(run, cfg, "text", data=data, limit=limit)]
-        check_tokenizer(model, out, texts)
-    report = check_parity(fmt, model, batches, runner)
+    stage = Path(tempfile.mkdtemp(prefix=STAGING, dir=out))
+    try:
+        runner, files, extra = _write(fmt, src, model, cfg, stage, batches, merge, kind)
+        if fmt == "hf":
+            from .hf_format import check_tokenizer
+            texts = [e.x for e in split_examples(run, cfg, "text", data=data, limit=limit)]
+            check_tokenizer(model, stage, texts)
+        report = check_parity(fmt, model, batches, runner)
+        written = sorted(p.name for p in stage.iterdir())
+        before = _written_before(out) | {MANIFEST} if folder.state == "ours" else set()
+        make_room(folder, sorted(set(written) | before | {MANIFEST}), before, log)
+        for name in written:
+            (stage / name).rename(out / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     manifest = {"format": fmt, "run": str(run.resolve()), "files": files,
                 "classes": list(model.class_names), "source": model.spec.source.to_dict(),
                 "modality": model.spec.modality, "input_kind": kind, "preprocess": preprocess_of(model, cfg),
                 "lora": ("merged" if merge else "adapter") if lora else None,
-                "tta_in_graph": False, **extra, "parity": report.to_dict()}
+                "tta_in_graph": False, **extra, "parity": report.to_dict(), "written": written}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
     log(f"wrote {fmt} export to {out}: {', '.join(files)}")
     log(report.line())
