@@ -11,6 +11,12 @@ class DataError(ValueError):
     """Bad input data; the message names the file/field and the fix."""
 
 
+def shown(path) -> str:
+    """A path (or name) as text that can always be printed and written to JSON: bytes of a name that
+    is not UTF-8 (kept by os.fsdecode as lone surrogates) are shown escaped, e.g. caf\\xe9.png."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 @dataclass
 class Example:
     x: str          # image path or text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 
 from torch.utils.data import Dataset
@@ -72,7 +73,7 @@ def read_text_items(path: str | Path, text_col: str = "text", label_col: str | N
         if label_col is not None and is_missing_label(label):
             skipped.append(f"{path}:{n}: missing label ({label!r})")
             continue
-        items.append(Example(text, label, f"{path.name}:{n}"))
+        items.append(Example(text, unicodedata.normalize("NFC", label), f"{path.name}:{n}"))
     if not items:
         raise DataError(f"{path}: no usable rows" + (f" ({len(skipped)} skipped)" if skipped else ""))
     return items, skipped
