@@ -132,8 +132,8 @@ def load_task(data: str | Path, *, val: str | None = None, test: str | None = No
         if shared and where:
             found[flag] = overlap_message(flag, where, shared, len(part))
         elif shared:  # DATA holds one content twice, and the split put one copy on each side
-            warnings.append(f"{len(shared)} {flag[2:]} item(s) have the same content as a training item (files "
-                            f"repeated in {shown(data)}), e.g. {shown(shared[0].ref or shared[0].x)}")
+            warnings.append(f"{len(shared)} {flag[2:]} item(s) have the same content as a training item (repeated "
+                            f"in {shown(data)}), e.g. {shown(shared[0].ref or shared[0].x)}")
     return Task(modality, classes, train, val_items, test_items, skipped, list(dict.fromkeys(warnings)), found)
 
 
