@@ -239,3 +239,8 @@ def test_names_that_are_not_utf8_are_named(tmp_path, capsys):
         read_items(data, "image")
     assert _train(data, tmp_path / "run") == 2
     assert "gr\\xfcn" in _err(capsys)
+    table = os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.csv")
+    with open(table, "w") as f:
+        f.write("text,label\nhot,a\ncold,b\n")
+    with pytest.raises(DataError, match=r"caf\\xe9.csv: the path is not valid UTF-8"):
+        read_items(table, "text")

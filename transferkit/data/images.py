@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from ..models.backbone import ImagePreprocess
 from .arrays import IMAGE_EXTS, INPUT_EXTS, check_input
-from .splits import DataError, Example, shown
+from .splits import DataError, Example, check_utf8_path, shown
 from .tables import decode_table, is_missing_label
 
 # decoded images kept in memory across epochs, at most this many bytes (LRU): a few-shot set fits
@@ -33,8 +33,7 @@ def read_image_items(path: str | Path, warnings_out: list[str] | None = None) ->
     spellings) is added to `warnings_out`.
     """
     path = Path(path)
-    if not _is_utf8(str(path)):
-        raise DataError(f"{shown(path)}: the path is not valid UTF-8; rename it (e.g. convmv -f latin1 -t utf-8)")
+    check_utf8_path(path)
     if not path.exists():
         raise DataError(f"data not found: {path}")
     items, skipped = _read_csv(path) if path.is_file() else _read_folder(path, warnings_out)

@@ -17,6 +17,16 @@ def shown(path) -> str:
     return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def check_utf8_path(path) -> None:
+    """A DATA/--val/--test path whose name is not UTF-8 cannot be written into the run's files (JSON,
+    YAML): an error that names it, before anything is read."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"{shown(path)}: the path is not valid UTF-8; rename it (e.g. convmv -f latin1 "
+                        "-t utf-8)") from None
+
+
 @dataclass
 class Example:
     x: str          # image path or text

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from .splits import DataError, Example
+from .splits import DataError, Example, check_utf8_path
 from .tables import decode_table, decode_text, is_missing_label
 
 TEXT_EXTS = {".csv", ".tsv", ".jsonl", ".json", ".txt"}
@@ -55,6 +55,7 @@ def read_text_items(path: str | Path, text_col: str = "text", label_col: str | N
     `label_col=None` reads unlabelled texts (label "").
     """
     path = Path(path)
+    check_utf8_path(path)
     if not path.is_file():
         raise DataError(f"text data not found: {path}")
     rows, cols = _read_rows(path, _decode(path))
