@@ -4,6 +4,11 @@ Skipped items (unreadable images, missing labels, files outside the class folder
 count and listed in metrics.json (`skipped`); `--strict-images` makes an unreadable image fatal. A
 class with fewer training items than `--shots` is named in a warning (metrics.json `warnings`);
 `--strict-shots` makes it fatal.
+
+What the data itself says is a warning (log and metrics.json `warnings`): one content (file bytes or
+text) under two labels, labels that are one number written two ways ('1', '1.0'). `--val`/`--test`
+data that is also in the training split (the same file or content) is an error in `train` unless
+`--allow-overlap`; `evaluate RUN DATA` warns about items of the run's training split.
 """
 
 from __future__ import annotations
