@@ -92,7 +92,7 @@ class Model:
         model, cfg = self._model()
         with tempfile.TemporaryDirectory(prefix="transferkit-evaluate-") as tmp:
             path = _as_path(data, Path(tmp), "evaluate", cfg.text_col, cfg.label_col)
-            metrics = evaluate_loaded(model, cfg, path, batch_size=batch_size, tta=tta)[0]
+            metrics = evaluate_loaded(model, cfg, path, batch_size=batch_size, tta=tta, run_dir=self.run_dir)[0]
         if is_in_memory(data):
             metrics["data"] = f"<{type(data).__name__} of {metrics['n']} items>"
         return metrics

@@ -145,6 +145,8 @@ class TrainConfig:
     checkpoint_seconds: float = option(60.0, "rewrite last/ at least every N seconds", low=0, open_low=True)
     strict_images: bool = option(False, "stop on an unreadable image (default: skip it and list it)")
     strict_shots: bool = option(False, "stop when a class has fewer than --shots images (default: warn)")
+    allow_overlap: bool = option(False, "train even when --val/--test data is also in the training split (the "
+                                 "same file or content): a warning instead of an error")
     cv_folds: int = option(5, "folds of the cross-validation that chooses at few labels (no validation split)",
                            low=2, high=100)
     probe_views: int | None = option(None, "augmented copies (crop, flip, colour) of each training image the head "

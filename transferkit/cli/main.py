@@ -206,7 +206,9 @@ def cmd_evaluate(args) -> int:
         from ..report.outputs import check_evaluation_dir, write_evaluation
         check_evaluation_dir(args.out, args.overwrite)
     model, cfg = load_run(args.run_dir)
-    m, items, probs = evaluate_loaded(model, cfg, args.data, tta=args.tta)
+    m, items, probs = evaluate_loaded(model, cfg, args.data, tta=args.tta, run_dir=args.run_dir)
+    for w in m.get("warnings", []):
+        print(f"transferkit: warning: {w}", file=sys.stderr)
     if args.out:
         d = write_evaluation(args.out, args.run_dir, model, cfg, m, items, probs, overwrite=args.overwrite,
                              log=lambda line: print(line, file=sys.stderr))
@@ -215,6 +217,8 @@ def cmd_evaluate(args) -> int:
         print(json.dumps(_strict_json(m), indent=2))
         return 0
     print(f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  ECE {m['ece']:.4f}  n={m['n']}")
+    if m.get("absent_classes"):
+        print(f"classes of the run absent from {args.data} (not in macro-F1): {', '.join(m['absent_classes'])}")
     _print_table([{"class": c, **{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()}}
                   for c, r in m["per_class"].items()], ["class", "precision", "recall", "f1", "support"])
     return 0

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .images import ImageDataset, build_transforms, open_rgb, read_image_items
-from .splits import DataError, Example, class_counts, cv_folds, sample_shots, stratified_split
+from .splits import DataError, Example, class_counts, shown, cv_folds, sample_shots, stratified_split
 from .text import TextCollator, TextDataset, is_text_file, read_text_items
 
 __all__ = ["DataError", "Example", "Task", "load_task", "read_items", "ImageDataset", "TextDataset",
@@ -32,6 +32,9 @@ class Task:
     test: list[Example]
     skipped: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # --val/--test data that is also in the training split: flag -> one-line description
+    # (an error in `train` unless --allow-overlap, data/checks.py)
+    overlap: dict[str, str] = field(default_factory=dict)
 
     @property
     def class_to_idx(self) -> dict[str, int]:
@@ -60,11 +63,22 @@ def detect_modality(path: str | Path) -> str:
                     "'path,label' (images) or 'text,label' columns, a .tsv or a .jsonl")
 
 
-def read_items(path: str | Path, modality: str, *, text_col: str = "text",
-               label_col: str = "label") -> tuple[list[Example], list[str]]:
+def read_items(path: str | Path, modality: str, *, text_col: str = "text", label_col: str = "label",
+               warnings_out: list[str] | None = None) -> tuple[list[Example], list[str]]:
+    """(examples, skipped); what is worth a warning is added to `warnings_out` (see `data_warnings`)."""
     if modality == "image":
-        return read_image_items(path)
-    return read_text_items(path, text_col=text_col, label_col=label_col)
+        items, skipped = read_image_items(path, warnings_out)
+    else:
+        items, skipped = read_text_items(path, text_col=text_col, label_col=label_col)
+    if warnings_out is not None:
+        warnings_out += data_warnings(items, modality)
+    return items, skipped
+
+
+def data_warnings(items: list[Example], modality: str) -> list[str]:
+    """Labels that are one number written two ways; one content under two labels."""
+    from .checks import numeric_twins, same_content_in_two_classes
+    return numeric_twins(e.label for e in items) + same_content_in_two_classes(items, modality)
 
 
 def load_task(data: str | Path, *, val: str | None = None, test: str | None = None,
@@ -83,18 +97,22 @@ def load_task(data: str | Path, *, val: str | None = None, test: str | None = No
     to choose by; choices are then made by cross-validation over the training labels instead.
     """
     modality = modality or detect_modality(data)
-    items, skipped = read_items(data, modality, text_col=text_col, label_col=label_col)
+    warnings: list[str] = []
+    items, skipped = read_items(data, modality, text_col=text_col, label_col=label_col, warnings_out=warnings)
     classes = sorted({e.label for e in items})
     if len(classes) < 2:
         raise DataError(f"{data}: found {len(classes)} class ({', '.join(classes)}); "
                         "classification needs at least 2")
     if test:
-        test_items, s = read_items(test, modality, text_col=text_col, label_col=label_col)
+        test_items, s = read_items(test, modality, text_col=text_col, label_col=label_col, warnings_out=warnings)
         skipped += s
     else:
         items, test_items = stratified_split(items, test_fraction, seed)
+        if not test_items and test_fraction > 0:
+            raise DataError(f"{data}: too few items to hold out a test split: every class has a single item, "
+                            "which it needs for training (at least 2 per class); add items, or give --test")
     if val:
-        val_items, s = read_items(val, modality, text_col=text_col, label_col=label_col)
+        val_items, s = read_items(val, modality, text_col=text_col, label_col=label_col, warnings_out=warnings)
         skipped += s
     else:
         if val_fraction is None:
@@ -105,7 +123,18 @@ def load_task(data: str | Path, *, val: str | None = None, test: str | None = No
         if unknown:
             raise DataError(f"{name} data has labels not in the training data: {', '.join(unknown[:5])}")
     train = sample_shots(items, shots, seed) if shots else items
-    return Task(modality, classes, train, val_items, test_items, skipped)
+    from .checks import numeric_twins, overlap, overlap_message
+    labels = {e.label for part in (items, val_items, test_items) for e in part}
+    warnings += [w for w in numeric_twins(labels) if w not in warnings]
+    found = {}
+    for flag, where, part in (("--val", val, val_items), ("--test", test, test_items)):
+        shared = overlap(items, part, modality)
+        if shared and where:
+            found[flag] = overlap_message(flag, where, shared, len(part))
+        elif shared:  # DATA holds one content twice, and the split put one copy on each side
+            warnings.append(f"{len(shared)} {flag[2:]} item(s) have the same content as a training item (repeated "
+                            f"in {shown(data)}), e.g. {shown(shared[0].ref or shared[0].x)}")
+    return Task(modality, classes, train, val_items, test_items, skipped, list(dict.fromkeys(warnings)), found)
 
 
 def few_labels(items: list[Example], shots: int | None = None) -> bool:

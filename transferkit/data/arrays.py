@@ -17,7 +17,9 @@ import torch
 from .signals import SpectrogramSpec, log_mel, read_signal
 from .splits import DataError, Example
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+# decoded by Pillow: .jfif/.jpe are JPEG, a .gif is read as its first frame, .tga and the netpbm
+# formats as they are; any other extension in a class folder is listed under `skipped`
+IMAGE_EXTS = {".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tga", ".ppm", ".pgm", ".pnm"}
 ARRAY_EXTS = {".npy", ".tif", ".tiff"}
 SIGNAL_EXTS = {".wav"}
 INPUT_EXTS = IMAGE_EXTS | ARRAY_EXTS | SIGNAL_EXTS

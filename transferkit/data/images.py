@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import unicodedata
 import warnings
 import zlib
 from collections import OrderedDict
@@ -16,7 +17,7 @@ from torch.utils.data import Dataset
 
 from ..models.backbone import ImagePreprocess
 from .arrays import IMAGE_EXTS, INPUT_EXTS, check_input
-from .splits import DataError, Example
+from .splits import DataError, Example, check_utf8_path, shown
 from .tables import decode_table, is_missing_label
 
 # decoded images kept in memory across epochs, at most this many bytes (LRU): a few-shot set fits
@@ -24,20 +25,23 @@ from .tables import decode_table, is_missing_label
 CACHE_BYTES = int(float(os.environ.get("TRANSFERKIT_IMAGE_CACHE_MB", "256")) * 2**20)
 
 
-def read_image_items(path: str | Path) -> tuple[list[Example], list[str]]:
+def read_image_items(path: str | Path, warnings_out: list[str] | None = None) -> tuple[list[Example], list[str]]:
     """Read labelled images from a folder (`DATA/<class>/<image>`) or a CSV with `path,label` columns
-    (paths relative to the CSV); arrays (.npy, .tif) and signals (.wav) are read the same way. Returns (examples, skipped) where `skipped` lists unreadable files
-    with the reason: a corrupt image is skipped and reported, never fatal.
+    (paths relative to the CSV); arrays (.npy, .tif) and signals (.wav) are read the same way. Returns
+    (examples, skipped) where `skipped` lists every file not used, with the reason: a corrupt image is
+    skipped and reported, never fatal. What is read but worth a look (one class in two Unicode
+    spellings) is added to `warnings_out`.
     """
     path = Path(path)
+    check_utf8_path(path)
     if not path.exists():
         raise DataError(f"data not found: {path}")
-    items, skipped = _read_csv(path) if path.is_file() else _read_folder(path)
+    items, skipped = _read_csv(path) if path.is_file() else _read_folder(path, warnings_out)
     good = []
     for ex in items:
         reason = _check_image(Path(ex.x))
         if reason:
-            skipped.append(f"{ex.x}: {reason}")
+            skipped.append(f"{shown(ex.x)}: {reason}")
         else:
             good.append(ex)
     if not good:
@@ -45,42 +49,142 @@ def read_image_items(path: str | Path) -> tuple[list[Example], list[str]]:
     return good, skipped
 
 
-def _read_folder(root: Path) -> tuple[list[Example], list[str]]:
-    """The folder rule: every non-hidden sub-folder of DATA is a class (a link to a folder too); its
-    images are the non-hidden image files anywhere below it, hidden folders (.git,
-    .ipynb_checkpoints) excluded, links followed, a link back to a folder already walked (a loop)
-    skipped. Files beside the class folders are not data: they are listed, never a class."""
-    classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+# macOS leaves these beside copied or zipped files: resource forks, not pictures (`._*` and
+# `.DS_Store` are hidden files already; `__MACOSX/` is a folder that is not)
+_MACOS_JUNK = {"__MACOSX"}
+
+
+def _read_folder(root: Path, warnings_out: list[str] | None = None) -> tuple[list[Example], list[str]]:
+    """The folder rule: every non-hidden sub-folder of DATA is a class (a link to a folder outside
+    DATA too); its images are the non-hidden image files anywhere below it, hidden folders (.git,
+    .ipynb_checkpoints) and macOS resource folders (`__MACOSX`) excluded, links followed. Every file
+    and folder is read once, as the user sees the tree: a link that re-enters DATA (to DATA itself,
+    a folder above it, a class folder, or any file or folder inside DATA) or reaches a folder or
+    file already read is skipped and listed. Files that are not images, and files beside the class
+    folders, are listed, never data. Class names are Unicode NFC, so "café" typed on macOS (NFD)
+    and on Linux (NFC) is one class; a folder named like a missing-value marker (None, NaN, null)
+    is missing, as that label is in a table."""
+    root_real = os.path.realpath(root)
+    entries = sorted(root.iterdir())
+    notes: list[str] = []
+    classes = []
+    for d in entries:
+        if d.name.startswith(".") or d.name in _MACOS_JUNK or not d.is_dir():
+            continue
+        if not _is_utf8(d.name):
+            raise DataError(f"class folder {shown(d)} has a name that is not valid UTF-8; rename it "
+                            "(e.g. convmv -f latin1 -t utf-8)")
+        reason = _reentry(d, root_real) if d.is_symlink() else None
+        if reason:
+            notes.append(f"{shown(d)}: {reason}; skipped")
+        elif is_missing_label(d.name):
+            notes.append(f"{shown(d)}: missing label ({d.name!r}): a folder named like a missing-value "
+                         "marker is read as a table reads that label; skipped (rename the folder to keep "
+                         "it as a class)")
+        else:
+            classes.append(d)
     if not classes:
-        raise DataError(f"{root} has no class folders: expected the layout {root}/<class>/<image>, "
+        raise DataError(f"{shown(root)} has no class folders: expected the layout {shown(root)}/<class>/<image>, "
                         "or pass a CSV with 'path,label' columns")
-    notes = [f"{f}: not in a class folder (files beside the class folders are ignored)"
-             for f in sorted(root.iterdir()) if f.is_file() and not f.name.startswith(".")]
-    items = []
+    notes += [f"{shown(f)}: not in a class folder (files beside the class folders are ignored)"
+              for f in entries if not f.name.startswith(".") and not f.is_dir()]
+    # class folders themselves are "read" before any walk: a link inside one class to another class
+    # folder re-enters the data instead of adding images
+    seen, by_real = set(), {}
+    for d in list(classes):
+        real = os.path.realpath(d)
+        if real in by_real:
+            notes.append(f"{shown(d)}: a link to {shown(Path(real))}, the same folder as class "
+                         f"'{shown(Path(by_real[real]))}'; skipped")
+            classes.remove(d)
+        else:
+            by_real[real] = d.name
+            seen.add(real)
+    items, spellings = [], {}
     for d in classes:
-        files, loops = _walk_images(d)
-        notes += [f"{link}: a link back to {target}, a folder already read (loop); skipped"
-                  for link, target in loops]
+        label = unicodedata.normalize("NFC", d.name)
+        spellings.setdefault(label, []).append(d.name)
+        files = _walk_images(d, root_real, seen, notes, by_real)
         if not files:
-            raise DataError(f"class folder {d} holds no images ({', '.join(sorted(INPUT_EXTS))}); "
+            raise DataError(f"class folder {shown(d)} holds no images ({', '.join(sorted(INPUT_EXTS))}); "
                             "add images or remove the folder")
-        items += [Example(str(f), d.name, str(f.relative_to(root))) for f in files]
+        items += [Example(str(f), label, str(f.relative_to(root))) for f in files]
+    if warnings_out is not None:
+        warnings_out += [f"class folders {', '.join(repr(n) for n in names)} are one class '{label}': the "
+                         "same name in two Unicode spellings (NFC and NFD)"
+                         for label, names in spellings.items() if len(names) > 1]
     return items, notes
 
 
-def _walk_images(top: Path) -> tuple[list[Path], list[tuple[Path, Path]]]:
-    files, loops, seen = [], [], set()
-    for here, dirs, names in os.walk(top, followlinks=True):
-        real = os.path.realpath(here)
-        if real in seen:
-            loops.append((Path(here), Path(real)))
-            dirs[:] = []
+def _reentry(link: Path, root_real: str, classes: dict[str, str] | None = None) -> str | None:
+    """Why following `link` would read part of DATA again, or None (it leads outside DATA).
+    `classes`: real path -> name of the class folders."""
+    target = os.path.realpath(link)
+    where = os.path.realpath(link.parent)
+    if target == root_real or root_real.startswith(target.rstrip(os.sep) + os.sep):
+        return (f"a link to {shown(Path(target))}, DATA itself or a folder above it (its images would be "
+                "read again under this class)")
+    if target == where or where.startswith(target.rstrip(os.sep) + os.sep):
+        return f"a link back to {shown(Path(target))}, a folder already read (loop)"
+    if classes and target in classes:
+        return f"a link to the class folder '{shown(Path(classes[target]))}' (its images are that class already)"
+    if target.startswith(root_real + os.sep):
+        return f"a link into DATA ({shown(Path(os.path.relpath(target, root_real)))}), read already where it is"
+    return None
+
+
+def _walk_images(here: Path, root_real: str, seen: set[str], notes: list[str],
+                 classes: dict[str, str]) -> list[Path]:
+    """The image files below `here`, sorted, each read once (see _read_folder)."""
+    try:
+        entries = sorted(os.scandir(here), key=lambda e: e.name)
+    except OSError as e:
+        notes.append(f"{shown(here)}: cannot be read ({e.strerror}); skipped")
+        return []
+    files = []
+    for e in entries:
+        p = Path(e.path)
+        if e.name.startswith(".") or e.name in _MACOS_JUNK:
             continue
-        seen.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files += [Path(here) / n for n in names
-                  if not n.startswith(".") and Path(n).suffix.lower() in INPUT_EXTS]
-    return sorted(files), loops
+        if not _is_utf8(e.name):
+            notes.append(f"{shown(p)}: the name is not valid UTF-8; skipped (rename it, e.g. "
+                         "convmv -f latin1 -t utf-8)")
+            continue
+        if e.is_symlink():
+            reason = _reentry(p, root_real, classes)
+            if reason:
+                notes.append(f"{shown(p)}: {reason}; skipped")
+                continue
+        try:
+            is_dir = e.is_dir()
+        except OSError:
+            is_dir = False
+        if is_dir:
+            real = os.path.realpath(p)
+            if real in seen:
+                notes.append(f"{shown(p)}: a link back to {shown(Path(real))}, a folder already read (loop); skipped")
+                continue
+            seen.add(real)
+            files += _walk_images(p, root_real, seen, notes, classes)
+        elif p.suffix.lower() not in INPUT_EXTS:
+            notes.append(f"{shown(p)}: not an image or input file ({p.suffix.lower() or 'no extension'}; "
+                         f"read: {', '.join(sorted(INPUT_EXTS))}); skipped")
+        else:
+            real = os.path.realpath(p)
+            if e.is_symlink() and real in seen:
+                notes.append(f"{shown(p)}: a link to {shown(Path(real))}, a file already read; skipped")
+                continue
+            seen.add(real)
+            files.append(p)
+    return files
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os.fsdecode kept undecodable bytes as lone surrogates
+        return False
+    return True
 
 
 def _read_csv(path: Path) -> tuple[list[Example], list[str]]:
@@ -99,7 +203,7 @@ def _read_csv(path: Path) -> tuple[list[Example], list[str]]:
             continue
         p = Path(row["path"])
         p = p if p.is_absolute() else path.parent / p
-        items.append(Example(str(p), label, f"{row['path']}"))
+        items.append(Example(str(p), unicodedata.normalize("NFC", label), f"{row['path']}"))
     if not items and not notes:
         raise DataError(f"{path} has a header but no rows")
     return items, notes

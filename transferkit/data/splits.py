@@ -11,6 +11,22 @@ class DataError(ValueError):
     """Bad input data; the message names the file/field and the fix."""
 
 
+def shown(path) -> str:
+    """A path (or name) as text that can always be printed and written to JSON: bytes of a name that
+    is not UTF-8 (kept by os.fsdecode as lone surrogates) are shown escaped, e.g. caf\\xe9.png."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def check_utf8_path(path) -> None:
+    """A DATA/--val/--test path whose name is not UTF-8 cannot be written into the run's files (JSON,
+    YAML): an error that names it, before anything is read."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"{shown(path)}: the path is not valid UTF-8; rename it (e.g. convmv -f latin1 "
+                        "-t utf-8)") from None
+
+
 @dataclass
 class Example:
     x: str          # image path or text

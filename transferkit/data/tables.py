@@ -11,7 +11,11 @@ What spreadsheet tools and hand edits put in tables, and what happens to it here
 - very long fields: accepted up to 16 M characters, beyond that an error naming the line;
 - blank lines: not rows.
 Label values that spreadsheet tools write for "no value" (empty, NaN, None, N/A, null) are missing
-labels (`is_missing_label`): the row is skipped and counted, never a class of its own.
+labels (`is_missing_label`): the row is skipped and counted, never a class of its own; a class folder
+with such a name is missing the same way (data/images.py). Labels are compared as written, in Unicode
+NFC ("café" typed on macOS and on Linux is one class); JSONL numbers are written as Python writes them
+(1 -> "1", 1.0 -> "1.0"), and labels that are one number written two ways are warned about
+(data/checks.py `numeric_twins`).
 """
 
 from __future__ import annotations

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from .splits import DataError, Example
+from .splits import DataError, Example, check_utf8_path
 from .tables import decode_table, decode_text, is_missing_label
 
 TEXT_EXTS = {".csv", ".tsv", ".jsonl", ".json", ".txt"}
@@ -54,6 +55,7 @@ def read_text_items(path: str | Path, text_col: str = "text", label_col: str | N
     `label_col=None` reads unlabelled texts (label "").
     """
     path = Path(path)
+    check_utf8_path(path)
     if not path.is_file():
         raise DataError(f"text data not found: {path}")
     rows, cols = _read_rows(path, _decode(path))
@@ -72,7 +74,7 @@ def read_text_items(path: str | Path, text_col: str = "text", label_col: str | N
         if label_col is not None and is_missing_label(label):
             skipped.append(f"{path}:{n}: missing label ({label!r})")
             continue
-        items.append(Example(text, label, f"{path.name}:{n}"))
+        items.append(Example(text, unicodedata.normalize("NFC", label), f"{path.name}:{n}"))
     if not items:
         raise DataError(f"{path}: no usable rows" + (f" ({len(skipped)} skipped)" if skipped else ""))
     return items, skipped

@@ -52,23 +52,32 @@ def _device() -> str:
 def evaluate_run(run_dir: str | Path, data: str | Path, *, batch_size: int = 64, tta: bool | None = None) -> dict:
     """Metrics of a run on any labelled data; classes are matched by name."""
     model, cfg = load_run(run_dir)
-    return evaluate_loaded(model, cfg, data, batch_size=batch_size, tta=tta)[0]
+    return evaluate_loaded(model, cfg, data, batch_size=batch_size, tta=tta, run_dir=run_dir)[0]
 
 
-def evaluate_loaded(model, cfg, data: str | Path, *, batch_size: int = 64, tta: bool | None = None):
-    """(metrics, items, probabilities) of a loaded run on labelled `data`."""
+def evaluate_loaded(model, cfg, data: str | Path, *, batch_size: int = 64, tta: bool | None = None,
+                    run_dir: str | Path | None = None):
+    """(metrics, items, probabilities) of a loaded run on labelled `data`. With `run_dir`, items that
+    are also in the run's training split (splits.csv) are named in `warnings`."""
+    from ..data.checks import numeric_twins, training_overlap
     from ..report.metrics import classification_metrics
-    items, skipped = read_items(data, model.spec.modality, text_col=cfg.text_col, label_col=cfg.label_col)
+    warnings: list[str] = []
+    items, skipped = read_items(data, model.spec.modality, text_col=cfg.text_col, label_col=cfg.label_col,
+                                warnings_out=warnings)
     unknown = sorted({e.label for e in items} - set(model.class_names))
     if unknown:
+        twins = numeric_twins([*unknown, *model.class_names])
         raise DataError(f"{data}: label(s) {', '.join(repr(u) for u in unknown[:5])} were never seen by "
                         f"this model (it knows: {', '.join(model.class_names)}); remove those items or "
-                        "train with them")
+                        "train with them" + (f" ({twins[0]})" if twins else ""))
+    if run_dir is not None:
+        warnings += training_overlap(run_dir, cfg, items, model.spec.modality, data)
     ds = make_dataset(model, items, train=False, augment=False, image_size=cfg.image_size, seed=0)
     probs, y = predict_probs(model, eval_loader(model, ds, batch_size), _device(),
                              tta=cfg.tta if tta is None else tta, progress="evaluate", views=views_of(cfg, tta))
     m = classification_metrics(y, probs, model.class_names)
     m["skipped"] = skipped
+    m["warnings"] = list(dict.fromkeys(warnings))
     m["data"] = str(data)
     non_finite = ck.json_safe(m)[1]
     if non_finite:  # a model that outputs NaN: JSON gets null, and says where

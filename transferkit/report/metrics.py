@@ -20,15 +20,22 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15)
 
 
 def classification_metrics(y: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict:
-    """accuracy, macro_f1, per-class precision/recall/F1/support, confusion matrix, ECE, NLL."""
+    """accuracy, macro_f1, per-class precision/recall/F1/support, confusion matrix, ECE, NLL.
+
+    macro_f1 averages over the classes present in `y`: a class the evaluated data does not hold has
+    no F1 to measure (sklearn would count it as 0, so perfect predictions on 2 of 3 classes would
+    score 0.667). Such classes are named in `absent_classes`; predicting one still costs the recall
+    of the true class."""
     y = np.asarray(y)
     pred = probs.argmax(1)
     labels = list(range(len(class_names)))
     p, r, f, s = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+    present = [i for i in labels if s[i] > 0]
     nll = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean()) if len(y) else 0.0
     return {
         "accuracy": float((pred == y).mean()) if len(y) else 0.0,
-        "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(y, pred, labels=present or labels, average="macro", zero_division=0)),
+        "absent_classes": [class_names[i] for i in labels if s[i] == 0],
         "ece": expected_calibration_error(probs, y),
         "nll": nll,
         "n": int(len(y)),
