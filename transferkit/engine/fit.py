@@ -144,7 +144,11 @@ def fit(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool = T
     `choice`: how the strategy was chosen (`--strategy auto`), recorded in metrics.json.
     SIGINT/SIGTERM finish the current step, write `last/` and return an interrupted result."""
     single = os.environ.get("WORLD_SIZE", "1") == "1"  # under torchrun, the launcher owns the signals
-    with interrupt.stop_on_signals(enabled=single):
+    from .runfolder import run_lock
+    if not resume and os.environ.get("RANK", "0") == "0":
+        check_out_dir(cfg)  # before the lock creates the folder
+    lock = run_lock(cfg.out) if cfg.out and (not resume or Path(cfg.out).is_dir()) else nullcontext()
+    with lock, interrupt.stop_on_signals(enabled=single):
         return _fit(cfg, resume=resume, log=log, progress=progress, evaluate_test=evaluate_test,
                     task=task, choice=choice)
 
