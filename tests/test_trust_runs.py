@@ -158,9 +158,9 @@ def test_two_trains_on_one_out_at_once(data, tmp_path, capsys):
     the other's weights. Now exactly one runs; the other stops with exit 2 and says why."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
-    for round_ in range(5):
+    for round_ in range(4):
         out = tmp_path / f"run{round_}"
-        procs = [subprocess.Popen([sys.executable, "-m", "transferkit", *_args(data, out, "--seed", str(s))],
+        procs = [subprocess.Popen([sys.executable, "-m", "transferkit", *_args(data, out, "--seed", str(s), steps=2)],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
                  for s in (1, 2)]
         results = [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in procs]
@@ -174,3 +174,72 @@ def test_two_trains_on_one_out_at_once(data, tmp_path, capsys):
         assert f"seed: {winner + 1}" in (out / "config.yaml").read_text()  # one run's files, not a mix
         assert main(["evaluate", str(out), str(data), "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["n"] == 18
+
+
+# ------------------------------------------------------------------------- resume checks the data
+
+def _repaint(path: Path, rgb=(120, 120, 120)) -> None:
+    from PIL import Image
+    Image.new("RGB", (32, 32), rgb).save(path)
+
+
+def _state(run: Path) -> dict:
+    return json.loads((run / "last" / "state.json").read_text())["run_state"]
+
+
+def test_resume_after_the_data_changed_says_what_changed(tmp_path, capsys):
+    data = write_image_folder(tmp_path / "images", per_class=6)
+    run = tmp_path / "run"
+    assert _train(data, run, "--stop-after", "2") == 0
+    assert (run / "fingerprint.json").is_file()
+    os.utime(data / "blue" / "blue_01.png", (1, 1))   # touched, same bytes: not a change
+    _repaint(data / "red" / "red_03.png")              # edited
+    (data / "green" / "green_05.png").unlink()         # removed
+    _repaint(data / "blue" / "blue_new.png", (40, 60, 200))  # added
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2  # it used to exit 0, silently
+    err = _err(capsys)
+    assert "data changed since the run started" in err
+    assert "1 item(s) added (blue/blue_new.png)" in err and "1 item(s) removed (green/green_05.png)" in err
+    assert "1 item(s) edited (red/red_03.png)" in err and "blue_01" not in err
+    assert "--resume-inexact" in err and "new run" in err
+    assert _state(run)["global_step"] == 2  # nothing was touched
+
+    assert main(["train", "--resume", str(run), "--resume-inexact", "--quiet"]) == 0
+    note = json.loads((run / "run.json").read_text())["inexact_resumes"]
+    assert [n["reason"] for n in note] == ["data changed"] and note[0]["added"] == 1 and note[0]["edited"] == 1
+    assert "blue/blue_new.png" in (run / "splits.csv").read_text()  # splits.csv says what it trained on
+    assert _state(run)["done"]
+
+
+def test_resume_after_a_class_was_added_is_refused_without_a_traceback(tmp_path, capsys):
+    data = write_image_folder(tmp_path / "images", per_class=6)
+    run = tmp_path / "run"
+    assert _train(data, run, "--stop-after", "2") == 0
+    (data / "purple").mkdir()
+    for i in range(6):
+        _repaint(data / "purple" / f"purple_{i}.png", (150, 40, 160 + i))
+    capsys.readouterr()
+    for extra in ([], ["--resume-inexact"]):  # a head cannot grow an output mid-run
+        assert main(["train", "--resume", str(run), "--quiet", *extra]) == 2
+        err = _err(capsys)
+        assert "classes added: purple" in err and "cannot continue" in err
+    assert _state(run)["global_step"] == 2
+
+
+def test_an_edited_class_list_in_the_weights_is_refused(data, tmp_path, capsys):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    run = tmp_path / "run"
+    assert _train(data, run, steps=2) == 0
+    path = run / "model.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    classes = json.loads(meta["classes"])
+    meta["classes"] = json.dumps([classes[1], classes[0], *classes[2:]])  # labels swapped, tensors intact
+    save_file(load_file(str(path)), str(path), metadata=meta)
+    capsys.readouterr()
+    for argv in (["evaluate", str(run), str(data)], ["predict", str(run), str(data / "red" / "red_00.png")]):
+        assert main(argv) == 2  # both used to answer, with the labels swapped
+        err = _err(capsys)
+        assert f"{path} was edited" in err and "classes" in err
