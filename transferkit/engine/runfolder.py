@@ -45,7 +45,7 @@ RUN_META = "run.json"
 OUTPUTS = ("run.json", "config.yaml", "environment.json", "splits.csv", "source.json", "anchor.safetensors",
            "model.safetensors", "metrics.json", "history.csv", "report.html", "last", ".last.old",
            "sweep", "plots", "auto", "lp_model.safetensors", "logs", "adapt.yaml", "fingerprint.json")
-LOCK = ".lock"  # held (flock) by the one process writing the run; never removed while in use
+LOCK = ".lock"  # held (flock) by the one process writing the run, removed when it is done
 
 
 def _version() -> str:
@@ -239,8 +239,11 @@ def run_lock(run: Path, command: str | None = None):
         yield
     finally:
         del _held[key]
-        try:
-            os.ftruncate(fd, 0)
+        try:  # removed while still held: a process that opened it meanwhile sees it gone and tries again
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                os.unlink(path)
+        except OSError:
+            pass
         finally:
             os.close(fd)
 
@@ -272,7 +275,7 @@ def made_progress(run: Path) -> bool:
     return False
 
 
-def _undo_start(run: Path, before: dict, had_lock: bool) -> list[str]:
+def _undo_start(run: Path, before: dict) -> list[str]:
     removed = []
     if not run.is_dir():
         return removed
@@ -287,8 +290,6 @@ def _undo_start(run: Path, before: dict, had_lock: bool) -> list[str]:
         removed.append(name)
     for stale in run.glob(".*.tmp.*"):  # a checkpoint folder being built when the error came
         shutil.rmtree(stale, ignore_errors=True)
-    if not had_lock:  # still locked by us: a waiter sees the file is gone and tries again
-        (run / LOCK).unlink(missing_ok=True)
     return removed
 
 
@@ -302,7 +303,7 @@ def writing_run(run: Path, *, fresh: bool, log=print, command: str | None = None
         yield  # nothing to lock: the resume itself says there is no run
         return
     main = os.environ.get("RANK", "0") == "0"
-    existed, had_lock = run.exists(), (run / LOCK).exists()
+    existed = run.exists()
     before = _snapshot(run) if fresh and main else {}
     try:
         with run_lock(run, command):
@@ -310,7 +311,7 @@ def writing_run(run: Path, *, fresh: bool, log=print, command: str | None = None
                 yield
             except Exception:
                 if fresh and main and not made_progress(run):
-                    removed = _undo_start(run, before, had_lock)
+                    removed = _undo_start(run, before)
                     if removed:
                         log(f"the run stopped before its first step: removed what it wrote in {run} "
                             f"({', '.join(removed)}), so the same command can run again")
