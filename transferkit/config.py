@@ -138,8 +138,8 @@ class TrainConfig:
                                     none="off")
     overwrite: bool = option(False, "write into a non-empty --out that is not a run (your files are kept "
                              "as NAME.orig, never deleted), or start a finished run's folder again")
-    resume_inexact: bool = option(False, "with --resume: continue even without the optimizer state "
-                                  "(logged and noted in run.json)")
+    resume_inexact: bool = option(False, "with --resume: continue even without the optimizer state, or on "
+                                  "data that changed since the start (logged and noted in run.json)")
     checkpoint_every: int | None = option(200, "rewrite last/ every N optimisation steps (or by time, "
                                           "whichever comes first)", low=1, none="by time only")
     checkpoint_seconds: float = option(60.0, "rewrite last/ at least every N seconds", low=0, open_low=True)

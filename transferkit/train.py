@@ -16,7 +16,17 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False, log=No
     """
     if not resume:
         validate(cfg)  # the same errors as the CLI's, before anything is written
+        from .engine.build import check_data_fits_backbone
+        from .engine.runfolder import check_out_dir
+        check_data_fits_backbone(cfg)  # an image folder for a text model: refused by name, nothing written
+        check_out_dir(cfg)
     say = log or ((lambda *a, **k: None) if quiet else print)
+    from .engine.runfolder import writing_run
+    with writing_run(cfg.out, fresh=not resume, log=say):  # one writer; a failed start leaves nothing
+        return _train(cfg, resume, quiet, say)
+
+
+def _train(cfg: TrainConfig, resume: bool, quiet: bool, say) -> FitResult:
     choice = None
     if not resume and cfg.unlabelled:  # a bad pool stops here, before auto writes OUT/auto
         from .engine.unlabelled import check_pool

@@ -68,6 +68,14 @@ def batch_indices(n: int, batch: int, seed: int, step: int, stream: int) -> tupl
 
 def adapt(cfg: AdaptConfig, *, resume: bool = False, log=print, progress: bool = True) -> AdaptResult:
     """Adapt according to `cfg` and write the run directory; with `resume`, continue `cfg.out`."""
+    from ..engine.runfolder import writing_run
+    if not resume:
+        _check_out(cfg)  # before the lock creates the folder
+    with writing_run(cfg.out, fresh=not resume, log=log):  # one writer; a failed start leaves nothing
+        return _adapt(cfg, resume=resume, log=log, progress=progress)
+
+
+def _adapt(cfg: AdaptConfig, *, resume: bool, log, progress: bool) -> AdaptResult:
     run = Path(cfg.out)
     state = AdaptState()
     ckpt = None

@@ -104,9 +104,46 @@ def build_regularizers_for(cfg: TrainConfig, model: TransferModel, anchor: dict 
                               source_bn="batch" if cfg.bn == "adapt" else "running")
 
 
+def _data_kind(path: str) -> tuple[str, str]:
+    """(modality, words) of DATA from its name and header only."""
+    from ..data import detect_modality
+    modality = detect_modality(path)
+    if Path(path).is_dir():
+        return modality, "an image folder"
+    if modality == "image":
+        return modality, "a CSV of file paths (images, arrays or signals)"
+    return modality, "a text table"
+
+
+def check_data_fits_backbone(cfg: TrainConfig) -> None:
+    """DATA (and --val/--test) and the backbone must be of one modality: a text model given an image
+    folder would learn from the file paths (the class name is in them), an image model given text
+    would try to open each sentence as a file. Decided from the source id and the data's name and
+    header, before any weights load or any file is written."""
+    from ..data import DataError
+    from ..models.sources import EXAMPLE_SOURCE, source_modality
+    if not cfg.data or not cfg.backbone:
+        return
+    wants = source_modality(cfg.backbone)
+    if wants is None:
+        return
+    for flag, path in (("DATA", cfg.data), ("--val", cfg.val), ("--test", cfg.test)):
+        if not path:
+            continue
+        modality, words = _data_kind(path)
+        if modality != wants:
+            an = {"image": "an image", "text": "a text"}
+            shape = {"image": "a folder of class folders, or a CSV with a 'path' column",
+                     "text": "a CSV/TSV/JSONL with a text column"}
+            raise DataError(f"{flag} {path} is {words} but {cfg.backbone} is {an[wants]} model; choose "
+                            f"{an[modality]} backbone such as {EXAMPLE_SOURCE[modality]}, or give {wants} "
+                            f"data ({shape[wants]})")
+
+
 def load_task_for(cfg: TrainConfig):
     """The task (splits) a configuration trains on: `cfg.data` with its --val/--test, shots and seed."""
     from ..data import load_task
+    check_data_fits_backbone(cfg)
     return load_task(cfg.data, val=cfg.val, test=cfg.test, shots=cfg.shots, seed=cfg.seed,
                      val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
                      text_col=cfg.text_col, label_col=cfg.label_col)

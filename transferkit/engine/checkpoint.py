@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from .safety import (HASH_KEY, CheckpointError, json_safe, load_tensors, read_json,
-                     read_safetensors_metadata, tensors_hash)
+from .safety import (HASH_KEY, META_HASH_KEY, CheckpointError, json_safe, load_tensors, metadata_hash,
+                     read_json, read_safetensors_metadata, tensors_hash)
 
 __all__ = ["CheckpointError", "json_safe", "load_tensors", "read_json", "read_safetensors_metadata",
            "tensors_hash", "HASH_KEY"]
@@ -85,6 +85,7 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: 
     tensors = {k: v.detach().contiguous().cpu().clone() for k, v in tensors.items()}
     meta = {k: str(v) for k, v in (metadata or {}).items()}
     meta[HASH_KEY] = tensors_hash(tensors)
+    meta[META_HASH_KEY] = metadata_hash(meta)
     _write_via_tmp(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 

@@ -36,6 +36,7 @@ from . import interrupt
 from .batches import collate_items, train_batches
 from .build import anchor_hash, build_model, build_regularizers_for, load_task_for, verify_anchor
 from .environment import write_environment
+from .fingerprint import check_data_unchanged, write_fingerprint
 from .evaluate import eval_loader, make_dataset, to_device
 from .headfit import fit_multistage_probe, fit_probe
 from .probe_views import augmented_views, frozen_views, n_probe_views, plain_probe, view_counts
@@ -144,7 +145,11 @@ def fit(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool = T
     `choice`: how the strategy was chosen (`--strategy auto`), recorded in metrics.json.
     SIGINT/SIGTERM finish the current step, write `last/` and return an interrupted result."""
     single = os.environ.get("WORLD_SIZE", "1") == "1"  # under torchrun, the launcher owns the signals
-    with interrupt.stop_on_signals(enabled=single):
+    from .runfolder import run_lock
+    if not resume and os.environ.get("RANK", "0") == "0":
+        check_out_dir(cfg)  # before the lock creates the folder
+    lock = run_lock(cfg.out) if cfg.out and (not resume or Path(cfg.out).is_dir()) else nullcontext()
+    with lock, interrupt.stop_on_signals(enabled=single):
         return _fit(cfg, resume=resume, log=log, progress=progress, evaluate_test=evaluate_test,
                     task=task, choice=choice)
 
@@ -168,6 +173,8 @@ def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: 
     device = accel.device
     if task is None:
         task = load_task_for(cfg)
+        if resume and check_data_unchanged(run, cfg, task, log) and accel.is_main_process:
+            _write_splits(run, task)  # --resume-inexact on changed data: splits.csv says what it trains on
     report_data_issues(task, cfg, log)
     model, anchor = build_model(cfg, task.classes)
     if resume and anchor is not None:
@@ -264,6 +271,7 @@ def _start_run_folder(run: Path, cfg: TrainConfig, task: Task, model, anchor, lo
     save_config(cfg, run / "config.yaml")
     write_environment(run)
     _write_splits(run, task)
+    write_fingerprint(run, task)  # what --resume checks the data against
     ck.atomic_write_json(run / "source.json", model.spec.source.to_dict())
     if cfg.store_anchor and anchor is not None:
         ck.atomic_save_tensors(run / "anchor.safetensors", anchor,

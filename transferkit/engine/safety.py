@@ -6,6 +6,7 @@ message names the file and what to do; nothing unpickles and nothing passes a st
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -16,6 +17,9 @@ import torch
 from ..models.backbone import tensors_hash
 
 HASH_KEY = "tk_tensors_sha256"  # safetensors metadata: content hash of the tensors, verified on load
+# ... and a hash of every other metadata entry (the class list, the source; the tensors' hash among
+# them), so an edited class list cannot silently swap the labels of a run
+META_HASH_KEY = "tk_metadata_sha256"
 _FIX = "restore it from a copy, or train the run again"
 
 
@@ -38,16 +42,32 @@ def _what_is(path: Path) -> str:
     return f"is not a valid safetensors file (truncated or damaged); {_FIX}"
 
 
-def read_safetensors_metadata(path: Path) -> dict[str, str]:
+def metadata_hash(meta: dict[str, str]) -> str:
+    body = {k: v for k, v in meta.items() if k != META_HASH_KEY}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _check_metadata(path: Path, meta: dict[str, str]) -> None:
+    claimed = meta.get(META_HASH_KEY)
+    if claimed and metadata_hash(meta) != claimed:
+        edited = ", ".join(sorted(k for k in meta if k not in (HASH_KEY, META_HASH_KEY))) or "none"
+        raise CheckpointError(f"{path} was edited: its metadata (entries: {edited}) no longer match the "
+                              f"checksum written with them, so its class list cannot be trusted; {_FIX}")
+
+
+def read_safetensors_metadata(path: Path, *, verify: bool = True) -> dict[str, str]:
     from safetensors import safe_open
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} is missing; {_FIX}")
     try:
         with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
+            meta = dict(f.metadata() or {})
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for bad headers
         raise CheckpointError(f"{path} {_what_is(path)}") from e
+    if verify:
+        _check_metadata(path, meta)
+    return meta
 
 
 def load_tensors(path: Path, *, verify: bool = True) -> dict[str, torch.Tensor]:
@@ -62,6 +82,8 @@ def load_tensors(path: Path, *, verify: bool = True) -> dict[str, torch.Tensor]:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"{path} {_what_is(path)}") from e
+    if verify:
+        _check_metadata(path, meta)
     claimed = meta.get(HASH_KEY)
     if verify and claimed and tensors_hash(tensors) != claimed:
         raise CheckpointError(f"{path} is damaged: its tensors no longer match the checksum written with "

