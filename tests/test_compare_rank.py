@@ -318,3 +318,11 @@ def test_backbone_auto_lists_are_checked_before_work(image_folder, tmp_path, cap
     assert main(["train", str(image_folder), "--backbone", value, "--out", str(tmp_path / "r")]) == 2
     assert needle in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_backbone_auto_with_a_text_source_for_images_is_refused_by_name(image_folder, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", str(image_folder), "--backbone", f"auto:{TINY},bundled:minilm-l6",
+                 "--out", str(out)]) == 2
+    assert "bundled:minilm-l6 is a text model" in capsys.readouterr().err
+    assert not out.exists()

@@ -120,11 +120,18 @@ def check_data_fits_backbone(cfg: TrainConfig) -> None:
     folder would learn from the file paths (the class name is in them), an image model given text
     would try to open each sentence as a file. Decided from the source id and the data's name and
     header, before any weights load or any file is written."""
-    from ..data import DataError
-    from ..models.sources import EXAMPLE_SOURCE, source_modality
+    from ..config import auto_backbone_sources
     if not cfg.data or not cfg.backbone:
         return
-    wants = source_modality(cfg.backbone)
+    listed = auto_backbone_sources(cfg.backbone)  # auto alone takes the bundled sources of the data's kind
+    for source in [cfg.backbone] if listed is None else listed:
+        _check_modality(cfg, source)
+
+
+def _check_modality(cfg: TrainConfig, source: str) -> None:
+    from ..data import DataError
+    from ..models.sources import EXAMPLE_SOURCE, source_modality
+    wants = source_modality(source)
     if wants is None:
         return
     for flag, path in (("DATA", cfg.data), ("--val", cfg.val), ("--test", cfg.test)):
@@ -135,7 +142,7 @@ def check_data_fits_backbone(cfg: TrainConfig) -> None:
             an = {"image": "an image", "text": "a text"}
             shape = {"image": "a folder of class folders, or a CSV with a 'path' column",
                      "text": "a CSV/TSV/JSONL with a text column"}
-            raise DataError(f"{flag} {path} is {words} but {cfg.backbone} is {an[wants]} model; choose "
+            raise DataError(f"{flag} {path} is {words} but {source} is {an[wants]} model; choose "
                             f"{an[modality]} backbone such as {EXAMPLE_SOURCE[modality]}, or give {wants} "
                             f"data ({shape[wants]})")
 

@@ -423,7 +423,8 @@ BUNDLED = {
 }
 
 
-BUNDLED_MODALITY = {"efficientnet_lite0": "image", "minilm-l6": "text"}
+BUNDLED_MODALITY = {"efficientnet_lite0": "image", "efficientnet_lite1": "image", "efficientnet_lite2": "image",
+                    "minilm-l6": "text"}
 # a model of each modality, for messages that suggest one
 EXAMPLE_SOURCE = {"image": "bundled:efficientnet_lite0", "text": "bundled:minilm-l6"}
 
