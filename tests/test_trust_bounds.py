@@ -1,0 +1,88 @@
+"""Bounded work for any input (issue 19): extreme aspect ratios, YAML alias bombs, text lengths past
+the model's positions, channel statistics; each refused by name or clamped with a message."""
+
+import json
+import shutil
+
+import pytest
+from conftest import COLOURS, PER_CLASS, write_image_folder
+from PIL import Image
+
+from transferkit.cli import main
+
+TINY = "timm:test_resnet@random"
+N = len(COLOURS) * PER_CLASS
+
+
+def _train(data, out, *extra, steps=2, strategy="full"):
+    return main(["train", str(data), "--backbone", TINY, "--image-size", "32", "--batch-size", "8",
+                 "--steps", str(steps), "--strategy", strategy, "--out", str(out), *extra])
+
+
+def _err(capsys):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert len([ln for ln in err.splitlines() if ln.startswith("transferkit: error:")]) == 1, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bounds")
+    data = write_image_folder(root / "images")
+    out = root / "run"
+    assert _train(data, out, "--quiet") == 0
+    return out, data
+
+
+# ----------------------------------------------------------------------------- aspect ratio
+
+def test_a_pixel_strip_is_an_error_row_in_predict_and_skipped_in_evaluate(run, tmp_path, capsys):
+    out, data = run
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = shutil.copy(sorted(data.rglob("*.png"))[0], folder / "a.png")
+    strip = folder / "b_strip.png"
+    Image.new("RGB", (100_000, 1), (200, 30, 30)).save(strip)  # a few hundred bytes
+    assert main(["predict", str(out), str(folder), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["input"] for r in rows] == [str(good), str(strip)]
+    assert rows[0]["label"] in COLOURS and "error" not in rows[0]
+    assert rows[1]["label"] is None and "100000x1 pixels" in rows[1]["error"]
+    assert "aspect ratio over 100:1" in rows[1]["error"]
+    shutil.copy(strip, data / "red" / "zz_strip.png")
+    try:
+        assert main(["evaluate", str(out), str(data), "--json"]) == 0
+        m = json.loads(capsys.readouterr().out)
+        assert m["n"] == N and len(m["skipped"]) == 1 and "zz_strip.png" in m["skipped"][0]
+    finally:
+        (data / "red" / "zz_strip.png").unlink()
+
+
+def test_the_eval_resize_is_bounded_and_unchanged_up_to_four_to_one():
+    """An image within the 100:1 limit reaches the resize bounded: what reaches the centre crop is at
+    most 4 x (size / crop_pct)^2 pixels whatever the aspect ratio; images up to 4:1 (all the centre
+    crop did not already cut to a square) get exactly the pixels they got before the bound."""
+    import torch
+    from torchvision.transforms import v2 as T
+
+    from transferkit.data import build_transforms
+    from transferkit.models.backbone import ImagePreprocess
+    pre = ImagePreprocess(size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear")
+    _, eval_tf = build_transforms(pre, augment=False)
+    for wh in [(4000, 50), (50, 4000), (4000, 41)]:
+        im = Image.new("RGB", wh, (10, 20, 30))
+        for step in eval_tf.transforms:
+            if isinstance(step, T.CenterCrop):
+                break
+            im = step(im)
+        assert im.width * im.height <= 4 * 256 * 256 + 256, (wh, im.size)
+        assert eval_tf(Image.new("RGB", wh, (10, 20, 30))).shape == (3, 224, 224)
+
+    _, eval_tf = build_transforms(pre, image_size=32, augment=False)
+    unbounded = T.Compose([T.Resize(37, interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop(32), T.ToImage(),
+                           T.ToDtype(torch.float32, scale=True), T.Normalize([0.5] * 3, [0.5] * 3)])
+    g = torch.Generator().manual_seed(0)
+    for wh in [(32, 32), (100, 40), (40, 160), (200, 50)]:
+        im = Image.fromarray(torch.randint(0, 255, (wh[1], wh[0], 3), generator=g, dtype=torch.uint8).numpy())
+        assert torch.equal(eval_tf(im), unbounded(im)), wh
