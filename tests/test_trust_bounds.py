@@ -86,3 +86,39 @@ def test_the_eval_resize_is_bounded_and_unchanged_up_to_four_to_one():
     for wh in [(32, 32), (100, 40), (40, 160), (200, 50)]:
         im = Image.fromarray(torch.randint(0, 255, (wh[1], wh[0], 3), generator=g, dtype=torch.uint8).numpy())
         assert torch.equal(eval_tf(im), unbounded(im)), wh
+
+
+# ------------------------------------------------------------------------- YAML alias bombs
+
+LAUGHS = "\n".join(["chan_mean: [&a [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5],"]
+                   + [f"  &{b} [{', '.join([f'*{a}'] * 9)}]," for a, b in zip("abcdefgh", "bcdefghi")]
+                   + ["  *i]", ""])
+
+
+def test_yaml_alias_bombs_are_refused_before_any_value_is_read(run, tmp_path, capsys):
+    out, data = run
+    recipe = tmp_path / "laughs.yaml"
+    recipe.write_text(LAUGHS)
+    assert len(LAUGHS) < 1000
+    assert _train(data, tmp_path / "r", "--config", str(recipe)) == 2
+    err = _err(capsys)
+    assert str(recipe) in err and "uses YAML anchors/aliases (line 1: &a)" in err
+    assert not (tmp_path / "r").exists()
+    run_copy = tmp_path / "run"
+    shutil.copytree(out, run_copy)
+    (run_copy / "config.yaml").write_text(LAUGHS)
+    for argv in (["predict", str(run_copy), str(sorted(data.rglob("*.png"))[0])],
+                 ["evaluate", str(run_copy), str(data)],
+                 ["train", "--resume", str(run_copy), "--quiet"]):
+        assert main(argv) == 2
+        err = _err(capsys)
+        assert f"{run_copy / 'config.yaml'} uses YAML anchors/aliases" in err
+
+
+def test_plain_yaml_refuses_an_anchor_or_alias_anywhere_and_reads_the_rest():
+    from transferkit.plain_yaml import AliasesRefused, load_plain_yaml
+    assert load_plain_yaml("a: [1, 2]\nb: {c: 'x & y *z'}\n") == {"a": [1, 2], "b": {"c": "x & y *z"}}
+    for text, needle in [("a: &x 1\n", "line 1: &x"), ("a: 1\nb: [2, *y]\n", "line 2: *y"),
+                         ("base: &b {lr: 1}\nrun:\n  <<: *b\n", "line 1: &b")]:
+        with pytest.raises(AliasesRefused, match=needle.replace("*", r"\*")):
+            load_plain_yaml(text)

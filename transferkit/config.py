@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from .plain_yaml import AliasesRefused, read_plain_yaml
+
 
 class ConfigError(ValueError):
     pass
@@ -324,7 +326,9 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         p = _shipped_recipe(str(path))
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        data = read_plain_yaml(p) or {}
+    except AliasesRefused as e:
+        raise ConfigError(f"{p} {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML ({e})") from e
     if not isinstance(data, dict):
@@ -376,7 +380,9 @@ def save_config(cfg: TrainConfig, path: Path) -> None:
 def read_config(path: Path) -> TrainConfig:
     """A run's config.yaml; an edit that broke it (invalid YAML, a tag, a wrong type) is a ConfigError."""
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = read_plain_yaml(path)
+    except AliasesRefused as e:
+        raise ConfigError(f"{path} {e}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} is not valid YAML ({str(e).splitlines()[0]}); it was edited or damaged: "
                           "restore it (the run's values are also in its report.html)") from e
