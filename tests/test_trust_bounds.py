@@ -122,3 +122,28 @@ def test_plain_yaml_refuses_an_anchor_or_alias_anywhere_and_reads_the_rest():
                          ("base: &b {lr: 1}\nrun:\n  <<: *b\n", "line 1: &b")]:
         with pytest.raises(AliasesRefused, match=needle.replace("*", r"\*")):
             load_plain_yaml(text)
+
+
+# ------------------------------------------------------------------------ text max length
+
+def test_max_length_past_the_positions_is_clamped_with_a_warning(tiny_bert_dir, tmp_path, capsys):
+    """The tiny BERT has 64 positions: --max-length 1000 on texts of 100 tokens indexed past its
+    position table (a traceback); now it is clamped to 64, said once, and recorded in the run."""
+    import csv
+    words = {"animals": "cat dog bird fish", "weather": "rain snow wind sun", "colours": "red green blue black"}
+    rows = [(" ".join([w.split()[i % 4] for i in range(n)]), label)
+            for label, w in words.items() for n in (3, 4, 5, 6, 100)]
+    data = tmp_path / "texts.csv"
+    with open(data, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("text", "label"), *rows])
+    out = tmp_path / "run"
+    assert main(["train", str(data), "--backbone", f"hf:{tiny_bert_dir}", "--max-length", "1000",
+                 "--batch-size", "8", "--steps", "2", "--strategy", "full", "--out", str(out), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "transferkit: warning: --max-length 1000 clamped to 64 (the model's max positions" in err
+    import yaml
+    assert yaml.safe_load((out / "config.yaml").read_text())["max_length"] == 64
+    assert main(["predict", str(out), " ".join(["cat"] * 200), "--json"]) == 0
+    cap = capsys.readouterr()
+    assert json.loads(cap.out)[0]["label"] in words and "clamped" not in cap.err

@@ -116,10 +116,34 @@ def load_hf(source: str, name: str, pretrained: bool, *, pooling: str | None,
     enc = TextEncoder(model, pool)
     stages = _hf_stages(enc)
     check_stages_cover(enc, stages)
-    limit = max_length or min(int(getattr(tok, "model_max_length", 512) or 512),
-                              int(getattr(model.config, "max_position_embeddings", 512) or 512))
+    limit = _clamped_length(source, max_length, tok, model)
     return Backbone(module=enc, feature_dim=int(model.config.hidden_size), stages=stages,
                     preprocess=TextPreprocess(tokenizer=tok, max_length=limit, pooling=pool),
                     source=SourceInfo(id=source, arch=f"hf:{model.config.model_type}",
                                       pretrained=pretrained, weights_hash=weights_hash(enc)),
                     modality="text")
+
+
+def _positions(tok, model) -> int:
+    """Tokens the model can take: its position table (less RoBERTa's padding offset), and the
+    tokenizer's own limit where it sets a real one (an unset one is a huge sentinel)."""
+    n = int(getattr(model.config, "max_position_embeddings", 512) or 512)
+    pad = getattr(getattr(model, "embeddings", None), "padding_idx", None)
+    if pad is not None:  # RoBERTa-style positions start after the padding index
+        n -= int(pad) + 1
+    own = int(getattr(tok, "model_max_length", n) or n)
+    return min(n, own) if own < 1_000_000 else n
+
+
+def _clamped_length(source: str, max_length: int | None, tok, model) -> int:
+    """--max-length, or the model's positions when unset; a value past them would index past the
+    position table (an IndexError deep in the forward), so it is clamped with a warning."""
+    positions = _positions(tok, model)
+    if max_length is None:
+        return positions
+    if max_length > positions:
+        import sys
+        print(f"transferkit: warning: --max-length {max_length} clamped to {positions} "
+              f"(the model's max positions, {source})", file=sys.stderr)
+        return positions
+    return int(max_length)
