@@ -2,6 +2,7 @@
 the model's positions, channel statistics; each refused by name or clamped with a message."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -147,3 +148,45 @@ def test_max_length_past_the_positions_is_clamped_with_a_warning(tiny_bert_dir, 
     assert main(["predict", str(out), " ".join(["cat"] * 200), "--json"]) == 0
     cap = capsys.readouterr()
     assert json.loads(cap.out)[0]["label"] in words and "clamped" not in cap.err
+
+
+# ----------------------------------------------------------------------- channel statistics
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--chan-mean", "nan,0.5,0.5", "--chan-std", "1,1,1"], "'chan_mean' (--chan-mean) must be finite numbers, got nan"),
+    (["--chan-mean", "0.5,inf,0.5", "--chan-std", "1,1,1"], "'chan_mean' (--chan-mean) must be finite numbers, got inf"),
+    (["--chan-mean", "0.5,0.5,0.5", "--chan-std", "0.2,0,0.2"], "'chan_std' (--chan-std) must be finite numbers above 0"),
+    (["--chan-mean", "0.5,0.5,0.5", "--chan-std", "0.2,-1,0.2"], "must be finite numbers above 0 (inputs are divided by them), got -1.0"),
+    (["--chan-mean", "0.5,0.5,0.5"], "'chan_mean' (--chan-mean) is given without 'chan_std' (--chan-std)"),
+    (["--chan-mean", "0.5,0.5,0.5", "--chan-std", "0.2,0.2"], "has 3 values and 'chan_std' (--chan-std) 2"),
+    (["--chan-mean", "0.5", "--chan-std", "0.2"],
+     "has 1 value(s) but the data has 3 channels (RGB image files): give 3 values, one per channel or --in-chans 1"),
+    (["--chan-mean", "0.5,0.5", "--chan-std", "0.2,0.2", "--in-chans", "1"], "has 2 value(s) for 1 input channels"),
+])
+def test_bad_channel_statistics_are_refused_by_name_before_anything_is_written(run, tmp_path, capsys, flags, needle):
+    _, data = run
+    out = tmp_path / "r"
+    assert _train(data, out, *flags, "--quiet") == 2
+    assert needle in _err(capsys)
+    assert not out.exists()
+
+
+def test_channel_statistics_must_match_the_channels_of_arrays(tmp_path, capsys):
+    import numpy as np
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "bands" / c).mkdir(parents=True)
+        for i in range(6):
+            np.save(tmp_path / "bands" / c / f"{i}.npy", rng.normal(size=(4, 16, 16)).astype(np.float32))
+    out = tmp_path / "r"
+    assert _train(tmp_path / "bands", out, "--array-layout", "chw", "--chan-mean", "0,0", "--chan-std", "1,1",
+                  "--quiet") == 2
+    err = _err(capsys)
+    assert re.search(r"has 2 value\(s\) but the data has 4 channels \(arrays, \d\.npy\): give 4 values", err)
+    assert not out.exists()
+    # the right count trains, and the run records it
+    assert _train(tmp_path / "bands", out, "--array-layout", "chw", "--chan-mean", "0,0,0,0.5",
+                  "--chan-std", "1,1,1,2", "--quiet", steps=1) == 0
+    import yaml
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["in_chans"] == 4 and cfg["chan_mean"] == [0, 0, 0, 0.5] and cfg["chan_std"] == [1, 1, 1, 2]
