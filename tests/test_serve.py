@@ -253,3 +253,9 @@ def test_allowed_hosts_defaults_and_star():
     assert default_allowed_hosts("0.0.0.0") == ["localhost", "127.0.0.1", "::1"]
     assert default_allowed_hosts("192.168.1.5")[0] == "192.168.1.5"
     assert [_host_name(h) for h in ("a.b:80", "[::1]:8000", "::1", "A.B")] == ["a.b", "::1", "::1", "a.b"]
+
+
+def test_an_empty_allowed_hosts_is_refused_before_the_run_loads(tmp_path, capsys):
+    assert main(["serve", str(tmp_path / "no_run"), "--allowed-hosts", " , "]) == 2
+    err = capsys.readouterr().err
+    assert "transferkit: error: --allowed-hosts is empty" in err and "Traceback" not in err

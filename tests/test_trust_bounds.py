@@ -116,6 +116,14 @@ def test_yaml_alias_bombs_are_refused_before_any_value_is_read(run, tmp_path, ca
         assert f"{run_copy / 'config.yaml'} uses YAML anchors/aliases" in err
 
 
+def test_an_adapt_run_yaml_with_aliases_is_a_config_error(tmp_path):
+    from transferkit.adaptation.config import read_adapt_config
+    from transferkit.config import ConfigError
+    (tmp_path / "adapt.yaml").write_text(LAUGHS)
+    with pytest.raises(ConfigError, match=r"adapt.yaml uses YAML anchors/aliases \(line 1: &a\)"):
+        read_adapt_config(tmp_path / "adapt.yaml")
+
+
 def test_plain_yaml_refuses_an_anchor_or_alias_anywhere_and_reads_the_rest():
     from transferkit.plain_yaml import AliasesRefused, load_plain_yaml
     assert load_plain_yaml("a: [1, 2]\nb: {c: 'x & y *z'}\n") == {"a": [1, 2], "b": {"c": "x & y *z"}}
