@@ -124,24 +124,29 @@ def load_hf(source: str, name: str, pretrained: bool, *, pooling: str | None,
                     modality="text")
 
 
-def _positions(tok, model) -> int:
+def _positions(tok, model) -> int | None:
     """Tokens the model can take: its position table (less RoBERTa's padding offset), and the
-    tokenizer's own limit where it sets a real one (an unset one is a huge sentinel)."""
-    n = int(getattr(model.config, "max_position_embeddings", 512) or 512)
-    pad = getattr(getattr(model, "embeddings", None), "padding_idx", None)
-    if pad is not None:  # RoBERTa-style positions start after the padding index
-        n -= int(pad) + 1
-    own = int(getattr(tok, "model_max_length", n) or n)
-    return min(n, own) if own < 1_000_000 else n
+    tokenizer's own limit where it sets a real one (an unset one is a huge sentinel); None when
+    neither says (e.g. relative positions with no table)."""
+    n = getattr(model.config, "max_position_embeddings", None)
+    if n:
+        n = int(n)
+        pad = getattr(getattr(model, "embeddings", None), "padding_idx", None)
+        if pad is not None:  # RoBERTa-style positions start after the padding index
+            n -= int(pad) + 1
+    own = getattr(tok, "model_max_length", None)
+    own = int(own) if own and own < 1_000_000 else None
+    return min(x for x in (n, own) if x) if (n or own) else None
 
 
 def _clamped_length(source: str, max_length: int | None, tok, model) -> int:
-    """--max-length, or the model's positions when unset; a value past them would index past the
-    position table (an IndexError deep in the forward), so it is clamped with a warning."""
+    """--max-length, or the model's positions when unset (512 when unknown); a value past them
+    would index past the position table (an error deep in the forward), so it is clamped with a
+    warning."""
     positions = _positions(tok, model)
     if max_length is None:
-        return positions
-    if max_length > positions:
+        return positions or 512
+    if positions is not None and max_length > positions:
         import sys
         print(f"transferkit: warning: --max-length {max_length} clamped to {positions} "
               f"(the model's max positions, {source})", file=sys.stderr)
