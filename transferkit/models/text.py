@@ -124,28 +124,25 @@ def load_hf(source: str, name: str, pretrained: bool, *, pooling: str | None,
                     modality="text")
 
 
-def _positions(tok, model) -> int | None:
-    """Tokens the model can take: its position table (less RoBERTa's padding offset), and the
-    tokenizer's own limit where it sets a real one (an unset one is a huge sentinel); None when
-    neither says (e.g. relative positions with no table)."""
+def _positions(model) -> int | None:
+    """Tokens the model's position table holds (less RoBERTa's padding offset); None without one
+    (relative positions)."""
     n = getattr(model.config, "max_position_embeddings", None)
-    if n:
-        n = int(n)
-        pad = getattr(getattr(model, "embeddings", None), "padding_idx", None)
-        if pad is not None:  # RoBERTa-style positions start after the padding index
-            n -= int(pad) + 1
-    own = getattr(tok, "model_max_length", None)
-    own = int(own) if own and own < 1_000_000 else None
-    return min(x for x in (n, own) if x) if (n or own) else None
+    if not n:
+        return None
+    pad = getattr(getattr(model, "embeddings", None), "padding_idx", None)
+    return int(n) - (int(pad) + 1 if pad is not None else 0)  # RoBERTa: positions start after padding
 
 
 def _clamped_length(source: str, max_length: int | None, tok, model) -> int:
-    """--max-length, or the model's positions when unset (512 when unknown); a value past them
-    would index past the position table (an error deep in the forward), so it is clamped with a
-    warning."""
-    positions = _positions(tok, model)
+    """--max-length; unset, the tokenizer's own limit (an unset one is a huge sentinel) within the
+    position table, 512 for either that is unknown. A value past the table would index past it (an error deep in the forward), so
+    it is clamped with a warning."""
+    positions = _positions(model)
     if max_length is None:
-        return positions or 512
+        own = getattr(tok, "model_max_length", None)
+        own = int(own) if own and own < 1_000_000 else None
+        return min(own or 512, positions or 512)
     if positions is not None and max_length > positions:
         import sys
         print(f"transferkit: warning: --max-length {max_length} clamped to {positions} "
