@@ -89,6 +89,20 @@ def test_the_eval_resize_is_bounded_and_unchanged_up_to_four_to_one():
         assert torch.equal(eval_tf(im), unbounded(im)), wh
 
 
+def test_a_compressed_tiff_over_the_bomb_limit_is_refused_by_its_header(tmp_path, monkeypatch):
+    """A zlib TIFF is not bounded by its file size: its shape is checked as Pillow checks images."""
+    import numpy as np
+    import tifffile
+
+    from transferkit.data.images import _check_image
+    path = tmp_path / "zeros.tif"
+    tifffile.imwrite(path, np.zeros((64, 64, 3), np.uint8), compression="zlib")
+    assert _check_image(path) is None
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 12,288 values > 3 x 1000
+    reason = _check_image(path)
+    assert reason and "TIFF of shape (64, 64, 3): 12,288 values" in reason and "decompression bomb" in reason
+
+
 # ------------------------------------------------------------------------- YAML alias bombs
 
 LAUGHS = "\n".join(["chan_mean: [&a [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5],"]
