@@ -194,3 +194,68 @@ def test_page_in_headless_chromium_shows_the_label_of_an_uploaded_image(image_se
     assert shown == want_label and labels[0] == want_label and len(labels) == 3
     top = want["predictions"][0]["top"][0]["probability"]
     assert widths[0] == f"{100 * top:.1f}%"
+
+
+def test_one_image_posted_from_20_threads_gets_one_answer(image_server):
+    """The views' random crops are seeded through torch's global generator; 200 concurrent posts of
+    one image gave up to 11 different probabilities before the transforms ran under the lock."""
+    from concurrent.futures import ThreadPoolExecutor
+    base, _, data = image_server
+    assert _client(base).get("/info").json()["tta_views"] > 0  # random views are what is seeded
+    img = _png(data / "green" / "green_01.png")
+
+    def ask(_):
+        with _client(base) as c:
+            r = c.post("/predict", files={"file": ("g.png", img, "image/png")})
+            assert r.status_code == 200, r.text
+            return tuple((t["label"], t["probability"]) for t in r.json()["predictions"][0]["top"])
+    with ThreadPoolExecutor(20) as pool:
+        answers = set(pool.map(ask, range(200)))
+    assert len(answers) == 1, answers
+
+
+def test_one_bad_file_among_several_is_an_error_row(image_server):
+    from PIL import Image
+    base, run, data = image_server
+    good = data / "red" / "red_02.png"
+    strip = io.BytesIO()
+    Image.new("RGB", (100_000, 1), (200, 30, 30)).save(strip, "PNG")
+    files = [("file", ("good.png", _png(good), "image/png")), ("file", ("notes.png", b"not an image", "image/png")),
+             ("file", ("strip.png", strip.getvalue(), "image/png"))]
+    r = _client(base).post("/predict", files=files)
+    assert r.status_code == 200, r.text
+    rows = r.json()["predictions"]
+    assert [p["input"] for p in rows] == ["good.png", "notes.png", "strip.png"]
+    assert rows[0]["label"] == predict_run(run, [str(good)], top_k=3)[0]["label"] and "error" not in rows[0]
+    assert rows[1]["label"] is None and "not an image PIL can read" in rows[1]["error"]
+    assert rows[2]["label"] is None and "100000x1 pixels" in rows[2]["error"] and rows[2]["top"] == []
+
+
+def test_host_header_allow_list_and_offline_docs(image_server):
+    base, _, _ = image_server
+    port = base.rsplit(":", 1)[1]
+    c = _client(base)
+    for host in ("evil.example", f"evil.example:{port}", "127.0.0.2"):
+        r = c.get("/health", headers={"host": host})
+        assert r.status_code == 400 and "--allowed-hosts" in r.json()["detail"], host
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "LOCALHOST"):
+        assert c.get("/health", headers={"host": host}).status_code == 200, host
+    docs = c.get("/docs")
+    assert docs.status_code == 200 and "/openapi.json" in docs.text and "POST /predict" in docs.text
+    assert "http://" not in docs.text and "https://" not in docs.text
+    assert c.get("/redoc").status_code == 404  # ReDoc's page loads its script from a CDN too
+    assert c.get("/openapi.json").json()["paths"]["/predict"]
+
+
+def test_allowed_hosts_defaults_and_star():
+    from transferkit.ship.serve import _host_name, default_allowed_hosts
+    assert default_allowed_hosts("127.0.0.1") == ["127.0.0.1", "localhost", "::1"]
+    assert default_allowed_hosts("0.0.0.0") == ["localhost", "127.0.0.1", "::1"]
+    assert default_allowed_hosts("192.168.1.5")[0] == "192.168.1.5"
+    assert [_host_name(h) for h in ("a.b:80", "[::1]:8000", "::1", "A.B")] == ["a.b", "::1", "::1", "a.b"]
+
+
+def test_an_empty_allowed_hosts_is_refused_before_the_run_loads(tmp_path, capsys):
+    assert main(["serve", str(tmp_path / "no_run"), "--allowed-hosts", " , "]) == 2
+    err = capsys.readouterr().err
+    assert "transferkit: error: --allowed-hosts is empty" in err and "Traceback" not in err

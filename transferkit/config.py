@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from .plain_yaml import AliasesRefused, read_plain_yaml
+
 
 class ConfigError(ValueError):
     pass
@@ -249,6 +251,7 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.val is None and cfg.test is None and (cfg.val_fraction or 0.2) + cfg.test_fraction >= 1:
         raise ConfigError(f"val_fraction + test_fraction must be < 1 (nothing left to train on), got "
                           f"{cfg.val_fraction} + {cfg.test_fraction}")
+    _check_channel_stats(cfg.chan_mean, cfg.chan_std, cfg.in_chans)
     _check_syntax(cfg)
 
 
@@ -260,6 +263,25 @@ def auto_backbone_sources(backbone: str | None) -> list[str] | None:
     if backbone and backbone.startswith("auto:"):
         return [s.strip() for s in backbone[len("auto:"):].split(",") if s.strip()]
     return None
+
+
+def _check_channel_stats(mean: list[float] | None, std: list[float] | None, in_chans: int | None) -> None:
+    """Finite means, finite positive deviations, given together with one value per channel (their
+    count against the data's channels is checked with the data: engine/inputs.py)."""
+    for name, values in (("chan_mean", mean), ("chan_std", std)):
+        for v in values or []:
+            if not math.isfinite(v) or (name == "chan_std" and v <= 0):
+                kind = "finite numbers" if name == "chan_mean" else "finite numbers above 0 (inputs are divided by them)"
+                raise ConfigError(f"{_named(name)} must be {kind}, got {v}")
+    if (mean is None) != (std is None):
+        given, missing = ("chan_mean", "chan_std") if std is None else ("chan_std", "chan_mean")
+        raise ConfigError(f"{_named(given)} is given without {_named(missing)}: give both, one value per input channel")
+    if mean is not None and len(mean) != len(std):
+        raise ConfigError(f"{_named('chan_mean')} has {len(mean)} values and {_named('chan_std')} {len(std)}: "
+                          "give one value per input channel in each")
+    if mean is not None and in_chans is not None and len(mean) != in_chans:
+        raise ConfigError(f"{_named('chan_mean')} has {len(mean)} value(s) for {in_chans} input channels "
+                          f"({_named('in_chans')}): give {in_chans}, one per channel")
 
 
 def _check_syntax(cfg: TrainConfig) -> None:
@@ -346,7 +368,9 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         p = _shipped_recipe(str(path))
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        data = read_plain_yaml(p) or {}
+    except AliasesRefused as e:
+        raise ConfigError(f"{p} {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML ({e})") from e
     if not isinstance(data, dict):
@@ -398,7 +422,9 @@ def save_config(cfg: TrainConfig, path: Path) -> None:
 def read_config(path: Path) -> TrainConfig:
     """A run's config.yaml; an edit that broke it (invalid YAML, a tag, a wrong type) is a ConfigError."""
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = read_plain_yaml(path)
+    except AliasesRefused as e:
+        raise ConfigError(f"{path} {e}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} is not valid YAML ({str(e).splitlines()[0]}); it was edited or damaged: "
                           "restore it (the run's values are also in its report.html)") from e

@@ -123,4 +123,10 @@ def read_adapt_config(path: Path) -> AdaptConfig:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {path.parent} is not a `transferkit adapt` run")
-    return make_adapt_config(**(yaml.safe_load(path.read_text(encoding="utf-8")) or {}))
+    from ..config import ConfigError
+    from ..plain_yaml import AliasesRefused, read_plain_yaml
+    try:
+        data = read_plain_yaml(path) or {}
+    except AliasesRefused as e:
+        raise ConfigError(f"{path} {e}") from None
+    return make_adapt_config(**data)

@@ -43,7 +43,9 @@ def _weak_transform(pre, image_size: int | None):
     size = image_size or pre.size
     interp = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR,
               "nearest": T.InterpolationMode.NEAREST}.get(pre.interpolation, T.InterpolationMode.BICUBIC)
-    return T.Compose([T.Resize(int(round(size / pre.crop_pct)), interpolation=interp), T.CenterCrop(size),
+    from ..data.images import CapAspect
+    return T.Compose([CapAspect(), T.Resize(int(round(size / pre.crop_pct)), interpolation=interp),
+                      T.CenterCrop(size),
                       T.RandomHorizontalFlip(), T.RandomCrop(size, padding=max(1, size // 8), padding_mode="reflect"),
                       T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(list(pre.mean), list(pre.std))])
 

@@ -44,6 +44,10 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, help="labels returned per input (default: 5)")
     p.add_argument("--max-mb", type=float, default=10.0, help="largest request body in MiB (default: 10)")
     p.add_argument("--max-items", type=int, default=32, help="most inputs in one request (default: 32)")
+    p.add_argument("--allowed-hosts", default=None, metavar="NAMES",
+                   help="comma-separated names a request's Host header may give, '*' for any (default: the "
+                        "--host address and localhost, 127.0.0.1, ::1); others get a 400, so a web page "
+                        "cannot reach this server by rebinding its own name to this address")
     return p
 
 
@@ -59,6 +63,10 @@ def main(argv: list[str]) -> int:
         return 0
     args = _serve_parser().parse_args(rest)
     from ..ship.serve import serve
+    allowed = [h.strip() for h in args.allowed_hosts.split(",") if h.strip()] if args.allowed_hosts else None
+    if args.allowed_hosts is not None and not allowed:
+        from ..config import ConfigError
+        raise ConfigError("--allowed-hosts is empty: give names (e.g. myhost.lan,192.168.1.5) or '*' for any")
     serve(args.run, host=args.host, port=args.port, top_k=args.top_k,
-          max_bytes=int(args.max_mb * 1024 * 1024), max_items=args.max_items)
+          max_bytes=int(args.max_mb * 1024 * 1024), max_items=args.max_items, allowed_hosts=allowed)
     return 0

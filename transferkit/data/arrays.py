@@ -59,11 +59,25 @@ def check_input(path: str | Path) -> str | None:
             with tifffile.TiffFile(p) as tf:
                 if not tf.series:
                     return "TIFF with no image data"
+                return _tiff_bomb(tf.series[0].shape)
         elif suffix == ".wav":
             from scipy.io import wavfile
             wavfile.read(p, mmap=True)
     except (ValueError, OSError, EOFError) as e:
         return f"unreadable {suffix} ({type(e).__name__})"
+    return None
+
+
+def _tiff_bomb(shape: tuple[int, ...]) -> str | None:
+    """A compressed TIFF is not bounded by its file size (a few MB of zlib can hold GBs of zeros):
+    one that holds more values than an RGB image at Pillow's decompression-bomb limit is refused,
+    by the same rule (`PIL.Image.MAX_IMAGE_PIXELS`) images are."""
+    from PIL import Image
+    limit = Image.MAX_IMAGE_PIXELS
+    n = int(np.prod(shape, dtype=np.int64))
+    if limit and n > 3 * limit:
+        return (f"TIFF of shape {tuple(shape)}: {n:,} values, over {3 * limit:,} (a possible decompression "
+                "bomb); crop or split it, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it")
     return None
 
 

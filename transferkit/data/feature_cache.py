@@ -44,7 +44,7 @@ import numpy as np
 from .splits import Example
 
 # transforms whose output is a pure function of the input image (a random one makes caching wrong)
-_DETERMINISTIC = {"Compose", "Resize", "CenterCrop", "ToTensor", "Normalize", "PILToTensor",
+_DETERMINISTIC = {"Compose", "CapAspect", "Resize", "CenterCrop", "ToTensor", "Normalize", "PILToTensor",
                   "ConvertImageDtype", "ToImage", "ToDtype", "Grayscale"}
 FORMAT = 1  # bump when the meaning of a cached row changes
 MARKER = ".transferkit-cache"  # in ROOT/features/ when transferkit created that folder

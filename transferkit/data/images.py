@@ -24,6 +24,15 @@ from .tables import decode_table, is_missing_label
 # whole, a 20,000-image set does not grow the process without bound
 CACHE_BYTES = int(float(os.environ.get("TRANSFERKIT_IMAGE_CACHE_MB", "256")) * 2**20)
 
+# The eval resize keeps the aspect ratio: it brings the short side to size / crop_pct, so a 1 x 100,000
+# strip (475 bytes as a PNG) would become 256 x 25,600,000 pixels (GBs) for the centre crop to keep
+# 224 x 224 of it. An image longer than MAX_ASPECT times its width is refused (no photo or scan is:
+# a strip of pixels says nothing about a class), and the eval resize first centre-crops anything over
+# RESIZE_ASPECT : 1, which the centre crop after it would cut away anyway, so no resize of any
+# input makes more than RESIZE_ASPECT x (size / crop_pct)^2 pixels.
+MAX_ASPECT = 100
+RESIZE_ASPECT = 4
+
 
 def read_image_items(path: str | Path, warnings_out: list[str] | None = None) -> tuple[list[Example], list[str]]:
     """Read labelled images from a folder (`DATA/<class>/<image>`) or a CSV with `path,label` columns
@@ -216,10 +225,20 @@ def _check_image(p: Path) -> str | None:
         return "file not found" if not p.is_symlink() else "a link to nothing (broken symbolic link)"
     if p.suffix.lower() not in IMAGE_EXTS:
         return check_input(p)
+    return image_problem(p)
+
+
+def image_problem(src) -> str | None:
+    """Why the image in `src` (a path or a binary file object) cannot be used, or None: unreadable,
+    a decompression bomb, or a strip over MAX_ASPECT : 1."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as im:
+            with Image.open(src) as im:
+                w, h = im.size
+                if max(w, h) > MAX_ASPECT * max(1, min(w, h)):
+                    return (f"{w}x{h} pixels, an aspect ratio over {MAX_ASPECT}:1, which no resize to a "
+                            "square input can use; crop or pad it")
                 im.draft("RGB", (512, 512))
                 im.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -258,6 +277,30 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 AUGMENT_POLICIES = ("light", "strong")
 
 
+class CapAspect:
+    """Centre-crop an image (PIL or a [..., H, W] tensor) whose long side is over `ratio` times its
+    short side down to `ratio` : 1; any other image passes untouched. Put before the eval resize, it
+    bounds what the resize makes (see RESIZE_ASPECT) and changes nothing the centre crop keeps."""
+
+    def __init__(self, ratio: float = RESIZE_ASPECT):
+        self.ratio = ratio
+
+    def __call__(self, im):
+        w, h = im.size if isinstance(im, Image.Image) else (im.shape[-1], im.shape[-2])
+        short, long = min(w, h), max(w, h)
+        keep = max(1, int(round(short * self.ratio)))
+        if long <= keep:
+            return im
+        if isinstance(im, Image.Image):
+            left, top = ((w - keep) // 2, 0) if w > h else (0, (h - keep) // 2)
+            return im.crop((left, top, left + (keep if w > h else w), top + (h if w > h else keep)))
+        start = (long - keep) // 2
+        return im[..., start:start + keep] if w > h else im[..., start:start + keep, :]
+
+    def __repr__(self) -> str:
+        return f"CapAspect(ratio={self.ratio})"
+
+
 def build_transforms(pre: ImagePreprocess, image_size: int | None = None, augment: bool = True,
                      policy: str = "light"):
     """(train, eval) transforms from the backbone's own preprocessing: size, mean/std, interpolation.
@@ -276,7 +319,7 @@ def build_transforms(pre: ImagePreprocess, image_size: int | None = None, augmen
               "nearest": T.InterpolationMode.NEAREST}.get(pre.interpolation, T.InterpolationMode.BICUBIC)
     norm = [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(list(pre.mean), list(pre.std))]
     resize = int(round(size / pre.crop_pct))
-    eval_tf = T.Compose([T.Resize(resize, interpolation=interp), T.CenterCrop(size), *norm])
+    eval_tf = T.Compose([CapAspect(), T.Resize(resize, interpolation=interp), T.CenterCrop(size), *norm])
     if not augment:
         return eval_tf, eval_tf
     if policy not in AUGMENT_POLICIES:

@@ -20,6 +20,8 @@ def build_model(cfg: TrainConfig, classes: list[str], *, from_data: bool = True)
     Inputs other than RGB pictures (engine/inputs.py) are settled from `cfg.data` and written into
     `cfg` first, unless `from_data=False` (a reloaded run: its config already says everything)."""
     backbone = load_backbone(cfg.backbone, arch=cfg.arch, pooling=cfg.pooling, max_length=cfg.max_length)
+    if backbone.modality == "text" and cfg.max_length and cfg.max_length > backbone.preprocess.max_length:
+        cfg.max_length = backbone.preprocess.max_length  # clamped (models/text.py): the run records what it used
     if backbone.modality == "image":
         from .inputs import adapt_backbone, resolve_inputs
         if from_data:

@@ -47,14 +47,24 @@ def _peek_kind(data: str) -> str:
     return input_kind(first) if first.exists() else "image"
 
 
+def _given_stats_mismatch(cfg: TrainConfig, n: int, what: str) -> None:
+    """`--chan-mean/--chan-std` given for data of another channel count: refused naming both counts
+    (one value is neither spread over 3 channels nor turned into a one-channel model of RGB data)."""
+    if cfg.chan_mean is not None and len(cfg.chan_mean) != n:
+        hint = " or --in-chans 1 to read the images as luminance" if what.startswith("RGB") and len(cfg.chan_mean) == 1 else ""
+        raise ConfigError(f"'chan_mean' (--chan-mean) has {len(cfg.chan_mean)} value(s) but the data has {n} "
+                          f"channels ({what}): give {n} values, one per channel{hint}")
+
+
 def resolve_inputs(cfg: TrainConfig) -> None:
     """Fill in `cfg.in_chans`, `chan_mean`, `chan_std`, `spectrogram` (and `tta`) from the training
     data; a no-op for RGB image data and for a config resolved before."""
-    if cfg.chan_mean is not None or not cfg.data:
-        return
+    if not cfg.data or (cfg.chan_mean is not None and cfg.in_chans is not None):
+        return  # resolved before (or both given: config.validate matched their counts)
     if cfg.in_chans is not None and cfg.in_chans < 1:
         raise ConfigError(f"in_chans must be at least 1, got {cfg.in_chans}")
     if _peek_kind(cfg.data) == "image" and cfg.in_chans in (None, 3):
+        _given_stats_mismatch(cfg, 3, "RGB image files")
         return
     from ..data import load_task
     # the same call as engine.fit makes: the statistics come from exactly the run's training split
@@ -80,7 +90,10 @@ def resolve_inputs(cfg: TrainConfig) -> None:
                               f"{cfg.in_chans}; store N-band data as .npy or .tif")
         data_chans = cfg.in_chans
     cfg.in_chans = cfg.in_chans or data_chans
-    cfg.chan_mean, cfg.chan_std = channel_stats(task.train, cfg.in_chans, cfg.array_layout, cfg.spectrogram)
+    _given_stats_mismatch(cfg, cfg.in_chans, {"signal": "signals: one log-mel channel",
+                                              "array": f"arrays, {Path(first).name}"}.get(kind, "images"))
+    if cfg.chan_mean is None:
+        cfg.chan_mean, cfg.chan_std = channel_stats(task.train, cfg.in_chans, cfg.array_layout, cfg.spectrogram)
 
 
 def adapt_backbone(backbone: Backbone, cfg: TrainConfig) -> Backbone:

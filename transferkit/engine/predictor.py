@@ -27,6 +27,9 @@ class Predictor:
     """`predict_images([PIL images])` / `predict_texts([strings])` -> rows of top-k labels.
 
     Calls are serialised by a lock: one model, one device, and fast tokenizers are not re-entrant.
+    The image transforms run under it too: a view's random crop is seeded through torch's global
+    generator (engine/tta.py `view_tensor`), which concurrent requests would otherwise reseed under
+    each other's feet (the same image posted from 20 threads got up to 11 different answers).
     """
 
     def __init__(self, run_dir: str | Path):
@@ -34,7 +37,7 @@ class Predictor:
         self.run_dir = Path(run_dir)
         self.modality = self.model.spec.modality
         self.classes = list(self.model.class_names)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         if self.modality == "image":
             ds = make_dataset(self.model, [], train=False, augment=False,
                               image_size=self.cfg.image_size, seed=0)
@@ -50,9 +53,11 @@ class Predictor:
 
     def predict_images(self, images: list, names: list[str] | None = None, top_k: int = 5) -> list[dict]:
         images = [im.convert("RGB") for im in images]
-        x = torch.stack([self.transform(im) for im in images])
-        views = [torch.stack([view_tensor(im, j, self.view_transform) for im in images]) for j in range(self.views)]
-        return self._predict([x], names or [f"image{i}" for i in range(len(images))], top_k, views)
+        with self._lock:
+            x = torch.stack([self.transform(im) for im in images])
+            views = [torch.stack([view_tensor(im, j, self.view_transform) for im in images])
+                     for j in range(self.views)]
+            return self._predict([x], names or [f"image{i}" for i in range(len(images))], top_k, views)
 
     def predict_texts(self, texts: list[str], top_k: int = 5) -> list[dict]:
         collate = collate_for(self.model)

@@ -116,10 +116,36 @@ def load_hf(source: str, name: str, pretrained: bool, *, pooling: str | None,
     enc = TextEncoder(model, pool)
     stages = _hf_stages(enc)
     check_stages_cover(enc, stages)
-    limit = max_length or min(int(getattr(tok, "model_max_length", 512) or 512),
-                              int(getattr(model.config, "max_position_embeddings", 512) or 512))
+    limit = _clamped_length(source, max_length, tok, model)
     return Backbone(module=enc, feature_dim=int(model.config.hidden_size), stages=stages,
                     preprocess=TextPreprocess(tokenizer=tok, max_length=limit, pooling=pool),
                     source=SourceInfo(id=source, arch=f"hf:{model.config.model_type}",
                                       pretrained=pretrained, weights_hash=weights_hash(enc)),
                     modality="text")
+
+
+def _positions(model) -> int | None:
+    """Tokens the model's position table holds (less RoBERTa's padding offset); None without one
+    (relative positions)."""
+    n = getattr(model.config, "max_position_embeddings", None)
+    if not n:
+        return None
+    pad = getattr(getattr(model, "embeddings", None), "padding_idx", None)
+    return int(n) - (int(pad) + 1 if pad is not None else 0)  # RoBERTa: positions start after padding
+
+
+def _clamped_length(source: str, max_length: int | None, tok, model) -> int:
+    """--max-length; unset, the tokenizer's own limit (an unset one is a huge sentinel) within the
+    position table, 512 for either that is unknown. A value past the table would index past it (an error deep in the forward), so
+    it is clamped with a warning."""
+    positions = _positions(model)
+    if max_length is None:
+        own = getattr(tok, "model_max_length", None)
+        own = int(own) if own and own < 1_000_000 else None
+        return min(own or 512, positions or 512)
+    if positions is not None and max_length > positions:
+        import sys
+        print(f"transferkit: warning: --max-length {max_length} clamped to {positions} "
+              f"(the model's max positions, {source})", file=sys.stderr)
+        return positions
+    return int(max_length)

@@ -5,11 +5,18 @@
     GET  /health    {"status": "ok"}
     GET  /info      classes, modality, source, preprocessing, limits
     GET  /          a self-contained page: drop/choose an image or type text, see the top labels
+    GET  /docs      the endpoints, from /openapi.json, on a plain page with no outside assets
 
 Bad input is a 4xx with a JSON `detail` that says what was wrong: 400 (not an image, empty file,
-invalid JSON, wrong modality), 413 (body or image too large, too many inputs), 415 (neither
-multipart nor JSON), 422 (JSON of the wrong shape). Inference goes through `engine.Predictor`, the
-same transforms and probabilities as `transferkit predict`.
+invalid JSON, wrong modality, a Host header not in --allowed-hosts), 413 (body or image too large,
+too many inputs), 415 (neither multipart nor JSON), 422 (JSON of the wrong shape). In a request of
+several images, a bad one gets a row with `error` and the others are predicted, as `transferkit
+predict` does with files; only a request with no usable image is a 4xx. Inference goes through
+`engine.Predictor`, the same transforms and probabilities as `transferkit predict`.
+
+The Host header is checked against an allow-list (`--allowed-hosts`; by default the bound address
+and the loopback names): a page on another site that rebinds its own name to 127.0.0.1 (DNS
+rebinding) would otherwise reach a server that listens on this machine only.
 """
 
 from __future__ import annotations
@@ -69,15 +76,78 @@ class _BodyLimit:
                 "(transferkit serve --max-mb)")
 
 
-def create_app(predictor, *, top_k: int = 5, limits: Limits | None = None):
-    """The FastAPI app for a loaded `engine.predictor.Predictor`."""
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def default_allowed_hosts(host: str) -> list[str]:
+    """The bound address (unless a wildcard: 0.0.0.0, ::) and the loopback names."""
+    bound = [] if host in ("0.0.0.0", "::", "") else [host.strip("[]").lower()]
+    return list(dict.fromkeys([*bound, *LOOPBACK_NAMES]))
+
+
+def _host_name(header: str) -> str:
+    """The name in a Host header, without the port ("[::1]:8000" -> "::1")."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+class _HostAllowList:
+    """ASGI middleware: a request whose Host header names no allowed host is a 400 (`*`: any)."""
+
+    def __init__(self, app, allowed: list[str]):
+        self.app = app
+        self.any = "*" in allowed
+        self.allowed = {h.strip("[]").lower() for h in allowed}
+
+    async def __call__(self, scope, receive, send):
+        if self.any or scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        header = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+        if _host_name(header) in self.allowed:
+            return await self.app(scope, receive, send)
+        from starlette.responses import JSONResponse
+        detail = (f"Host {header!r} is not served here (allowed: {', '.join(sorted(self.allowed))}); "
+                  "start the server with transferkit serve --allowed-hosts NAME,... to add a name, or '*' for any")
+        return await JSONResponse({"detail": detail}, status_code=400)(scope, receive, send)
+
+
+def _docs_page(schema: dict) -> str:
+    """The endpoints of the OpenAPI schema as plain HTML: no script, no outside asset (the default
+    Swagger UI and ReDoc pages load theirs from a CDN, so they are blank offline)."""
+    from html import escape as e
+    rows = []
+    for path, ops in schema.get("paths", {}).items():
+        for method, op in ops.items():
+            params = ", ".join(f"{q['name']} ({q.get('in', '')})" for q in op.get("parameters", []))
+            rows.append(f"<tr><td><code>{e(method.upper())} {e(path)}</code></td><td>{e(op.get('summary', ''))}"
+                        f"</td><td>{e(params)}</td></tr>")
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>transferkit API</title></head><body>"
+            f"<h1>{e(schema.get('info', {}).get('title', 'API'))}</h1><p>{e(schema.get('info', {}).get('description', ''))}"
+            "</p><p>The full schema: <a href='/openapi.json'>/openapi.json</a>. POST /predict takes images as "
+            "multipart/form-data in field <code>file</code> (repeat it for several), or JSON "
+            "<code>{\"text\": \"...\"}</code> / <code>{\"texts\": [...]}</code>.</p>"
+            "<table border='1' cellpadding='4'><tr><th>endpoint</th><th>summary</th><th>parameters</th></tr>"
+            + "".join(rows) + "</table></body></html>")
+
+
+def create_app(predictor, *, top_k: int = 5, limits: Limits | None = None,
+               allowed_hosts: list[str] | None = None):
+    """The FastAPI app for a loaded `engine.predictor.Predictor`; `allowed_hosts`: the names a
+    request's Host header may give (default: the loopback names; ["*"]: any)."""
     limits = limits or Limits()
-    app = FastAPI(title="transferkit", description=f"predictions of {predictor.run_dir}")
+    app = FastAPI(title="transferkit", description=f"predictions of {predictor.run_dir}",
+                  docs_url=None, redoc_url=None)
     page = resources.files("transferkit.ship").joinpath("page.html").read_text(encoding="utf-8")
 
     @app.get("/", response_class=HTMLResponse)
     async def index():
         return page
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs():
+        return _docs_page(app.openapi())
 
     @app.get("/health")
     async def health():
@@ -92,8 +162,11 @@ def create_app(predictor, *, top_k: int = 5, limits: Limits | None = None):
         k = max(1, min(int(top_k), len(predictor.classes)))
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "multipart/form-data":
-            names, images = await _read_images(request, predictor, limits)
-            rows = await run_in_threadpool(predictor.predict_images, images, names, k)
+            names, images, errors = await _read_images(request, predictor, limits)
+            good = [i for i in range(len(names)) if i not in errors]
+            done = iter(await run_in_threadpool(predictor.predict_images, [images[i] for i in good],
+                                                [names[i] for i in good], k))
+            rows = [_error_row(names[i], errors[i]) if i in errors else next(done) for i in range(len(names))]
         elif kind == "application/json":
             texts = await _read_texts(request, predictor, limits)
             rows = await run_in_threadpool(predictor.predict_texts, texts, k)
@@ -102,13 +175,16 @@ def create_app(predictor, *, top_k: int = 5, limits: Limits | None = None):
                               "multipart/form-data in field 'file', or JSON {\"text\": ...}")
         return {"predictions": rows}
 
-    return _BodyLimit(app, limits.max_bytes)
+    return _HostAllowList(_BodyLimit(app, limits.max_bytes), list(allowed_hosts or LOOPBACK_NAMES))
+
+
+def _error_row(name: str, reason: str) -> dict:
+    return {"input": name, "label": None, "probability": None, "top": [], "error": reason}
 
 
 async def _read_images(request, predictor, limits: Limits):
-    from PIL import Image, UnidentifiedImageError
-
-    from ..data import open_rgb
+    """(names, images, {index: reason}) of the uploaded files; when none is usable, the first
+    one's problem is the request's 4xx."""
     if predictor.modality != "image":
         raise _error(400, "this run classifies text: send JSON {\"text\": \"...\"} or {\"texts\": [...]}")
     form = await request.form(max_files=limits.max_items, max_fields=8, max_part_size=limits.max_bytes)
@@ -116,22 +192,42 @@ async def _read_images(request, predictor, limits: Limits):
     if not files:
         fields = ", ".join(sorted(set(form.keys()))) or "none"
         raise _error(400, f"no image in multipart field 'file' (fields sent: {fields})")
-    names, images = [], []
+    names, images, errors = [], [], {}
     for f in files:
-        data = await f.read()
         name = f.filename or "upload"
-        if not data:
-            raise _error(400, f"file {name!r} is empty")
         try:
-            with Image.open(io.BytesIO(data)) as probe:
-                if probe.width * probe.height > MAX_PIXELS:
-                    raise _error(413, f"image {name!r} is {probe.width}x{probe.height} pixels, over the "
-                                      f"limit of {MAX_PIXELS}")
-            images.append(open_rgb(io.BytesIO(data)))
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            raise _error(400, f"file {name!r} is not an image PIL can read ({type(e).__name__})") from None
+            images.append(_decode(await f.read(), name))
+        except HTTPException as e:
+            images.append(None)
+            errors[len(names)] = e
         names.append(name)
-    return names, images
+    if len(errors) == len(names):
+        raise errors[0]
+    return names, images, {i: e.detail for i, e in errors.items()}
+
+
+def _decode(data: bytes, name: str):
+    """The upload as an RGB image, or the HTTPException that says why it is not one."""
+    from PIL import Image, UnidentifiedImageError
+
+    from ..data import DataError, open_rgb
+    from ..data.images import image_problem
+    if not data:
+        raise _error(400, f"file {name!r} is empty")
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            if probe.width * probe.height > MAX_PIXELS:
+                raise _error(413, f"image {name!r} is {probe.width}x{probe.height} pixels, over the "
+                                  f"limit of {MAX_PIXELS}")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise _error(400, f"file {name!r} is not an image PIL can read ({type(e).__name__})") from None
+    problem = image_problem(io.BytesIO(data))  # truncated, a bomb, a strip over 100:1 (data/images.py)
+    if problem:
+        raise _error(400, f"file {name!r}: {problem}")
+    try:
+        return open_rgb(io.BytesIO(data))
+    except DataError as e:
+        raise _error(400, f"file {name!r} is not an image PIL can read ({str(e).split(': ', 1)[-1]})") from None
 
 
 async def _read_texts(request, predictor, limits: Limits) -> list[str]:
@@ -156,13 +252,15 @@ async def _read_texts(request, predictor, limits: Limits) -> list[str]:
 
 
 def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, top_k: int = 5,
-          max_bytes: int = 10 * 1024 * 1024, max_items: int = 32) -> None:
+          max_bytes: int = 10 * 1024 * 1024, max_items: int = 32, allowed_hosts: list[str] | None = None) -> None:
     """Load the run and serve it until interrupted."""
     import uvicorn
 
     from ..engine.predictor import Predictor
     predictor = Predictor(run_dir)
-    app = create_app(predictor, top_k=top_k, limits=Limits(max_bytes=max_bytes, max_items=max_items))
+    allowed = allowed_hosts or default_allowed_hosts(host)
+    app = create_app(predictor, top_k=top_k, limits=Limits(max_bytes=max_bytes, max_items=max_items),
+                     allowed_hosts=allowed)
     print(f"serving {run_dir} ({predictor.modality}, {len(predictor.classes)} classes) on "
-          f"http://{host}:{port}/", flush=True)
+          f"http://{host}:{port}/ (Host names accepted: {', '.join(allowed)}; --allowed-hosts)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
