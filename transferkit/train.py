@@ -16,6 +16,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False, log=No
     if not resume:
         validate(cfg)  # the same errors as the CLI's, before anything is written
     say = log or ((lambda *a, **k: None) if quiet else print)
+    from . import dense  # segment/anomaly: their own loops, the same run-folder rules (transferkit/dense)
+    task = dense.run_task(cfg.out) if resume else dense.resolve_task(cfg, log=say)
+    if dense.is_dense(task):
+        return dense.task_module(task).train(cfg, resume=resume, log=say, progress=not quiet)
     choice = None
     if not resume and cfg.unlabelled:  # a bad pool stops here, before auto writes OUT/auto
         from .engine.unlabelled import check_pool
