@@ -267,18 +267,19 @@ def evaluate(run_dir, data, *, log=print) -> dict:
 
 def predict(run_dir, inputs: list[str], output: str | None, *, log=print) -> list[dict]:
     """Per input: image score, good/defect at the run's threshold, and (with --output) a heat map."""
-    from .segment import _input_images
+    from .segment import _input_images, output_stems
     net, bank, threshold, src = load_run(run_dir)
     paths = _input_images(inputs)
-    out = runs.free_output_dir(output, [f"{p.stem}_heatmap.png" for p in paths]) if output else None
+    stems = output_stems(paths)
+    out = runs.free_output_dir(output, [f"{s}_heatmap.png" for s in stems]) if output else None
     maps = score_maps(embed(net, paths, src["image_size"], src["mean"], src["std"], _device()), bank,
                       src["image_size"], _device())
     rows = []
-    for p, m in zip(paths, maps):
+    for p, stem, m in zip(paths, stems, maps):
         score = float(m.max())
         row = {"input": str(p), "score": round(score, 6), "label": "defect" if score >= threshold else "good"}
         if out is not None:
-            row["heatmap"] = str(_write_heatmap(p, m, threshold, out / f"{p.stem}_heatmap.png"))
+            row["heatmap"] = str(_write_heatmap(p, m, threshold, out / f"{stem}_heatmap.png"))
         rows.append(row)
     return rows
 

@@ -161,25 +161,26 @@ def predict(run_dir, inputs: list[str], output: str | None, *, log=print) -> lis
     model, src = load_run(run_dir)
     classes = src["classes"]
     paths = _input_images(inputs)
-    out = runs.free_output_dir(output, [f"{p.stem}_{k}.png" for p in paths for k in ("mask", "overlay")])
+    stems = output_stems(paths)
+    out = runs.free_output_dir(output, [f"{s}_{k}.png" for s in stems for k in ("mask", "overlay")])
     pal = palette(len(classes))
     rows = []
-    for p in paths:
-        from ..data.images import open_rgb
+    from ..data.images import open_rgb
+    for p, stem in zip(paths, stems):
         im = open_rgb(str(p))
         logits = predict_logits(model, p, src["image_size"], src["mean"], src["std"], _device(),
                                 (im.height, im.width))
         idx = logits.argmax(0).numpy().astype(np.uint8)
         mask = Image.fromarray(idx, "P")
         mask.putpalette(pal)
-        mask.save(out / f"{p.stem}_mask.png")
+        mask.save(out / f"{stem}_mask.png")
         colour = np.asarray(mask.convert("RGB"), dtype=np.float32)
         base = np.asarray(im, dtype=np.float32)
         blend = np.where(idx[..., None] > 0, 0.5 * base + 0.5 * colour, base).astype(np.uint8)
-        Image.fromarray(blend, "RGB").save(out / f"{p.stem}_overlay.png")
+        Image.fromarray(blend, "RGB").save(out / f"{stem}_overlay.png")
         counts = np.bincount(idx.reshape(-1), minlength=len(classes))
-        rows.append({"input": str(p), "mask": str(out / f"{p.stem}_mask.png"),
-                     "overlay": str(out / f"{p.stem}_overlay.png"),
+        rows.append({"input": str(p), "mask": str(out / f"{stem}_mask.png"),
+                     "overlay": str(out / f"{stem}_overlay.png"),
                      "classes": {classes[k]: round(float(c) / idx.size, 4) for k, c in enumerate(counts) if c}})
     return rows
 
@@ -200,8 +201,17 @@ def _input_images(inputs: list[str]) -> list[Path]:
             raise FileNotFoundError(f"input not found: {p}")
     if not paths:
         raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) in {', '.join(inputs)}")
-    stems = [p.stem for p in paths]
-    dup = next((s for s in stems if stems.count(s) > 1), None)
-    if dup:
-        raise ConfigError(f"two inputs are named {dup}.*; their masks would share a name: predict them separately")
+    if len({str(p.resolve()) for p in paths}) != len(paths):
+        raise ConfigError("an input is named twice; list each image once")
     return paths
+
+
+def output_stems(paths: list[Path]) -> list[str]:
+    """The name each input's output files start with: its stem, or PARENT_STEM where stems repeat
+    (test/good/000.png and test/scratch/000.png -> good_000, scratch_000)."""
+    stems = [p.stem for p in paths]
+    out = [f"{p.parent.name}_{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
+    if len(set(out)) != len(out):
+        dup = next(s for s in out if out.count(s) > 1)
+        raise ConfigError(f"two inputs would both write {dup}_*.png; predict them in separate runs of the command")
+    return out
