@@ -1,0 +1,251 @@
+"""Dense tasks (transferkit/dense): segmentation and anomaly detection on tiny synthetic sets.
+
+Segmentation: noisy grey images with one red square (class 1) and its mask. Anomaly: a sine texture
+(the normals) and the same texture with a pasted green patch (the defects, with masks). A tiny
+random timm encoder keeps every run a few seconds on one core; the weight copy from a source is
+checked separately on a file: source.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from transferkit.cli import main
+from transferkit.dense import infer_task, resolve_task
+from transferkit.dense.metrics import auroc, confusion, f1_at, segmentation_metrics
+
+TINY = "timm:test_efficientnet@random"
+SEG = ["--backbone", TINY, "--image-size", "32", "--batch-size", "4", "--lr", "0.01", "--quiet"]
+
+
+def write_segmentation(root: Path, n: int = 12, size: int = 32, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.txt").write_text("background\nsquare\n")
+    for i in range(n):
+        img = np.clip(rng.normal(90, 20, (size, size, 3)), 0, 255)
+        mask = np.zeros((size, size), np.uint8)
+        s = int(rng.integers(8, 14))
+        y, x = rng.integers(0, size - s, 2)
+        img[y:y + s, x:x + s] = np.clip(rng.normal((220, 40, 40), 15, (s, s, 3)), 0, 255)
+        mask[y:y + s, x:x + s] = 1
+        Image.fromarray(img.astype(np.uint8)).save(root / "images" / f"im{i:02d}.png")
+        Image.fromarray(mask, "L").save(root / "masks" / f"im{i:02d}.png")
+    return root
+
+
+def _texture(rng, size):
+    xx = np.mgrid[:size, :size][1]
+    base = 128 + 50 * np.sin(xx * 0.8 + rng.uniform(0, 6.28))
+    return np.repeat(base[..., None], 3, 2) + rng.normal(0, 10, (size, size, 3))
+
+
+def write_mvtec(root: Path, size: int = 64, n_train: int = 10, n_test: int = 6, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for d in ("train/good", "test/good", "test/patch", "ground_truth/patch"):
+        (root / d).mkdir(parents=True)
+    save = lambda a, p: Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(p)  # noqa: E731
+    for i in range(n_train):
+        save(_texture(rng, size), root / "train/good" / f"{i:03d}.png")
+    for i in range(n_test):
+        save(_texture(rng, size), root / "test/good" / f"{i:03d}.png")
+        img, mask = _texture(rng, size), np.zeros((size, size), np.uint8)
+        y, x = rng.integers(4, size - 16, 2)
+        img[y:y + 12, x:x + 12] = rng.normal((30, 200, 60), 10, (12, 12, 3))
+        mask[y:y + 12, x:x + 12] = 255
+        save(img, root / "test/patch" / f"{i:03d}.png")
+        Image.fromarray(mask, "L").save(root / "ground_truth/patch" / f"{i:03d}_mask.png")
+    return root
+
+
+def _err(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith("transferkit: error: "), err
+    assert "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+# ------------------------------------------------------------------------------------ metrics by hand
+
+def test_segmentation_metrics_by_hand():
+    target = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1]])
+    pred = torch.tensor([[0, 1, 1, 1], [0, 0, 0, 1]])
+    cm = confusion(pred, target, 3)
+    assert cm.tolist() == [[3, 1, 0], [1, 3, 0], [0, 0, 0]]
+    m = segmentation_metrics(cm, ["bg", "a", "b"])
+    # class 0: tp 3, union 3+1+1 = 5; class 1 the same; class 2 appears nowhere: no IoU, left out
+    assert m["per_class_iou"] == {"bg": pytest.approx(0.6), "a": pytest.approx(0.6), "b": None}
+    assert m["miou"] == pytest.approx(0.6)
+    assert m["dice"] == pytest.approx(2 * 3 / (4 + 4))
+    assert m["pixel_accuracy"] == pytest.approx(6 / 8)
+    # a class predicted but absent from the truth counts, with IoU 0
+    m2 = segmentation_metrics(confusion(torch.tensor([2, 0]), torch.tensor([0, 0]), 3), ["bg", "a", "b"])
+    assert m2["per_class_iou"] == {"bg": pytest.approx(0.5), "a": None, "b": 0.0}
+    assert m2["miou"] == pytest.approx(0.25)
+
+
+def test_anomaly_scores_by_hand():
+    labels, scores = [0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]
+    assert auroc(labels, scores) == pytest.approx(0.75)  # 3 of the 4 (defect, good) pairs ranked right
+    assert auroc([0, 0], [0.1, 0.2]) is None
+    r = f1_at(labels, scores, 0.38)  # calls 0.4 (wrong) and 0.8 (right)
+    assert (r["precision"], r["recall"], r["f1"]) == (0.5, 0.5, 0.5)
+
+
+# ------------------------------------------------------------------------------------ layout and errors
+
+def test_task_is_inferred_from_the_layout_and_said(tmp_path, image_folder):
+    seg, mv = write_segmentation(tmp_path / "seg"), write_mvtec(tmp_path / "mv", n_train=2, n_test=1)
+    said = []
+    from transferkit.config import make_config
+    assert resolve_task(make_config(data=str(seg), out="x"), log=said.append) == "segment"
+    assert resolve_task(make_config(data=str(mv), out="x"), log=said.append) == "anomaly"
+    assert "task: segment (inferred from the layout" in said[0] and "--task" in said[0]
+    assert "task: anomaly" in said[1]
+    assert infer_task(str(image_folder)) is None  # class folders: classification, nothing said
+    assert resolve_task(make_config(data=str(image_folder), out="x"), log=said.append) == "classify"
+    assert len(said) == 2
+    # the explicit flag wins over the layout
+    assert resolve_task(make_config(data=str(seg), out="x", task="classify"), log=said.append) == "classify"
+
+
+def test_detect_is_not_available_yet(tmp_path, capsys):
+    data = write_segmentation(tmp_path / "seg", n=2)
+    assert main(["train", str(data), "--task", "detect", "--out", str(tmp_path / "run")]) == 2
+    line = _err(capsys)
+    assert "--task detect" in line and "not available yet" in line
+    assert not (tmp_path / "run").exists()
+
+
+def _break(data: Path, how: str) -> str:
+    """Spoil a segmentation folder one way; returns the file the error must name."""
+    if how == "value":
+        Image.fromarray(np.full((32, 32), 3, np.uint8), "L").save(data / "masks" / "im01.png")
+        return "im01.png"
+    if how == "size":
+        Image.fromarray(np.zeros((16, 32), np.uint8), "L").save(data / "masks" / "im02.png")
+        return "im02.png"
+    if how == "no_mask":
+        (data / "masks" / "im03.png").unlink()
+        return "im03.png"
+    if how == "no_image":
+        (data / "images" / "im04.png").unlink()
+        return "im04.png"
+    (data / "classes.txt").write_text("\n")
+    return "classes.txt"
+
+
+@pytest.mark.parametrize("how,words", [("value", "beyond the 2 classes"), ("size", "must have its image's size"),
+                                       ("no_mask", "has no mask"), ("no_image", "mask with no image"),
+                                       ("empty", "is empty")])
+def test_bad_annotations_are_one_line_errors_naming_the_file(tmp_path, capsys, how, words):
+    data = write_segmentation(tmp_path / "seg", n=6)
+    name = _break(data, how)
+    assert main(["train", str(data), *SEG, "--out", str(tmp_path / "run")]) == 2
+    line = _err(capsys)
+    assert name in line and words in line, line
+    assert not (tmp_path / "run").exists()  # refused before the run folder is claimed
+
+
+# ------------------------------------------------------------------------------------ end to end
+
+def test_segment_train_evaluate_predict(tmp_path, capsys):
+    data, run = write_segmentation(tmp_path / "seg"), tmp_path / "run"
+    assert main(["train", str(data), *SEG, "--steps", "16", "--out", str(run)]) == 0
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["task"] == "segment"
+    for name in ("config.yaml", "source.json", "splits.csv", "model.safetensors", "metrics.json", "last"):
+        assert (run / name).exists(), name
+    m = json.loads((run / "metrics.json").read_text())
+    assert set(m) >= {"miou", "per_class_iou", "dice", "pixel_accuracy"}
+    assert m["n_test"] == 2 and m["miou"] > m["all_background_miou"] + 0.1, m
+    capsys.readouterr()
+    assert main(["evaluate", str(run), str(data), "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["n"] == 12 and ev["per_class_iou"]["square"] > 0.2, ev
+    out = tmp_path / "pred"
+    assert main(["predict", str(run), str(data / "images" / "im00.png"), str(data / "images" / "im05.png"),
+                 "--output", str(out), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [Path(r["mask"]).name for r in rows] == ["im00_mask.png", "im05_mask.png"]
+    mask = np.asarray(Image.open(out / "im00_mask.png"))
+    assert mask.shape == (32, 32) and set(np.unique(mask)) <= {0, 1}
+    truth = np.asarray(Image.open(data / "masks" / "im00.png"))
+    assert (mask == truth).mean() > 0.8
+    assert Image.open(out / "im00_overlay.png").mode == "RGB"
+    # the files are never replaced
+    assert main(["predict", str(run), str(data / "images" / "im00.png"), "--output", str(out)]) == 2
+    assert "im00_mask.png" in _err(capsys)
+
+
+def test_a_stopped_segment_run_resumes_to_the_same_weights(tmp_path):
+    from safetensors.torch import load_file
+    data = write_segmentation(tmp_path / "seg")
+    args = [str(data), *SEG, "--steps", "8"]
+    assert main(["train", *args, "--out", str(tmp_path / "whole")]) == 0
+    assert main(["train", *args, "--out", str(tmp_path / "cut"), "--stop-after", "5"]) == 0
+    assert not (tmp_path / "cut" / "metrics.json").exists()
+    state = json.loads((tmp_path / "cut" / "last" / "state.json").read_text())
+    assert state["run_state"]["global_step"] == 5 and "optimizer" in state  # mid phase 2
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
+    a = load_file(str(tmp_path / "whole" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    m_a = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    m_b = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert m_a["history"] == m_b["history"]
+
+
+def test_anomaly_train_evaluate_predict(tmp_path, capsys):
+    data, run = write_mvtec(tmp_path / "mv"), tmp_path / "run"
+    assert main(["train", str(data), "--backbone", TINY, "--image-size", "64", "--out", str(run), "--quiet"]) == 0
+    assert json.loads((run / "run.json").read_text())["task"] == "anomaly"
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["image_auroc"] > 0.8 and m["pixel_auroc"] > 0.8, m
+    assert "no test labels" in m["threshold_rule"] and m["threshold"] > 0
+    from transferkit.engine.checkpoint import load_tensors
+    bank = load_tensors(run / "model.safetensors")["memory_bank"]
+    assert bank.shape[0] == m["bank_size"] == round(0.1 * m["patches"])
+    capsys.readouterr()
+    assert main(["evaluate", str(run), str(data), "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["image_auroc"] == pytest.approx(m["image_auroc"])
+    out = tmp_path / "pred"
+    assert main(["predict", str(run), str(data / "test" / "patch" / "000.png"),
+                 str(data / "test" / "good" / "000.png"), "--output", str(out), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["score"] > rows[1]["score"]
+    assert {r["label"] for r in rows} <= {"good", "defect"}
+    assert (out / "patch_000_heatmap.png").is_file() and (out / "good_000_heatmap.png").is_file()
+
+
+# ------------------------------------------------------------------------------------ source weights
+
+def test_the_encoder_gets_the_source_weights_checked(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    from transferkit.dense.encoder import build_segmenter, copy_source_weights, segmenter_encoder
+    from transferkit.models.hub import SourceError
+    from transferkit.models.sources import load_backbone
+    torch.manual_seed(3)
+    ref = timm.create_model("test_efficientnet").state_dict()
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.items()}, str(path), metadata={"arch": "test_efficientnet"})
+    bb = load_backbone(f"file:{path}")
+    seg = build_segmenter(bb.source.arch, "fpn", 2)
+    said = []
+    report = copy_source_weights(segmenter_encoder(seg), bb.module, "file", log=said.append)
+    enc = segmenter_encoder(seg).state_dict()
+    assert report["missing"] == [] and report["loaded"] == len(enc)
+    assert all(torch.equal(enc[k], ref[k]) for k in enc)
+    assert "0 missing" in said[0] and "conv_head" in said[0]
+    other = load_backbone("timm:test_resnet@random")
+    with pytest.raises(SourceError, match="missing"):
+        copy_source_weights(segmenter_encoder(seg), other.module, "timm:test_resnet")
