@@ -223,6 +223,12 @@ def test_anomaly_train_evaluate_predict(tmp_path, capsys):
     assert rows[0]["score"] > rows[1]["score"]
     assert {r["label"] for r in rows} <= {"good", "defect"}
     assert (out / "patch_000_heatmap.png").is_file() and (out / "good_000_heatmap.png").is_file()
+    # a finished anomaly run is a run: a new train there is refused unless --overwrite
+    again = ["train", str(data), "--backbone", TINY, "--image-size", "64", "--out", str(run), "--quiet"]
+    assert main(again) == 2
+    assert "already holds a run" in _err(capsys)
+    assert main([*again, "--overwrite"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["image_auroc"] == pytest.approx(m["image_auroc"])
 
 
 # ------------------------------------------------------------------------------------ source weights

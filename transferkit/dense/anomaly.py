@@ -184,8 +184,13 @@ def _device() -> str:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool = True) -> DenseResult:
-    if resume:  # a memory bank is built in one pass: there is nothing to continue
-        raise ConfigError(f"an anomaly run has no steps to resume; train it again with --out {cfg.out} --overwrite")
+    if resume:  # a memory bank is built in one pass: a run either finished or has to start again
+        run = Path(cfg.out).expanduser()
+        if (run / "metrics.json").is_file() and (run / "last").is_dir():
+            log(f"{run} already finished; nothing to resume")
+            return DenseResult(run, ck.read_json(run / "metrics.json"), summary=SUMMARY)
+        raise ConfigError(f"{run}: an anomaly run builds its memory bank in one pass and has no steps to "
+                          f"resume; train it again with --out {cfg.out} --overwrite")
     root = Path(cfg.data).expanduser()
     normals = train_images(root)
     if cfg.shots:
@@ -215,8 +220,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool =
                "patches": int(maps.shape[0] * maps.shape[2] * maps.shape[3]), "image_size": size, **how}
     metrics.update(_score_test(net, bank, tests, size, pre.mean, pre.std, threshold, device))
     ck.atomic_write_json(run / "metrics.json", metrics)
+    _mark_done(run)
     log(f"wrote {run}/model.safetensors (memory bank of {bank.shape[0]} patches), metrics.json")
     return DenseResult(run, metrics, summary=SUMMARY)
+
+
+def _mark_done(run: Path) -> None:
+    """last/ with a finished run state, as a classification run leaves it: the folder now holds a run,
+    so a new `train --out` here is refused unless --overwrite (engine/runfolder.py)."""
+    from ..engine.fit import RunState
+    ck.atomic_replace_dir(lambda tmp: ck.atomic_write_json(tmp / "state.json",
+                                                           {"run_state": RunState(done=True).__dict__}),
+                          run / "last")
 
 
 def _score_test(net, bank, items: list[TestItem], size, mean, std, threshold, device) -> dict:
