@@ -255,3 +255,28 @@ def test_the_encoder_gets_the_source_weights_checked(tmp_path):
     other = load_backbone("timm:test_resnet@random")
     with pytest.raises(SourceError, match="missing"):
         copy_source_weights(segmenter_encoder(seg), other.module, "timm:test_resnet")
+
+
+def test_l2sp_holds_the_segment_encoder_near_the_source(tmp_path, capsys):
+    import timm
+    from safetensors.torch import load_file, save_file
+    torch.manual_seed(5)
+    ref = timm.create_model("test_efficientnet").state_dict()
+    weights = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.items()}, str(weights), metadata={"arch": "test_efficientnet"})
+    data = write_segmentation(tmp_path / "seg", n=6)
+    args = [str(data), *SEG[2:], "--backbone", f"file:{weights}", "--strategy", "full", "--steps", "4",
+            "--backbone-lr-mult", "1"]
+
+    def moved(out, *extra):
+        assert main(["train", *args, "--out", str(tmp_path / out), *extra]) == 0
+        got = load_file(str(tmp_path / out / "model.safetensors"))
+        conv = [k for k in ref if k.endswith("weight") and ref[k].ndim == 4]
+        return sum(float((got[f"encoder.model.{k}"] - ref[k]).pow(2).sum()) for k in conv
+                   if f"encoder.model.{k}" in got) ** 0.5
+
+    free, held = moved("free"), moved("held", "--reg", "l2sp:1000")
+    assert 0 < held < 0.6 * free, (held, free)
+    assert "L2SP(alpha=1000.0" in json.loads((tmp_path / "held" / "metrics.json").read_text())["reg"]
+    assert main(["train", str(data), *SEG, "--reg", "l2sp:1", "--out", str(tmp_path / "r")]) == 2
+    assert "@random" in _err(capsys)

@@ -22,7 +22,7 @@ from ..engine import checkpoint as ck
 from ..engine import interrupt
 from . import DenseResult, encoder, runs
 from .segment_data import LAYOUT, load_dataset, looks_like, split  # noqa: F401 (the task contract)
-from .segment_fit import confusion_on, fit_phases, plan, predict_logits, save_last
+from .segment_fit import confusion_on, fit_phases, l2sp_for, plan, predict_logits, save_last
 from .metrics import segmentation_metrics
 
 NAME = "segment"
@@ -51,8 +51,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool =
         if state.done:
             return DenseResult(run, ck.read_json(run / "metrics.json") if (run / "metrics.json").is_file()
                                else None, state, summary=SUMMARY)
-    if cfg.reg:
-        raise ConfigError(f"--reg {cfg.reg}: regularizers are not wired into segmentation yet; drop --reg")
     items, classes = load_dataset(cfg.data)
     test = _same_classes(cfg.test, "--test", classes) if cfg.test else None
     val = _same_classes(cfg.val, "--val", classes) if cfg.val else None
@@ -69,6 +67,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool =
     else:
         loaded = {"loaded": 0, "random": True}
         log(f"encoder: random initialisation ({cfg.backbone})")
+    l2sp = l2sp_for(cfg, model, bb.source.pretrained)  # anchored here: on the source weights, also on resume
     pre = bb.preprocess
     if not resume:
         run = runs.start_run(cfg, NAME, runs.source_record(bb, size, {"classes": classes, "decoder": cfg.decoder,
@@ -89,7 +88,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool =
     log(f"segment: {len(train_items)} training images, {len(val_items)} validation, {len(test_items)} test; "
         f"{len(classes)} classes; {cfg.decoder.upper()} on {bb.source.arch} at {size}px")
     with interrupt.stop_on_signals():
-        stopped = fit_phases(run, cfg, model, phases, data, state, last, log, bb.source.pretrained)
+        stopped = fit_phases(run, cfg, model, phases, data, state, last, log, bb.source.pretrained, l2sp)
     if stopped:
         return DenseResult(run, None, state, interrupted=True, signal=interrupt.requested(), summary=SUMMARY)
     if not val_items or not (run / "model.safetensors").is_file():
@@ -98,6 +97,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool =
     save_last(run, model, None, state)
     model.load_state_dict(ck.load_tensors(run / "model.safetensors"))
     metrics = {"task": NAME, "strategy": cfg.strategy, "decoder": cfg.decoder, "image_size": size,
+               "reg": repr(l2sp[1]) if l2sp else None,
                "classes": classes, "n_train": len(train_items), "n_val": len(val_items), "n_test": len(test_items),
                "steps": state.global_step, "best_step": state.best_step if val_items else state.global_step,
                "history": state.history}

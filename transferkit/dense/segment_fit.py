@@ -64,6 +64,36 @@ def batch_at(step: int, n: int, batch_size: int, seed: int) -> list[tuple[int, b
     return out
 
 
+class L2SPView(torch.nn.Module):
+    """The smp model's parameters under the names L2-SP reads (regularizers/l2sp.py): `backbone.*` for
+    the source encoder, `head.*` for the new decoder. It shares the tensors; it owns nothing."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.backbone = model.encoder.model
+        self.head = torch.nn.ModuleDict({n: m for n, m in model.named_children() if n != "encoder"})
+
+
+def l2sp_for(cfg: TrainConfig, model, pretrained: bool):
+    """(view, L2SP) for `--reg l2sp:A[,B][,form]`, anchored on the encoder's current (source) weights;
+    None without --reg. Other regularizers are not wired into segmentation yet."""
+    if not cfg.reg:
+        return None
+    from ..regularizers.l2sp import L2SP, anchor_from
+    from ..regularizers.spec import parse_regularizer
+    specs = parse_regularizer(cfg.reg)
+    if len(specs) != 1 or specs[0].kind != "l2sp" or specs[0].is_auto:
+        raise ConfigError(f"--reg {cfg.reg}: segmentation takes l2sp:ALPHA[,BETA][,coupled|decoupled] only "
+                          "(delta, bss and l2sp:auto are not wired into dense tasks yet)")
+    if not pretrained:
+        raise ConfigError(f"--reg {cfg.reg}: L2-SP pulls towards the source weights, and {cfg.backbone} has "
+                          "none (@random); drop --reg or the @random")
+    p = specs[0].params
+    view = L2SPView(model)
+    form = p.get("form") or ("decoupled" if cfg.optimizer == "adamw" else "coupled")
+    return view, L2SP(anchor_from(view), p["alpha"], p.get("beta", 0.0), form=form)
+
+
 def _lr_factor(step: int, steps: int, warmup: float) -> float:
     w = int(warmup * steps)
     if step < w:
@@ -71,7 +101,7 @@ def _lr_factor(step: int, steps: int, warmup: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - w) / max(1, steps - w)))
 
 
-def _groups(model, phase: Phase, cfg: TrainConfig, pretrained: bool) -> list[dict]:
+def _groups(model, phase: Phase, cfg: TrainConfig, pretrained: bool, reg=None) -> list[dict]:
     mult = cfg.backbone_lr_mult if pretrained else 1.0
     enc = list(model.encoder.parameters())
     dec = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
@@ -80,8 +110,10 @@ def _groups(model, phase: Phase, cfg: TrainConfig, pretrained: bool) -> list[dic
     if not phase.train_encoder:
         return [{"name": "decoder", "params": dec, "base_lr": cfg.lr}]
     dec_lr = cfg.lr * mult if cfg.strategy in ("auto", "two_phase") else cfg.lr
+    # L2-SP replaces weight decay on the anchored encoder (decay towards 0 would fight the pull to w0)
+    enc_wd = 0.0 if reg is not None else cfg.weight_decay
     return [{"name": "decoder", "params": dec, "base_lr": dec_lr},
-            {"name": "encoder", "params": enc, "base_lr": cfg.lr * mult}]
+            {"name": "encoder", "params": enc, "base_lr": cfg.lr * mult, "weight_decay": enc_wd}]
 
 
 def _optimizer(cfg: TrainConfig, groups: list[dict]):
@@ -145,7 +177,7 @@ def save_last(run: Path, model, optimizer, state) -> None:
 
 
 def fit_phases(run: Path, cfg: TrainConfig, model, phases: list[Phase], data: dict, state, last, log,
-               pretrained: bool):
+               pretrained: bool, l2sp=None):
     """Run the phases from `state` on; returns True when stopped (signal or --stop-after)."""
     from ..engine.resume import restore_optimizer_and_rng
     device, train_items = data["device"], data["train"]
@@ -155,7 +187,7 @@ def fit_phases(run: Path, cfg: TrainConfig, model, phases: list[Phase], data: di
     clock = ck.CheckpointClock(cfg.checkpoint_every, cfg.checkpoint_seconds, state.global_step, time.time())
     while state.phase < len(phases):
         phase = phases[state.phase]
-        optimizer = _optimizer(cfg, _groups(model, phase, cfg, pretrained))
+        optimizer = _optimizer(cfg, _groups(model, phase, cfg, pretrained, l2sp))
         if last is not None:
             restore_optimizer_and_rng(last, run, cfg, state, optimizer, log)
             last = None
@@ -171,8 +203,11 @@ def fit_phases(run: Path, cfg: TrainConfig, model, phases: list[Phase], data: di
             x = torch.stack([p[0] for p in pairs]).to(device)
             y = torch.stack([p[1] for p in pairs]).to(device)
             loss = segmentation_loss(model(x), y)
+            total = loss + l2sp[1](l2sp[0]) if l2sp else loss  # coupled L2-SP: a loss term
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            total.backward()
+            if l2sp:
+                l2sp[1].before_step(l2sp[0], optimizer)  # decoupled L2-SP: the pull beside the update
             optimizer.step()
             state.step += 1
             state.global_step += 1
