@@ -280,3 +280,21 @@ def test_l2sp_holds_the_segment_encoder_near_the_source(tmp_path, capsys):
     assert "L2SP(alpha=1000.0" in json.loads((tmp_path / "held" / "metrics.json").read_text())["reg"]
     assert main(["train", str(data), *SEG, "--reg", "l2sp:1", "--out", str(tmp_path / "r")]) == 2
     assert "@random" in _err(capsys)
+
+
+def test_segment_splits_are_seeded_and_shots_count_images(tmp_path):
+    from transferkit.dense.segment_data import load_dataset, split
+    from transferkit.data.splits import DataError
+    items, classes = load_dataset(write_segmentation(tmp_path / "seg", n=16))
+    kw = dict(test_items=None, val_items=None, test_fraction=0.25, val_fraction=None)
+    a = split(items, seed=1, shots=4, **kw)
+    assert [len(s) for s in a] == [4, 2, 4]  # 4 test; of the 12 left 0.2 validate; 4 shots of the rest
+    assert a == split(items, seed=1, shots=4, **kw)
+    assert a != split(items, seed=2, shots=4, **kw)
+    names = [{str(it.image) for it in s} for s in a]
+    assert not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])
+    other, _ = load_dataset(write_segmentation(tmp_path / "test", n=5, seed=9))
+    tr, va, te = split(items, seed=1, shots=None, **{**kw, "test_items": other})
+    assert te == other and len(tr) + len(va) == 16  # --test DIR: nothing of DATA is held out for testing
+    with pytest.raises(DataError, match="--shots 20"):
+        split(items, seed=1, shots=20, **kw)

@@ -249,6 +249,9 @@ def _evaluate_dense(args, task) -> int:
         return 0
     print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()
                     if isinstance(v, (int, float, str)) or v is None))
+    for k, v in m.items():  # per class (segment) or per defect type (anomaly)
+        if isinstance(v, dict):
+            print(f"{k}: " + "  ".join(f"{c} {'-' if x is None else f'{x:.4f}'}" for c, x in v.items()))
     return 0
 
 
