@@ -164,6 +164,8 @@ def test_segment_train_evaluate_predict(tmp_path, capsys):
     m = json.loads((run / "metrics.json").read_text())
     assert set(m) >= {"miou", "per_class_iou", "dice", "pixel_accuracy"}
     assert m["n_test"] == 2 and m["miou"] > m["all_background_miou"] + 0.1, m
+    page = (run / "report.html").read_text()
+    assert "worst first (2 of 2)" in page and page.count("<img") == 4  # prediction + truth per test image
     capsys.readouterr()
     assert main(["evaluate", str(run), str(data), "--json"]) == 0
     ev = json.loads(capsys.readouterr().out)
@@ -209,6 +211,8 @@ def test_anomaly_train_evaluate_predict(tmp_path, capsys):
     m = json.loads((run / "metrics.json").read_text())
     assert m["image_auroc"] > 0.8 and m["pixel_auroc"] > 0.8, m
     assert "no test labels" in m["threshold_rule"] and m["threshold"] > 0
+    page = (run / "report.html").read_text()
+    assert "worst first (12 of 12)" in page and "threshold" in page
     from transferkit.engine.checkpoint import load_tensors
     bank = load_tensors(run / "model.safetensors")["memory_bank"]
     assert bank.shape[0] == m["bank_size"] == round(0.1 * m["patches"])

@@ -218,10 +218,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool =
     ck.atomic_save_tensors(run / "model.safetensors", tensors, {"threshold": repr(threshold)})
     metrics = {"task": NAME, "n_train": len(normals), "bank_size": int(bank.shape[0]),
                "patches": int(maps.shape[0] * maps.shape[2] * maps.shape[3]), "image_size": size, **how}
-    metrics.update(_score_test(net, bank, tests, size, pre.mean, pre.std, threshold, device))
+    scored, maps = _score_test(net, bank, tests, size, pre.mean, pre.std, threshold, device)
+    metrics.update(scored)
     ck.atomic_write_json(run / "metrics.json", metrics)
+    _report(run, metrics, tests, maps, threshold, size)
     _mark_done(run)
-    log(f"wrote {run}/model.safetensors (memory bank of {bank.shape[0]} patches), metrics.json")
+    log(f"wrote {run}/model.safetensors (memory bank of {bank.shape[0]} patches), metrics.json, report.html")
     return DenseResult(run, metrics, summary=SUMMARY)
 
 
@@ -234,7 +236,28 @@ def _mark_done(run: Path) -> None:
                           run / "last")
 
 
-def _score_test(net, bank, items: list[TestItem], size, mean, std, threshold, device) -> dict:
+def _report(run: Path, metrics: dict, items: list[TestItem], maps: np.ndarray, threshold: float, size: int) -> None:
+    """report.html: heat maps, the images furthest on the wrong side of the threshold first."""
+    from matplotlib import colormaps
+
+    from .report import write_report
+    cards = []
+    for it, m in zip(items, maps):
+        score = float(m.max())
+        margin = (score - threshold) if it.label == 0 else (threshold - score)
+        with Image.open(it.image) as im:
+            raw = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32)
+        heat = colormaps["jet"](np.clip(m / max(2 * threshold, 1e-12), 0, 1))[..., :3] * 255
+        truth = _mask(it, size)[..., None] * np.array([255.0, 60.0, 60.0])
+        cards.append({"name": f"{it.defect}/{it.image.name}", "badness": margin / max(threshold, 1e-12),
+                      "caption": f"score {score:.4g} (threshold {threshold:.4g}): "
+                                 f"{'defect' if score >= threshold else 'good'}, truth {it.defect}",
+                      "images": [("anomaly map", 0.5 * raw + 0.5 * heat),
+                                 ("truth", np.where(truth > 0, 0.5 * raw + 0.5 * truth, raw))]})
+    write_report(run, f"anomaly run {run.name}", metrics, cards)
+
+
+def _score_test(net, bank, items: list[TestItem], size, mean, std, threshold, device) -> tuple[dict, np.ndarray]:
     maps = score_maps(embed(net, [it.image for it in items], size, mean, std, device), bank, size, device)
     scores = maps.max(axis=(1, 2))
     labels = np.array([it.label for it in items])
@@ -250,7 +273,7 @@ def _score_test(net, bank, items: list[TestItem], size, mean, std, threshold, de
     out["per_defect_auroc"] = {d: auroc(labels[[it.defect in ("good", d) for it in items]],
                                         scores[[it.defect in ("good", d) for it in items]])
                                for d in sorted({it.defect for it in items} - {"good"})}
-    return out
+    return out, maps
 
 
 def _mask(item: TestItem, size: int) -> np.ndarray:
@@ -276,8 +299,8 @@ def load_run(run_dir):
 def evaluate(run_dir, data, *, log=print) -> dict:
     net, bank, threshold, src = load_run(run_dir)
     items = test_items(Path(data).expanduser())
-    return {"task": NAME, "threshold": threshold,
-            **_score_test(net, bank, items, src["image_size"], src["mean"], src["std"], threshold, _device())}
+    scored, _ = _score_test(net, bank, items, src["image_size"], src["mean"], src["std"], threshold, _device())
+    return {"task": NAME, "threshold": threshold, **scored}
 
 
 def predict(run_dir, inputs: list[str], output: str | None, *, log=print) -> list[dict]:

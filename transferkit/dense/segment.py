@@ -23,7 +23,7 @@ from ..engine import interrupt
 from . import DenseResult, encoder, runs
 from .segment_data import LAYOUT, load_dataset, looks_like, split  # noqa: F401 (the task contract)
 from .segment_fit import confusion_on, fit_phases, l2sp_for, plan, predict_logits, save_last
-from .metrics import segmentation_metrics
+from .metrics import confusion, segmentation_metrics
 
 NAME = "segment"
 SUMMARY = ("miou", "dice", "pixel_accuracy", "n_train", "n_val", "n_test")
@@ -106,8 +106,31 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool =
         metrics.update(segmentation_metrics(cm, classes))
         metrics["all_background_miou"] = segmentation_metrics(_all_background(cm), classes)["miou"]
     ck.atomic_write_json(run / "metrics.json", metrics)
-    log(f"wrote {run}/model.safetensors, metrics.json")
+    if test_items:
+        from .report import write_report
+        write_report(run, f"segment run {run.name}", metrics,
+                     _cards(model, test_items, classes, size, pre.mean, pre.std, device))
+    log(f"wrote {run}/model.safetensors, metrics.json" + (", report.html" if test_items else ""))
     return DenseResult(run, metrics, state, summary=SUMMARY)
+
+
+@torch.no_grad()
+def _cards(model, items, classes, size, mean, std, device) -> list[dict]:
+    """report.html: per test image, the prediction and the truth over the image, ranked by its mIoU."""
+    from .report import overlay
+    from .segment_data import load_pair
+    model.eval()
+    pal, cards = palette(len(classes)), []
+    for it in items:
+        x, y = load_pair(it, size, mean, std)
+        pred = model(x.unsqueeze(0).to(device)).argmax(1)[0].cpu()
+        miou = segmentation_metrics(confusion(pred, y, len(classes)), classes)["miou"] or 0.0
+        with Image.open(it.image) as im:
+            raw = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32)
+        cards.append({"name": it.image.name, "badness": 1.0 - miou, "caption": f"mIoU {miou:.3f}",
+                      "images": [("prediction", overlay(raw, pred.numpy(), pal)),
+                                 ("truth", overlay(raw, y.numpy(), pal))]})
+    return cards
 
 
 def _all_background(cm: torch.Tensor) -> torch.Tensor:
