@@ -259,6 +259,9 @@ def test_the_encoder_gets_the_source_weights_checked(tmp_path):
     other = load_backbone("timm:test_resnet@random")
     with pytest.raises(SourceError, match="missing"):
         copy_source_weights(segmenter_encoder(seg), other.module, "timm:test_resnet")
+    unet = build_segmenter(bb.source.arch, "unet", 3)  # --decoder unet: same encoder names, 3 classes out
+    copy_source_weights(segmenter_encoder(unet), bb.module, "file", log=said.append)
+    assert unet.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 3, 32, 32)
 
 
 def test_l2sp_holds_the_segment_encoder_near_the_source(tmp_path, capsys):
