@@ -305,3 +305,27 @@ def test_segment_splits_are_seeded_and_shots_count_images(tmp_path):
     assert te == other and len(tr) + len(va) == 16  # --test DIR: nothing of DATA is held out for testing
     with pytest.raises(DataError, match="--shots 20"):
         split(items, seed=1, shots=20, **kw)
+
+
+def test_segmentation_metrics_agree_with_torchmetrics():
+    from torchmetrics.functional.classification import multiclass_accuracy, multiclass_jaccard_index
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 4, (3, 16, 16), generator=g)
+    pred = torch.where(torch.rand(3, 16, 16, generator=g) < 0.6, target, torch.randint(0, 4, (3, 16, 16), generator=g))
+    m = segmentation_metrics(confusion(pred, target, 4), ["a", "b", "c", "d"])
+    per_class = multiclass_jaccard_index(pred, target, num_classes=4, average="none")
+    assert [m["per_class_iou"][c] for c in "abcd"] == pytest.approx(per_class.tolist(), abs=1e-6)
+    assert m["miou"] == pytest.approx(float(per_class.mean()), abs=1e-6)
+    assert m["pixel_accuracy"] == pytest.approx(float(multiclass_accuracy(pred, target, num_classes=4,
+                                                                          average="micro")), abs=1e-6)
+
+
+def test_coreset_picks_the_farthest_patches():
+    from transferkit.dense.anomaly import coreset
+    g = torch.Generator().manual_seed(0)
+    big = torch.randn(100, 8, generator=g) * 0.1          # one dense cluster at 0
+    far = torch.cat([torch.full((2, 8), 10.0), torch.full((2, 8), -10.0)]) + torch.randn(4, 8, generator=g) * 0.1
+    picked = coreset(torch.cat([big, far]), 3, seed=1).tolist()
+    # k-center: whatever the start, the 3 picks cover the 3 clusters; a random 3 of 104 almost never would
+    assert sorted(0 if i < 100 else (1 if i < 102 else 2) for i in picked) == [0, 1, 2]
+    assert coreset(torch.cat([big, far]), 200, seed=1).tolist() == list(range(104))

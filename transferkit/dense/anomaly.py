@@ -124,8 +124,9 @@ def _patches(maps: torch.Tensor) -> torch.Tensor:
     return maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1])
 
 
-def coreset(patches: torch.Tensor, n_keep: int, seed: int) -> torch.Tensor:
-    """Indices of a greedy k-center coreset (distances on a seeded Gaussian random projection)."""
+def coreset(patches: torch.Tensor, n_keep: int, seed: int, device="cpu") -> torch.Tensor:
+    """Indices of a greedy k-center coreset (distances on a seeded Gaussian random projection).
+    n_keep passes over all patches: on the accelerator when there is one."""
     n = patches.shape[0]
     if n_keep >= n:
         return torch.arange(n)
@@ -133,6 +134,7 @@ def coreset(patches: torch.Tensor, n_keep: int, seed: int) -> torch.Tensor:
     z = patches
     if patches.shape[1] > PROJECTION:
         z = patches @ torch.randn(patches.shape[1], PROJECTION, generator=g) / PROJECTION ** 0.5
+    z = z.to(device)
     picked = [int(torch.randint(n, (1,), generator=g))]
     dist = (z - z[picked[0]]).norm(dim=1)
     for _ in range(n_keep - 1):
@@ -142,10 +144,10 @@ def coreset(patches: torch.Tensor, n_keep: int, seed: int) -> torch.Tensor:
     return torch.tensor(picked)
 
 
-def build_bank(maps: torch.Tensor, seed: int) -> torch.Tensor:
+def build_bank(maps: torch.Tensor, seed: int, device="cpu") -> torch.Tensor:
     patches = _patches(maps)
     n_keep = max(1, min(CORESET_CAP, int(round(patches.shape[0] * CORESET_SHARE))))
-    return patches[coreset(patches, n_keep, seed)].contiguous()
+    return patches[coreset(patches, n_keep, seed, device)].contiguous()
 
 
 def score_maps(maps: torch.Tensor, bank: torch.Tensor, size: int, device="cpu") -> np.ndarray:
@@ -172,7 +174,7 @@ def leave_out_threshold(maps: torch.Tensor, size: int, seed: int, device) -> tup
     for f in range(k):
         held = order[f::k]
         keep = torch.tensor([i for i in range(n) if i not in set(held.tolist())])
-        scores[held.numpy()] = score_maps(maps[held], build_bank(maps[keep], seed + f), size, device).max(axis=(1, 2))
+        scores[held.numpy()] = score_maps(maps[held], build_bank(maps[keep], seed + f, device), size, device).max(axis=(1, 2))
     t = float(np.quantile(scores, QUANTILE))
     return t, {"threshold": t, "threshold_rule": f"{QUANTILE} quantile of the {n} training normals' image "
                f"scores, each scored against a bank built without its fold ({k}-fold); no test labels used",
@@ -212,7 +214,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool =
     log(f"anomaly: {len(normals)} normal training images, {len(tests)} test images; features at strides "
         f"{REDUCTIONS} of {bb.source.arch} at {size}px")
     maps = embed(net, normals, size, pre.mean, pre.std, device)
-    bank = build_bank(maps, cfg.seed)
+    bank = build_bank(maps, cfg.seed, device)
     threshold, how = leave_out_threshold(maps, size, cfg.seed, device)
     tensors = {"memory_bank": bank, **{f"encoder.{k}": v for k, v in extractor.state_dict().items()}}
     ck.atomic_save_tensors(run / "model.safetensors", tensors, {"threshold": repr(threshold)})
