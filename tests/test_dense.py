@@ -183,6 +183,11 @@ def test_segment_train_evaluate_predict(tmp_path, capsys):
     # the files are never replaced
     assert main(["predict", str(run), str(data / "images" / "im00.png"), "--output", str(out)]) == 2
     assert "im00_mask.png" in _err(capsys)
+    assert main(["evaluate", str(run), str(data), "--out", str(tmp_path / "ev")]) == 0
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["miou"] == pytest.approx(ev["miou"])
+    # commands that read classifiers say what this run is instead of failing on its weights
+    assert main(["export", str(run), "--format", "timm", "--out", str(tmp_path / "exp")]) == 2
+    assert "is a segment run" in _err(capsys)
 
 
 def test_a_stopped_segment_run_resumes_to_the_same_weights(tmp_path):
