@@ -334,3 +334,23 @@ def test_coreset_picks_the_farthest_patches():
     # k-center: whatever the start, the 3 picks cover the 3 clusters; a random 3 of 104 almost never would
     assert sorted(0 if i < 100 else (1 if i < 102 else 2) for i in picked) == [0, 1, 2]
     assert coreset(torch.cat([big, far]), 200, seed=1).tolist() == list(range(104))
+
+
+@pytest.mark.parametrize("how,words", [("missing", "has no ground truth"), ("size", "must have its image's size"),
+                                       ("no_normals", "holds no images")])
+def test_bad_anomaly_data_is_a_one_line_error_naming_the_file(tmp_path, capsys, how, words):
+    data = write_mvtec(tmp_path / "mv", n_train=2, n_test=2)
+    if how == "missing":
+        name = "001_mask.png"
+        (data / "ground_truth" / "patch" / name).unlink()
+    elif how == "size":
+        name = "000_mask.png"
+        Image.fromarray(np.zeros((10, 10), np.uint8), "L").save(data / "ground_truth" / "patch" / name)
+    else:
+        name = "train/good"
+        for p in (data / "train" / "good").iterdir():
+            p.unlink()
+    assert main(["train", str(data), "--backbone", TINY, "--out", str(tmp_path / "run")]) == 2
+    line = _err(capsys)
+    assert name in line and words in line, line
+    assert not (tmp_path / "run").exists()
