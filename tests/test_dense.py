@@ -354,3 +354,26 @@ def test_bad_anomaly_data_is_a_one_line_error_naming_the_file(tmp_path, capsys, 
     line = _err(capsys)
     assert name in line and words in line, line
     assert not (tmp_path / "run").exists()
+
+
+def test_a_signal_stops_a_segment_run_with_a_checkpoint_and_the_resume_command(tmp_path, capsys, monkeypatch):
+    import signal
+
+    from transferkit.dense import segment_fit
+    from transferkit.engine.fit import RunState
+    data, run = write_segmentation(tmp_path / "seg", n=6), tmp_path / "run"
+    # SIGTERM "arrives" during step 3: the loop finishes the step, writes last/ and returns
+    monkeypatch.setattr(segment_fit.interrupt, "requested",
+                        lambda: signal.SIGTERM if a_state[0].global_step >= 3 else None)
+    a_state = [RunState()]
+    real_fit = segment_fit.fit_phases
+
+    def spy(run_, cfg, model, phases, data_, state, *rest):
+        a_state[0] = state
+        return real_fit(run_, cfg, model, phases, data_, state, *rest)
+    monkeypatch.setattr("transferkit.dense.segment.fit_phases", spy)
+    assert main(["train", str(data), *SEG, "--steps", "8", "--out", str(run)]) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert f"continue with: transferkit train --resume {run}" in err and "SIGTERM" in err
+    saved = json.loads((run / "last" / "state.json").read_text())["run_state"]
+    assert saved["global_step"] == 3 and not (run / "metrics.json").exists()
