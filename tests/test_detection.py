@@ -1,0 +1,209 @@
+"""Detection: the three data formats read back to the same items, bad annotations are refused by
+name, mAP on hand-made boxes, a tiny detector trains, predictions are valid COCO results."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from transferkit.data.splits import DataError
+from transferkit.detection.coco import coco_document, write_coco
+from transferkit.detection.formats import DetectionItem, DetectionSet, looks_like, read_detection
+from transferkit.detection.voc import write_voc
+from transferkit.detection.yolo import write_yolo
+
+SIZE = 64
+SQUARES = {"red": (220, 40, 40), "blue": (40, 60, 220)}
+
+
+def make_images(folder: Path, n: int = 8, seed: int = 0) -> DetectionSet:
+    """n noisy 64x64 grey images with one or two coloured squares each; the boxes are exact."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    classes = list(SQUARES)
+    items = []
+    for i in range(n):
+        px = np.clip(rng.normal(128, 20, size=(SIZE, SIZE, 3)), 0, 255)
+        boxes, labels = [], []
+        for k in range(1 + i % 2):
+            side = int(rng.integers(14, 24))
+            x = int(rng.integers(0, SIZE - side)) if k == 0 else int(rng.integers(0, 8))
+            y = int(rng.integers(0, SIZE // 2 - side // 2)) if k == 0 else SIZE - side
+            c = int(rng.integers(0, len(classes)))
+            px[y:y + side, x:x + side] = SQUARES[classes[c]]
+            boxes.append([float(x), float(y), float(x + side), float(y + side)])
+            labels.append(c)
+        path = folder / f"img_{i:02d}.png"
+        Image.fromarray(px.astype(np.uint8), "RGB").save(path)
+        items.append(DetectionItem(str(path), SIZE, SIZE, boxes, labels, image_id=i + 1))
+    return DetectionSet(items, classes, "made")
+
+
+def coco_set(root: Path, n: int = 8) -> DetectionSet:
+    ds = make_images(root / "images", n)
+    write_coco(ds, root)
+    return ds
+
+
+def yolo_set(root: Path, n: int = 8) -> DetectionSet:
+    ds = make_images(root / "images", n)
+    write_yolo(ds, root)
+    return ds
+
+
+def voc_set(root: Path, n: int = 8) -> DetectionSet:
+    ds = make_images(root / "JPEGImages", n)
+    write_voc(ds, root)
+    return ds
+
+
+def _same(a: DetectionSet, b: DetectionSet) -> None:
+    assert b.classes == a.classes
+    assert [Path(i.image).name for i in b.items] == [Path(i.image).name for i in a.items]
+    for x, y in zip(a.items, b.items):
+        assert (y.width, y.height) == (x.width, x.height)
+        assert y.labels == x.labels
+        np.testing.assert_allclose(np.array(y.boxes), np.array(x.boxes), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ formats
+
+@pytest.mark.parametrize("fmt,make", [("coco", coco_set), ("yolo", yolo_set), ("voc", voc_set)])
+def test_each_format_reads_back_the_items_it_was_written_from(tmp_path, fmt, make):
+    made = make(tmp_path / fmt)
+    assert looks_like(tmp_path / fmt) == fmt
+    got = read_detection(tmp_path / fmt)
+    assert got.format == fmt
+    _same(made, got)
+
+
+def test_coco_keeps_its_own_category_ids_and_an_explicit_annotations_file(tmp_path):
+    made = make_images(tmp_path / "d" / "images", 4)
+    made.category_ids = [7, 3]          # 'red' is id 7, 'blue' id 3: classes come out in id order
+    doc = coco_document(made, tmp_path / "d" / "images")
+    (tmp_path / "elsewhere.json").write_text(json.dumps(doc))
+    got = read_detection(tmp_path / "d", annotations=tmp_path / "elsewhere.json")
+    assert got.classes == ["blue", "red"] and got.category_ids == [3, 7]
+    assert [[got.classes[c] for c in i.labels] for i in got.items] == \
+           [[made.classes[c] for c in i.labels] for i in made.items]
+
+
+def test_a_folder_in_no_known_format_is_refused_naming_the_three_layouts(tmp_path):
+    (tmp_path / "x").mkdir()
+    with pytest.raises(DataError, match="COCO .*YOLO .*Pascal VOC"):
+        read_detection(tmp_path / "x")
+
+
+def _coco_doc(root):
+    return json.loads((root / "annotations.json").read_text())
+
+
+def _rewrite(root, doc):
+    (root / "annotations.json").write_text(json.dumps(doc))
+
+
+def test_coco_box_outside_the_image_is_an_error_naming_file_and_annotation(tmp_path):
+    root = tmp_path / "c"
+    coco_set(root, 3)
+    doc = _coco_doc(root)
+    doc["annotations"][1]["bbox"] = [50, 10, 20, 10]        # x2 = 70 > 64 + 1
+    _rewrite(root, doc)
+    with pytest.raises(DataError, match=r"annotations\.json: annotations\[1\].*outside the 64x64 image"):
+        read_detection(root)
+
+
+def test_a_box_within_one_pixel_of_the_edge_is_clipped_not_refused(tmp_path):
+    root = tmp_path / "c"
+    coco_set(root, 3)
+    doc = _coco_doc(root)
+    doc["annotations"][0]["bbox"] = [-0.5, 2, 65, 10]       # 0.5 px beyond left and right
+    _rewrite(root, doc)
+    assert read_detection(root).items[0].boxes[0] == [0.0, 2.0, 64.0, 12.0]
+
+
+def test_coco_zero_size_box_unknown_category_and_missing_image_are_errors(tmp_path):
+    root = tmp_path / "c"
+    coco_set(root, 3)
+    good = _coco_doc(root)
+    doc = json.loads(json.dumps(good))
+    doc["annotations"][0]["bbox"] = [5, 5, 0, 8]
+    _rewrite(root, doc)
+    with pytest.raises(DataError, match=r"annotations\.json: annotations\[0\].*zero or negative width"):
+        read_detection(root)
+    doc = json.loads(json.dumps(good))
+    doc["annotations"][0]["category_id"] = 99
+    _rewrite(root, doc)
+    with pytest.raises(DataError, match=r"annotations\.json: annotations\[0\].*category_id 99"):
+        read_detection(root)
+    _rewrite(root, good)
+    (root / "images" / "img_01.png").unlink()
+    with pytest.raises(DataError, match=r"annotations\.json: images\[1\].*img_01\.png not found"):
+        read_detection(root)
+
+
+def test_empty_coco_and_voc_annotation_files_are_errors_naming_the_file(tmp_path):
+    root = tmp_path / "c"
+    coco_set(root, 2)
+    (root / "annotations.json").write_text("")
+    with pytest.raises(DataError, match=r"annotations\.json is empty"):
+        read_detection(root)
+    root = tmp_path / "v"
+    voc_set(root, 2)
+    (root / "Annotations" / "img_01.xml").write_text("  \n")
+    with pytest.raises(DataError, match=r"img_01\.xml is empty"):
+        read_detection(root)
+
+
+def test_yolo_class_beyond_names_and_bad_line_name_the_label_file_and_line(tmp_path):
+    root = tmp_path / "y"
+    yolo_set(root, 2)
+    lab = root / "labels" / "img_01.txt"
+    lines = lab.read_text().splitlines()
+    lab.write_text(lines[0] + "\n" + "2 0.5 0.5 0.2 0.2\n")
+    with pytest.raises(DataError, match=r"img_01\.txt:2: class index 2 but .*data\.yaml names 2 classes"):
+        read_detection(root)
+    lab.write_text("0 0.5 0.5 0.0 0.2\n")
+    with pytest.raises(DataError, match=r"img_01\.txt:1: .*zero or negative width"):
+        read_detection(root)
+    lab.write_text("0 0.9 0.5 0.4 0.2\n")                  # right edge at 1.1 x 64 = 70 px
+    with pytest.raises(DataError, match=r"img_01\.txt:1: .*outside the 64x64 image"):
+        read_detection(root)
+    lab.write_text("0 32 32 10 10\n")
+    with pytest.raises(DataError, match=r"img_01\.txt:1: .*look like pixels"):
+        read_detection(root)
+
+
+def test_yolo_empty_label_file_is_a_background_image_but_no_boxes_at_all_is_an_error(tmp_path):
+    root = tmp_path / "y"
+    yolo_set(root, 3)
+    (root / "labels" / "img_00.txt").write_text("")
+    ds = read_detection(root)
+    assert ds.items[0].boxes == [] and len(ds.items) == 3
+    assert any("background" in n for n in ds.notes)
+    for f in (root / "labels").glob("*.txt"):
+        f.write_text("")
+    with pytest.raises(DataError, match="not one box"):
+        read_detection(root)
+
+
+def test_voc_dtd_and_entities_are_refused_and_unknown_image_named(tmp_path):
+    root = tmp_path / "v"
+    voc_set(root, 2)
+    f = root / "Annotations" / "img_00.xml"
+    body = f.read_text()
+    f.write_text('<?xml version="1.0"?>\n<!DOCTYPE annotation [<!ENTITY lol "lol">]>\n'
+                 + body.split("?>", 1)[-1])
+    with pytest.raises(DataError, match=r"img_00\.xml declares a DTD or entities"):
+        read_detection(root)
+    f.write_text(body.replace("<xmax>", "<xmax>9").replace("</xmax>", "</xmax>"))
+    with pytest.raises(DataError, match=r"img_00\.xml: object 1 .*outside the 64x64 image"):
+        read_detection(root)
+    f.write_text(body)
+    (root / "JPEGImages" / "img_01.png").unlink()
+    with pytest.raises(DataError, match=r"img_01\.xml: image .*img_01\.png not found"):
+        read_detection(root)
