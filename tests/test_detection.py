@@ -207,3 +207,143 @@ def test_voc_dtd_and_entities_are_refused_and_unknown_image_named(tmp_path):
     (root / "JPEGImages" / "img_01.png").unlink()
     with pytest.raises(DataError, match=r"img_01\.xml: image .*img_01\.png not found"):
         read_detection(root)
+
+
+# ------------------------------------------------------------------------------------ metrics
+
+def _pred(boxes, labels, scores=None):
+    import torch
+    b = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    return {"boxes": b, "labels": torch.tensor(labels, dtype=torch.int64),
+            "scores": torch.tensor(scores if scores is not None else [0.9] * len(labels), dtype=torch.float32)}
+
+
+def test_a_perfect_prediction_scores_map_one_for_every_class():
+    from transferkit.detection.metrics import detection_metrics
+    items = [DetectionItem("a.png", 200, 200, [[10, 10, 60, 60], [100, 120, 180, 190]], [0, 1], 1),
+             DetectionItem("b.png", 200, 200, [[30, 40, 90, 80]], [1], 2)]
+    preds = [_pred(it.boxes, it.labels) for it in items]
+    m = detection_metrics(preds, items, ["cat", "dog", "owl"])
+    assert (m["map"], m["map_50"], m["map_75"]) == (1.0, 1.0, 1.0)
+    assert m["per_class"] == {"cat": 1.0, "dog": 1.0, "owl": None}     # owl: no box, no AP
+
+
+def test_a_box_at_iou_072_counts_at_thresholds_050_to_070_only():
+    from transferkit.detection.metrics import detection_metrics
+    items = [DetectionItem("a.png", 200, 200, [[0, 0, 100, 100]], [0], 1)]
+    # same left/top/right, 72 of 100 rows: IoU 0.72 -> a hit at IoU 0.50, 0.55, 0.60, 0.65, 0.70 (5 of 10)
+    m = detection_metrics([_pred([[0, 0, 100, 72]], [0])], items, ["cat"])
+    assert m["map_50"] == pytest.approx(1.0) and m["map_75"] == pytest.approx(0.0)
+    assert m["map"] == pytest.approx(0.5, abs=1e-6)
+    # the right box ranked below a false one on the same image: precision 1/2 at full recall
+    m = detection_metrics([_pred([[120, 120, 180, 180], [0, 0, 100, 100]], [0, 0], [0.9, 0.8])],
+                          items, ["cat"])
+    assert m["map_50"] == pytest.approx(0.5, abs=0.01)
+
+
+# ------------------------------------------------------------------------------ model and loop
+
+def test_hflip_moves_the_boxes_with_the_pixels():
+    import torch
+    from transferkit.detection.train import hflip
+    img = torch.zeros(3, 16, 20, dtype=torch.uint8)
+    img[:, 2:6, 1:4] = 255                                  # x 1..3, y 2..5 -> box [1, 2, 4, 6]
+    f_img, f_box = hflip(img, torch.tensor([[1.0, 2.0, 4.0, 6.0]]))
+    assert f_box.tolist() == [[16.0, 2.0, 19.0, 6.0]]
+    ys, xs = torch.nonzero(f_img[0], as_tuple=True)
+    assert (xs.min().item(), xs.max().item() + 1, ys.min().item(), ys.max().item() + 1) == (16, 19, 2, 6)
+
+
+def test_bundled_weights_reach_the_features_only_body_and_a_missing_tensor_is_loud():
+    import timm
+    import torch
+    from transferkit.detection.model import features_body, load_features_checked
+    from transferkit.models.hub import SourceError
+    from transferkit.models.sources import load_backbone
+    body = features_body("bundled:efficientnet_lite0", (1, 2, 3, 4))
+    full = load_backbone("bundled:efficientnet_lite0").module
+    assert body.feature_info.channels() == [24, 40, 112, 320]
+    for name in ("conv_stem.weight", "blocks.6.0.conv_pwl.weight", "blocks.3.1.bn1.running_var"):
+        assert torch.equal(body.state_dict()[name], full.state_dict()[name])
+    state = dict(full.state_dict())
+    del state["blocks.2.0.conv_dw.weight"]
+    fresh = timm.create_model("tf_efficientnet_lite0", features_only=True, out_indices=(1, 2, 3, 4))
+    with pytest.raises(SourceError, match=r"missing \(1\): blocks\.2\.0\.conv_dw\.weight"):
+        load_features_checked(fresh, state, "x.pth")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A random-init lite0 FCOS at 64 px trained 20 steps on 8 made images (seeded)."""
+    from transferkit.detection.model import build_detector
+    from transferkit.detection.train import TrainConfig, train_detector
+    root = tmp_path_factory.mktemp("det")
+    ds = coco_set(root, 8)
+    model = build_detector("bundled:efficientnet_lite0@random", len(ds.classes), "fcos",
+                           image_size=64, fpn_channels=32)
+    fit = train_detector(model, ds.items, TrainConfig(steps=20, batch_size=4, lr=3e-3, seed=0))
+    return root, read_detection(root), fit
+
+
+def test_a_tiny_detector_trains_and_its_loss_falls(trained):
+    _, _, fit = trained
+    assert len(fit.losses) == 20 and all(np.isfinite(fit.losses))
+    first, last = np.mean(fit.losses[:3]), np.mean(fit.losses[-3:])
+    assert last < 0.75 * first, (first, last)
+    assert set(fit.parts[0]) == {"classification", "bbox_regression", "bbox_ctrness"}
+
+
+def test_predictions_are_coco_results_that_load_against_the_ground_truth(trained, tmp_path):
+    from faster_coco_eval import COCO
+
+    from transferkit.detection.metrics import evaluate_detector
+    from transferkit.detection.predict import coco_results
+    root, ds, fit = trained
+    metrics, preds = evaluate_detector(fit.model, ds.items, ds.classes)
+    assert set(metrics) >= {"map", "map_50", "map_75", "per_class"} and set(metrics["per_class"]) == set(ds.classes)
+    results = coco_results(preds, ds.items, ds.category_ids)
+    assert results and set(results[0]) == {"image_id", "category_id", "bbox", "score"}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    gt = COCO(str(root / "annotations.json"))
+    dt = gt.loadRes(str(tmp_path / "results.json"))
+    assert len(dt.getAnnIds()) == len(results)
+    assert set(dt.getImgIds()) <= set(gt.getImgIds())
+
+
+def test_predict_maps_boxes_back_to_each_images_own_pixels_and_rows_rank_by_score(tmp_path):
+    import torch
+    from torch import nn
+
+    from transferkit.detection.model import DetectorSpec
+    from transferkit.detection.predict import predict, prediction_rows
+
+    class Fixed(nn.Module):        # answers the same boxes, in the 32x32 model frame, for any image
+        spec = DetectorSpec("none", 2, image_size=32)
+
+        def forward(self, images):
+            assert all(tuple(im.shape) == (3, 32, 32) for im in images)
+            return [{"boxes": torch.tensor([[8.0, 8.0, 16.0, 16.0], [0.0, 0.0, 32.0, 32.0]]),
+                     "scores": torch.tensor([0.3, 0.8]), "labels": torch.tensor([1, 2])} for _ in images]
+
+    Image.new("RGB", (64, 128)).save(tmp_path / "tall.png")
+    item = DetectionItem(str(tmp_path / "tall.png"), 64, 128, [], [], 1)
+    (p,) = predict(Fixed(), [item])
+    assert p["boxes"].tolist() == [[16.0, 32.0, 32.0, 64.0], [0.0, 0.0, 64.0, 128.0]]
+    assert p["labels"].tolist() == [0, 1]                  # the model's label 1 is class 0
+    rows = prediction_rows([p], [item], ["cat", "dog"], root=tmp_path)
+    assert [(r["image"], r["label"], r["score"]) for r in rows] == [("tall.png", "dog", 0.8), ("tall.png", "cat", 0.3)]
+    assert (rows[1]["x1"], rows[1]["y1"], rows[1]["x2"], rows[1]["y2"]) == (16.0, 32.0, 32.0, 64.0)
+
+
+def test_a_saved_detector_loads_back_and_predicts_the_same(trained, tmp_path):
+    import torch
+
+    from transferkit.detection.model import load_detector, save_detector
+    from transferkit.detection.predict import predict
+    _, ds, fit = trained
+    save_detector(fit.model, ds.classes, tmp_path / "run")
+    model, classes = load_detector(tmp_path / "run")
+    assert classes == ds.classes and model.spec == fit.model.spec
+    a, b = predict(fit.model, ds.items[:2]), predict(model, ds.items[:2])
+    for x, y in zip(a, b):
+        assert torch.allclose(x["boxes"], y["boxes"]) and torch.equal(x["labels"], y["labels"])
