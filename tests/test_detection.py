@@ -347,3 +347,33 @@ def test_a_saved_detector_loads_back_and_predicts_the_same(trained, tmp_path):
     a, b = predict(fit.model, ds.items[:2]), predict(model, ds.items[:2])
     for x, y in zip(a, b):
         assert torch.allclose(x["boxes"], y["boxes"]) and torch.equal(x["labels"], y["labels"])
+
+
+# ------------------------------------------------------------------------------------ run folder
+
+def test_train_run_writes_a_run_folder_that_evaluate_and_predict_read(tmp_path):
+    import csv as _csv
+
+    from transferkit.detection.run import evaluate_run, predict_run, train_run
+    from transferkit.detection.train import TrainConfig
+    data = tmp_path / "voc"
+    voc_set(data, 6)
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = []
+    metrics = train_run(data, run, source="bundled:efficientnet_lite0@random", image_size=64,
+                        config=TrainConfig(steps=4, batch_size=2, seed=1), log=lines.append)
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["test"]) == 1 and len(split["train"]) == 5 and not set(split["test"]) & set(split["train"])
+    assert json.loads((run / "metrics.json").read_text())["map"] == metrics["map"]
+    assert len(json.loads((run / "history.json").read_text())["loss"]) == 4
+    assert any(ln.startswith("detect: voc data, 2 classes, 5 training images") for ln in lines)
+    again = evaluate_run(run, data)
+    assert set(again["per_class"]) == {"red", "blue"} and again["images"] == 6
+    rows = predict_run(run, [str(data / "JPEGImages")], tmp_path / "out")
+    text = (tmp_path / "out" / "predictions.csv").read_text()
+    assert text.splitlines()[0] == "image,label,score,x1,y1,x2,y2"
+    assert len(list(_csv.DictReader(text.splitlines()))) == len(rows)
+    assert len(json.loads((tmp_path / "out" / "predictions.json").read_text())) == len(rows)
+    with pytest.raises(FileExistsError, match="already holds predictions.csv"):
+        predict_run(run, [str(data / "JPEGImages")], tmp_path / "out")

@@ -176,13 +176,16 @@ def load_features_checked(body: nn.Module, state: dict[str, torch.Tensor], origi
 
 # ------------------------------------------------------------------------------------ saving
 
-def save_detector(model: nn.Module, classes: list[str], folder: Path) -> None:
-    """`folder/detector.safetensors` (weights) + `folder/detector.json` (spec and class names)."""
+def save_detector(model: nn.Module, classes: list[str], folder: Path,
+                  category_ids: list[int] | None = None) -> None:
+    """`folder/detector.safetensors` (weights) + `folder/detector.json` (spec, class names and the
+    data's COCO category ids, so that predictions are written with the ids the data used)."""
     from ..engine.checkpoint import atomic_save_tensors, atomic_write_json
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_save_tensors(folder / "detector.safetensors", model.state_dict(), {"format": "transferkit-detector"})
-    atomic_write_json(folder / "detector.json", {"spec": asdict(model.spec), "classes": list(classes)})
+    atomic_write_json(folder / "detector.json", {"spec": asdict(model.spec), "classes": list(classes),
+                                                  "category_ids": list(category_ids or range(1, len(classes) + 1))})
 
 
 def load_detector(folder: Path) -> tuple[nn.Module, list[str]]:
