@@ -34,11 +34,13 @@ def predict(model: nn.Module, items: list[DetectionItem], batch_size: int = 8) -
     (RetinaNet) boxes an image."""
     model.eval()
     size = model.spec.image_size
+    device = next(iter(model.parameters()), torch.empty(0)).device
     out = []
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
-        images = [load_resized(it.image, size).float() / 255.0 for it in chunk]
+        images = [load_resized(it.image, size).to(device).float() / 255.0 for it in chunk]
         for it, det in zip(chunk, model(images)):
+            det = {k: v.cpu() for k, v in det.items()}
             scale = torch.tensor([it.width / size, it.height / size] * 2)
             boxes = det["boxes"] * scale
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, it.width)

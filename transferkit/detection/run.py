@@ -95,6 +95,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, annotations: str | Pa
                  batch_size: int = 8, log=print) -> dict:
     """Metrics of a finished run on labelled DATA whose classes are the run's."""
     model, classes = load_detector(run_dir)
+    model.to(_device())
     ds = read_detection(data, annotations)
     if ds.classes != classes:
         raise DataError(f"{data}: classes {ds.classes} are not the run's {classes}; evaluate on data "
@@ -109,6 +110,7 @@ def predict_run(run_dir: str | Path, inputs: list[str], output: str | Path | Non
     `predictions.csv` and `predictions.json` (COCO results; image_id = position in the CSV's image
     order, from 1) are written there; existing files are never replaced."""
     model, classes = load_detector(run_dir)
+    model.to(_device())
     meta = json.loads((Path(run_dir) / "detector.json").read_text(encoding="utf-8"))
     items = items_for_images(_image_paths(inputs))
     preds = predict(model, items, batch_size=batch_size)
@@ -148,6 +150,11 @@ def _image_paths(inputs: list[str]) -> list[Path]:
         else:
             raise DataError(f"input not found: {p}")
     return paths
+
+
+def _device() -> str:
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _pct(v) -> str:

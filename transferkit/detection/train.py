@@ -35,6 +35,7 @@ class TrainConfig:
     flip: bool = True                # random horizontal flip, boxes flipped with the image
     clip_grad: float = 10.0
     seed: int = 0
+    device: str | None = None        # None: the first GPU when there is one, else the CPU
 
 
 @dataclass
@@ -91,6 +92,8 @@ def train_detector(model: nn.Module, items: list[DetectionItem], config: TrainCo
         raise ValueError("no training images")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device)
     data = ResizedImages(items, model.spec.image_size)
     opt = _optimizer(model, cfg)
     warm = cfg.warmup_steps if cfg.warmup_steps is not None else min(100, cfg.steps // 10)
@@ -110,8 +113,8 @@ def train_detector(model: nn.Module, items: list[DetectionItem], config: TrainCo
             img, boxes, labels = data[i]
             if cfg.flip and flip:
                 img, boxes = hflip(img, boxes)
-            images.append(img.float() / 255.0)
-            targets.append({"boxes": boxes, "labels": labels})
+            images.append(img.to(device).float() / 255.0)
+            targets.append({"boxes": boxes.to(device), "labels": labels.to(device)})
         losses = model(images, targets)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
