@@ -272,6 +272,19 @@ def test_bundled_weights_reach_the_features_only_body_and_a_missing_tensor_is_lo
         load_features_checked(fresh, state, "x.pth")
 
 
+def test_levels_follow_the_architecture_strides_4_to_32_and_the_spec_records_them():
+    import torch
+
+    from transferkit.detection.model import build_detector
+    # ConvNeXt numbers its stride-4..32 levels 0-3, ResNets and EfficientNets 1-4 (0 is stride 2)
+    model = build_detector("timm:convnext_atto@random", 3, image_size=64, fpn_channels=64)
+    assert model.spec.out_indices == (0, 1, 2, 3)
+    assert model.backbone.strides == [4, 8, 16, 32, 64, 128]
+    model.eval()
+    with torch.no_grad():
+        assert model([torch.rand(3, 64, 64)])[0]["boxes"].shape[1] == 4
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A random-init lite0 FCOS at 64 px trained 20 steps on 8 made images (seeded)."""
@@ -280,7 +293,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("det")
     ds = coco_set(root, 8)
     model = build_detector("bundled:efficientnet_lite0@random", len(ds.classes), "fcos",
-                           image_size=64, fpn_channels=32)
+                           image_size=64, fpn_channels=64)
     fit = train_detector(model, ds.items, TrainConfig(steps=20, batch_size=4, lr=3e-3, seed=0))
     return root, read_detection(root), fit
 

@@ -39,7 +39,7 @@ class DetectorSpec:
     arch: str = "fcos"                  # fcos | retinanet | fasterrcnn
     image_size: int = 256               # images are resized to image_size x image_size (a multiple of 32)
     fpn_channels: int = 128             # FPN width; torchvision uses 256, half costs a quarter in the head
-    out_indices: tuple[int, ...] = (1, 2, 3, 4)   # backbone levels (timm feature_info), strides 4..32
+    out_indices: tuple[int, ...] | None = None    # backbone levels (timm feature_info); None: default_levels
     frozen_bn: bool = True              # BatchNorm statistics kept from the source (few images)
     freeze_backbone: bool = False       # train FPN + heads only (the linear_probe-style baseline)
 
@@ -69,13 +69,13 @@ class TimmFPN(nn.Module):
 
 
 def build_detector(backbone_source: str, num_classes: int, arch: str = "fcos", pretrained: bool = True,
-                   image_size: int = 256, *, fpn_channels: int = 128, out_indices=(1, 2, 3, 4),
+                   image_size: int = 256, *, fpn_channels: int = 128, out_indices=None,
                    frozen_bn: bool = True, freeze_backbone: bool = False) -> nn.Module:
     """A torchvision detector (train mode: `model(images, targets) -> losses`; eval mode:
     `model(images) -> [{boxes, labels, scores}]`) on the backbone `backbone_source`. The spec is kept
     as `model.spec` (a DetectorSpec) for saving."""
     spec = DetectorSpec(backbone_source, int(num_classes), arch, int(image_size), int(fpn_channels),
-                        tuple(out_indices), frozen_bn, freeze_backbone)
+                        tuple(out_indices) if out_indices else None, frozen_bn, freeze_backbone)
     return build_from_spec(spec, pretrained=pretrained)
 
 
@@ -91,9 +91,14 @@ def build_from_spec(spec: DetectorSpec, pretrained: bool = True) -> nn.Module:
     if spec.image_size < 32 or spec.image_size % 32:
         raise SourceError(f"image size {spec.image_size} must be a multiple of 32 (the coarsest "
                           "backbone stride), e.g. 256")
+    if spec.arch == "fcos" and (spec.fpn_channels < 64 or spec.fpn_channels % 32):
+        # GroupNorm of one channel a group fails on a 1x1 level (P7 of a small image) with batch 1
+        raise SourceError(f"FPN width {spec.fpn_channels}: FCOS's head normalises in 32 groups, so the "
+                          "width must be a multiple of 32 and at least 64 (e.g. 128)")
     body = features_body(spec.source, spec.out_indices, pretrained)
-    mean, std = list(body.pretrained_cfg.get("mean", (0.485, 0.456, 0.406))), \
-        list(body.pretrained_cfg.get("std", (0.229, 0.224, 0.225)))
+    spec.out_indices = tuple(body.feature_info.out_indices)   # resolved, so that a saved spec rebuilds the same
+    mean = list(body.pretrained_cfg.get("mean", (0.485, 0.456, 0.406)))
+    std = list(body.pretrained_cfg.get("std", (0.229, 0.224, 0.225)))
     if spec.frozen_bn:
         from timm.layers import freeze_batch_norm_2d
         body = freeze_batch_norm_2d(body)
@@ -121,29 +126,48 @@ def build_from_spec(spec: DetectorSpec, pretrained: bool = True) -> nn.Module:
     return model
 
 
-def features_body(source: str, out_indices, pretrained: bool = True) -> nn.Module:
-    """The timm features-only model of `source`, with its source weights when `pretrained` (and the
-    source has no `@random`), every tensor checked by name and shape."""
+def features_body(source: str, out_indices=None, pretrained: bool = True) -> nn.Module:
+    """The timm features-only model of `source` (levels `out_indices`; None: `default_levels`), with
+    the source's classification weights when `pretrained` (and the source has no `@random`): the
+    full model is loaded as for classification, then its tensors are copied onto the features
+    model by name, every one checked (timm's own features_only loading is not strict)."""
+    import timm
+    arch, state, origin = _source_weights(source, pretrained)
+    out_indices = tuple(out_indices) if out_indices else default_levels(arch)
+    body = timm.create_model(arch, features_only=True, out_indices=out_indices)
+    if state is not None:
+        load_features_checked(body, state, origin)
+    return body
+
+
+def default_levels(arch: str) -> tuple[int, ...]:
+    """The last (at most) four feature levels of a timm architecture at stride 4 or coarser: strides
+    4-32 for ResNets, EfficientNets, ConvNeXts (whose level indices differ: 1-4 or 0-3)."""
+    import timm
+    reductions = timm.create_model(arch, features_only=True).feature_info.reduction()
+    return tuple(i for i, r in enumerate(reductions) if r >= 4)[-4:]
+
+
+def _source_weights(source: str, pretrained: bool) -> tuple[str, dict | None, str]:
+    """(timm architecture, classification state dict or None, where it came from)."""
     import timm
 
     from ..models.sources import (_create_timm, _lite0_weights_path, _read_weights, lite0_state_for_timm,
                                   parse_source)
     kind, name, with_weights = parse_source(source)
     with_weights = pretrained and with_weights
-    kw = dict(features_only=True, out_indices=tuple(out_indices))
     if kind == "timm":
-        # timm maps the classification weights onto its own features model
-        return _create_timm(name, with_weights, source, **kw)
+        full = _create_timm(name, with_weights, source)   # unknown names are refused here, with near matches
+        return name, (full.state_dict() if with_weights else None), source
     if kind == "bundled":
         if name != "efficientnet_lite0":
             raise SourceError(f"'{source}' is not an image backbone; detection takes "
                               "bundled:efficientnet_lite0, timm:NAME or file:PATH")
-        body = timm.create_model("tf_efficientnet_lite0", **kw)
-        if with_weights:
-            path = _lite0_weights_path()
-            full = timm.create_model("tf_efficientnet_lite0")
-            load_features_checked(body, lite0_state_for_timm(full, path), str(path))
-        return body
+        if not with_weights:
+            return "tf_efficientnet_lite0", None, source
+        path = _lite0_weights_path()
+        full = timm.create_model("tf_efficientnet_lite0")
+        return "tf_efficientnet_lite0", lite0_state_for_timm(full, path), str(path)
     if kind == "file":
         state, meta = _read_weights(Path(name).expanduser())
         arch = meta.get("arch") or meta.get("transferkit.arch")
@@ -151,12 +175,11 @@ def features_body(source: str, out_indices, pretrained: bool = True) -> nn.Modul
             raise SourceError(f"'{source}': the file carries no architecture metadata; detection needs "
                               "weights saved by transferkit or timm with an 'arch' entry")
         arch = arch.split(":", 1)[1] if arch.startswith("timm:") else arch
-        body = timm.create_model(arch, **kw)
-        if with_weights:
-            load_features_checked(body, state, name)
-        return body
+        if not timm.is_model(arch):
+            raise SourceError(f"'{source}': unknown timm architecture '{arch}' in the file's metadata")
+        return arch, state, name
     raise SourceError(f"'{source}': detection needs a timm-architecture backbone "
-                      "(bundled:efficientnet_lite0, timm:NAME, file:PATH), not '{kind}:'")
+                      f"(bundled:efficientnet_lite0, timm:NAME, file:PATH), not '{kind}:'")
 
 
 def load_features_checked(body: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
@@ -198,7 +221,7 @@ def load_detector(folder: Path) -> tuple[nn.Module, list[str]]:
         raise SourceError(f"{meta_file} not found; point at the folder a detection run wrote")
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
     spec = meta["spec"]
-    spec["out_indices"] = tuple(spec["out_indices"])
+    spec["out_indices"] = tuple(spec["out_indices"]) if spec.get("out_indices") else None
     model = build_from_spec(DetectorSpec(**spec), pretrained=False)
     load_state_dict_checked(model, load_tensors(folder / "detector.safetensors"), str(folder))
     return model.eval(), list(meta["classes"])
