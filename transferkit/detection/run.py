@@ -47,16 +47,16 @@ def split_items(items: list[DetectionItem], fraction: float, seed: int) -> tuple
             [it for i, it in enumerate(items) if i in held])
 
 
-def train_run(data: str | Path, run_dir: str | Path, *, annotations: str | Path | None = None,
+def train_run(data: str | Path | DetectionSet, run_dir: str | Path, *, annotations: str | Path | None = None,
               test: str | Path | None = None, test_fraction: float = 0.2,
               source: str = "bundled:efficientnet_lite0", arch: str = "fcos", image_size: int = 256,
               freeze_backbone: bool = False, config: TrainConfig | None = None, log=print) -> dict:
-    """Read DATA (COCO/YOLO/VOC), train a detector on it (less a held-out test share, or all of it
+    """Read DATA (COCO/YOLO/VOC; or a DetectionSet already read), train a detector on it (less a held-out test share, or all of it
     when `test` names labelled test data in the same classes), score it on the test images and
     write the run folder's files (module docstring). Returns the metrics."""
     cfg = config or TrainConfig()
     run = Path(run_dir)
-    ds = read_detection(data, annotations)
+    ds = data if isinstance(data, DetectionSet) else read_detection(data, annotations)
     for note in ds.notes:
         log(f"note: {note}")
     if test is not None:
@@ -161,4 +161,3 @@ def _pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}%"
 
 
-__all__ = ["split_items", "train_run", "evaluate_run", "predict_run", "DetectionSet"]
