@@ -285,6 +285,21 @@ def test_levels_follow_the_architecture_strides_4_to_32_and_the_spec_records_the
         assert model([torch.rand(3, 64, 64)])[0]["boxes"].shape[1] == 4
 
 
+@pytest.mark.parametrize("arch,terms", [("retinanet", {"classification", "bbox_regression"}),
+                                        ("fasterrcnn", {"loss_classifier", "loss_box_reg", "loss_objectness",
+                                                        "loss_rpn_box_reg"})])
+def test_retinanet_and_faster_rcnn_take_a_step_and_answer_in_data_classes(tmp_path, arch, terms):
+    from transferkit.detection.model import build_detector
+    from transferkit.detection.predict import predict
+    from transferkit.detection.train import TrainConfig, train_detector
+    ds = make_images(tmp_path / "images", 2)
+    model = build_detector("timm:resnet10t@random", 2, arch, image_size=64, fpn_channels=64)
+    fit = train_detector(model, ds.items, TrainConfig(steps=1, batch_size=2))
+    assert set(fit.parts[0]) == terms and np.isfinite(fit.losses[0])
+    (p,) = predict(model, ds.items[:1])
+    assert p["boxes"].shape[1] == 4 and all(0 <= c < 2 for c in p["labels"].tolist())
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A random-init lite0 FCOS at 64 px trained 20 steps on 8 made images (seeded)."""
