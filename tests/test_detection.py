@@ -4,7 +4,6 @@ name, mAP on hand-made boxes, a tiny detector trains, predictions are valid COCO
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
