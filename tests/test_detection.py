@@ -299,6 +299,40 @@ def test_retinanet_and_faster_rcnn_take_a_step_and_answer_in_data_classes(tmp_pa
     assert p["boxes"].shape[1] == 4 and all(0 <= c < 2 for c in p["labels"].tolist())
 
 
+def test_freeze_backbone_trains_only_fpn_and_heads_and_batchnorm_statistics_stay(tmp_path):
+    import torch
+
+    from transferkit.detection.model import build_detector
+    from transferkit.detection.train import TrainConfig, train_detector
+    ds = make_images(tmp_path / "images", 4)
+    for freeze in (True, False):
+        model = build_detector("timm:resnet10t@random", 2, image_size=64, fpn_channels=64, freeze_backbone=freeze)
+        body0 = {k: v.clone() for k, v in model.backbone.body.state_dict().items()}
+        fpn0 = {k: v.clone() for k, v in model.backbone.fpn.state_dict().items()}
+        train_detector(model, ds.items, TrainConfig(steps=2, batch_size=2))
+        body = model.backbone.body.state_dict()
+        moved = [k for k in body0 if not torch.equal(body0[k], body[k])]
+        assert any(not torch.equal(fpn0[k], v) for k, v in model.backbone.fpn.state_dict().items())
+        # frozen BatchNorm (the default) keeps the source statistics in both cases
+        assert not [k for k in moved if "running_" in k]
+        assert (moved == []) == freeze, moved[:3]
+
+
+def test_the_same_seed_gives_the_same_losses_and_another_seed_does_not(tmp_path):
+    from transferkit.detection.model import build_detector
+    from transferkit.detection.train import TrainConfig, train_detector
+    ds = make_images(tmp_path / "images", 4)
+
+    def losses(seed):
+        import torch
+        torch.manual_seed(0)   # the same initial weights; the loop's seed drives order and flips
+        model = build_detector("timm:resnet10t@random", 2, image_size=64, fpn_channels=64)
+        return train_detector(model, ds.items, TrainConfig(steps=3, batch_size=2, seed=seed)).losses
+
+    a = losses(0)
+    assert losses(0) == a and losses(1) != a
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A random-init lite0 FCOS at 64 px trained 20 steps on 8 made images (seeded)."""
