@@ -412,6 +412,25 @@ def test_a_saved_detector_loads_back_and_predicts_the_same(trained, tmp_path):
 
 # ------------------------------------------------------------------------------------ run folder
 
+def test_a_detector_on_file_weights_loads_back_after_the_file_is_gone(tmp_path):
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from transferkit.detection.model import build_detector, load_detector, save_detector
+    torch.manual_seed(0)
+    weights = tmp_path / "mine.safetensors"
+    state = timm.create_model("resnet10t").state_dict()
+    save_file(state, str(weights), metadata={"arch": "resnet10t"})
+    model = build_detector(f"file:{weights}", 2, image_size=64, fpn_channels=64)
+    assert torch.equal(model.backbone.body.state_dict()["layer4.0.conv2.weight"], state["layer4.0.conv2.weight"])
+    save_detector(model, ["a", "b"], tmp_path / "run")
+    weights.unlink()
+    again, _ = load_detector(tmp_path / "run")
+    assert again.spec.timm_arch == "resnet10t"
+    assert torch.equal(again.backbone.body.state_dict()["layer4.0.conv2.weight"], state["layer4.0.conv2.weight"])
+
+
 def test_train_run_writes_a_run_folder_that_evaluate_and_predict_read(tmp_path):
     import csv as _csv
 

@@ -42,6 +42,7 @@ class DetectorSpec:
     out_indices: tuple[int, ...] | None = None    # backbone levels (timm feature_info); None: default_levels
     frozen_bn: bool = True              # BatchNorm statistics kept from the source (few images)
     freeze_backbone: bool = False       # train FPN + heads only (the linear_probe-style baseline)
+    timm_arch: str | None = None        # the timm architecture the source resolved to (set when built)
 
 
 class TimmFPN(nn.Module):
@@ -95,8 +96,14 @@ def build_from_spec(spec: DetectorSpec, pretrained: bool = True) -> nn.Module:
         # GroupNorm of one channel a group fails on a 1x1 level (P7 of a small image) with batch 1
         raise SourceError(f"FPN width {spec.fpn_channels}: FCOS's head normalises in 32 groups, so the "
                           "width must be a multiple of 32 and at least 64 (e.g. 128)")
-    body = features_body(spec.source, spec.out_indices, pretrained)
-    spec.out_indices = tuple(body.feature_info.out_indices)   # resolved, so that a saved spec rebuilds the same
+    if not pretrained and spec.timm_arch:   # rebuilding a saved detector: no source weights needed
+        import timm
+        body = timm.create_model(spec.timm_arch, features_only=True, out_indices=spec.out_indices)
+    else:
+        body = features_body(spec.source, spec.out_indices, pretrained)
+    # resolved, so that a saved spec rebuilds the same without the source (a file: may be gone)
+    spec.out_indices = tuple(body.feature_info.out_indices)
+    spec.timm_arch = body.pretrained_cfg.get("architecture") or spec.timm_arch
     mean = list(body.pretrained_cfg.get("mean", (0.485, 0.456, 0.406)))
     std = list(body.pretrained_cfg.get("std", (0.229, 0.224, 0.225)))
     if spec.frozen_bn:
