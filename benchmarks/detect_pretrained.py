@@ -5,6 +5,7 @@ from the bundled weights and from random initialisation, side by side, same seed
     python benchmarks/detect_pretrained.py /tmp/dense/detect/train /tmp/dense/detect/test \
         [--images 100 --steps 120 --size 128 --arch fcos --batch 8]
 
+`--sources bundled:efficientnet_lite0+frozen` adds the frozen-backbone baseline (FPN + heads only).
 Prints one JSON line per run (map, map_50, seconds) and the ratio of mAP@50.
 """
 
@@ -34,7 +35,8 @@ def main(argv=None) -> None:
     ap.add_argument("--arch", default="fcos")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--sources", default="bundled:efficientnet_lite0,bundled:efficientnet_lite0@random")
+    ap.add_argument("--sources", default="bundled:efficientnet_lite0,bundled:efficientnet_lite0@random",
+                    help="comma-separated; a source ending in '+frozen' trains FPN and heads only")
     a = ap.parse_args(argv)
     train, test = read_detection(a.train), read_detection(a.test)
     items = sorted(train.items, key=lambda it: it.image)
@@ -43,7 +45,9 @@ def main(argv=None) -> None:
     results = {}
     for source in a.sources.split(","):
         torch.manual_seed(a.seed)
-        model = build_detector(source, len(train.classes), a.arch, image_size=a.size)
+        frozen = source.endswith("+frozen")
+        model = build_detector(source.removesuffix("+frozen"), len(train.classes), a.arch, image_size=a.size,
+                               freeze_backbone=frozen)
         t = time.perf_counter()
         fit = train_detector(model, items, TrainConfig(steps=a.steps, batch_size=a.batch, lr=a.lr, seed=a.seed))
         metrics, _ = evaluate_detector(model, test.items, test.classes)
