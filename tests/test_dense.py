@@ -114,11 +114,11 @@ def test_task_is_inferred_from_the_layout_and_said(tmp_path, image_folder):
     assert resolve_task(make_config(data=str(seg), out="x", task="classify"), log=said.append) == "classify"
 
 
-def test_detect_is_not_available_yet(tmp_path, capsys):
+def test_detect_on_a_folder_without_boxes_names_the_layouts_it_reads(tmp_path, capsys):
     data = write_segmentation(tmp_path / "seg", n=2)
     assert main(["train", str(data), "--task", "detect", "--out", str(tmp_path / "run")]) == 2
     line = _err(capsys)
-    assert "--task detect" in line and "not available yet" in line
+    assert "COCO" in line and "YOLO" in line
     assert not (tmp_path / "run").exists()
 
 

@@ -42,7 +42,7 @@ class TrainConfig:
 
     data: str = option("", "folder of class folders, image CSV (path,label), or text CSV/TSV/JSONL")
     task: str = option("auto", "what to learn: classify, segment (DATA/images + DATA/masks), anomaly (MVTec "
-                       "layout: DATA/train/good), detect (not available yet); auto: from DATA's layout "
+                       "layout: DATA/train/good), detect (COCO JSON, YOLO or Pascal VOC boxes); auto: from DATA's layout "
                        "(transferkit/dense)", choices=("auto", "classify", "segment", "detect", "anomaly"))
     decoder: str = option("fpn", "segment: the decoder on the backbone's feature pyramid",
                           choices=("fpn", "unet"))

@@ -27,9 +27,8 @@ import yaml
 from ..config import ConfigError, TrainConfig
 
 # task name -> module (imported on first use, so that classification never pays for smp)
-TASKS = {"segment": "transferkit.dense.segment", "anomaly": "transferkit.dense.anomaly"}
-PLANNED = {"detect": "detection (COCO/YOLO/VOC boxes) is not available yet in transferkit; for now "
-                     "train a classifier on crops, or pass --task segment with masks"}
+TASKS = {"segment": "transferkit.dense.segment", "anomaly": "transferkit.dense.anomaly",
+         "detect": "transferkit.detection.task"}
 
 
 @dataclass
@@ -45,8 +44,6 @@ class DenseResult:
 
 
 def task_module(name: str):
-    if name in PLANNED:
-        raise ConfigError(f"--task {name}: {PLANNED[name]}")
     if name not in TASKS:
         raise ConfigError(f"--task {name}: not a dense task; dense tasks: {', '.join(TASKS)}")
     return importlib.import_module(TASKS[name])
