@@ -41,6 +41,11 @@ class TrainConfig:
     """Everything needed to rerun a training run (written to RUN_DIR/config.yaml)."""
 
     data: str = option("", "folder of class folders, image CSV (path,label), or text CSV/TSV/JSONL")
+    task: str = option("auto", "what to learn: classify, segment (DATA/images + DATA/masks), anomaly (MVTec "
+                       "layout: DATA/train/good), detect (COCO JSON, YOLO or Pascal VOC boxes); auto: from DATA's layout "
+                       "(transferkit/dense)", choices=("auto", "classify", "segment", "detect", "anomaly"))
+    decoder: str = option("fpn", "segment: the decoder on the backbone's feature pyramid",
+                          choices=("fpn", "unet"))
     backbone: str = option("bundled:efficientnet_lite0", "source model id (see 'transferkit models'); "
                            "kind:NAME[@random], or auto[:SRC1,SRC2,...] to train the source whose "
                            "frozen features score best by cross-validated probe accuracy (auto alone: "

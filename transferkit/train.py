@@ -27,6 +27,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False, log=No
 
 
 def _train(cfg: TrainConfig, resume: bool, quiet: bool, say) -> FitResult:
+    from . import dense  # segment/anomaly: their own loops, the same run-folder rules (transferkit/dense)
+    task = dense.run_task(cfg.out) if resume else dense.resolve_task(cfg, log=say)
+    if dense.is_dense(task):
+        return dense.task_module(task).train(cfg, resume=resume, log=say, progress=not quiet)
     choice = None
     if not resume and cfg.unlabelled:  # a bad pool stops here, before auto writes OUT/auto
         from .engine.unlabelled import check_pool

@@ -125,8 +125,23 @@ def cmd_models(args) -> int:
     return 0
 
 
+def _print_dense(rows: list[dict], args) -> int:
+    if args.json:
+        print(json.dumps(_strict_json(rows), indent=2))
+    else:
+        for r in rows:
+            print("\t".join(str(v) for v in r.values()))
+    return 0
+
+
 def cmd_predict(args) -> int:
     from ..engine.run import predict_run, predict_source
+    from .. import dense
+    task = None if args.model or args.zero_shot else dense.run_task(args.inputs[0])
+    if dense.is_dense(task):  # masks / heat maps: files in the folder --output names
+        if len(args.inputs) < 2:
+            raise ValueError("predict needs RUN_DIR and at least one input (file or folder)")
+        return _print_dense(dense.task_module(task).predict(args.inputs[0], args.inputs[1:], args.output), args)
     if args.output:
         from ..report.outputs import check_predictions_path, write_predictions
         check_predictions_path(args.output)
@@ -186,8 +201,8 @@ def cmd_train(args) -> int:
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun / accelerate launch, one process reports
     m = result.metrics or {}
-    print(json.dumps(_strict_json({k: m.get(k) for k in ("accuracy", "macro_f1", "ece", "n_train", "n_val",
-                                                          "n_test")})))
+    keys = getattr(result, "summary", None) or ("accuracy", "macro_f1", "ece", "n_train", "n_val", "n_test")
+    print(json.dumps(_strict_json({k: m.get(k) for k in keys})))
     return 0
 
 
@@ -201,6 +216,9 @@ def _report_interrupted(result) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from .. import dense
+    if dense.is_dense(dense.run_task(args.run_dir)):
+        return _evaluate_dense(args, dense.task_module(dense.run_task(args.run_dir)))
     from ..engine.run import evaluate_loaded, load_run
     if args.out:
         from ..report.outputs import check_evaluation_dir, write_evaluation
@@ -221,6 +239,26 @@ def cmd_evaluate(args) -> int:
         print(f"classes of the run absent from {args.data} (not in macro-F1): {', '.join(m['absent_classes'])}")
     _print_table([{"class": c, **{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()}}
                   for c, r in m["per_class"].items()], ["class", "precision", "recall", "f1", "support"])
+    return 0
+
+
+def _evaluate_dense(args, task) -> int:
+    if args.out:
+        from ..dense.runs import free_output_dir
+        free_output_dir(args.out, ["metrics.json"])
+    m = task.evaluate(args.run_dir, args.data)
+    if args.out:
+        from ..engine.checkpoint import atomic_write_json
+        atomic_write_json(os.path.join(args.out, "metrics.json"), m)
+        print(f"wrote {args.out}/metrics.json", file=sys.stderr)
+    if args.json:
+        print(json.dumps(_strict_json(m), indent=2))
+        return 0
+    print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()
+                    if isinstance(v, (int, float, str)) or v is None))
+    for k, v in m.items():  # per class (segment) or per defect type (anomaly)
+        if isinstance(v, dict):
+            print(f"{k}: " + "  ".join(f"{c} {'-' if x is None else f'{x:.4f}'}" for c, x in v.items()))
     return 0
 
 

@@ -1,0 +1,98 @@
+"""Dense tasks: segmentation and defect (anomaly) detection, transferred from a classification backbone.
+
+A task is one module with the same small contract, found through `TASKS` (no if-chains on the name):
+
+    NAME: str
+    LAYOUT: str                                    the data layout in words, for messages
+    SUMMARY: tuple[str, ...]                       metrics keys `train` prints when it finishes
+    looks_like(path) -> bool                       DATA has this task's layout
+    train(cfg, *, resume, log, progress) -> DenseResult
+    evaluate(run_dir, data, *, log) -> dict        metrics of a finished run on labelled DATA
+    predict(run_dir, inputs, output, *, log) -> list[dict]   one row per input, files under `output`
+
+`transferkit train DATA --task auto` picks a dense task when exactly one task's layout matches DATA
+(and says so), else classification. `evaluate` and `predict` dispatch on the task recorded in the
+run's run.json. Detection (COCO/YOLO/VOC) joins the registry later with the same contract.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..config import ConfigError, TrainConfig
+
+# task name -> module (imported on first use, so that classification never pays for smp)
+TASKS = {"segment": "transferkit.dense.segment", "anomaly": "transferkit.dense.anomaly",
+         "detect": "transferkit.detection.task"}
+
+
+@dataclass
+class DenseResult:
+    """What `train` returns for a dense run (the fields the CLI reads of a classification FitResult)."""
+
+    run_dir: Path
+    metrics: dict | None
+    state: object = None
+    interrupted: bool = False
+    signal: int | None = None
+    summary: tuple[str, ...] = field(default_factory=tuple)
+
+
+def task_module(name: str):
+    if name not in TASKS:
+        raise ConfigError(f"--task {name}: not a dense task; dense tasks: {', '.join(TASKS)}")
+    return importlib.import_module(TASKS[name])
+
+
+def infer_task(data: str) -> str | None:
+    """The dense task whose layout DATA has, or None (classification). Two matches are an error."""
+    path = Path(data).expanduser()
+    if not path.is_dir():
+        return None
+    found = [name for name in TASKS if task_module(name).looks_like(path)]
+    if len(found) > 1:
+        raise ConfigError(f"{data} has the layout of several tasks ({', '.join(found)}); pass --task "
+                          + " or --task ".join(found))
+    return found[0] if found else None
+
+
+def resolve_task(cfg: TrainConfig, log=print) -> str:
+    """The task a new run trains: `cfg.task`, or for `auto` the one DATA's layout says (logged)."""
+    if cfg.task != "auto":
+        if cfg.task != "classify":
+            task_module(cfg.task)  # `detect` stops here, before anything is written
+        return cfg.task
+    task = infer_task(cfg.data) if cfg.data else None
+    if task is None:
+        return "classify"
+    log(f"task: {task} (inferred from the layout of {cfg.data}: {task_module(task).LAYOUT}; "
+        "pass --task to choose another)")
+    return task
+
+
+def run_task(run_dir: str | Path) -> str:
+    """The task recorded in a run folder (run.json, else config.yaml); runs before dense tasks: classify."""
+    run = Path(run_dir)
+    for name in ("run.json", "config.yaml"):
+        p = run / name
+        if not p.is_file():
+            continue
+        try:
+            if name == "run.json":
+                task = json.loads(p.read_text(encoding="utf-8")).get("task")
+            else:
+                task = (yaml.safe_load(p.read_text(encoding="utf-8")) or {}).get("task")
+        except (ValueError, AttributeError, OSError, yaml.YAMLError):
+            continue  # the run's own loader reports a damaged file with its fix
+        if task and task != "auto":
+            return task
+    return "classify"
+
+
+def is_dense(task: str) -> bool:
+    return task in TASKS
