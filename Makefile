@@ -23,5 +23,7 @@ demo-text: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# build products only: runs/ holds trained models (the README's examples train there), never removed
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf .pytest_cache build dist transferkit.egg-info
+	find transferkit tests benchmarks scripts -name __pycache__ -type d -prune -exec rm -rf {} +
