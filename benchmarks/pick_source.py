@@ -64,7 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-test", type=int, default=300, help="test items scored per set and seed")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(RESULTS / "pick_source"))
+    ap.add_argument("--table", metavar="RESULTS_JSON", help="only write RESULTS.md again from its JSON")
     args = ap.parse_args(argv)
+    if args.table:
+        saved = json.loads(Path(args.table).read_text())
+        text = format_table(saved["rows"], saved["command"])
+        Path(args.table).with_suffix(".md").write_text(text)
+        print(text)
+        return 0
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
@@ -116,7 +123,9 @@ def format_table(rows: list[dict], command: str) -> str:
         mean = {s: np.mean([r["test"][s] for r in rs]) for s in AUTO_IMAGE}
         best = max(mean, key=mean.get)
         picks = [r["picked"] for r in rs]
+        auto = np.mean([r["test"][r["picked"]] for r in rs])
         lines.append(f"- {name}: mean test probe " + ", ".join(f"{short[s]} {mean[s]:.3f}" for s in AUTO_IMAGE)
+                     + f", auto's pick {auto:.3f}"
                      + f"; best on average {short[best]}; auto picked it on {picks.count(best)}/{len(rs)} seeds, "
                      f"the per-seed best on {sum(r['picked_is_best'] for r in rs)}/{len(rs)}; mean regret "
                      f"{np.mean([r['regret'] for r in rs]):.3f}")
