@@ -289,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
     ap.add_argument("--default-timing", action="store_true",
                     help="also time one run per task with the CLI's defaults (60 images at 160 px)")
+    ap.add_argument("--dry-run", action="store_true", help="build the data, print the planned commands, run nothing")
     ap.add_argument("--quick", action="store_true", help="smoke: seed 0, 10 labels, 6 steps, one texture")
     ap.add_argument("--results", default=str(RESULTS), help="output prefix (default: benchmarks/results/dense)")
     a = ap.parse_args(argv)
@@ -310,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = Path(a.runs_dir).resolve() if a.runs_dir else Path(tempfile.mkdtemp(prefix="dense-bench-runs-"))
     jobs = plan(a, data, runs_dir)
     print(f"{len(jobs)} runs, {a.jobs} at a time; run folders in {runs_dir}", flush=True)
+    if a.dry_run:
+        for j in jobs:
+            print(shlex.join(["python", "-m", "transferkit", "train", *j["args"], "--out", j["run"]]))
+        return 0
     t0 = time.perf_counter()
     results = []
     with ThreadPoolExecutor(a.jobs) as pool:
