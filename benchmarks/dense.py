@@ -174,7 +174,7 @@ def _value(results, **key) -> dict[int, float]:
 
 
 def summarise(results: list[dict], a, command: str, total_s: float) -> tuple[dict, str]:
-    lines = [f"# Dense-task benchmark", "", f"`{command}`", "",
+    lines = ["# Dense-task benchmark", "", f"`{command}`", "",
              f"Source `{SOURCE}` against `{SOURCE}@random`. Seeds {a.seeds}; wall {total_s:.0f} s in all "
              f"({a.jobs} at a time, {a.threads} torch thread(s) each) on {os.cpu_count()} logical CPUs.", ""]
     summary: dict = {"command": command, "total_wall_s": round(total_s, 1), "rows": [], "paired": [], "checks": {}}
