@@ -300,7 +300,10 @@ def test_segment_splits_are_seeded_and_shots_count_images(tmp_path):
     items, classes = load_dataset(write_segmentation(tmp_path / "seg", n=16))
     kw = dict(test_items=None, val_items=None, test_fraction=0.25, val_fraction=None)
     a = split(items, seed=1, shots=4, **kw)
-    assert [len(s) for s in a] == [4, 2, 4]  # 4 test; of the 12 left 0.2 validate; 4 shots of the rest
+    # 4 test; 4 shots of the 12 left, and no validation share: at N labels none is spent on choosing
+    assert [len(s) for s in a] == [4, 0, 4]
+    # asked for, a validation share is held out from the images beyond the N shots
+    assert [len(s) for s in split(items, seed=1, shots=4, **{**kw, "val_fraction": 0.2})] == [4, 2, 4]
     assert a == split(items, seed=1, shots=4, **kw)
     assert a != split(items, seed=2, shots=4, **kw)
     names = [{str(it.image) for it in s} for s in a]

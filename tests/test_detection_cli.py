@@ -42,3 +42,13 @@ def test_detect_layout_is_inferred_and_a_bad_label_stops_before_the_run_folder(t
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("transferkit: error: ") and "img_01.txt:1: class index 7" in err[-1]
     assert not (tmp_path / "run").exists()
+
+
+def test_detect_shots_trains_on_that_many_labelled_images(tmp_path):
+    data, run = tmp_path / "coco", tmp_path / "run"
+    coco_set(data, 8)
+    assert main(["train", str(data), "--task", "detect", *TINY, "--steps", "1", "--shots", "3",
+                 "--out", str(run), "--quiet"]) == 0
+    split = json.loads((run / "split.json").read_text())
+    assert json.loads((run / "metrics.json").read_text())["n_train"] == 3 == len(split["train"])
+    assert not set(split["train"]) & set(split["test"])

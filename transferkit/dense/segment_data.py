@@ -115,8 +115,10 @@ def load_dataset(data: str | Path) -> tuple[list[SegItem], list[str]]:
 
 def split(items: list[SegItem], *, seed: int, test_items: list[SegItem] | None, val_items: list[SegItem] | None,
           test_fraction: float, val_fraction: float | None, shots: int | None):
-    """(train, val, test), seeded. `shots` keeps N labelled training images; without --val a share
-    (default 0.2 from 10 images up, else none) is held out to pick the best checkpoint."""
+    """(train, val, test), seeded. `shots` keeps N labelled training images and, unless --val or
+    --val-fraction asks for one, holds out no validation share (N labels are all the labels: none is
+    spent on choosing a checkpoint, the final weights are kept); without `shots` a share (default 0.2
+    from 10 images up, else none) is held out to pick the best checkpoint."""
     pool = sorted(items, key=lambda it: str(it.image))
     random.Random(seed).shuffle(pool)
     test = test_items if test_items is not None else []
@@ -125,7 +127,7 @@ def split(items: list[SegItem], *, seed: int, test_items: list[SegItem] | None, 
         test, pool = pool[:n], pool[n:]
     val = val_items if val_items is not None else []
     if val_items is None:
-        frac = val_fraction if val_fraction is not None else (0.2 if len(pool) >= 10 else 0.0)
+        frac = val_fraction if val_fraction is not None else (0.2 if len(pool) >= 10 and shots is None else 0.0)
         n = round(len(pool) * frac) if frac > 0 and len(pool) > 2 else 0
         val, pool = pool[:n], pool[n:]
     if shots is not None:

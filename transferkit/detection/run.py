@@ -50,10 +50,12 @@ def split_items(items: list[DetectionItem], fraction: float, seed: int) -> tuple
 def train_run(data: str | Path | DetectionSet, run_dir: str | Path, *, annotations: str | Path | None = None,
               test: str | Path | None = None, test_fraction: float = 0.2,
               source: str = "bundled:efficientnet_lite0", arch: str = "fcos", image_size: int = 256,
-              freeze_backbone: bool = False, config: TrainConfig | None = None, log=print) -> dict:
+              freeze_backbone: bool = False, config: TrainConfig | None = None, shots: int | None = None,
+              log=print) -> dict:
     """Read DATA (COCO/YOLO/VOC; or a DetectionSet already read), train a detector on it (less a held-out test share, or all of it
     when `test` names labelled test data in the same classes), score it on the test images and
-    write the run folder's files (module docstring). Returns the metrics."""
+    write the run folder's files (module docstring). `shots`: train on that many labelled images
+    (a seeded subset of the training share). Returns the metrics."""
     cfg = config or TrainConfig()
     run = Path(run_dir)
     ds = data if isinstance(data, DetectionSet) else read_detection(data, annotations)
@@ -67,6 +69,13 @@ def train_run(data: str | Path | DetectionSet, run_dir: str | Path, *, annotatio
         train_items, test_items = ds.items, test_ds.items
     else:
         train_items, test_items = split_items(ds.items, test_fraction, cfg.seed)
+    if shots is not None:
+        if shots > len(train_items):
+            log(f"warning: --shots {shots} but only {len(train_items)} training images; training on all of them")
+        order = sorted(range(len(train_items)), key=lambda i: train_items[i].image)
+        random.Random(cfg.seed + 1).shuffle(order)
+        keep = set(order[:shots])
+        train_items = [it for i, it in enumerate(train_items) if i in keep]
     atomic_write_json(run / "split.json", {"train": [it.image for it in train_items],
                                            "test": [it.image for it in test_items]})
     model = build_detector(source, len(ds.classes), arch, image_size=image_size, freeze_backbone=freeze_backbone)

@@ -41,13 +41,15 @@ def train(cfg, *, resume: bool = False, log=print, progress: bool = True):
     ds = read_detection(cfg.data)              # every data problem is reported before the run folder is made
     size = runs.image_size(cfg, DEFAULT_SIZE, 32)
     n_train = len(ds.items) if cfg.test else max(1, round(len(ds.items) * (1 - cfg.test_fraction)))
+    n_train = min(n_train, cfg.shots or n_train)
     steps = cfg.steps or (cfg.epochs * math.ceil(n_train / cfg.batch_size) if cfg.epochs else DEFAULT_STEPS)
     tcfg = TrainConfig(steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, backbone_lr_mult=cfg.backbone_lr_mult,
                        weight_decay=cfg.weight_decay, warmup_steps=round(cfg.warmup * steps),
                        flip=cfg.augment, seed=cfg.seed)
     run = runs.start_run(cfg, NAME, {"id": cfg.backbone, "detector": "fcos", "image_size": size}, log)
     metrics = train_run(ds, run, test=cfg.test, test_fraction=cfg.test_fraction, source=cfg.backbone,
-                        image_size=size, freeze_backbone=STRATEGIES[cfg.strategy], config=tcfg, log=log)
+                        image_size=size, freeze_backbone=STRATEGIES[cfg.strategy], config=tcfg,
+                        shots=cfg.shots, log=log)
     return DenseResult(run, metrics, summary=SUMMARY)
 
 
