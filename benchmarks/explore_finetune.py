@@ -47,7 +47,7 @@ def run_job(job: dict) -> dict:
 
     from transferkit.config import make_config
     from transferkit.data import load_task
-    from transferkit.engine import checkpoint as ck
+    from transferkit.store import checkpoint as ck
     from transferkit.engine.build import build_model
     from transferkit.engine.evaluate import eval_loader, make_dataset, predict_probs
     from transferkit.engine.fit import fit, wise_mix

@@ -75,7 +75,7 @@ def _cfg(job: dict, out: Path, **over):
 def _test_curve(run: Path, cfg, task, grid) -> dict:
     import torch
 
-    from transferkit.engine import checkpoint as ck
+    from transferkit.store import checkpoint as ck
     from transferkit.engine.build import build_model
     from transferkit.engine.evaluate import eval_loader, make_dataset, predict_probs
     from transferkit.config import read_config
@@ -173,7 +173,7 @@ def moved(run: Path, backbone: str) -> float:
     `lp_model.safetensors` of LP-FT, else the source weights). Any nonzero gradient under AdamW
     changes single weights by ~lr per step, so the largest single change says nothing; the
     relative change of the whole backbone is what says whether the features moved."""
-    from transferkit.engine import checkpoint as ck
+    from transferkit.store import checkpoint as ck
     final = ck.load_tensors(run / "model.safetensors")
     if (run / "lp_model.safetensors").exists():
         start = ck.load_tensors(run / "lp_model.safetensors")

@@ -340,7 +340,7 @@ def test_a_model_that_outputs_nan_never_writes_invalid_json(run, tmp_path, capsy
     assert main(["evaluate", str(out), str(data), "--json"]) == 0
     m = _strict_json(capsys.readouterr().out)
     assert m["nll"] is None and "nll" in m["non_finite"]
-    from transferkit.engine.checkpoint import atomic_write_json
+    from transferkit.store.checkpoint import atomic_write_json
     bad = atomic_write_json(tmp_path / "m.json", {"accuracy": 0.5, "nll": float("nan"), "x": [float("inf")]})
     assert bad == ["nll", "x[0]"]
     assert _strict_json((tmp_path / "m.json").read_text()) == {"accuracy": 0.5, "nll": None, "x": [None]}

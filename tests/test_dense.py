@@ -218,7 +218,7 @@ def test_anomaly_train_evaluate_predict(tmp_path, capsys):
     assert "no test labels" in m["threshold_rule"] and m["threshold"] > 0
     page = (run / "report.html").read_text()
     assert "worst first (12 of 12)" in page and "threshold" in page
-    from transferkit.engine.checkpoint import load_tensors
+    from transferkit.store.checkpoint import load_tensors
     bank = load_tensors(run / "model.safetensors")["memory_bank"]
     assert bank.shape[0] == m["bank_size"] == round(0.1 * m["patches"])
     capsys.readouterr()

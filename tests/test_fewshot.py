@@ -181,7 +181,7 @@ def test_wise_mix_interpolates_weights_and_keeps_integer_buffers():
 
 
 def test_two_phase_with_wise_zero_is_exactly_its_probe(image_folder, tmp_path):
-    from transferkit.engine import checkpoint as ck
+    from transferkit.store import checkpoint as ck
     run = tmp_path / "run"
     assert _train(image_folder, run, "--shots", "4", "--wise", "0") == 0
     final, lp = ck.load_tensors(run / "model.safetensors"), ck.load_tensors(run / "lp_model.safetensors")
@@ -196,7 +196,7 @@ def test_two_phase_with_wise_zero_is_exactly_its_probe(image_folder, tmp_path):
 # ------------------------------------------------------------------------------ augmented probe views
 
 def test_probe_learns_from_augmented_views_and_scores_only_plain_ones(image_folder, tmp_path, monkeypatch):
-    from transferkit.engine import checkpoint as ck
+    from transferkit.store import checkpoint as ck
     from transferkit.engine import headfit
     seen = []
     real = headfit.choose_c
@@ -333,7 +333,7 @@ def test_fine_tuning_real_weights_moves_the_backbone_and_beats_chance_and_scratc
     import shutil
 
     from transferkit.demo import IMAGE_DEMO
-    from transferkit.engine import checkpoint as ck
+    from transferkit.store import checkpoint as ck
     from transferkit.models import load_backbone
     data = tmp_path / "clipart"
     for d in sorted(p for p in IMAGE_DEMO.iterdir() if p.is_dir())[:4]:

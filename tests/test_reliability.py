@@ -14,7 +14,7 @@ from conftest import write_image_folder
 from safetensors.torch import load_file
 
 from transferkit.cli import main
-from transferkit.engine import checkpoint as ck
+from transferkit.store import checkpoint as ck
 
 TINY = "timm:test_resnet@random"
 

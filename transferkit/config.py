@@ -16,11 +16,11 @@ from typing import Any
 
 import yaml
 
+from .errors import ConfigError
 from .plain_yaml import AliasesRefused, read_plain_yaml
 
-
-class ConfigError(ValueError):
-    pass
+# the tasks besides classification (transferkit/dense registers a module for each)
+DENSE_TASKS = ("segment", "detect", "anomaly")
 
 
 def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, low: float | None = None,
@@ -43,7 +43,7 @@ class TrainConfig:
     data: str = option("", "folder of class folders, image CSV (path,label), or text CSV/TSV/JSONL")
     task: str = option("auto", "what to learn: classify, segment (DATA/images + DATA/masks), anomaly (MVTec "
                        "layout: DATA/train/good), detect (COCO JSON, YOLO or Pascal VOC boxes); auto: from DATA's layout "
-                       "(transferkit/dense)", choices=("auto", "classify", "segment", "detect", "anomaly"))
+                       "(transferkit/dense)", choices=("auto", "classify", *DENSE_TASKS))
     decoder: str = option("fpn", "segment: the decoder on the backbone's feature pyramid",
                           choices=("fpn", "unet"))
     backbone: str = option("bundled:efficientnet_lite0", "source model id (see 'transferkit models'); "
@@ -420,7 +420,7 @@ def make_config(recipe: dict[str, Any] | None = None, **overrides: Any) -> Train
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
-    from .engine.checkpoint import atomic_write_text
+    from .store.checkpoint import atomic_write_text
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 

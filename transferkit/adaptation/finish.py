@@ -7,7 +7,7 @@ import html
 import json
 from pathlib import Path
 
-from ..engine import checkpoint as ck
+from ..store import checkpoint as ck
 from ..engine.evaluate import predict_probs
 from ..engine.fit import write_history
 from ..report import png_data_uri, write_report

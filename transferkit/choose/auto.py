@@ -35,7 +35,7 @@ def resolve_auto(cfg: TrainConfig, log=print) -> tuple[TrainConfig, dict]:
     from ..models import parse_source
     from .cv import best_wise, cv_finetune
     from ..engine.build import build_model
-    from ..engine.runfolder import check_out_dir, claim_out_dir
+    from ..store.runfolder import check_out_dir, claim_out_dir
     check_out_dir(cfg)
     task = load_task_for(cfg)
     _, _, pretrained = parse_source(cfg.backbone)

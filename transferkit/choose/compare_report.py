@@ -192,7 +192,7 @@ def format_html(result: dict) -> str:
 
 
 def write_outputs(out: Path, result: dict) -> None:
-    from ..engine.checkpoint import atomic_write_text
+    from ..store.checkpoint import atomic_write_text
     atomic_write_text(out / "compare.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(out / "compare.md", format_markdown(result))
     atomic_write_text(out / "compare.html", format_html(result))

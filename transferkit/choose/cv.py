@@ -41,7 +41,7 @@ def fold_tasks(task: Task, k: int, seed: int) -> list[tuple[Task, list]]:
 
 def _held_out_scores(run: Path, cfg: TrainConfig, classes: list[str], held_out: list, grid) -> list[dict]:
     """Held-out accuracy/NLL of a finished fold run at each WiSE weight."""
-    from ..engine import checkpoint as ck
+    from ..store import checkpoint as ck
     from ..engine.build import build_model
     from ..engine.evaluate import eval_loader, make_dataset, predict_probs
     from ..engine.fit import wise_mix

@@ -66,7 +66,7 @@ def resolve_l2sp_auto(cfg: TrainConfig, log=print, grid: tuple[float, ...] | Non
         raise FileExistsError(f"{cfg.out} already holds a run; pass --resume to continue it or choose "
                               "another --out")
     if cfg.out:  # the sweep writes OUT/sweep: the folder must be ours first
-        from ..engine.runfolder import claim_out_dir
+        from ..store.runfolder import claim_out_dir
         claim_out_dir(cfg, overwrite=cfg.overwrite, log=log)
     root = Path(cfg.out) / "sweep" if cfg.out else Path(tempfile.mkdtemp(prefix="transferkit-sweep-"))
     root.mkdir(parents=True, exist_ok=True)

@@ -172,7 +172,7 @@ def cmd_predict(args) -> int:
 
 
 def _strict_json(obj):
-    from ..engine.safety import json_safe
+    from ..store.safety import json_safe
     return json_safe(obj)[0]
 
 
@@ -248,7 +248,7 @@ def _evaluate_dense(args, task) -> int:
         free_output_dir(args.out, ["metrics.json"])
     m = task.evaluate(args.run_dir, args.data)
     if args.out:
-        from ..engine.checkpoint import atomic_write_json
+        from ..store.checkpoint import atomic_write_json
         atomic_write_json(os.path.join(args.out, "metrics.json"), m)
         print(f"wrote {args.out}/metrics.json", file=sys.stderr)
     if args.json:

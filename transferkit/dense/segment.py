@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ..config import ConfigError, TrainConfig
-from ..engine import checkpoint as ck
+from ..store import checkpoint as ck
 from ..engine import interrupt
 from . import DenseResult, encoder, runs
 from .segment_data import LAYOUT, load_dataset, looks_like, split  # noqa: F401 (the task contract)
@@ -73,7 +73,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool =
         run = runs.start_run(cfg, NAME, runs.source_record(bb, size, {"classes": classes, "decoder": cfg.decoder,
                                                                         "encoder_weights": loaded}), log)
         _write_splits(run, train_items, val_items, test_items)
-        from ..engine.fit import RunState
+        from ..engine.run_state import RunState
         state = RunState()
     else:
         if last is not None:

@@ -87,7 +87,7 @@ def write_embeddings(emb: Embeddings, out: str | Path, *, data: str = "") -> lis
     """Write OUT (`.npy` or `.safetensors`: a [N, D] float32 array named `features`), OUT's
     `.index.csv` (row, item, label) and `.meta.json` (source, weights hash, shape). Files there that
     transferkit did not write are never replaced."""
-    from ..engine.checkpoint import atomic_save_tensors, atomic_write_json, atomic_write_text
+    from ..store.checkpoint import atomic_save_tensors, atomic_write_json, atomic_write_text
     out = Path(out)
     if out.suffix not in (".npy", ".safetensors"):
         raise ValueError(f"--out {out}: give a .npy or .safetensors file name")

@@ -66,7 +66,7 @@ def verify_anchor(run: Path, cfg: TrainConfig, model: TransferModel, anchor: dic
 
     from safetensors import safe_open
 
-    from . import checkpoint as ck
+    from ..store import checkpoint as ck
     stored = run / "anchor.safetensors"
     if stored.exists():
         with safe_open(str(stored), framework="pt") as f:

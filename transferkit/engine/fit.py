@@ -16,7 +16,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,43 +31,22 @@ from ..models.multistage import MultiStageFeatures
 from ..regularizers import capture_feature_maps, feature_map_layers
 from ..strategies import (freeze_stages, param_groups, parameter_summary, plan_strategy, resolve_bn,
                           set_train_mode)
-from . import checkpoint as ck
+from ..store import checkpoint as ck
 from . import interrupt
 from .batches import collate_items, train_batches
 from .build import anchor_hash, build_model, build_regularizers_for, load_task_for, verify_anchor
-from .environment import write_environment
-from .fingerprint import check_data_unchanged, write_fingerprint
+from ..store.environment import write_environment
+from ..store.fingerprint import check_data_unchanged, write_fingerprint
 from .evaluate import eval_loader, make_dataset, to_device
 from .headfit import fit_multistage_probe, fit_probe
 from .probe_views import augmented_views, frozen_views, n_probe_views, plain_probe, view_counts
 from .tta import resolve_views, views_of
 from .resume import restore_optimizer_and_rng, resume_point
+from .run_state import RunState
 from .tracking import accelerator_kwargs, end_tracking, log_evaluation, log_step, start_tracking
-from .runfolder import check_out_dir, claim_out_dir
+from ..store.runfolder import check_out_dir, claim_out_dir
 from .sharded import predict_probs_sharded
 from .stage_cache import stage_cache_for
-
-
-@dataclass
-class RunState:
-    """Where a run is: everything besides tensors that an exact resume needs."""
-
-    phase: int = 0
-    step: int = 0                 # optimisation steps done in the current phase
-    global_step: int = 0          # across phases
-    epoch: int = 0                # data epoch counter (continues across phases)
-    batch_in_epoch: int = 0
-    best_score: float = -math.inf
-    best_step: int = -1
-    evals_since_best: int = 0
-    history: list[dict] = field(default_factory=list)
-    done: bool = False
-    head_fit: dict = field(default_factory=dict)
-    running_loss: list[float] = field(default_factory=list)  # train losses since the last validation
-    phase_seconds: dict = field(default_factory=dict)        # wall time per phase name
-    wise: dict = field(default_factory=dict)                 # WiSE-FT: weight used and how it was chosen
-    choice: dict = field(default_factory=dict)               # --strategy auto: what and why
-    unlabelled: dict = field(default_factory=dict)           # --unlabelled: the pool and its use
 
 
 @dataclass
@@ -145,7 +124,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool = T
     `choice`: how the strategy was chosen (`--strategy auto`), recorded in metrics.json.
     SIGINT/SIGTERM finish the current step, write `last/` and return an interrupted result."""
     single = os.environ.get("WORLD_SIZE", "1") == "1"  # under torchrun, the launcher owns the signals
-    from .runfolder import run_lock
+    from ..store.runfolder import run_lock
     if not resume and os.environ.get("RANK", "0") == "0":
         check_out_dir(cfg)  # before the lock creates the folder
     lock = run_lock(cfg.out) if cfg.out and (not resume or Path(cfg.out).is_dir()) else nullcontext()

@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 import torch
-from ..config import ConfigError, read_config
+from ..config import DENSE_TASKS, ConfigError, read_config
 from ..data import DataError, Example, read_items
 from ..data.arrays import INPUT_EXTS
 from ..models import SourceError, load_state_dict_checked, parse_source
-from . import checkpoint as ck
+from ..store import checkpoint as ck
+from ..store.runfolder import run_task
 from .build import build_model
 from .evaluate import eval_loader, make_dataset, predict_probs
 from .tta import views_of
@@ -20,15 +21,14 @@ def load_run(run_dir: str | Path):
     """(model, cfg) for a run directory, with its best weights loaded; no hub download needed."""
     run = Path(run_dir)
     weights = run / "model.safetensors"
-    from ..dense import is_dense, run_task
-    if is_dense(run_task(run)):  # a segment/anomaly run has no classifier to load
+    if run_task(run) in DENSE_TASKS:  # a segment/anomaly run has no classifier to load
         raise ConfigError(f"{run} is a {run_task(run)} run; this command reads classification runs only "
                           f"(for a {run_task(run)} run use: transferkit evaluate RUN DATA, transferkit predict "
                           "RUN INPUTS --output DIR)")
     if not (run / "config.yaml").is_file() or not weights.is_file():
         raise FileNotFoundError(f"{run} is not a finished transferkit run (needs config.yaml and "
                                 "model.safetensors; train one with 'transferkit train ... --out DIR')")
-    from .runfolder import read_run_meta
+    from ..store.runfolder import read_run_meta
     read_run_meta(run)
     cfg = read_config(run / "config.yaml")
     try:

@@ -6,12 +6,12 @@ rates and L2-SP are written against these fields only.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
+
+from ..store.safety import tensors_hash
 
 
 @dataclass
@@ -113,15 +113,6 @@ def weights_hash(module: nn.Module) -> str:
     Stored in every run (source.json) so that an anchor re-derived from the source id can be verified.
     """
     return tensors_hash(module.state_dict())
-
-
-def tensors_hash(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(tensors.items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return "sha256:" + h.hexdigest()[:32]
 
 
 def stages_from_param_groups(module: nn.Module, groups: list[tuple[str, list[str]]]) -> list[Stage]:

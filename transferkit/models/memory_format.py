@@ -9,7 +9,7 @@ other way: a bare timm training loop in channels_last ran at 0.43x its NCHW spee
 depthwise convolutions), and transferkit with channels_last at 0.32x the NCHW bare loop, 0.93x
 without it (benchmarks/results/bench_speed_h200.md). So the default (`TRANSFERKIT_CHANNELS_LAST` unset or
 `auto`) is channels-last only where no CUDA device is present; `=1` forces it, `=0` keeps NCHW.
-Checkpoints are written contiguous (NCHW) as before (engine/checkpoint.py), so runs and exports do
+Checkpoints are written contiguous (NCHW) as before (store/checkpoint.py), so runs and exports do
 not depend on it.
 """
 

@@ -253,7 +253,7 @@ def write_report(run: Path, cfg, model, metrics: dict, history: list[dict], *,
     src = model.spec.source
     parts.append(f"<p class='sub'>source {e(src.id)} ({e(src.arch)}), weights {e(src.weights_hash)}</p>")
     parts.append("</body></html>")
-    from ..engine.checkpoint import atomic_write_text
+    from ..store.checkpoint import atomic_write_text
     out = Path(run) / "report.html"
     atomic_write_text(out, "\n".join(parts))
     return out

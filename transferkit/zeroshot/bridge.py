@@ -35,6 +35,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..models.linear_bridge import LinearBridge
+
 BRIDGE_FILE = "bridge.safetensors"
 BRIDGE_META = "bridge.json"
 
@@ -52,24 +54,6 @@ def softmax_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, labels: torch.
     """Cross-entropy over cosine scores between image embeddings and unit text embeddings."""
     scores = nn.functional.normalize(image_emb, dim=-1) @ text_emb.T / temperature
     return nn.functional.cross_entropy(scores, labels)
-
-
-class LinearBridge(nn.Module):
-    """v -> M (v - mu) / sigma: image features [B, D] to the text space [B, E]."""
-
-    def __init__(self, feature_dim: int, text_dim: int):
-        super().__init__()
-        self.proj = nn.Linear(feature_dim, text_dim, bias=False)
-        self.register_buffer("mu", torch.zeros(feature_dim))
-        self.register_buffer("sigma", torch.ones(feature_dim))
-
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.proj((feats - self.mu) / self.sigma)
-
-    def as_head(self, text_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(weight [K, D], bias [K]) of the linear head whose logits are t_k . M (v - mu) / sigma."""
-        w = (text_emb @ self.proj.weight) / self.sigma
-        return w, -(w @ self.mu)
 
 
 @dataclass
@@ -130,7 +114,7 @@ def fit_bridge(feats: torch.Tensor, targets: torch.Tensor, text_emb: torch.Tenso
 
 
 def save_bridge(out: str | Path, bridge: LinearBridge, cfg: BridgeConfig, extra: dict | None = None) -> None:
-    from ..engine import checkpoint as ck
+    from ..store import checkpoint as ck
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ck.atomic_save_tensors(out / BRIDGE_FILE, {k: v.contiguous() for k, v in bridge.state_dict().items()})
@@ -141,7 +125,7 @@ def save_bridge(out: str | Path, bridge: LinearBridge, cfg: BridgeConfig, extra:
 
 def load_bridge(path: str | Path) -> tuple[LinearBridge, BridgeConfig]:
     """A bridge directory written by `transferkit bridge` (bridge.safetensors + bridge.json)."""
-    from ..engine import checkpoint as ck
+    from ..store import checkpoint as ck
     d = Path(path)
     if not (d / BRIDGE_FILE).is_file() or not (d / BRIDGE_META).is_file():
         raise FileNotFoundError(f"{d} is not a bridge directory (needs {BRIDGE_FILE} and {BRIDGE_META}; "

@@ -1,5 +1,5 @@
 """Output folders of `export --out` and `evaluate --out`: the rule of train's run folder
-(engine/runfolder.py) for folders that hold one result.
+(store/runfolder.py) for folders that hold one result.
 
 - a new or empty folder is written as before;
 - a folder the same command wrote before (recognised by its manifest: `export.json`,
