@@ -33,7 +33,9 @@ from transferkit.demo import IMAGE_DEMO
 from transferkit.engine.build import build_model
 from transferkit.engine.delta_setup import (CHANNEL_WEIGHT_ITEMS, _spread_over_classes, channel_weights_for,
                                             delta_layers)
-from transferkit.engine.evaluate import eval_loader, extract_features, fit_head, make_dataset
+from transferkit.engine.headfit import fit_head
+from transferkit.infer.features import extract_features
+from transferkit.infer.loaders import eval_loader, make_dataset
 from transferkit.regularizers.delta_weights import _call_backbone, _layer_increases, _zeroed
 
 

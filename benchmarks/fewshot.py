@@ -5,14 +5,14 @@ few-label protocol), each job trains what its rows need and scores the test spli
 
 - `strong_probe`: the bar every row is compared to. scikit-learn LogisticRegression on the same
   frozen features the engine's probe sees — each training image, its mirror and the same augmented
-  views (engine/probe_views.py) as extra rows; C chosen by stratified cross-validation over items
+  views (infer/probe_views.py) as extra rows; C chosen by stratified cross-validation over items
   (all views of an item in one fold); the test scored on the same views the engine rows get (image,
-  mirror and the test-time augmented copies of engine/tta.py), probabilities averaged. Independent
+  mirror and the test-time augmented copies of infer/tta.py), probabilities averaged. Independent
   of the engine's head-fitting code, with the same test-time treatment as every other row.
 - `probe`: scikit-learn LogisticRegression (C=1) on one unflipped view, no test-time views (the
   old, weak bar; kept to show how much of a gain is test-time treatment).
 - `linear_probe`: the engine's probe (C by cross-validation, mirrored and augmented views of each
-  training image; the test scored on the image, its mirror and 4 augmented copies: engine/tta.py).
+  training image; the test scored on the image, its mirror and 4 augmented copies: infer/tta.py).
   Every engine row (all but `probe`) is scored with that test-time augmentation.
 - `multi_probe`: the engine's multi-stage probe (Head2Toe-style: pooled outputs of the last stages
   too, how many chosen with C by cross-validation).
@@ -77,10 +77,11 @@ def _test_curve(run: Path, cfg, task, grid) -> dict:
 
     from transferkit.store import checkpoint as ck
     from transferkit.engine.build import build_model
-    from transferkit.engine.evaluate import eval_loader, make_dataset, predict_probs
+    from transferkit.infer.loaders import eval_loader, make_dataset
+    from transferkit.infer.predict import predict_probs
     from transferkit.config import read_config
     from transferkit.engine.fit import wise_mix
-    from transferkit.engine.tta import views_of
+    from transferkit.infer.tta import views_of
     views = views_of(read_config(run / "config.yaml"))  # the run's test-time views, as evaluate scores
     model, _ = build_model(cfg, task.classes)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -101,7 +102,8 @@ def _plain_probe(task, job) -> float:
     import torch
     from sklearn.linear_model import LogisticRegression
 
-    from transferkit.engine.evaluate import eval_loader, extract_views, make_dataset
+    from transferkit.infer.features import extract_views
+    from transferkit.infer.loaders import eval_loader, make_dataset
     from transferkit.models import attach_head, load_backbone
     torch.manual_seed(0)
     model = attach_head(load_backbone(job["backbone"]), task.classes)
@@ -123,10 +125,11 @@ def _strong_probe(task, job) -> dict:
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
-    from transferkit.engine.evaluate import eval_loader, extract_views, make_dataset
+    from transferkit.infer.features import extract_views
+    from transferkit.infer.loaders import eval_loader, make_dataset
     from transferkit.engine.headfit import C_GRID
-    from transferkit.engine.probe_views import augmented_views, n_probe_views
-    from transferkit.engine.tta import resolve_views, view_features
+    from transferkit.infer.probe_views import augmented_views, n_probe_views
+    from transferkit.infer.tta import resolve_views, view_features
     from transferkit.models import attach_head, load_backbone
     cfg = _cfg(job, Path(job["tmp"]) / "strong", strategy="linear_probe")
     torch.manual_seed(0)

@@ -151,15 +151,16 @@ def test_validation_is_scored_with_the_tests_tta(image_folder, tmp_path):
     # defect 2: validation was scored without the flip TTA the test uses
     run = tmp_path / "run"
     assert _train(image_folder, run, "--val-fraction", "0.3", strategy="linear_probe") == 0
-    from transferkit.engine.evaluate import eval_loader, make_dataset, predict_probs
+    from transferkit.infer.loaders import eval_loader, make_dataset
+    from transferkit.infer.predict import predict_probs
     from transferkit.engine.run import load_run
     model, cfg = load_run(run)
     val = [r for r in _rows(run / "splits.csv") if r["split"] == "val"]
     from transferkit.data import Example
     items = [Example(str(Path(image_folder) / r["item"]), r["label"]) for r in val]
     loader = eval_loader(model, make_dataset(model, items, train=False, augment=False, image_size=32, seed=0), 16)
-    from transferkit.engine.tta import views_of
-    assert views_of(cfg) > 0  # the mirror and augmented copies (engine/tta.py), as the test is scored
+    from transferkit.infer.tta import views_of
+    assert views_of(cfg) > 0  # the mirror and augmented copies (infer/tta.py), as the test is scored
     p_tta, yv = predict_probs(model, loader, "cpu", tta=True, views=views_of(cfg))
     p_plain, _ = predict_probs(model, loader, "cpu", tta=False)
     nll = lambda p: float(-np.log(p[np.arange(len(yv)), yv]).mean())  # noqa: E731
@@ -221,7 +222,7 @@ def test_probe_learns_from_augmented_views_and_scores_only_plain_ones(image_fold
 
 def test_probe_views_default_shrinks_with_the_training_set():
     from transferkit.config import TrainConfig
-    from transferkit.engine.probe_views import MAX_VIEWS, VIEW_BUDGET, n_probe_views
+    from transferkit.infer.probe_views import MAX_VIEWS, VIEW_BUDGET, n_probe_views
     cfg = TrainConfig(data="x", out="y")
     assert n_probe_views(cfg, 50, "image") == MAX_VIEWS
     assert n_probe_views(cfg, VIEW_BUDGET // 2, "image") == 2

@@ -156,7 +156,8 @@ def test_lora_run_reloads_to_the_same_predictions(texts_csv, tiny_bert_dir, tmp_
     import importlib
 
     from transferkit.data import read_items
-    from transferkit.engine.evaluate import eval_loader, make_dataset, predict_probs
+    from transferkit.infer.loaders import eval_loader, make_dataset
+    from transferkit.infer.predict import predict_probs
     from transferkit.engine.run import load_run
 
     fit_mod = importlib.import_module("transferkit.engine.fit")  # the package re-exports `fit`

@@ -89,7 +89,7 @@ class TrainConfig:
                                  "<= 20 labels per class", choices=("auto", "light", "strong"))
     tta: bool = option(True, "test-time augmentation: average with the flipped image")
     tta_views: int | None = option(None, "with --tta, also average over this many lightly augmented "
-                                   "copies of each image (engine/tta.py)", low=0, high=64,
+                                   "copies of each image (infer/tta.py)", low=0, high=64,
                                    none="4 for images at <= 20 labels per class, else 0")
     image_size: int | None = option(None, "input size in pixels", low=16, high=4096,
                                     none="the backbone's own")

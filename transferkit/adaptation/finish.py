@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from ..store import checkpoint as ck
-from ..engine.evaluate import predict_probs
+from ..infer.predict import predict_probs
 from ..engine.fit import write_history
 from ..report import png_data_uri, write_report
 from ..report.metrics import classification_metrics

@@ -26,7 +26,8 @@ from ..store import checkpoint as ck
 from ..engine.build import build_model
 from ..store.environment import write_environment
 from ..store.runfolder import check_out_dir, claim_out_dir
-from ..engine.evaluate import eval_loader, make_dataset, predict_probs
+from ..infer.loaders import eval_loader, make_dataset
+from ..infer.predict import predict_probs
 from ..strategies import freeze_stages, param_groups, plan_strategy, resolve_bn, set_train_mode
 from .methods import build_method
 from .config import AdaptConfig, read_adapt_config, save_adapt_config

@@ -219,8 +219,8 @@ def feature_cell(name: str, store: FeatureStore, task: Task, cfg: TrainConfig) -
         # training features (+ mirrored ones when augmenting), C chosen as the engine chooses it
         from ..data import cv_folds
         torch.manual_seed(cfg.seed)
-        from ..engine.probe_views import augmented_views, n_probe_views
-        from ..engine.tta import resolve_views, view_features
+        from ..infer.probe_views import augmented_views, n_probe_views
+        from ..infer.tta import resolve_views, view_features
         model = attach_head(store.backbone, task.classes, hidden=cfg.head_hidden, dropout=cfg.head_dropout)
         head = model.head
         flip = store.flipped is not None
@@ -234,7 +234,7 @@ def feature_cell(name: str, store: FeatureStore, task: Task, cfg: TrainConfig) -
         if k_aug:  # the augmented copies the engine's probe also learns from (not cached: random crops)
             views = torch.cat([views, augmented_views(model.to(device), task.train, cfg, device, None, k_aug)])
         k_tta = resolve_views(cfg, task.train, model.spec.modality) if tta else 0
-        if k_tta:  # scored as a trained run scores them: with its test-time views (engine/tta.py)
+        if k_tta:  # scored as a trained run scores them: with its test-time views (infer/tta.py)
             te_views = torch.cat([te_views, view_features(model.to(device), task.test, cfg, device, k_tta)])
             if len(yva):
                 va_views = torch.cat([va_views, view_features(model.to(device), task.val, cfg, device, k_tta)])

@@ -43,10 +43,11 @@ def _held_out_scores(run: Path, cfg: TrainConfig, classes: list[str], held_out: 
     """Held-out accuracy/NLL of a finished fold run at each WiSE weight."""
     from ..store import checkpoint as ck
     from ..engine.build import build_model
-    from ..engine.evaluate import eval_loader, make_dataset, predict_probs
+    from ..infer.loaders import eval_loader, make_dataset
+    from ..infer.predict import predict_probs
     from ..engine.fit import wise_mix
     from ..engine.headfit import score
-    from ..engine.tta import views_of
+    from ..infer.tta import views_of
     run_cfg = read_config(run / "config.yaml")  # the fold run's resolved --tta-views
     model, _ = build_model(cfg, classes)
     ft = ck.load_tensors(run / "model.safetensors")

@@ -19,7 +19,7 @@ import time
 import torch
 
 from ..data import load_task
-from ..engine.features import frozen_features
+from ..infer.features import frozen_features
 from ..models import Backbone, attach_head, load_backbone
 from .transferability import cv_probe_accuracy, leep, logme
 

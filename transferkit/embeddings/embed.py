@@ -56,7 +56,7 @@ def compute_embeddings(data: str | Path, backbone, *, image_size: int | None = N
                        pooling: str | None = None, max_length: int | None = None,
                        seed: int = 0) -> Embeddings:
     """Frozen pooled features of every readable input of DATA (labelled or not)."""
-    from ..engine.features import frozen_features
+    from ..infer.features import frozen_features
     t0 = time.time()
     modality, items, skipped = read_inputs(data, text_col=text_col, label_col=label_col)
     bb = load_source(backbone, arch=arch, pooling=pooling, max_length=max_length, seed=seed)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from .evaluate import collate_for
+from ..infer.loaders import collate_for
 
 
 def collate_items(items: list, model):

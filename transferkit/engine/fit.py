@@ -37,15 +37,15 @@ from .batches import collate_items, train_batches
 from .build import anchor_hash, build_model, build_regularizers_for, load_task_for, verify_anchor
 from ..store.environment import write_environment
 from ..store.fingerprint import check_data_unchanged, write_fingerprint
-from .evaluate import eval_loader, make_dataset, to_device
+from ..infer.loaders import eval_loader, make_dataset, to_device
 from .headfit import fit_multistage_probe, fit_probe
-from .probe_views import augmented_views, frozen_views, n_probe_views, plain_probe, view_counts
-from .tta import resolve_views, views_of
+from ..infer.probe_views import augmented_views, frozen_views, n_probe_views, plain_probe, view_counts
+from ..infer.tta import resolve_views, views_of
 from .resume import restore_optimizer_and_rng, resume_point
 from .run_state import RunState
 from .tracking import accelerator_kwargs, end_tracking, log_evaluation, log_step, start_tracking
 from ..store.runfolder import check_out_dir, claim_out_dir
-from .sharded import predict_probs_sharded
+from ..infer.sharded import predict_probs_sharded
 from .stage_cache import stage_cache_for
 
 
@@ -284,7 +284,7 @@ def _head_phase(model, cfg, state: RunState, plain_train, val_loader, device, au
         how_views["fit_views"] = len(views)
     extra = {"probe_views": k_aug} if k_aug else {}
     if hasattr(model.head, "fit_prototypes"):  # --strategy prototypes: class means, nothing to fit
-        from .evaluate import fit_head
+        from .headfit import fit_head
         X, Y = views[:how_views["fit_views"]].reshape(-1, views.shape[-1]), labels.repeat(how_views["fit_views"])
         info = fit_head(model.head, X, Y, val=(val[0][0], val[1]) if val is not None else None)
         from .headfit import HeadChoice
@@ -292,7 +292,7 @@ def _head_phase(model, cfg, state: RunState, plain_train, val_loader, device, au
         choice = HeadChoice(C=1.0, C_nll=1.0, method="val" if val is not None else "default")
         extra = {"scale": info["scale"]}
     elif prior is not None:  # class names as the head's prior (transferkit.zeroshot.prior)
-        from .evaluate import fit_head
+        from .headfit import fit_head
         X, Y = views[:how_views["fit_views"]].reshape(-1, views.shape[-1]), labels.repeat(how_views["fit_views"])
         vf = (val[0][0], val[1]) if val is not None else None
         info = fit_head(model.head, X, Y, val=vf, label_smoothing=cfg.label_smoothing, prior=prior)

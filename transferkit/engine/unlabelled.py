@@ -27,7 +27,7 @@ def setup_unlabelled(cfg: TrainConfig, task, model, plan, state, *, resume, log,
     """(pool loader for AdaBN or None, FixMatch term or None) for this run; fills `state.unlabelled`."""
     if not cfg.unlabelled:
         return None, None
-    from .evaluate import eval_loader, make_dataset
+    from ..infer.loaders import eval_loader, make_dataset
     has_head = any(p.head_only for p in plan.phases)
     has_sgd = any(not p.head_only for p in plan.phases)
     fixmatch_on = has_sgd and cfg.unlabelled_weight > 0
@@ -76,7 +76,7 @@ def adabn_in_head_phase(model, cfg: TrainConfig, state, pool_loader, train_loade
     validation split); other heads keep the source statistics."""
     from ..adaptation.adabn import gate
     from .headfit import choose_c
-    from .probe_views import frozen_views, plain_probe, view_counts
+    from ..infer.probe_views import frozen_views, plain_probe, view_counts
     if not plain_probe(model):
         state.unlabelled["adabn"] = {"applied": False, "reason": "only the plain linear probe is gated"}
         return views, val

@@ -7,7 +7,7 @@ top of the image and its mirror (`--tta`) evens that out, at K more forward pass
 
 `--tta-views K` sets K; by default it is `DEFAULT_VIEWS` for image runs trained on few labels with
 augmentation — fine-tuned on augmented batches, or a linear probe fitted on augmented views
-(`engine/probe_views.py`) — and 0 otherwise (heads that never saw an augmented image).
+(`infer/probe_views.py`) — and 0 otherwise (heads that never saw an augmented image).
 Measured by benchmarks/fewshot.py at 5 labels per class, 64 px, 3 seeds (EfficientNet-Lite0): with
 the 4 copies `linear_probe` scored +0.9 points on clip art and +1.1 on digits, `two_phase` -0.2 and
 +1.8, against the same splits scored on image + mirror only (benchmarks/results/fewshot_64px_v3.md
@@ -109,7 +109,8 @@ def view_loaders(loader: DataLoader, k: int) -> list[DataLoader]:
 def view_features(model, items: list, cfg, device, k: int) -> torch.Tensor:
     """Pooled frozen features `[k, N, D]` of the k test-time views of `items` (the same pixels
     `predict_probs(views=k)` scores), for heads scored on cached features (`compare`)."""
-    from .evaluate import eval_loader, extract_views, make_dataset
+    from .features import extract_views
+    from .loaders import eval_loader, make_dataset
     ds = make_dataset(model, items, train=False, augment=False, image_size=cfg.image_size, seed=cfg.seed)
     loaders = view_loaders(eval_loader(model, ds, cfg.batch_size * 2, cfg.num_workers), k)
     return torch.stack([extract_views(model.backbone, vl, device)[0][0] for vl in loaders])

@@ -29,7 +29,7 @@ _EPOCH_BASE = 10_000   # view j reads the augmentation stream of "epoch" _EPOCH_
 def frozen_views(model, cfg, train_loader, val_loader, device, autocast, cache=None):
     """(train views `[V, N, D]`, train labels, (val views, val labels) or None): the pooled features
     the head phase fits and scores on, plain and, for images with augmentation or TTA, mirrored."""
-    from .evaluate import extract_views
+    from .features import extract_views
     image = model.spec.modality == "image"
     views, labels = extract_views(model.backbone, train_loader, device, flip=image and (cfg.augment or cfg.tta),
                                   autocast=autocast, cache=cache)
@@ -80,7 +80,8 @@ class _ViewOf(Dataset):
 @torch.no_grad()
 def augmented_views(model, items, cfg, device, autocast, k: int) -> torch.Tensor:
     """Pooled frozen features `[k, N, D]` of k augmented copies of every item."""
-    from .evaluate import eval_loader, extract_views, make_dataset
+    from .features import extract_views
+    from .loaders import eval_loader, make_dataset
     ds = make_dataset(model, items, train=True, augment=True, image_size=cfg.image_size, seed=cfg.seed,
                       policy="light")
     out = []
