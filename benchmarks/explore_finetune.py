@@ -52,7 +52,8 @@ def run_job(job: dict) -> dict:
     from transferkit.engine.build import build_model
     from transferkit.infer.loaders import eval_loader, make_dataset
     from transferkit.infer.predict import predict_probs
-    from transferkit.engine.fit import fit, wise_mix
+    from transferkit.engine.fit import fit
+    from transferkit.engine.selection import wise_mix
     torch.set_num_threads(job["threads"])
     task = load_task(job["data"], shots=job["shots"], seed=job["seed"], val_fraction=0.0)
     out = Path(job["tmp"]) / f"{job['name']}_{job['dataset']}_{job['seed']}"

@@ -80,7 +80,7 @@ def _test_curve(run: Path, cfg, task, grid) -> dict:
     from transferkit.infer.loaders import eval_loader, make_dataset
     from transferkit.infer.predict import predict_probs
     from transferkit.config import read_config
-    from transferkit.engine.fit import wise_mix
+    from transferkit.engine.selection import wise_mix
     from transferkit.infer.tta import views_of
     views = views_of(read_config(run / "config.yaml"))  # the run's test-time views, as evaluate scores
     model, _ = build_model(cfg, task.classes)
@@ -247,7 +247,7 @@ def run_job(job: dict) -> dict:
 
 def summarize(results: list[dict], variants: list[str]) -> tuple[str, dict]:
     from transferkit.choose.auto import pick
-    from transferkit.engine.fit import WISE_DEFAULT
+    from transferkit.engine.selection import WISE_DEFAULT
     cells: dict = {}
     for r in results:
         key = (r["dataset"], r["shots"], r["seed"])

@@ -325,14 +325,14 @@ def test_short_classes_warn_or_stop(tmp_path, capsys):
 def test_a_model_that_outputs_nan_never_writes_invalid_json(run, tmp_path, capsys):
     import importlib
     from transferkit.engine.run import load_run
-    fit_mod = importlib.import_module("transferkit.engine.fit")
+    sel_mod = importlib.import_module("transferkit.engine.selection")
     out, data = run
     out = _copy_run(out, tmp_path)
     model, _ = load_run(out)
     with torch.no_grad():
         for p in model.head.parameters():
             p.fill_(float("nan"))
-    fit_mod._save_model(out / "model.safetensors", model.cpu())
+    sel_mod.save_model(out / "model.safetensors", model.cpu())
     one = str(sorted(data.rglob("*.png"))[0])
     assert main(["predict", str(out), one, "--json"]) == 0
     rows = _strict_json(capsys.readouterr().out)

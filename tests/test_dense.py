@@ -360,7 +360,7 @@ def test_a_signal_stops_a_segment_run_with_a_checkpoint_and_the_resume_command(t
     import signal
 
     from transferkit.dense import segment_fit
-    from transferkit.engine.fit import RunState
+    from transferkit.engine.run_state import RunState
     data, run = write_segmentation(tmp_path / "seg", n=6), tmp_path / "run"
     # SIGTERM "arrives" during step 3: the loop finishes the step, writes last/ and returns
     monkeypatch.setattr(segment_fit.interrupt, "requested",

@@ -172,7 +172,7 @@ def test_validation_is_scored_with_the_tests_tta(image_folder, tmp_path):
 # ------------------------------------------------------------------------------ WiSE-FT
 
 def test_wise_mix_interpolates_weights_and_keeps_integer_buffers():
-    from transferkit.engine.fit import wise_mix
+    from transferkit.engine.selection import wise_mix
     lp = {"w": torch.zeros(3), "n": torch.tensor(5)}
     ft = {"w": torch.tensor([2.0, 4.0, 6.0]), "n": torch.tensor(9)}
     assert torch.equal(wise_mix(lp, ft, 0.0)["w"], lp["w"])

@@ -31,7 +31,7 @@ FT_FOLDS = 3
 def resolve_auto(cfg: TrainConfig, log=print) -> tuple[TrainConfig, dict]:
     """The concrete configuration `auto` stands for on this task, and the evidence for it."""
     from ..engine.build import load_task_for
-    from ..engine.fit import WISE_DEFAULT
+    from ..engine.selection import WISE_DEFAULT
     from ..models import parse_source
     from .cv import best_wise, cv_finetune
     from ..engine.build import build_model
