@@ -245,7 +245,7 @@ def run_job(job: dict) -> dict:
     return res
 
 
-def summarize(results: list[dict], variants: list[str]) -> tuple[str, dict]:
+def summarise(results: list[dict], variants: list[str]) -> tuple[str, dict]:
     from transferkit.choose.auto import pick
     from transferkit.engine.selection import WISE_DEFAULT
     cells: dict = {}
@@ -347,7 +347,7 @@ def _per_seed(cells: dict, d: str, shots: list[int], variants: list[str]) -> lis
 def rewrite_table(jsonl: Path, md: Path, variants: list[str]) -> str:
     """The markdown table of a finished run again from its JSON lines, under the run's own header."""
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
-    table, _ = summarize(rows, variants)
+    table, _ = summarise(rows, variants)
     head = md.read_text().split("\n### ")[0].rstrip("\n")
     md.write_text(head + "\n" + table + "\n")
     return md.read_text()
@@ -422,7 +422,7 @@ def main() -> None:
             f.flush()
             print(f"[{len(results)}/{len(jobs)}] {r['kind']} {r.get('variant', '')} {r['dataset']} "
                   f"{r['shots']} shots seed {r['seed']}: {r['seconds']}s", flush=True)
-    table, _ = summarize(results, variants)
+    table, _ = summarise(results, variants)
     cmd = "python benchmarks/fewshot.py " + " ".join(sys.argv[1:])
     text = f"# Few-shot benchmark\n\n`{cmd}` ({time.time() - t0:.0f}s)\n{table}\n"
     Path(str(out) + ".md").write_text(text)

@@ -15,7 +15,7 @@ from PIL import Image
 
 from transferkit.cli import main
 from transferkit.data import DataError, read_items
-from transferkit.data.images import _check_image, open_rgb, read_image_items
+from transferkit.data.images import check_image, open_rgb, read_image_items
 
 TINY = "timm:test_resnet@random"
 N = len(COLOURS) * PER_CLASS
@@ -61,7 +61,7 @@ def _strict_json(text):
 def test_truncated_jpeg_is_skipped_in_train_or_fatal_when_strict(tmp_path, capsys):
     data = write_image_folder(tmp_path / "images")
     bad = _truncated_jpeg(data / "red" / "cut.jpg")
-    assert _check_image(bad) and "truncated" in _check_image(bad)
+    assert check_image(bad) and "truncated" in check_image(bad)
     out = tmp_path / "run"
     assert _train(data, out, "--strategy", "linear_probe") == 0
     log = capsys.readouterr().out
@@ -104,7 +104,7 @@ def test_decompression_bombs_are_refused(tmp_path, monkeypatch):
     Image.new("RGB", (64, 64)).save(tmp_path / "bomb.png")    # 4096 > 2 x limit: Pillow's error
     Image.new("RGB", (50, 50)).save(tmp_path / "warn.png")    # 2500 > limit: Pillow only warns
     for name in ("bomb.png", "warn.png"):
-        reason = _check_image(tmp_path / name)
+        reason = check_image(tmp_path / name)
         assert reason and "decompression bomb" in reason, name
 
 

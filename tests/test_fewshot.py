@@ -237,7 +237,7 @@ def test_probe_views_default_shrinks_with_the_training_set():
 def test_multi_stage_features_scale_each_block_by_one_number():
     """A dimension nearly constant on the few training items must not get a huge weight: the scale
     is per block (unit total variance), not per dimension."""
-    from transferkit.models.multistage import MultiStageFeatures
+    from transferkit.models.multi_probe import MultiStageFeatures
     feats = MultiStageFeatures(torch.nn.Identity(), [], [4])
     g = torch.Generator().manual_seed(0)
     raw = torch.randn(12, 4, generator=g) * torch.tensor([1.0, 2.0, 3.0, 1e-4]) + 5.0

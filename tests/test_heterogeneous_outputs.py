@@ -77,7 +77,7 @@ def test_rank_on_four_band_arrays_and_on_signals(bands, tones, capsys):
     from transferkit.config import TrainConfig
     from transferkit.data import load_task
     from transferkit.infer.features import frozen_features
-    from transferkit.engine.inputs import adapt_backbone, resolve_inputs
+    from transferkit.engine.input_kind import adapt_backbone, resolve_inputs
     from transferkit.models import load_backbone
     data, run = bands
     capsys.readouterr()

@@ -200,7 +200,7 @@ def describe_allowed(f: dataclasses.Field) -> str:
     low, high = md.get("low"), md.get("high")
     if low is None and high is None:
         return ""
-    kind = "integer" if _is_int_field(f) else "number"
+    kind = "integer" if is_int_field(f) else "number"
     lo = f"{'<' if md.get('open_low') else '<='}"
     hi = f"{'<' if md.get('open_high') else '<='}"
     if high is None:
@@ -214,11 +214,11 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(x)
 
 
-def _is_int_field(f: dataclasses.Field) -> bool:
+def is_int_field(f: dataclasses.Field) -> bool:
     return "int" in str(f.type) and "bool" not in str(f.type)
 
 
-def _is_float_field(f: dataclasses.Field) -> bool:
+def is_float_field(f: dataclasses.Field) -> bool:
     return "float" in str(f.type)
 
 
@@ -272,7 +272,7 @@ def auto_backbone_sources(backbone: str | None) -> list[str] | None:
 
 def _check_channel_stats(mean: list[float] | None, std: list[float] | None, in_chans: int | None) -> None:
     """Finite means, finite positive deviations, given together with one value per channel (their
-    count against the data's channels is checked with the data: engine/inputs.py)."""
+    count against the data's channels is checked with the data: engine/input_kind.py)."""
     for name, values in (("chan_mean", mean), ("chan_std", std)):
         for v in values or []:
             if not math.isfinite(v) or (name == "chan_std" and v <= 0):
@@ -339,14 +339,14 @@ def _coerce(name: str, value: Any) -> Any:
             return False
         raise ConfigError(f"{_named(name)} must be true or false, got {value!r}")
     try:
-        if _is_int_field(f):
+        if is_int_field(f):
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return int(value)
-        if _is_float_field(f):
+        if is_float_field(f):
             return float(value)
     except (TypeError, ValueError) as e:
-        kind = "an integer" if _is_int_field(f) else "a number"
+        kind = "an integer" if is_int_field(f) else "a number"
         raise ConfigError(f"{_named(name)} must be {kind}, got {value!r}") from e
     return str(value) if not isinstance(value, str) else value
 

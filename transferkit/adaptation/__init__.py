@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from .config import METHODS, AdaptConfig, make_adapt_config
 from .dann import DANN, DomainDiscriminator, domain_loss
-from .grl import GradientReversal, dann_coefficient, reverse_gradient
+from .grl import dann_coefficient, reverse_gradient
 from .mcc import MCC, mcc_loss
 from .methods import build_method
 from .source_only import SourceOnly
 
 __all__ = ["METHODS", "AdaptConfig", "make_adapt_config", "build_method", "DANN", "MCC", "SourceOnly",
-           "DomainDiscriminator", "domain_loss", "GradientReversal", "dann_coefficient",
+           "DomainDiscriminator", "domain_loss", "dann_coefficient",
            "reverse_gradient", "mcc_loss", "adapt"]
 
 

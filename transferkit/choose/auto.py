@@ -53,7 +53,7 @@ def resolve_auto(cfg: TrainConfig, log=print) -> tuple[TrainConfig, dict]:
         f"and fine-tuning ({FT_FOLDS} folds)")
     pool_choice = None
     if cfg.unlabelled:  # the same folds with and without the pool; kept only if it wins held out
-        from .unlabelled import cv_pool_or_not
+        from .pool_cv import cv_pool_or_not
         ft, cfg, pool_choice = cv_pool_or_not(cfg, task, root, k=FT_FOLDS, log=log)
     else:
         ft = cv_finetune(cfg, task, root / "cv", k=FT_FOLDS, log=log)

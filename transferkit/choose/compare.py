@@ -354,7 +354,7 @@ def run_compare(base: TrainConfig, strategies: list[str], shots: list[int | None
     before any gets a second) are shortened or skipped when their estimated cost, measured on the
     cells before them, does not fit in what is left; both are recorded in the rows.
     """
-    from .compare_report import identical_splits, recommend, summarize, write_outputs
+    from .compare_report import identical_splits, recommend, summarise, write_outputs
     from ..engine.fit import total_steps
     t_start, out = time.time(), Path(out)
     strategies = [s for s in dict.fromkeys(s.strip() for s in strategies) if s and s != PROBE]
@@ -419,7 +419,7 @@ def run_compare(base: TrainConfig, strategies: list[str], shots: list[int | None
             f"({row['train_seconds']:.1f}s{', reused' if row.get('reused') else ''})")
         add(row)
     names = [PROBE] + strategies
-    result = {**header, "rows": rows, "summary": summarize(rows, names, header["shots"]),
+    result = {**header, "rows": rows, "summary": summarise(rows, names, header["shots"]),
               "recommended": recommend(rows, strategies, header["shots"], header["metric"]),
               "identical_splits": identical_splits(rows), "seconds": round(time.time() - t_start, 1)}
     if not result["identical_splits"]:

@@ -20,7 +20,7 @@ def _mean_std(values: list) -> tuple[float | None, float | None]:
     return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else None
 
 
-def summarize(rows: list[dict], strategies: list[str], shots: list[str]) -> list[dict]:
+def summarise(rows: list[dict], strategies: list[str], shots: list[str]) -> list[dict]:
     """One entry per strategy x shots: mean and sample std over the seeds that ran."""
     out = []
     for s in strategies:

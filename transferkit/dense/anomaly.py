@@ -307,9 +307,9 @@ def evaluate(run_dir, data, *, log=print) -> dict:
 
 def predict(run_dir, inputs: list[str], output: str | None, *, log=print) -> list[dict]:
     """Per input: image score, good/defect at the run's threshold, and (with --output) a heat map."""
-    from .segment import _input_images, output_stems
+    from .segment import input_images, output_stems
     net, bank, threshold, src = load_run(run_dir)
-    paths = _input_images(inputs)
+    paths = input_images(inputs)
     stems = output_stems(paths)
     out = runs.free_output_dir(output, [f"{s}_heatmap.png" for s in stems]) if output else None
     maps = score_maps(embed(net, paths, src["image_size"], src["mean"], src["std"], _device()), bank,

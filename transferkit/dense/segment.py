@@ -183,7 +183,7 @@ def predict(run_dir, inputs: list[str], output: str | None, *, log=print) -> lis
         raise ConfigError("predict of a segment run writes mask images: pass --output DIR")
     model, src = load_run(run_dir)
     classes = src["classes"]
-    paths = _input_images(inputs)
+    paths = input_images(inputs)
     stems = output_stems(paths)
     out = runs.free_output_dir(output, [f"{s}_{k}.png" for s in stems for k in ("mask", "overlay")])
     pal = palette(len(classes))
@@ -208,7 +208,7 @@ def predict(run_dir, inputs: list[str], output: str | None, *, log=print) -> lis
     return rows
 
 
-def _input_images(inputs: list[str]) -> list[Path]:
+def input_images(inputs: list[str]) -> list[Path]:
     """Files, or folders of images (a segmentation folder: its images/)."""
     from ..data.arrays import IMAGE_EXTS
     paths: list[Path] = []

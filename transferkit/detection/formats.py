@@ -21,7 +21,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..data.images import _check_image
+from ..data.images import check_image
 from ..data.splits import DataError
 
 EDGE_TOLERANCE = 1.0
@@ -65,7 +65,7 @@ def image_size(path: Path, where: str) -> tuple[int, int] | str:
     if not path.exists() and not path.is_symlink():
         raise DataError(f"{where}: image {path} not found; put the image there or remove its "
                         "entry from the annotations")
-    reason = _check_image(path)
+    reason = check_image(path)
     if reason:
         return reason
     with Image.open(path) as im:

@@ -13,7 +13,7 @@ from ..data.feature_cache import feature_cache_for
 from ..infer.loaders import eval_loader
 from ..infer.probe_views import augmented_views, frozen_views, n_probe_views, plain_probe, view_counts
 from ..infer.tta import views_of
-from ..models.multistage import MultiStageFeatures
+from ..models.multi_probe import MultiStageFeatures
 from .headfit import fit_multistage_probe, fit_probe
 from .run_state import RunState
 from .selection import validate

@@ -99,8 +99,8 @@ def predict_items(model, cfg, items: list[Example], *, top_k: int = 1, batch_siz
     row with `error` (and no label), the others are predicted."""
     errors: dict[int, str] = {}
     if model.spec.modality == "image":
-        from ..data.images import _check_image
-        errors = {i: r for i, e in enumerate(items) if (r := _check_image(Path(e.x)))}
+        from ..data.images import check_image
+        errors = {i: r for i, e in enumerate(items) if (r := check_image(Path(e.x)))}
     good = [e for i, e in enumerate(items) if i not in errors]
     rows = []
     if good:

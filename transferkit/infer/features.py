@@ -3,7 +3,7 @@
 `features_by_view` is what every frozen-feature path calls (the head phase of `train`, `compare`,
 `rank`, `embed`, `knn`, `cluster`). With a `FeatureCache` and deterministic preprocessing, rows
 already on disk are read (memory-mapped) and only the missing items go through the backbone;
-otherwise everything is computed as before. Either way the result is the same tensors.
+otherwise everything goes through the backbone. Either way the result is the same tensors.
 """
 
 from __future__ import annotations

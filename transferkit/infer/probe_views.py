@@ -4,10 +4,8 @@ A probe fitted on one view per image learns the few pictures it was given, pixel
 it, for every training image, a few randomly cropped, mirrored and colour-jittered copies (the
 `light` policy of `transferkit.data.images.build_transforms`) as extra examples of the same label is
 the frozen-feature form of data augmentation: the backbone runs a few more forward passes (no
-backward), and the head sees what varies within a class. Measured at 5 labels per class, 64 px,
-3 seeds, the engine's probe with 8 views against the same probe without them: +0.9 points on clip
-art, +0.4 on digits (a side-by-side run during development; the benchmark's `linear_probe` row in
-benchmarks/results/fewshot_64px_v2.md has them on).
+backward), and the head sees what varies within a class (benchmarks/fewshot.py's `linear_probe`
+row has them on; the README holds its results).
 
 Views are laid out after the plain (and mirrored) ones: `[plain, mirrored, aug_1 .. aug_k]`. The
 head trains on all of them; held-out folds, validation and test are scored on the plain and mirrored
@@ -49,7 +47,7 @@ def view_counts(cfg, views) -> dict:
 def plain_probe(model) -> bool:
     """A plain linear head on the final features: not the multi-stage probe, prototypes or a name
     prior (the heads that augmented views and the AdaBN gate apply to)."""
-    from ..models.multistage import MultiStageFeatures
+    from ..models.multi_probe import MultiStageFeatures
     return not (isinstance(model.backbone, MultiStageFeatures) or getattr(model, "head_prior", None) is not None
                 or hasattr(model.head, "fit_prototypes"))
 

@@ -99,13 +99,6 @@ class Backbone:
     def num_stages(self) -> int:
         return len(self.stages)
 
-    def describe(self) -> dict[str, Any]:
-        n_params = sum(p.numel() for p in self.module.parameters())
-        return {"source": self.source.id, "arch": self.source.arch, "modality": self.modality,
-                "feature_dim": self.feature_dim, "stages": [s.name for s in self.stages],
-                "num_stages": self.num_stages, "params": n_params,
-                "pretrained": self.source.pretrained}
-
 
 def weights_hash(module: nn.Module) -> str:
     """A content hash of a module's state dict (names, shapes, dtypes and bytes), order-independent.

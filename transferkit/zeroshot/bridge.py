@@ -11,11 +11,10 @@ with unit-norm text embeddings t and margin 0.1. A label that never had an image
 by the nearest text embedding: argmax_j t_j . M v (zero-shot).
 
 The default is not this loss but the closed-form ESZSL map of `transferkit.zeroshot.ridge` (the same
-linear form; Romera-Paredes & Torr, ICML 2015): on the icon benchmark (README), the hinge-trained map
-memorises its ~900 pairs, and class-disjoint cross-validation on the training classes
-(`transferkit.zeroshot.select`) preferred ESZSL with alpha 100, beta 1 by a small margin; on the
-held-out classes it ties the hinge map from ~900 pairs and trails it by ~2 points from ~2,400, at a
-fraction of the fit time. `loss="hinge"` is the DeViSE map.
+linear form; Romera-Paredes & Torr, ICML 2015): from a few hundred pairs the hinge-trained map
+memorises them, and class-disjoint cross-validation on the training classes
+(`transferkit.zeroshot.select`) chose ESZSL, which fits in a fraction of the time; the README's
+zero-shot benchmark holds the numbers. `loss="hinge"` is the DeViSE map.
 
 `loss="softmax"` is the other alternative: cross-entropy over the same scores with the image embedding
 L2-normalised and a temperature tau, i.e. softmax(t_j . M v / (|M v| tau)) (the class-text form of
