@@ -90,13 +90,13 @@ def build_regularizers_for(cfg: TrainConfig, model: TransferModel, anchor: dict 
     """The run's regularizers. DELTA gets its channel weights from `train_items` (uniform without)."""
     if not cfg.reg:
         return []
-    from ..regularizers import build_regularizers, parse_regularizer
+    from ..regularizers import build_regularizers, needs_source_model, parse_regularizer
     specs = parse_regularizer(cfg.reg)
     if any(s.is_auto for s in specs):
         raise ValueError("l2sp:auto is resolved by `transferkit train` before training (it sweeps "
                          "alpha on the validation split); pass a number to the engine")
     source, layers, weights = None, None, None
-    if any(s.kind == "delta" for s in specs):
+    if needs_source_model(specs):
         from .delta_setup import delta_setup
         source, layers, weights = delta_setup(cfg, model, train_items, device, log)
     if anchor is not None:

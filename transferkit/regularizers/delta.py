@@ -47,6 +47,8 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
+from .parsing import BadPart, number
+
 
 def channel_axis(ndim: int) -> int:
     """The channel axis of a feature map of rank ``ndim`` (see the module docstring)."""
@@ -250,3 +252,29 @@ class DELTA:
         kind = "uniform" if self.channel_weights is None else "attention"
         return (f"DELTA(alpha={self.alpha}, layers={self.layer_names}, weights={kind}, "
                 f"source_bn={self.source_bn})")
+
+
+# --reg delta:... (regularizers/spec.py)
+SPEC_FORMS = ("delta:ALPHA",)
+NEEDS_SOURCE_MODEL = True  # the engine sets up a frozen source copy and the layers to compare
+
+
+def parse(args: list[str]) -> dict:
+    if len(args) != 1:
+        raise BadPart("delta takes a single ALPHA")
+    return {"alpha": number("ALPHA", args[0])}
+
+
+def spell(p: dict) -> str:
+    return f"delta:{p['alpha']}"
+
+
+def build(p: dict, ctx) -> DELTA:
+    if ctx.source_model is None:
+        raise ValueError(
+            "delta needs source_model: a frozen copy of the source backbone "
+            "(e.g. copy.deepcopy(model.backbone) before training)"
+        )
+    if not ctx.layer_names:
+        raise ValueError("delta needs layer_names: names inside the backbone whose outputs are compared")
+    return DELTA(ctx.source_model, ctx.layer_names, p["alpha"], ctx.channel_weights, source_bn=ctx.source_bn)

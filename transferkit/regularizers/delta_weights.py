@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-from .delta import call_backbone, find_modules, capture_feature_maps, channel_axis
+from .delta import call_backbone, capture_feature_maps, channel_axis, find_modules
 
 _MAX_BATCH = 256  # samples per batched-ablation forward (K copies x n items)
 
