@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from transferkit.cli import main
-from transferkit.adaptation.adabn import adabn, gate
-from transferkit.adaptation.fixmatch import fixmatch_loss
+from transferkit.engine.adabn import adabn, gate
+from transferkit.engine.fixmatch import fixmatch_loss
 
 TINY = "timm:test_resnet@random"
 

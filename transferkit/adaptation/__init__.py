@@ -1,6 +1,6 @@
 """Transductive transfer: unsupervised domain adaptation from labelled source to unlabelled target data
-(and, for `train --unlabelled`, `adabn.py` and `fixmatch.py`: unlabelled target images next to a few
-labels).
+(`train --unlabelled`, unlabelled images next to a few labels, is part of a training run:
+engine/unlabelled.py with engine/adabn.py and engine/fixmatch.py).
 
 One module per method, each a `nn.Module` whose `forward(logits_s, feats_s, logits_t, feats_t,
 progress)` returns (transfer loss, info): `dann` (Ganin et al., JMLR 2016), `mcc` (Jin et al., ECCV

@@ -305,7 +305,7 @@ def _gradient_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: in
                     loss = loss_fn(logits.float(), y)
                     for r in regs:
                         loss = loss + r(model, feats, feature_maps=maps, inputs=x)
-                    if fixmatch is not None:  # pseudo-labels on the unlabelled pool (adaptation/fixmatch.py)
+                    if fixmatch is not None:  # pseudo-labels on the unlabelled pool (engine/fixmatch.py)
                         loss = loss + fixmatch(ddp_model, state.global_step, j, device)
                 accel.backward(loss / len(micro))
             loss_val += loss.item() / len(micro)
