@@ -212,7 +212,7 @@ def bare_forward(spec: dict) -> dict:
     """The forward passes a linear_probe run makes, and nothing else: every input (decoded, resized,
     augmented, mirrored) is prepared before the clock starts. Per training image: as is, mirrored
     and `probe_views` augmented copies; per test image: as is, mirrored and `tta_views` augmented
-    copies (test-time augmentation, engine/tta.py)."""
+    copies (test-time augmentation, infer/tta.py)."""
     import torch
     device = torch.device(spec["device"])
     train, test = _rows(spec["lp_train"]), _rows(spec["test"])
@@ -311,7 +311,7 @@ def _frozen_counts(run: str, m: dict) -> dict:
     images plain and (with augmentation or TTA) mirrored, `head_fit.probe_views` augmented copies of
     each, and the test images plain and (with TTA) mirrored."""
     from transferkit.config import read_config
-    from transferkit.engine.tta import views_of
+    from transferkit.infer.tta import views_of
     cfg = read_config(Path(run) / "config.yaml")
     n_train, n_test = m["n_train"], m["n_test"]
     return {"train": n_train, "train_mirrored": n_train if (cfg.augment or cfg.tta) else 0,
@@ -326,19 +326,19 @@ def tk_text_eval(spec: dict) -> dict:
     import pandas as pd
     import torch
     from transferkit.data.splits import Example
-    from transferkit.engine import evaluate, length_sort
+    from transferkit.infer import length_sort, loaders, predict
     from transferkit.models import attach_head, load_backbone
     df = pd.read_csv(ROOT / "transferkit" / "demo_data" / "debian_descriptions.csv").sample(
         spec["texts"], random_state=0)
     device = torch.device(spec["device"])
     model = attach_head(load_backbone("bundled:minilm-l6"), sorted(df["label"].unique())).eval().to(device)
     items = [Example(t, lab) for t, lab in zip(df["text"], df["label"])]
-    loader = evaluate.eval_loader(model, evaluate.make_dataset(model, items, train=False, augment=False,
+    loader = loaders.eval_loader(model, loaders.make_dataset(model, items, train=False, augment=False,
                                                                image_size=None, seed=0), 64)
     if not spec["sorted"]:
         length_sort.by_length = lambda ld: (ld, None)
     t0 = time.perf_counter()
-    probs, _ = evaluate.predict_probs(model, loader, device, autocast=lambda: _amp(device))
+    probs, _ = predict.predict_probs(model, loader, device, autocast=lambda: _amp(device))
     return {"seconds": time.perf_counter() - t0, "items": len(probs)}
 
 
@@ -421,19 +421,19 @@ def _groups(args, base: dict, tmp: Path) -> dict:
 
 
 def _default_probe_views(n_train: int) -> int:
-    """The augmented views per training image a default linear_probe run draws (engine/probe_views.py);
+    """The augmented views per training image a default linear_probe run draws (infer/probe_views.py);
     the frozen group checks afterwards that the run drew as many (its metrics' head_fit.probe_views)."""
     from transferkit.config import TrainConfig
-    from transferkit.engine.probe_views import n_probe_views
+    from transferkit.infer.probe_views import n_probe_views
     return n_probe_views(TrainConfig(data="-", out="-"), n_train, "image")
 
 
 def _default_tta_views(n_train: int) -> int:
     """The augmented test-time copies a default linear_probe run on `n_train` images of the 10 demo
-    classes scores each test image with (engine/tta.py); checked afterwards like the probe views."""
+    classes scores each test image with (infer/tta.py); checked afterwards like the probe views."""
     from transferkit.config import TrainConfig
     from transferkit.data.splits import Example
-    from transferkit.engine.tta import resolve_views
+    from transferkit.infer.tta import resolve_views
     items = [Example(f"{i}.png", str(i % 10)) for i in range(n_train)]
     return resolve_views(TrainConfig(data="-", out="-"), items, "image")
 

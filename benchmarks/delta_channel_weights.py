@@ -33,8 +33,10 @@ from transferkit.demo import IMAGE_DEMO
 from transferkit.engine.build import build_model
 from transferkit.engine.delta_setup import (CHANNEL_WEIGHT_ITEMS, _spread_over_classes, channel_weights_for,
                                             delta_layers)
-from transferkit.engine.evaluate import eval_loader, extract_features, fit_head, make_dataset
-from transferkit.regularizers.delta_weights import _call_backbone, _layer_increases, _zeroed
+from transferkit.engine.headfit import fit_head
+from transferkit.infer.features import extract_features
+from transferkit.infer.loaders import eval_loader, make_dataset
+from transferkit.regularizers.delta_weights import call_backbone, _layer_increases, _zeroed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     batches = [(x, torch.as_tensor(y)) for x, y in loader]
     loss = nn.CrossEntropyLoss()
     with torch.no_grad():
-        base = [float(loss(head(_call_backbone(source, x)), y)) for x, y in batches]
+        base = [float(loss(head(call_backbone(source, x)), y)) for x, y in batches]
     modules = dict(source.named_modules())
     rows, max_diff = [], 0.0
     for name in layers:
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                 inc = 0.0
                 for (x, y), b in zip(batches, base):
                     with _zeroed(modules[name], [c]):
-                        inc += (float(loss(head(_call_backbone(source, x)), y)) - b) / len(batches)
+                        inc += (float(loss(head(call_backbone(source, x)), y)) - b) / len(batches)
                 max_diff = max(max_diff, abs(inc - batched[c]))
         t_single = (time.process_time() - t) / len(sample) * channels
         w = weights[name]

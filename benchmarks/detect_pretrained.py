@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from transferkit.detection.formats import read_detection
+from transferkit.detection.read import read_detection
 from transferkit.detection.metrics import evaluate_detector
 from transferkit.detection.model import build_detector
 from transferkit.detection.train import TrainConfig, train_detector

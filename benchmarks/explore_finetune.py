@@ -25,7 +25,8 @@ def plain_probe(task, backbone: str, image_size: int) -> float:
     import torch
     from sklearn.linear_model import LogisticRegression
 
-    from transferkit.engine.evaluate import eval_loader, extract_views, make_dataset
+    from transferkit.infer.features import extract_views
+    from transferkit.infer.loaders import eval_loader, make_dataset
     from transferkit.models import attach_head, load_backbone
     torch.manual_seed(0)
     model = attach_head(load_backbone(backbone), task.classes)
@@ -47,10 +48,12 @@ def run_job(job: dict) -> dict:
 
     from transferkit.config import make_config
     from transferkit.data import load_task
-    from transferkit.engine import checkpoint as ck
+    from transferkit.store import checkpoint as ck
     from transferkit.engine.build import build_model
-    from transferkit.engine.evaluate import eval_loader, make_dataset, predict_probs
-    from transferkit.engine.fit import fit, wise_mix
+    from transferkit.infer.loaders import eval_loader, make_dataset
+    from transferkit.infer.predict import predict_probs
+    from transferkit.engine.fit import fit
+    from transferkit.engine.selection import wise_mix
     torch.set_num_threads(job["threads"])
     task = load_task(job["data"], shots=job["shots"], seed=job["seed"], val_fraction=0.0)
     out = Path(job["tmp"]) / f"{job['name']}_{job['dataset']}_{job['seed']}"

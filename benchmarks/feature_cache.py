@@ -35,8 +35,8 @@ sys.path.insert(0, str(REPO))
 
 from transferkit.data import load_task  # noqa: E402
 from transferkit.data.feature_cache import FeatureCache  # noqa: E402
-from transferkit.engine.evaluate import eval_loader, make_dataset  # noqa: E402
-from transferkit.engine.features import frozen_features  # noqa: E402
+from transferkit.infer.loaders import eval_loader, make_dataset  # noqa: E402
+from transferkit.infer.features import frozen_features  # noqa: E402
 from transferkit.models import attach_head, load_backbone  # noqa: E402
 
 DATA = REPO / "transferkit" / "demo_data" / "clipart"

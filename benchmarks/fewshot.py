@@ -5,14 +5,14 @@ few-label protocol), each job trains what its rows need and scores the test spli
 
 - `strong_probe`: the bar every row is compared to. scikit-learn LogisticRegression on the same
   frozen features the engine's probe sees — each training image, its mirror and the same augmented
-  views (engine/probe_views.py) as extra rows; C chosen by stratified cross-validation over items
+  views (infer/probe_views.py) as extra rows; C chosen by stratified cross-validation over items
   (all views of an item in one fold); the test scored on the same views the engine rows get (image,
-  mirror and the test-time augmented copies of engine/tta.py), probabilities averaged. Independent
+  mirror and the test-time augmented copies of infer/tta.py), probabilities averaged. Independent
   of the engine's head-fitting code, with the same test-time treatment as every other row.
 - `probe`: scikit-learn LogisticRegression (C=1) on one unflipped view, no test-time views (the
   old, weak bar; kept to show how much of a gain is test-time treatment).
 - `linear_probe`: the engine's probe (C by cross-validation, mirrored and augmented views of each
-  training image; the test scored on the image, its mirror and 4 augmented copies: engine/tta.py).
+  training image; the test scored on the image, its mirror and 4 augmented copies: infer/tta.py).
   Every engine row (all but `probe`) is scored with that test-time augmentation.
 - `multi_probe`: the engine's multi-stage probe (Head2Toe-style: pooled outputs of the last stages
   too, how many chosen with C by cross-validation).
@@ -75,12 +75,13 @@ def _cfg(job: dict, out: Path, **over):
 def _test_curve(run: Path, cfg, task, grid) -> dict:
     import torch
 
-    from transferkit.engine import checkpoint as ck
+    from transferkit.store import checkpoint as ck
     from transferkit.engine.build import build_model
-    from transferkit.engine.evaluate import eval_loader, make_dataset, predict_probs
+    from transferkit.infer.loaders import eval_loader, make_dataset
+    from transferkit.infer.predict import predict_probs
     from transferkit.config import read_config
-    from transferkit.engine.fit import wise_mix
-    from transferkit.engine.tta import views_of
+    from transferkit.engine.selection import wise_mix
+    from transferkit.infer.tta import views_of
     views = views_of(read_config(run / "config.yaml"))  # the run's test-time views, as evaluate scores
     model, _ = build_model(cfg, task.classes)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -101,7 +102,8 @@ def _plain_probe(task, job) -> float:
     import torch
     from sklearn.linear_model import LogisticRegression
 
-    from transferkit.engine.evaluate import eval_loader, extract_views, make_dataset
+    from transferkit.infer.features import extract_views
+    from transferkit.infer.loaders import eval_loader, make_dataset
     from transferkit.models import attach_head, load_backbone
     torch.manual_seed(0)
     model = attach_head(load_backbone(job["backbone"]), task.classes)
@@ -123,10 +125,11 @@ def _strong_probe(task, job) -> dict:
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
-    from transferkit.engine.evaluate import eval_loader, extract_views, make_dataset
+    from transferkit.infer.features import extract_views
+    from transferkit.infer.loaders import eval_loader, make_dataset
     from transferkit.engine.headfit import C_GRID
-    from transferkit.engine.probe_views import augmented_views, n_probe_views
-    from transferkit.engine.tta import resolve_views, view_features
+    from transferkit.infer.probe_views import augmented_views, n_probe_views
+    from transferkit.infer.tta import resolve_views, view_features
     from transferkit.models import attach_head, load_backbone
     cfg = _cfg(job, Path(job["tmp"]) / "strong", strategy="linear_probe")
     torch.manual_seed(0)
@@ -173,7 +176,7 @@ def moved(run: Path, backbone: str) -> float:
     `lp_model.safetensors` of LP-FT, else the source weights). Any nonzero gradient under AdamW
     changes single weights by ~lr per step, so the largest single change says nothing; the
     relative change of the whole backbone is what says whether the features moved."""
-    from transferkit.engine import checkpoint as ck
+    from transferkit.store import checkpoint as ck
     final = ck.load_tensors(run / "model.safetensors")
     if (run / "lp_model.safetensors").exists():
         start = ck.load_tensors(run / "lp_model.safetensors")
@@ -242,9 +245,9 @@ def run_job(job: dict) -> dict:
     return res
 
 
-def summarize(results: list[dict], variants: list[str]) -> tuple[str, dict]:
+def summarise(results: list[dict], variants: list[str]) -> tuple[str, dict]:
     from transferkit.choose.auto import pick
-    from transferkit.engine.fit import WISE_DEFAULT
+    from transferkit.engine.selection import WISE_DEFAULT
     cells: dict = {}
     for r in results:
         key = (r["dataset"], r["shots"], r["seed"])
@@ -344,7 +347,7 @@ def _per_seed(cells: dict, d: str, shots: list[int], variants: list[str]) -> lis
 def rewrite_table(jsonl: Path, md: Path, variants: list[str]) -> str:
     """The markdown table of a finished run again from its JSON lines, under the run's own header."""
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
-    table, _ = summarize(rows, variants)
+    table, _ = summarise(rows, variants)
     head = md.read_text().split("\n### ")[0].rstrip("\n")
     md.write_text(head + "\n" + table + "\n")
     return md.read_text()
@@ -419,7 +422,7 @@ def main() -> None:
             f.flush()
             print(f"[{len(results)}/{len(jobs)}] {r['kind']} {r.get('variant', '')} {r['dataset']} "
                   f"{r['shots']} shots seed {r['seed']}: {r['seconds']}s", flush=True)
-    table, _ = summarize(results, variants)
+    table, _ = summarise(results, variants)
     cmd = "python benchmarks/fewshot.py " + " ".join(sys.argv[1:])
     text = f"# Few-shot benchmark\n\n`{cmd}` ({time.time() - t0:.0f}s)\n{table}\n"
     Path(str(out) + ".md").write_text(text)

@@ -32,7 +32,7 @@ from datasets import image_datasets  # noqa: E402
 from transferkit.choose.rank import rank_sources  # noqa: E402
 from transferkit.choose.source import AUTO_IMAGE, best_row  # noqa: E402
 from transferkit.data import load_task  # noqa: E402
-from transferkit.engine.features import frozen_features  # noqa: E402
+from transferkit.infer.features import frozen_features  # noqa: E402
 from transferkit.models import load_backbone  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

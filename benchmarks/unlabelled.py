@@ -85,7 +85,7 @@ def run_job(job: dict) -> dict:
     return res
 
 
-def summarize(results: list[dict]) -> str:
+def summarise(results: list[dict]) -> str:
     lines = []
     for d in sorted({r["dataset"] for r in results}):
         rs = sorted((r for r in results if r["dataset"] == d), key=lambda r: r["seed"])
@@ -149,7 +149,7 @@ def main() -> None:
     Path(str(out) + ".json").write_text(json.dumps({"command": cmd, "seconds": round(time.time() - t0),
                                                     "results": results}, indent=1) + "\n")
     text = (f"# Unlabelled pool next to 5 labels per class\n\n`{cmd}` ({time.time() - t0:.0f}s)\n"
-            + summarize(results) + "\n")
+            + summarise(results) + "\n")
     Path(str(out) + ".md").write_text(text)
     print(text)
     shutil.rmtree(tmp, ignore_errors=True)  # the run folders and the feature cache

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from transferkit.data import Example, sample_shots, stratified_split
-from transferkit.engine.evaluate import fit_head
+from transferkit.engine.headfit import fit_head
 from transferkit.zeroshot import BridgeConfig, fit_bridge, head_prior, read_class_text, text_embedder
 from transferkit.zeroshot.pairs import image_features
 from transferkit.zeroshot.select import select_bridge

@@ -15,7 +15,7 @@ from PIL import Image
 
 from transferkit.cli import main
 from transferkit.data import DataError, read_items
-from transferkit.data.images import _check_image, open_rgb, read_image_items
+from transferkit.data.images import check_image, open_rgb, read_image_items
 
 TINY = "timm:test_resnet@random"
 N = len(COLOURS) * PER_CLASS
@@ -61,7 +61,7 @@ def _strict_json(text):
 def test_truncated_jpeg_is_skipped_in_train_or_fatal_when_strict(tmp_path, capsys):
     data = write_image_folder(tmp_path / "images")
     bad = _truncated_jpeg(data / "red" / "cut.jpg")
-    assert _check_image(bad) and "truncated" in _check_image(bad)
+    assert check_image(bad) and "truncated" in check_image(bad)
     out = tmp_path / "run"
     assert _train(data, out, "--strategy", "linear_probe") == 0
     log = capsys.readouterr().out
@@ -104,7 +104,7 @@ def test_decompression_bombs_are_refused(tmp_path, monkeypatch):
     Image.new("RGB", (64, 64)).save(tmp_path / "bomb.png")    # 4096 > 2 x limit: Pillow's error
     Image.new("RGB", (50, 50)).save(tmp_path / "warn.png")    # 2500 > limit: Pillow only warns
     for name in ("bomb.png", "warn.png"):
-        reason = _check_image(tmp_path / name)
+        reason = check_image(tmp_path / name)
         assert reason and "decompression bomb" in reason, name
 
 
@@ -325,14 +325,14 @@ def test_short_classes_warn_or_stop(tmp_path, capsys):
 def test_a_model_that_outputs_nan_never_writes_invalid_json(run, tmp_path, capsys):
     import importlib
     from transferkit.engine.run import load_run
-    fit_mod = importlib.import_module("transferkit.engine.fit")
+    sel_mod = importlib.import_module("transferkit.engine.selection")
     out, data = run
     out = _copy_run(out, tmp_path)
     model, _ = load_run(out)
     with torch.no_grad():
         for p in model.head.parameters():
             p.fill_(float("nan"))
-    fit_mod._save_model(out / "model.safetensors", model.cpu())
+    sel_mod.save_model(out / "model.safetensors", model.cpu())
     one = str(sorted(data.rglob("*.png"))[0])
     assert main(["predict", str(out), one, "--json"]) == 0
     rows = _strict_json(capsys.readouterr().out)
@@ -340,7 +340,7 @@ def test_a_model_that_outputs_nan_never_writes_invalid_json(run, tmp_path, capsy
     assert main(["evaluate", str(out), str(data), "--json"]) == 0
     m = _strict_json(capsys.readouterr().out)
     assert m["nll"] is None and "nll" in m["non_finite"]
-    from transferkit.engine.checkpoint import atomic_write_json
+    from transferkit.store.checkpoint import atomic_write_json
     bad = atomic_write_json(tmp_path / "m.json", {"accuracy": 0.5, "nll": float("nan"), "x": [float("inf")]})
     assert bad == ["nll", "x[0]"]
     assert _strict_json((tmp_path / "m.json").read_text()) == {"accuracy": 0.5, "nll": None, "x": [None]}

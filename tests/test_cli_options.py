@@ -12,15 +12,14 @@ import pytest
 
 from transferkit.cli import main
 from transferkit.cli.choose import _compare_parser, _rank_parser
-from transferkit.cli.main import build_parser
+from transferkit.cli.core import PARSERS
 from transferkit.config import ConfigError, TrainConfig, load_recipe, make_config, shipped_recipes
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _subparser(name: str) -> argparse.ArgumentParser:
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return sub.choices[name]
+    return PARSERS[name]()
 
 
 @pytest.mark.parametrize("parser", ["train", "compare", "rank", "evaluate", "predict"])

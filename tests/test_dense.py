@@ -218,7 +218,7 @@ def test_anomaly_train_evaluate_predict(tmp_path, capsys):
     assert "no test labels" in m["threshold_rule"] and m["threshold"] > 0
     page = (run / "report.html").read_text()
     assert "worst first (12 of 12)" in page and "threshold" in page
-    from transferkit.engine.checkpoint import load_tensors
+    from transferkit.store.checkpoint import load_tensors
     bank = load_tensors(run / "model.safetensors")["memory_bank"]
     assert bank.shape[0] == m["bank_size"] == round(0.1 * m["patches"])
     capsys.readouterr()
@@ -363,7 +363,7 @@ def test_a_signal_stops_a_segment_run_with_a_checkpoint_and_the_resume_command(t
     import signal
 
     from transferkit.dense import segment_fit
-    from transferkit.engine.fit import RunState
+    from transferkit.engine.run_state import RunState
     data, run = write_segmentation(tmp_path / "seg", n=6), tmp_path / "run"
     # SIGTERM "arrives" during step 3: the loop finishes the step, writes last/ and returns
     monkeypatch.setattr(segment_fit.interrupt, "requested",

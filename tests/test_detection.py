@@ -12,7 +12,8 @@ from PIL import Image
 
 from transferkit.data.splits import DataError
 from transferkit.detection.coco import coco_document, write_coco
-from transferkit.detection.formats import DetectionItem, DetectionSet, looks_like, read_detection
+from transferkit.detection.formats import DetectionItem, DetectionSet
+from transferkit.detection.read import looks_like, read_detection
 from transferkit.detection.voc import write_voc
 from transferkit.detection.yolo import write_yolo
 

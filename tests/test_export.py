@@ -48,7 +48,7 @@ def _final_weights_as_best(run: Path) -> None:
         meta = f.metadata()
     final = load_file(str(run / "last" / "model.safetensors"))
     assert max(v.abs().max() for k, v in final.items() if "lora_B" in k) > 1e-3
-    from transferkit.engine.checkpoint import atomic_save_tensors
+    from transferkit.store.checkpoint import atomic_save_tensors
     atomic_save_tensors(run / "model.safetensors", final, meta)  # with a fresh checksum
 
 

@@ -13,7 +13,7 @@ from conftest import COLOURS, PER_CLASS
 from transferkit.cli import main
 from transferkit.data import read_items
 from transferkit.data import feature_cache as fc
-from transferkit.engine.features import features_by_view, frozen_features
+from transferkit.infer.features import features_by_view, frozen_features
 from transferkit.models import load_backbone
 
 TINY = "timm:test_resnet@random"

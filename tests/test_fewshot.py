@@ -151,15 +151,16 @@ def test_validation_is_scored_with_the_tests_tta(image_folder, tmp_path):
     # defect 2: validation was scored without the flip TTA the test uses
     run = tmp_path / "run"
     assert _train(image_folder, run, "--val-fraction", "0.3", strategy="linear_probe") == 0
-    from transferkit.engine.evaluate import eval_loader, make_dataset, predict_probs
+    from transferkit.infer.loaders import eval_loader, make_dataset
+    from transferkit.infer.predict import predict_probs
     from transferkit.engine.run import load_run
     model, cfg = load_run(run)
     val = [r for r in _rows(run / "splits.csv") if r["split"] == "val"]
     from transferkit.data import Example
     items = [Example(str(Path(image_folder) / r["item"]), r["label"]) for r in val]
     loader = eval_loader(model, make_dataset(model, items, train=False, augment=False, image_size=32, seed=0), 16)
-    from transferkit.engine.tta import views_of
-    assert views_of(cfg) > 0  # the mirror and augmented copies (engine/tta.py), as the test is scored
+    from transferkit.infer.tta import views_of
+    assert views_of(cfg) > 0  # the mirror and augmented copies (infer/tta.py), as the test is scored
     p_tta, yv = predict_probs(model, loader, "cpu", tta=True, views=views_of(cfg))
     p_plain, _ = predict_probs(model, loader, "cpu", tta=False)
     nll = lambda p: float(-np.log(p[np.arange(len(yv)), yv]).mean())  # noqa: E731
@@ -171,7 +172,7 @@ def test_validation_is_scored_with_the_tests_tta(image_folder, tmp_path):
 # ------------------------------------------------------------------------------ WiSE-FT
 
 def test_wise_mix_interpolates_weights_and_keeps_integer_buffers():
-    from transferkit.engine.fit import wise_mix
+    from transferkit.engine.selection import wise_mix
     lp = {"w": torch.zeros(3), "n": torch.tensor(5)}
     ft = {"w": torch.tensor([2.0, 4.0, 6.0]), "n": torch.tensor(9)}
     assert torch.equal(wise_mix(lp, ft, 0.0)["w"], lp["w"])
@@ -181,7 +182,7 @@ def test_wise_mix_interpolates_weights_and_keeps_integer_buffers():
 
 
 def test_two_phase_with_wise_zero_is_exactly_its_probe(image_folder, tmp_path):
-    from transferkit.engine import checkpoint as ck
+    from transferkit.store import checkpoint as ck
     run = tmp_path / "run"
     assert _train(image_folder, run, "--shots", "4", "--wise", "0") == 0
     final, lp = ck.load_tensors(run / "model.safetensors"), ck.load_tensors(run / "lp_model.safetensors")
@@ -196,7 +197,7 @@ def test_two_phase_with_wise_zero_is_exactly_its_probe(image_folder, tmp_path):
 # ------------------------------------------------------------------------------ augmented probe views
 
 def test_probe_learns_from_augmented_views_and_scores_only_plain_ones(image_folder, tmp_path, monkeypatch):
-    from transferkit.engine import checkpoint as ck
+    from transferkit.store import checkpoint as ck
     from transferkit.engine import headfit
     seen = []
     real = headfit.choose_c
@@ -221,7 +222,7 @@ def test_probe_learns_from_augmented_views_and_scores_only_plain_ones(image_fold
 
 def test_probe_views_default_shrinks_with_the_training_set():
     from transferkit.config import TrainConfig
-    from transferkit.engine.probe_views import MAX_VIEWS, VIEW_BUDGET, n_probe_views
+    from transferkit.infer.probe_views import MAX_VIEWS, VIEW_BUDGET, n_probe_views
     cfg = TrainConfig(data="x", out="y")
     assert n_probe_views(cfg, 50, "image") == MAX_VIEWS
     assert n_probe_views(cfg, VIEW_BUDGET // 2, "image") == 2
@@ -236,7 +237,7 @@ def test_probe_views_default_shrinks_with_the_training_set():
 def test_multi_stage_features_scale_each_block_by_one_number():
     """A dimension nearly constant on the few training items must not get a huge weight: the scale
     is per block (unit total variance), not per dimension."""
-    from transferkit.models.multistage import MultiStageFeatures
+    from transferkit.models.multi_probe import MultiStageFeatures
     feats = MultiStageFeatures(torch.nn.Identity(), [], [4])
     g = torch.Generator().manual_seed(0)
     raw = torch.randn(12, 4, generator=g) * torch.tensor([1.0, 2.0, 3.0, 1e-4]) + 5.0
@@ -333,7 +334,7 @@ def test_fine_tuning_real_weights_moves_the_backbone_and_beats_chance_and_scratc
     import shutil
 
     from transferkit.demo import IMAGE_DEMO
-    from transferkit.engine import checkpoint as ck
+    from transferkit.store import checkpoint as ck
     from transferkit.models import load_backbone
     data = tmp_path / "clipart"
     for d in sorted(p for p in IMAGE_DEMO.iterdir() if p.is_dir())[:4]:

@@ -166,7 +166,7 @@ def test_train_evaluate_predict_on_four_channel_npy(tmp_path, capsys):
 
 def test_gray_png_with_in_chans_1_uses_data_statistics(tmp_path):
     from PIL import Image
-    from transferkit.engine.inputs import resolve_inputs
+    from transferkit.engine.input_kind import resolve_inputs
     rng = np.random.default_rng(0)
     vals = []
     for cls in ("a", "b"):

@@ -42,7 +42,7 @@ def test_export_of_a_four_channel_run_to_timm_onnx_torchscript(bands, tmp_path, 
     import timm
 
     from transferkit.data import read_items
-    from transferkit.engine.evaluate import make_dataset
+    from transferkit.infer.loaders import make_dataset
     from transferkit.engine.run import load_run
     data, run = bands
     for fmt in ("timm", "onnx", "torchscript"):
@@ -76,8 +76,8 @@ def test_rank_on_four_band_arrays_and_on_signals(bands, tones, capsys):
     from transferkit.choose.transferability import logme
     from transferkit.config import TrainConfig
     from transferkit.data import load_task
-    from transferkit.engine.features import frozen_features
-    from transferkit.engine.inputs import adapt_backbone, resolve_inputs
+    from transferkit.infer.features import frozen_features
+    from transferkit.engine.input_kind import adapt_backbone, resolve_inputs
     from transferkit.models import load_backbone
     data, run = bands
     capsys.readouterr()

@@ -29,7 +29,7 @@ def _argv(data, out):
 
 def _child(argv, hook):
     """Runs in the forked process. `hook` makes it kill itself at an exact point of a checkpoint write."""
-    from transferkit.engine import checkpoint as ck
+    from transferkit.store import checkpoint as ck
 
     def die():
         os.kill(os.getpid(), signal.SIGKILL)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from transferkit.cli import main
 from transferkit.data import read_items
-from transferkit.engine.features import frozen_features
+from transferkit.infer.features import frozen_features
 from transferkit.models import load_backbone
 from transferkit.models.prototypes import PrototypeHead, class_prototypes, knn_scores, nearest_centroid
 

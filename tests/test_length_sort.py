@@ -1,4 +1,4 @@
-"""Text inference in batches of similar length (transferkit/engine/length_sort.py)."""
+"""Text inference in batches of similar length (transferkit/infer/length_sort.py)."""
 
 import torch
 
@@ -9,8 +9,9 @@ from transferkit.models.heads import attach_head
 def test_text_batches_of_similar_length_give_the_same_outputs_in_order(tiny_bert_dir):
     """Texts scored sorted by length (less padding) come back in the data set's order with the
     values of the unsorted batches."""
-    from transferkit.engine.evaluate import eval_loader, make_dataset, predict_probs
-    from transferkit.engine.length_sort import by_length
+    from transferkit.infer.loaders import eval_loader, make_dataset
+    from transferkit.infer.predict import predict_probs
+    from transferkit.infer.length_sort import by_length
     from transferkit.models import load_backbone
     bb = load_backbone(f"hf:{tiny_bert_dir}")
     model = attach_head(bb, ["a", "b"]).eval()

@@ -28,7 +28,7 @@ def test_the_batch_maker_pickles_for_spawned_workers(image_folder):
 
     from transferkit.data import load_task
     from transferkit.engine.batches import _Collate, collate_items
-    from transferkit.engine.evaluate import collate_for, make_dataset
+    from transferkit.infer.loaders import collate_for, make_dataset
     from transferkit.models import attach_head, load_backbone
     task = load_task(image_folder, val_fraction=0.0)
     model = attach_head(load_backbone("timm:test_resnet@random"), task.classes)
@@ -43,7 +43,7 @@ def test_evaluation_loaders_leave_the_global_random_stream_alone(image_folder):
     # a warm feature cache skips these loaders; if they drew from the global RNG, dropout after a
     # cached head phase would differ from dropout after an uncached one
     from transferkit.data import load_task
-    from transferkit.engine.evaluate import eval_loader, make_dataset
+    from transferkit.infer.loaders import eval_loader, make_dataset
     from transferkit.models import attach_head, load_backbone
     task = load_task(image_folder, val_fraction=0.0)
     model = attach_head(load_backbone("timm:test_resnet@random"), task.classes)

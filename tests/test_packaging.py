@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from transferkit.cli import main
-from transferkit.engine import checkpoint as ck
+from transferkit.store import checkpoint as ck
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "timm:test_resnet@random"

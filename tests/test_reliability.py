@@ -14,7 +14,7 @@ from conftest import write_image_folder
 from safetensors.torch import load_file
 
 from transferkit.cli import main
-from transferkit.engine import checkpoint as ck
+from transferkit.store import checkpoint as ck
 
 TINY = "timm:test_resnet@random"
 
@@ -118,7 +118,7 @@ def test_killed_right_after_setup_resumes(data, whole, tmp_path, monkeypatch, ca
 
     def killed(*a, **k):
         raise KeyboardInterrupt  # stands in for kill -9 before the first step finishes
-    monkeypatch.setattr(fit_mod, "_sgd_phase", killed)
+    monkeypatch.setattr(fit_mod, "_gradient_phase", killed)
     run = tmp_path / "run"
     assert _train(data, run) == 130
     st = json.loads((run / "last" / "state.json").read_text())["run_state"]

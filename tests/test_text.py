@@ -156,18 +156,19 @@ def test_lora_run_reloads_to_the_same_predictions(texts_csv, tiny_bert_dir, tmp_
     import importlib
 
     from transferkit.data import read_items
-    from transferkit.engine.evaluate import eval_loader, make_dataset, predict_probs
+    from transferkit.infer.loaders import eval_loader, make_dataset
+    from transferkit.infer.predict import predict_probs
     from transferkit.engine.run import load_run
 
-    fit_mod = importlib.import_module("transferkit.engine.fit")  # the package re-exports `fit`
+    sel_mod = importlib.import_module("transferkit.engine.selection")
     saved = {}
-    real_save = fit_mod._save_model
+    real_save = sel_mod.save_model
 
     def keep_copy(path, model):  # the in-memory model, exactly as the run writes model.safetensors
         real_save(path, model)
         saved["model"] = copy.deepcopy(model).cpu()
 
-    monkeypatch.setattr(fit_mod, "_save_model", keep_copy)
+    monkeypatch.setattr(sel_mod, "save_model", keep_copy)
     run = tmp_path / "run"
     assert _train(texts_csv, run, tiny_bert_dir, steps=6, strategy="lora:r=4,alpha=8", lr=3e-2) == 0
 

@@ -94,12 +94,12 @@ def test_a_compressed_tiff_over_the_bomb_limit_is_refused_by_its_header(tmp_path
     import numpy as np
     import tifffile
 
-    from transferkit.data.images import _check_image
+    from transferkit.data.images import check_image
     path = tmp_path / "zeros.tif"
     tifffile.imwrite(path, np.zeros((64, 64, 3), np.uint8), compression="zlib")
-    assert _check_image(path) is None
+    assert check_image(path) is None
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 12,288 values > 3 x 1000
-    reason = _check_image(path)
+    reason = check_image(path)
     assert reason and "TIFF of shape (64, 64, 3): 12,288 values" in reason and "decompression bomb" in reason
 
 

@@ -182,7 +182,7 @@ def test_class_names_in_the_confusion_matrix_are_drawn_as_they_are(monkeypatch):
     real = report.png_data_uri
     monkeypatch.setattr(report, "png_data_uri", lambda fig: (figs.append(fig), real(fig))[1])
     cm = [[2, 1, 0], [0, 3, 0], [1, 0, 2]]
-    assert report._confusion({"confusion_matrix": cm, "class_names": MARKUP}).startswith("data:image/png")
+    assert report.confusion_figure({"confusion_matrix": cm, "class_names": MARKUP}).startswith("data:image/png")
     ax = figs[0].axes[0]
     for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
         # what the renderer draws: the text after matplotlib's maths preprocessing, and no maths

@@ -89,7 +89,7 @@ def test_a_start_that_fails_before_its_first_step_leaves_nothing(data, tmp_path,
 
     def vanished(*a, **k):
         raise DataError(f"{data}/red/red_00.png: cannot read the image; replace or remove the file")
-    monkeypatch.setattr(fit_mod, "_sgd_phase", vanished)
+    monkeypatch.setattr(fit_mod, "_gradient_phase", vanished)
     out = tmp_path / "run"
     assert _train(data, out) == 2
     assert "cannot read the image" in _err(capsys)

@@ -1,4 +1,4 @@
-"""Test-time augmentation with augmented views (`--tta-views`, engine/tta.py): the default is
+"""Test-time augmentation with augmented views (`--tta-views`, infer/tta.py): the default is
 recorded in the run, the probabilities are the plain average the docs promise, an image's views
 do not depend on where it sits in a batch, and evaluate/predict score as the training run did."""
 
@@ -11,9 +11,10 @@ import torch
 import yaml
 
 from transferkit.cli import main
-from transferkit.engine.evaluate import eval_loader, make_dataset, predict_probs
+from transferkit.infer.loaders import eval_loader, make_dataset
+from transferkit.infer.predict import predict_probs
 from transferkit.engine.run import evaluate_run, load_run, predict_run
-from transferkit.engine.tta import view_tensor
+from transferkit.infer.tta import view_tensor
 
 TINY = "timm:test_resnet@random"
 
@@ -38,7 +39,7 @@ def run(tmp_path_factory):
 def test_default_is_recorded_and_flags_win(run, image_folder):
     from transferkit.config import make_config
     from transferkit.data import read_items
-    from transferkit.engine.tta import resolve_views
+    from transferkit.infer.tta import resolve_views
     assert _views(run) == 4  # images at <= 20 labels per class, recorded for evaluate/predict
     items = read_items(image_folder, "image")[0]
     views = lambda **kw: resolve_views(make_config(None, data=str(image_folder), **kw), items, "image")  # noqa: E731

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from transferkit.cli import main
-from transferkit.adaptation.adabn import adabn, gate
-from transferkit.adaptation.fixmatch import fixmatch_loss
+from transferkit.engine.adabn import adabn, gate
+from transferkit.engine.fixmatch import fixmatch_loss
 
 TINY = "timm:test_resnet@random"
 
@@ -163,7 +163,7 @@ def test_auto_keeps_the_pool_only_when_it_wins_held_out(image_folder, tmp_path, 
 
 
 def test_auto_pool_folds_see_their_held_out_images_unlabelled_when_transductive(image_folder, tmp_path):
-    from transferkit.choose.unlabelled import cv_pool_or_not
+    from transferkit.choose.pool_cv import cv_pool_or_not
     from transferkit.config import make_config
     from transferkit.engine.build import load_task_for
     cfg = make_config(None, data=str(image_folder), backbone=TINY, out=str(tmp_path / "run"), shots=4,

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from transferkit.cli.main import main
-from transferkit.engine.evaluate import fit_head
+from transferkit.engine.headfit import fit_head
 from transferkit.zeroshot import (BridgeConfig, LinearBridge, fit_bridge, fit_prior_scale, hinge_rank_loss,
                                   read_class_text, softmax_loss)
 from transferkit.zeroshot.space import JointSpace

@@ -6,10 +6,10 @@ layer allocates it and unmapped when it is freed, so every forward pass faults t
 again: about a third of an inference batch's time was system time on the 2-core benchmark machine.
 Two `mallopt` calls at the start of the process stop that: no mmap for large blocks
 (`M_MMAP_MAX` 0: they come from the heap and go back to it) and no trimming of the heap's top below
-1 GiB (`M_TRIM_THRESHOLD`). Measured by benchmarks/bench_speed.py (one thread, the command with
-and without it): 1.41x evaluation throughput, 1.50x a whole linear_probe run, 1.04x on training
-steps (there the activations stay allocated until the backward pass); peak RSS 16% higher, and up
-to 1 GiB of freed memory stays with the process instead of going back to the system.
+1 GiB (`M_TRIM_THRESHOLD`). Evaluation and whole runs gain the most; training steps little (there
+the activations stay allocated until the backward pass). The price: a higher peak RSS, and up to
+1 GiB of freed memory stays with the process instead of going back to the system.
+benchmarks/bench_speed.py measures it (the command with and without it); the README holds the numbers.
 
 The `transferkit` command sets this once, first thing (`cli/main.py`), because it owns its process;
 importing transferkit as a library changes nothing. `TRANSFERKIT_MALLOC=default` keeps glibc's

@@ -16,11 +16,11 @@ from typing import Any
 
 import yaml
 
+from .errors import ConfigError
 from .plain_yaml import AliasesRefused, read_plain_yaml
 
-
-class ConfigError(ValueError):
-    pass
+# the tasks besides classification (transferkit/dense registers a module for each)
+DENSE_TASKS = ("segment", "detect", "anomaly")
 
 
 def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, low: float | None = None,
@@ -43,7 +43,7 @@ class TrainConfig:
     data: str = option("", "folder of class folders, image CSV (path,label), or text CSV/TSV/JSONL")
     task: str = option("auto", "what to learn: classify, segment (DATA/images + DATA/masks), anomaly (MVTec "
                        "layout: DATA/train/good), detect (COCO JSON, YOLO or Pascal VOC boxes); auto: from DATA's layout "
-                       "(transferkit/dense)", choices=("auto", "classify", "segment", "detect", "anomaly"))
+                       "(transferkit/dense)", choices=("auto", "classify", *DENSE_TASKS))
     decoder: str = option("fpn", "segment: the decoder on the backbone's feature pyramid",
                           choices=("fpn", "unet"))
     backbone: str = option("bundled:efficientnet_lite0", "source model id (see 'transferkit models'); "
@@ -89,7 +89,7 @@ class TrainConfig:
                                  "<= 20 labels per class", choices=("auto", "light", "strong"))
     tta: bool = option(True, "test-time augmentation: average with the flipped image")
     tta_views: int | None = option(None, "with --tta, also average over this many lightly augmented "
-                                   "copies of each image (engine/tta.py)", low=0, high=64,
+                                   "copies of each image (infer/tta.py)", low=0, high=64,
                                    none="4 for images at <= 20 labels per class, else 0")
     image_size: int | None = option(None, "input size in pixels", low=16, high=4096,
                                     none="the backbone's own")
@@ -200,7 +200,7 @@ def describe_allowed(f: dataclasses.Field) -> str:
     low, high = md.get("low"), md.get("high")
     if low is None and high is None:
         return ""
-    kind = "integer" if _is_int_field(f) else "number"
+    kind = "integer" if is_int_field(f) else "number"
     lo = f"{'<' if md.get('open_low') else '<='}"
     hi = f"{'<' if md.get('open_high') else '<='}"
     if high is None:
@@ -214,11 +214,11 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(x)
 
 
-def _is_int_field(f: dataclasses.Field) -> bool:
+def is_int_field(f: dataclasses.Field) -> bool:
     return "int" in str(f.type) and "bool" not in str(f.type)
 
 
-def _is_float_field(f: dataclasses.Field) -> bool:
+def is_float_field(f: dataclasses.Field) -> bool:
     return "float" in str(f.type)
 
 
@@ -272,7 +272,7 @@ def auto_backbone_sources(backbone: str | None) -> list[str] | None:
 
 def _check_channel_stats(mean: list[float] | None, std: list[float] | None, in_chans: int | None) -> None:
     """Finite means, finite positive deviations, given together with one value per channel (their
-    count against the data's channels is checked with the data: engine/inputs.py)."""
+    count against the data's channels is checked with the data: engine/input_kind.py)."""
     for name, values in (("chan_mean", mean), ("chan_std", std)):
         for v in values or []:
             if not math.isfinite(v) or (name == "chan_std" and v <= 0):
@@ -339,14 +339,14 @@ def _coerce(name: str, value: Any) -> Any:
             return False
         raise ConfigError(f"{_named(name)} must be true or false, got {value!r}")
     try:
-        if _is_int_field(f):
+        if is_int_field(f):
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return int(value)
-        if _is_float_field(f):
+        if is_float_field(f):
             return float(value)
     except (TypeError, ValueError) as e:
-        kind = "an integer" if _is_int_field(f) else "a number"
+        kind = "an integer" if is_int_field(f) else "a number"
         raise ConfigError(f"{_named(name)} must be {kind}, got {value!r}") from e
     return str(value) if not isinstance(value, str) else value
 
@@ -420,7 +420,7 @@ def make_config(recipe: dict[str, Any] | None = None, **overrides: Any) -> Train
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
-    from .engine.checkpoint import atomic_write_text
+    from .store.checkpoint import atomic_write_text
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 

@@ -17,11 +17,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False, log=No
     if not resume:
         validate(cfg)  # the same errors as the CLI's, before anything is written
         from .engine.build import check_data_fits_backbone
-        from .engine.runfolder import check_out_dir
+        from .store.runfolder import check_out_dir
         check_data_fits_backbone(cfg)  # an image folder for a text model: refused by name, nothing written
         check_out_dir(cfg)
     say = log or ((lambda *a, **k: None) if quiet else print)
-    from .engine.runfolder import writing_run
+    from .store.runfolder import writing_run
     with writing_run(cfg.out, fresh=not resume, log=say):  # one writer; a failed start leaves nothing
         return _train(cfg, resume, quiet, say)
 

@@ -1,6 +1,6 @@
 """Transductive transfer: unsupervised domain adaptation from labelled source to unlabelled target data
-(and, for `train --unlabelled`, `adabn.py` and `fixmatch.py`: unlabelled target images next to a few
-labels).
+(`train --unlabelled`, unlabelled images next to a few labels, is part of a training run:
+engine/unlabelled.py with engine/adabn.py and engine/fixmatch.py).
 
 One module per method, each a `nn.Module` whose `forward(logits_s, feats_s, logits_t, feats_t,
 progress)` returns (transfer loss, info): `dann` (Ganin et al., JMLR 2016), `mcc` (Jin et al., ECCV
@@ -9,27 +9,16 @@ progress)` returns (transfer loss, info): `dann` (Ganin et al., JMLR 2016), `mcc
 
 from __future__ import annotations
 
-from torch import nn
-
 from .config import METHODS, AdaptConfig, make_adapt_config
 from .dann import DANN, DomainDiscriminator, domain_loss
-from .grl import GradientReversal, dann_coefficient, reverse_gradient
+from .grl import dann_coefficient, reverse_gradient
 from .mcc import MCC, mcc_loss
+from .methods import build_method
 from .source_only import SourceOnly
 
 __all__ = ["METHODS", "AdaptConfig", "make_adapt_config", "build_method", "DANN", "MCC", "SourceOnly",
-           "DomainDiscriminator", "domain_loss", "GradientReversal", "dann_coefficient",
+           "DomainDiscriminator", "domain_loss", "dann_coefficient",
            "reverse_gradient", "mcc_loss", "adapt"]
-
-
-def build_method(cfg: AdaptConfig, feature_dim: int, num_classes: int) -> nn.Module:
-    if cfg.method == "dann":
-        return DANN(feature_dim, num_classes, hidden=cfg.disc_hidden)
-    if cfg.method == "mcc":
-        return MCC(feature_dim, num_classes, temperature=cfg.mcc_temperature)
-    if cfg.method == "source_only":
-        return SourceOnly(feature_dim, num_classes)
-    raise ValueError(f"unknown adaptation method '{cfg.method}' (use {' | '.join(METHODS)})")
 
 
 def adapt(cfg: AdaptConfig, **kwargs):

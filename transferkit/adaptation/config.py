@@ -115,7 +115,7 @@ def _check(cfg: AdaptConfig) -> None:
 
 
 def save_adapt_config(cfg: AdaptConfig, path: Path) -> None:
-    from ..engine.checkpoint import atomic_write_text
+    from ..store.checkpoint import atomic_write_text
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 

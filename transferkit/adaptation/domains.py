@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data import DataError, Example, detect_modality, read_items, stratified_split
-from ..data.images import IMAGE_EXTS, _check_image
+from ..data.images import IMAGE_EXTS, check_image
 from .config import AdaptConfig
 
 
@@ -46,7 +46,7 @@ def read_unlabelled_images(path: str | Path) -> tuple[list[Example], list[str]]:
         raise DataError(f"target data not found: {p} (give a folder of images or a CSV with a 'path' column)")
     good, skipped = [], []
     for ex in items:
-        reason = _check_image(Path(ex.x))
+        reason = check_image(Path(ex.x))
         (skipped.append(f"{ex.x}: {reason}") if reason else good.append(ex))
     if not good:
         raise DataError(f"no readable images in {p}" + (f" ({len(skipped)} unreadable)" if skipped else ""))

@@ -7,9 +7,9 @@ import html
 import json
 from pathlib import Path
 
-from ..engine import checkpoint as ck
-from ..engine.evaluate import predict_probs
-from ..engine.fit import write_history
+from ..store import checkpoint as ck
+from ..infer.predict import predict_probs
+from ..engine.run_files import write_history
 from ..report import png_data_uri, write_report
 from ..report.metrics import classification_metrics
 from ..strategies import parameter_summary

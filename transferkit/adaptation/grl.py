@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 
 class _ReverseGrad(torch.autograd.Function):
@@ -34,17 +33,6 @@ class _ReverseGrad(torch.autograd.Function):
 def reverse_gradient(x: torch.Tensor, coeff: float = 1.0) -> torch.Tensor:
     """Identity forward; the gradient flowing back through it is multiplied by `-coeff`."""
     return _ReverseGrad.apply(x, coeff)
-
-
-class GradientReversal(nn.Module):
-    """`reverse_gradient` as a module whose coefficient is set by the training loop."""
-
-    def __init__(self, coeff: float = 1.0):
-        super().__init__()
-        self.coeff = coeff
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return reverse_gradient(x, self.coeff)
 
 
 def dann_coefficient(progress: float, gamma: float = 10.0, max_coeff: float = 1.0) -> float:

@@ -22,13 +22,14 @@ import torch
 from torch.nn import functional as F
 
 from ..config import ConfigError, save_config
-from ..engine import checkpoint as ck
+from ..store import checkpoint as ck
 from ..engine.build import build_model
-from ..engine.environment import write_environment
-from ..engine.runfolder import check_out_dir, claim_out_dir
-from ..engine.evaluate import eval_loader, make_dataset, predict_probs
+from ..store.environment import write_environment
+from ..store.runfolder import check_out_dir, claim_out_dir
+from ..infer.loaders import eval_loader, make_dataset
+from ..infer.predict import predict_probs
 from ..strategies import freeze_stages, param_groups, plan_strategy, resolve_bn, set_train_mode
-from . import build_method
+from .methods import build_method
 from .config import AdaptConfig, read_adapt_config, save_adapt_config
 from .domains import Domains, load_domains
 
@@ -68,7 +69,7 @@ def batch_indices(n: int, batch: int, seed: int, step: int, stream: int) -> tupl
 
 def adapt(cfg: AdaptConfig, *, resume: bool = False, log=print, progress: bool = True) -> AdaptResult:
     """Adapt according to `cfg` and write the run directory; with `resume`, continue `cfg.out`."""
-    from ..engine.runfolder import writing_run
+    from ..store.runfolder import writing_run
     if not resume:
         _check_out(cfg)  # before the lock creates the folder
     with writing_run(cfg.out, fresh=not resume, log=log):  # one writer; a failed start leaves nothing

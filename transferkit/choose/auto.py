@@ -31,11 +31,11 @@ FT_FOLDS = 3
 def resolve_auto(cfg: TrainConfig, log=print) -> tuple[TrainConfig, dict]:
     """The concrete configuration `auto` stands for on this task, and the evidence for it."""
     from ..engine.build import load_task_for
-    from ..engine.fit import WISE_DEFAULT
+    from ..engine.selection import WISE_DEFAULT
     from ..models import parse_source
     from .cv import best_wise, cv_finetune
     from ..engine.build import build_model
-    from ..engine.runfolder import check_out_dir, claim_out_dir
+    from ..store.runfolder import check_out_dir, claim_out_dir
     check_out_dir(cfg)
     task = load_task_for(cfg)
     _, _, pretrained = parse_source(cfg.backbone)
@@ -53,7 +53,7 @@ def resolve_auto(cfg: TrainConfig, log=print) -> tuple[TrainConfig, dict]:
         f"and fine-tuning ({FT_FOLDS} folds)")
     pool_choice = None
     if cfg.unlabelled:  # the same folds with and without the pool; kept only if it wins held out
-        from .unlabelled import cv_pool_or_not
+        from .pool_cv import cv_pool_or_not
         ft, cfg, pool_choice = cv_pool_or_not(cfg, task, root, k=FT_FOLDS, log=log)
     else:
         ft = cv_finetune(cfg, task, root / "cv", k=FT_FOLDS, log=log)

@@ -219,8 +219,8 @@ def feature_cell(name: str, store: FeatureStore, task: Task, cfg: TrainConfig) -
         # training features (+ mirrored ones when augmenting), C chosen as the engine chooses it
         from ..data import cv_folds
         torch.manual_seed(cfg.seed)
-        from ..engine.probe_views import augmented_views, n_probe_views
-        from ..engine.tta import resolve_views, view_features
+        from ..infer.probe_views import augmented_views, n_probe_views
+        from ..infer.tta import resolve_views, view_features
         model = attach_head(store.backbone, task.classes, hidden=cfg.head_hidden, dropout=cfg.head_dropout)
         head = model.head
         flip = store.flipped is not None
@@ -234,7 +234,7 @@ def feature_cell(name: str, store: FeatureStore, task: Task, cfg: TrainConfig) -
         if k_aug:  # the augmented copies the engine's probe also learns from (not cached: random crops)
             views = torch.cat([views, augmented_views(model.to(device), task.train, cfg, device, None, k_aug)])
         k_tta = resolve_views(cfg, task.train, model.spec.modality) if tta else 0
-        if k_tta:  # scored as a trained run scores them: with its test-time views (engine/tta.py)
+        if k_tta:  # scored as a trained run scores them: with its test-time views (infer/tta.py)
             te_views = torch.cat([te_views, view_features(model.to(device), task.test, cfg, device, k_tta)])
             if len(yva):
                 va_views = torch.cat([va_views, view_features(model.to(device), task.val, cfg, device, k_tta)])
@@ -354,7 +354,7 @@ def run_compare(base: TrainConfig, strategies: list[str], shots: list[int | None
     before any gets a second) are shortened or skipped when their estimated cost, measured on the
     cells before them, does not fit in what is left; both are recorded in the rows.
     """
-    from .compare_report import identical_splits, recommend, summarize, write_outputs
+    from .compare_report import identical_splits, recommend, summarise, write_outputs
     from ..engine.fit import total_steps
     t_start, out = time.time(), Path(out)
     strategies = [s for s in dict.fromkeys(s.strip() for s in strategies) if s and s != PROBE]
@@ -419,7 +419,7 @@ def run_compare(base: TrainConfig, strategies: list[str], shots: list[int | None
             f"({row['train_seconds']:.1f}s{', reused' if row.get('reused') else ''})")
         add(row)
     names = [PROBE] + strategies
-    result = {**header, "rows": rows, "summary": summarize(rows, names, header["shots"]),
+    result = {**header, "rows": rows, "summary": summarise(rows, names, header["shots"]),
               "recommended": recommend(rows, strategies, header["shots"], header["metric"]),
               "identical_splits": identical_splits(rows), "seconds": round(time.time() - t_start, 1)}
     if not result["identical_splits"]:

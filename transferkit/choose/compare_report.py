@@ -20,7 +20,7 @@ def _mean_std(values: list) -> tuple[float | None, float | None]:
     return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else None
 
 
-def summarize(rows: list[dict], strategies: list[str], shots: list[str]) -> list[dict]:
+def summarise(rows: list[dict], strategies: list[str], shots: list[str]) -> list[dict]:
     """One entry per strategy x shots: mean and sample std over the seeds that ran."""
     out = []
     for s in strategies:
@@ -192,7 +192,7 @@ def format_html(result: dict) -> str:
 
 
 def write_outputs(out: Path, result: dict) -> None:
-    from ..engine.checkpoint import atomic_write_text
+    from ..store.checkpoint import atomic_write_text
     atomic_write_text(out / "compare.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(out / "compare.md", format_markdown(result))
     atomic_write_text(out / "compare.html", format_html(result))

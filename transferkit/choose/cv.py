@@ -26,7 +26,7 @@ import torch
 
 from ..config import TrainConfig, read_config
 from ..data import Task, cv_folds
-from ..engine.fit import WISE_GRID
+from ..engine.selection import WISE_GRID
 
 
 def fold_tasks(task: Task, k: int, seed: int) -> list[tuple[Task, list]]:
@@ -41,12 +41,13 @@ def fold_tasks(task: Task, k: int, seed: int) -> list[tuple[Task, list]]:
 
 def _held_out_scores(run: Path, cfg: TrainConfig, classes: list[str], held_out: list, grid) -> list[dict]:
     """Held-out accuracy/NLL of a finished fold run at each WiSE weight."""
-    from ..engine import checkpoint as ck
+    from ..store import checkpoint as ck
     from ..engine.build import build_model
-    from ..engine.evaluate import eval_loader, make_dataset, predict_probs
-    from ..engine.fit import wise_mix
+    from ..infer.loaders import eval_loader, make_dataset
+    from ..infer.predict import predict_probs
+    from ..engine.selection import wise_mix
     from ..engine.headfit import score
-    from ..engine.tta import views_of
+    from ..infer.tta import views_of
     run_cfg = read_config(run / "config.yaml")  # the fold run's resolved --tta-views
     model, _ = build_model(cfg, classes)
     ft = ck.load_tensors(run / "model.safetensors")

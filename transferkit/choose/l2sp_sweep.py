@@ -42,7 +42,7 @@ def best_validation(history: list[dict], metric: str = "loss", trained_only: boo
     """The history row of a run's best checkpoint, by the engine's own selection rule.
     `trained_only`: among the rows of the phases that train by gradient steps (not the head fit on
     frozen features, which is the same for every L2-SP strength and would make them all tie)."""
-    from ..engine.fit import validation_score
+    from ..engine.selection import validation_score
     rows = [r for r in history if "val_loss" in r and (not trained_only or r.get("train_loss", "") != "")]
     if not rows:
         raise ValueError("the run has no validation rows" + (" after a training step" if trained_only else ""))
@@ -66,7 +66,7 @@ def resolve_l2sp_auto(cfg: TrainConfig, log=print, grid: tuple[float, ...] | Non
         raise FileExistsError(f"{cfg.out} already holds a run; pass --resume to continue it or choose "
                               "another --out")
     if cfg.out:  # the sweep writes OUT/sweep: the folder must be ours first
-        from ..engine.runfolder import claim_out_dir
+        from ..store.runfolder import claim_out_dir
         claim_out_dir(cfg, overwrite=cfg.overwrite, log=log)
     root = Path(cfg.out) / "sweep" if cfg.out else Path(tempfile.mkdtemp(prefix="transferkit-sweep-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -84,7 +84,8 @@ def resolve_l2sp_auto(cfg: TrainConfig, log=print, grid: tuple[float, ...] | Non
 
 
 def _sweep_on_validation(cfg: TrainConfig, grid, root: Path, steps: int, log) -> list[dict]:
-    from ..engine.fit import fit, validation_score
+    from ..engine.fit import fit
+    from ..engine.selection import validation_score
     log(f"l2sp:auto: {len(grid)} runs of {steps} steps, alpha by validation {cfg.metric} ({root})")
     rows = []
     for alpha in grid:

@@ -19,9 +19,9 @@ import time
 import torch
 
 from ..data import load_task
-from ..engine.features import frozen_features
+from ..infer.features import frozen_features
 from ..models import Backbone, attach_head, load_backbone
-from .transferability import leep, logme
+from .transferability import cv_probe_accuracy, leep, logme
 
 
 @torch.no_grad()
@@ -56,7 +56,6 @@ def rank_sources(data: str, backbones: list[str | Backbone], *, shots: int | Non
     splits (DATA is then not read again). `budget_seconds`: sources after the budget is spent are
     not scored (their rows are missing).
     """
-    from .source import cv_probe_accuracy
     if not backbones:
         raise ValueError("rank needs at least one backbone (--backbones SRC1,SRC2,...)")
     if task is None:

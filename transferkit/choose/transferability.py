@@ -196,3 +196,34 @@ def leep(source_probs: np.ndarray, labels: np.ndarray) -> float:
     cond = np.divide(joint, p_z, out=np.zeros_like(joint), where=p_z > 0)  # P(y | z)
     eep = np.sum(theta * cond[y_idx], axis=1)  # sum_z P(y_i | z) theta(x_i)_z
     return float(np.mean(np.log(eep)))
+
+
+CV_FOLDS = 5
+
+
+def cv_probe_accuracy(feats: np.ndarray, labels: np.ndarray, flipped: np.ndarray | None = None,
+                      seed: int = 0, folds: int = CV_FOLDS) -> dict | None:
+    """Mean and standard error of a logistic-regression probe's held-out accuracy over stratified
+    folds; None when a class has fewer than two labels. `flipped`: features of the mirrored
+    inputs, added to each training fold and averaged with the originals at test."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.preprocessing import StandardScaler
+
+    counts = np.bincount(labels)
+    k = int(min(folds, counts[counts > 0].min()))
+    if k < 2:
+        return None
+    scores = []
+    for tr, te in StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(feats, labels):
+        x_tr, y_tr = feats[tr], labels[tr]
+        if flipped is not None:
+            x_tr, y_tr = np.concatenate([x_tr, flipped[tr]]), np.concatenate([y_tr, y_tr])
+        scaler = StandardScaler().fit(x_tr)
+        clf = LogisticRegression(C=1.0, max_iter=2000).fit(scaler.transform(x_tr), y_tr)
+        p = clf.predict_proba(scaler.transform(feats[te]))
+        if flipped is not None:
+            p = (p + clf.predict_proba(scaler.transform(flipped[te]))) / 2
+        scores.append(float((clf.classes_[p.argmax(1)] == labels[te]).mean()))
+    s = np.asarray(scores)
+    return {"accuracy": float(s.mean()), "accuracy_se": float(s.std(ddof=1) / np.sqrt(len(s))), "folds": k}

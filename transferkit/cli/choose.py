@@ -122,8 +122,8 @@ def cmd_rank(argv: list[str]) -> int:
 
 def _other_inputs(cfg) -> bool:
     """Whether DATA is not RGB pictures (arrays, signals, --in-chans): settles cfg's in_chans,
-    channel statistics and spectrogram from the training split, as `train` does (engine/inputs.py)."""
-    from ..engine.inputs import resolve_inputs
+    channel statistics and spectrogram from the training split, as `train` does (engine/input_kind.py)."""
+    from ..engine.input_kind import resolve_inputs
     resolve_inputs(cfg)
     return cfg.chan_mean is not None
 
@@ -133,7 +133,7 @@ def _rank_adapted(sources: list[str], cfg, rank) -> list[dict]:
     would build it (seeded, first conv adapted, the data's channel statistics), ranked alone so
     only one is in memory, and the rows are ordered together."""
     import torch
-    from ..engine.inputs import adapt_backbone
+    from ..engine.input_kind import adapt_backbone
     from ..models import load_backbone
     rows = []
     for src in sources:

@@ -118,7 +118,7 @@ def _write_knn(out: str, r: dict) -> None:
     import io
     from pathlib import Path
 
-    from ..engine.checkpoint import atomic_write_json, atomic_write_text
+    from ..store.checkpoint import atomic_write_json, atomic_write_text
     from ..report.outputs import spreadsheet_cell
     d = Path(out)
     for name in ("knn.json", "predictions.csv"):

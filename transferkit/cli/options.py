@@ -28,12 +28,12 @@ def field_help(f: dataclasses.Field) -> str:
 
 
 def _metavar(f: dataclasses.Field) -> str:
-    from ..config import _is_float_field, _is_int_field
+    from ..config import is_float_field, is_int_field
     if f.metadata.get("choices"):
         return "{" + ",".join(f.metadata["choices"]) + "}"
-    if _is_int_field(f):
+    if is_int_field(f):
         return "N"
-    if _is_float_field(f):
+    if is_float_field(f):
         return "X"
     return f.name.upper()
 

@@ -48,7 +48,7 @@ def read_image_items(path: str | Path, warnings_out: list[str] | None = None) ->
     items, skipped = _read_csv(path) if path.is_file() else _read_folder(path, warnings_out)
     good = []
     for ex in items:
-        reason = _check_image(Path(ex.x))
+        reason = check_image(Path(ex.x))
         if reason:
             skipped.append(f"{shown(ex.x)}: {reason}")
         else:
@@ -218,7 +218,7 @@ def _read_csv(path: Path) -> tuple[list[Example], list[str]]:
     return items, notes
 
 
-def _check_image(p: Path) -> str | None:
+def check_image(p: Path) -> str | None:
     """Why the image at `p` cannot be used, or None. It is decoded in full (at reduced scale where the
     format allows): a truncated JPEG passes a header check and fails only when its pixels are read."""
     if not p.is_file():

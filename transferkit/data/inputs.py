@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from .images import IMAGE_EXTS, _check_image, read_image_items
+from .images import IMAGE_EXTS, check_image, read_image_items
 from .splits import DataError, Example
 from .text import decode_lines, is_text_file, read_text_items
 
@@ -66,7 +66,7 @@ def read_inputs(path: str | Path, *, text_col: str = "text", label_col: str = "l
         items = _unlabelled_images(p) if p.is_dir() else _image_csv(p)
         good, skipped = [], []
         for ex in items:
-            reason = _check_image(Path(ex.x))
+            reason = check_image(Path(ex.x))
             (skipped.append(f"{ex.x}: {reason}") if reason else good.append(ex))
         if not good:
             raise DataError(f"no readable images in {p}" + (f" ({len(skipped)} unreadable)" if skipped else ""))

@@ -20,7 +20,7 @@ TEST = "test"
 
 
 def _config_error(msg: str):
-    from ..config import ConfigError
+    from ..errors import ConfigError
     return ConfigError(f"'unlabelled' (--unlabelled): {msg}")
 
 

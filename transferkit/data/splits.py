@@ -6,9 +6,7 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass
 
-
-class DataError(ValueError):
-    """Bad input data; the message names the file/field and the fix."""
+from ..errors import DataError
 
 
 def shown(path) -> str:

@@ -18,13 +18,11 @@ run's run.json. Detection (COCO/YOLO/VOC) joins the registry later with the same
 from __future__ import annotations
 
 import importlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from ..config import ConfigError, TrainConfig
+from ..store.runfolder import run_task  # noqa: F401  (dense.run_task: the public spelling)
 
 # task name -> module (imported on first use, so that classification never pays for smp)
 TASKS = {"segment": "transferkit.dense.segment", "anomaly": "transferkit.dense.anomaly",
@@ -73,25 +71,6 @@ def resolve_task(cfg: TrainConfig, log=print) -> str:
     log(f"task: {task} (inferred from the layout of {cfg.data}: {task_module(task).LAYOUT}; "
         "pass --task to choose another)")
     return task
-
-
-def run_task(run_dir: str | Path) -> str:
-    """The task recorded in a run folder (run.json, else config.yaml); runs before dense tasks: classify."""
-    run = Path(run_dir)
-    for name in ("run.json", "config.yaml"):
-        p = run / name
-        if not p.is_file():
-            continue
-        try:
-            if name == "run.json":
-                task = json.loads(p.read_text(encoding="utf-8")).get("task")
-            else:
-                task = (yaml.safe_load(p.read_text(encoding="utf-8")) or {}).get("task")
-        except (ValueError, AttributeError, OSError, yaml.YAMLError):
-            continue  # the run's own loader reports a damaged file with its fix
-        if task and task != "auto":
-            return task
-    return "classify"
 
 
 def is_dense(task: str) -> bool:

@@ -28,7 +28,7 @@ from PIL import Image
 from ..config import ConfigError, TrainConfig
 from ..data.arrays import IMAGE_EXTS
 from ..data.splits import DataError
-from ..engine import checkpoint as ck
+from ..store import checkpoint as ck
 from . import DenseResult, encoder, runs
 from .metrics import auroc, f1_at
 from .segment_data import load_image
@@ -231,8 +231,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool =
 
 def _mark_done(run: Path) -> None:
     """last/ with a finished run state, as a classification run leaves it: the folder now holds a run,
-    so a new `train --out` here is refused unless --overwrite (engine/runfolder.py)."""
-    from ..engine.fit import RunState
+    so a new `train --out` here is refused unless --overwrite (store/runfolder.py)."""
+    from ..engine.run_state import RunState
     ck.atomic_replace_dir(lambda tmp: ck.atomic_write_json(tmp / "state.json",
                                                            {"run_state": RunState(done=True).__dict__}),
                           run / "last")
@@ -307,9 +307,9 @@ def evaluate(run_dir, data, *, log=print) -> dict:
 
 def predict(run_dir, inputs: list[str], output: str | None, *, log=print) -> list[dict]:
     """Per input: image score, good/defect at the run's threshold, and (with --output) a heat map."""
-    from .segment import _input_images, output_stems
+    from .segment import input_images, output_stems
     net, bank, threshold, src = load_run(run_dir)
-    paths = _input_images(inputs)
+    paths = input_images(inputs)
     stems = output_stems(paths)
     out = runs.free_output_dir(output, [f"{s}_heatmap.png" for s in stems]) if output else None
     maps = score_maps(embed(net, paths, src["image_size"], src["mean"], src["std"], _device()), bank,

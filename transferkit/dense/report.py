@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..engine import checkpoint as ck
+from ..store import checkpoint as ck
 
 MAX_SHOWN = 24
 THUMB = 192

@@ -1,4 +1,4 @@
-"""Run folders of dense tasks, by the rules of classification runs (engine/runfolder.py): the folder is
+"""Run folders of dense tasks, by the rules of classification runs (store/runfolder.py): the folder is
 claimed before anything is written, run.json records the task, config.yaml rebuilds the run, and
 source.json says which weights it started from (with the input normalisation the run was trained with).
 """
@@ -9,9 +9,9 @@ import dataclasses
 from pathlib import Path
 
 from ..config import ConfigError, TrainConfig, read_config, save_config
-from ..engine import checkpoint as ck
-from ..engine.environment import write_environment
-from ..engine.runfolder import RUN_META, check_out_dir, claim_out_dir, read_run_meta
+from ..store import checkpoint as ck
+from ..store.environment import write_environment
+from ..store.runfolder import RUN_META, check_out_dir, claim_out_dir, read_run_meta
 
 
 def start_run(cfg: TrainConfig, task: str, source: dict, log=print) -> Path:

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ..config import ConfigError, TrainConfig
-from ..engine import checkpoint as ck
+from ..store import checkpoint as ck
 from ..engine import interrupt
 from . import DenseResult, encoder, runs
 from .segment_data import LAYOUT, load_dataset, looks_like, split  # noqa: F401 (the task contract)
@@ -73,7 +73,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool =
         run = runs.start_run(cfg, NAME, runs.source_record(bb, size, {"classes": classes, "decoder": cfg.decoder,
                                                                         "encoder_weights": loaded}), log)
         _write_splits(run, train_items, val_items, test_items)
-        from ..engine.fit import RunState
+        from ..engine.run_state import RunState
         state = RunState()
     else:
         if last is not None:
@@ -183,7 +183,7 @@ def predict(run_dir, inputs: list[str], output: str | None, *, log=print) -> lis
         raise ConfigError("predict of a segment run writes mask images: pass --output DIR")
     model, src = load_run(run_dir)
     classes = src["classes"]
-    paths = _input_images(inputs)
+    paths = input_images(inputs)
     stems = output_stems(paths)
     out = runs.free_output_dir(output, [f"{s}_{k}.png" for s in stems for k in ("mask", "overlay")])
     pal = palette(len(classes))
@@ -208,7 +208,7 @@ def predict(run_dir, inputs: list[str], output: str | None, *, log=print) -> lis
     return rows
 
 
-def _input_images(inputs: list[str]) -> list[Path]:
+def input_images(inputs: list[str]) -> list[Path]:
     """Files, or folders of images (a segmentation folder: its images/)."""
     from ..data.arrays import IMAGE_EXTS
     paths: list[Path] = []

@@ -7,7 +7,7 @@ ICLR 2022, "Fine-tuning can distort pretrained features"). With `@random` the en
 random weights and trains at the decoder's rate: the from-scratch baseline.
 
 Batches are a function of the global step (seeded epoch permutations and flips), and `last/` holds
-the weights, the optimizer state and the RNG state (engine/checkpoint.py, engine/resume.py), so a
+the weights, the optimizer state and the RNG state (store/checkpoint.py, engine/resume.py), so a
 run stopped at any step and resumed gives the same weights as one that never stopped.
 """
 
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError, TrainConfig
-from ..engine import checkpoint as ck
+from ..store import checkpoint as ck
 from ..engine import interrupt
 from .metrics import confusion, segmentation_metrics
 from .segment_data import load_image, load_pair

@@ -190,7 +190,7 @@ def save_detector(model: nn.Module, classes: list[str], folder: Path,
                   category_ids: list[int] | None = None) -> None:
     """`folder/detector.safetensors` (weights) + `folder/detector.json` (spec, class names and the
     data's COCO category ids, so that predictions are written with the ids the data used)."""
-    from ..engine.checkpoint import atomic_save_tensors, atomic_write_json
+    from ..store.checkpoint import atomic_save_tensors, atomic_write_json
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_save_tensors(folder / "detector.safetensors", model.state_dict(), {"format": "transferkit-detector"})
@@ -200,7 +200,7 @@ def save_detector(model: nn.Module, classes: list[str], folder: Path,
 
 def load_detector(folder: Path) -> tuple[nn.Module, list[str]]:
     """The detector and class names saved by `save_detector`, weights checked by name and shape."""
-    from ..engine.safety import load_tensors
+    from ..store.safety import load_tensors
     from ..models.sources import load_state_dict_checked
     folder = Path(folder)
     meta_file = folder / "detector.json"

@@ -1,6 +1,6 @@
 """Detection runs, for the CLI: train on a data set into a run folder, evaluate a finished run on
 labelled data, predict boxes for new images. The caller claims the run folder (the run-folder rules
-of engine/runfolder.py); these functions write only the files they name.
+of store/runfolder.py); these functions write only the files they name.
 
 A run folder after `train_run`:
     detector.safetensors, detector.json   weights; spec, classes, COCO category ids
@@ -21,8 +21,9 @@ from pathlib import Path
 
 from ..data.arrays import IMAGE_EXTS
 from ..data.splits import DataError
-from ..engine.checkpoint import atomic_write_json, atomic_write_text
-from .formats import DetectionItem, DetectionSet, read_detection
+from ..store.checkpoint import atomic_write_json, atomic_write_text
+from .formats import DetectionItem, DetectionSet
+from .read import read_detection
 from .metrics import detection_metrics
 from .model import build_detector, load_detector, save_detector
 from .predict import CSV_COLUMNS, coco_results, items_for_images, predict, prediction_rows

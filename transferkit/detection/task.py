@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .formats import looks_like as _format_of
-from .formats import read_detection
+from .read import looks_like as _format_of
+from .read import read_detection
 
 NAME = "detect"
 LAYOUT = ("COCO (annotations.json + images/), YOLO (data.yaml + images/ + labels/) or Pascal VOC "

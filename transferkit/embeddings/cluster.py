@@ -99,7 +99,7 @@ def cluster_data(data: str | Path, backbone, k: int, out: str | Path, *, seed: i
 
 def write_clusters(emb: Embeddings, clusters: np.ndarray, dist: np.ndarray, out: Path, *, data: str,
                    seed: int, per_sheet: int, thumb: int) -> dict:
-    from ..engine.checkpoint import atomic_write_json, atomic_write_text
+    from ..store.checkpoint import atomic_write_json, atomic_write_text
     from ..report.outputs import spreadsheet_row
     (out / "sheets").mkdir(parents=True, exist_ok=True)
     k = int(clusters.max()) + 1

@@ -56,7 +56,7 @@ def compute_embeddings(data: str | Path, backbone, *, image_size: int | None = N
                        pooling: str | None = None, max_length: int | None = None,
                        seed: int = 0) -> Embeddings:
     """Frozen pooled features of every readable input of DATA (labelled or not)."""
-    from ..engine.features import frozen_features
+    from ..infer.features import frozen_features
     t0 = time.time()
     modality, items, skipped = read_inputs(data, text_col=text_col, label_col=label_col)
     bb = load_source(backbone, arch=arch, pooling=pooling, max_length=max_length, seed=seed)
@@ -87,7 +87,7 @@ def write_embeddings(emb: Embeddings, out: str | Path, *, data: str = "") -> lis
     """Write OUT (`.npy` or `.safetensors`: a [N, D] float32 array named `features`), OUT's
     `.index.csv` (row, item, label) and `.meta.json` (source, weights hash, shape). Files there that
     transferkit did not write are never replaced."""
-    from ..engine.checkpoint import atomic_save_tensors, atomic_write_json, atomic_write_text
+    from ..store.checkpoint import atomic_save_tensors, atomic_write_json, atomic_write_text
     out = Path(out)
     if out.suffix not in (".npy", ".safetensors"):
         raise ValueError(f"--out {out}: give a .npy or .safetensors file name")

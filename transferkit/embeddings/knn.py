@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..data import load_task
 from ..data.feature_cache import FeatureCache
-from ..engine.features import frozen_features
+from ..infer.features import frozen_features
 from ..models.prototypes import knn_scores, nearest_centroid
 from .embed import device, load_source
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from .evaluate import collate_for
+from ..infer.loaders import collate_for
 
 
 def collate_items(items: list, model):
@@ -37,7 +37,7 @@ def train_batches(ds, batches: list[list[tuple[int, int]]], start: int, model, *
     """An iterator over `batches[start:]` (each cut to this process's share), collated. Without
     workers each batch is made in this process when it is asked for, by `fetch(indices)` if given."""
     own = [b[rank::world] if world > 1 else b for b in batches[start:]]
-    if num_workers == 0:  # in this process, batch by batch, as the engine always did
+    if num_workers == 0:  # in this process, batch by batch: no worker start-up cost, no second copy of the data
         fetch = fetch or (lambda b: collate_items([ds[i] for i in b], model))
         return (fetch(b) for b in own)
     loader = DataLoader(ds, batch_sampler=own, num_workers=num_workers,

@@ -17,19 +17,19 @@ def build_model(cfg: TrainConfig, classes: list[str], *, from_data: bool = True)
     """The TransferModel for `cfg`, and the L2-SP anchor (source weights as loaded) if a regularizer
     needs one. The anchor is taken before adapters are added and its names follow the adapters' renames.
 
-    Inputs other than RGB pictures (engine/inputs.py) are settled from `cfg.data` and written into
+    Inputs other than RGB pictures (engine/input_kind.py) are settled from `cfg.data` and written into
     `cfg` first, unless `from_data=False` (a reloaded run: its config already says everything)."""
     backbone = load_backbone(cfg.backbone, arch=cfg.arch, pooling=cfg.pooling, max_length=cfg.max_length)
     if backbone.modality == "text" and cfg.max_length and cfg.max_length > backbone.preprocess.max_length:
         cfg.max_length = backbone.preprocess.max_length  # clamped (models/text.py): the run records what it used
     if backbone.modality == "image":
-        from .inputs import adapt_backbone, resolve_inputs
+        from .input_kind import adapt_backbone, resolve_inputs
         if from_data:
             resolve_inputs(cfg)
         backbone = adapt_backbone(backbone, cfg)
     plan = plan_strategy(cfg.strategy, backbone.num_stages)
     if plan.multi_stage:
-        from ..models.multistage import multi_stage_backbone
+        from ..models.multi_probe import multi_stage_backbone
         backbone = multi_stage_backbone(backbone)
     torch.manual_seed(cfg.seed)  # the head's initialisation is part of the run's seed
     model = attach_head(backbone, classes, hidden=cfg.head_hidden, dropout=cfg.head_dropout,
@@ -40,7 +40,7 @@ def build_model(cfg: TrainConfig, classes: list[str], *, from_data: bool = True)
     anchor = None
     if cfg.reg and "l2sp" in cfg.reg:
         from ..regularizers import anchor_from
-        from .inputs import source_only_anchor
+        from .input_kind import source_only_anchor
         anchor = source_only_anchor(anchor_from(model), backbone)
     if plan.lora:
         from ..models.lora import add_lora
@@ -66,7 +66,7 @@ def verify_anchor(run: Path, cfg: TrainConfig, model: TransferModel, anchor: dic
 
     from safetensors import safe_open
 
-    from . import checkpoint as ck
+    from ..store import checkpoint as ck
     stored = run / "anchor.safetensors"
     if stored.exists():
         with safe_open(str(stored), framework="pt") as f:
@@ -90,13 +90,13 @@ def build_regularizers_for(cfg: TrainConfig, model: TransferModel, anchor: dict 
     """The run's regularizers. DELTA gets its channel weights from `train_items` (uniform without)."""
     if not cfg.reg:
         return []
-    from ..regularizers import build_regularizers, parse_regularizer
+    from ..regularizers import build_regularizers, needs_source_model, parse_regularizer
     specs = parse_regularizer(cfg.reg)
     if any(s.is_auto for s in specs):
         raise ValueError("l2sp:auto is resolved by `transferkit train` before training (it sweeps "
                          "alpha on the validation split); pass a number to the engine")
     source, layers, weights = None, None, None
-    if any(s.kind == "delta" for s in specs):
+    if needs_source_model(specs):
         from .delta_setup import delta_setup
         source, layers, weights = delta_setup(cfg, model, train_items, device, log)
     if anchor is not None:

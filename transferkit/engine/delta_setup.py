@@ -16,7 +16,9 @@ import torch
 from torch import nn
 
 from ..models.backbone import stage_output
-from .evaluate import eval_loader, extract_features, fit_head, make_dataset, to_device
+from .headfit import fit_head
+from ..infer.features import extract_features
+from ..infer.loaders import eval_loader, make_dataset, to_device
 
 CHANNEL_WEIGHT_ITEMS = 64
 

@@ -234,3 +234,65 @@ def fit_multistage_probe(features: nn.Module, head: nn.Module, views: torch.Tens
     fit_linear_head(head, X, Y, choice.C, label_smoothing=label_smoothing)
     table = [{"blocks": kk, "layers": features.layers[:kk], **c.best_row} for kk, _, c in options]
     return choice, k, table
+
+
+def fit_head(head: nn.Module, feats: torch.Tensor, labels: torch.Tensor, *,
+             val: tuple[torch.Tensor, torch.Tensor] | None = None,
+             cs: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0), max_iter: int = 200,
+             label_smoothing: float = 0.0, prior: dict | None = None) -> dict:
+    """Fit `head` to convergence on frozen features: L2-regularised multinomial logistic regression
+    (full-batch L-BFGS), the first phase of LP-FT (Kumar et al., ICLR 2022).
+
+    The objective is sklearn's: mean cross-entropy + ||W||^2 / (2 C n). With validation features
+    the inverse strength C is picked from `cs` by validation accuracy (then NLL); without, C = 1.
+    The head's initial state is the same for every C, so the result is deterministic.
+    With a `prior` head ({"weight", "bias"}, e.g. class names through a joint image-text space), the
+    head starts there and the penalty pulls toward it, ||W - W_prior||^2 (transferkit.zeroshot.prior).
+    """
+    if hasattr(head, "fit_prototypes"):  # nearest class mean: a closed form, nothing to optimise
+        return head.fit_prototypes(feats, labels, val=val)
+    device = next(head.parameters()).device
+    feats, labels = feats.to(device), labels.to(device)
+    centre = {}
+    if prior is not None:
+        from ..zeroshot.prior import fit_prior_scale, set_head_from_prior
+        prior = fit_prior_scale({k: v.to(device) for k, v in prior.items()}, feats, labels)
+        set_head_from_prior(head, prior)
+        centre = {id(head.weight): prior["weight"]}
+        cs = (0.003, 0.01, 0.03) + tuple(cs)
+    init = {k: v.clone() for k, v in head.state_dict().items()}
+    n = len(labels)
+    candidates = cs if val is not None and len(val[1]) else (1.0,)
+    best = None
+    for c in candidates:
+        head.load_state_dict(init)
+        lam = 1.0 / (2 * c * n)
+        opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
+                                line_search_fn="strong_wolfe", tolerance_grad=1e-6)
+        weights = [p for name, p in head.named_parameters() if p.ndim > 1]
+
+        def closure():
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(head(feats), labels, label_smoothing=label_smoothing)
+            loss = loss + lam * sum(((w - centre[id(w)] if id(w) in centre else w) ** 2).sum() for w in weights)
+            loss.backward()
+            return loss
+
+        head.train()
+        opt.step(closure)
+        score = (0.0, 0.0)
+        if val is not None and len(val[1]):
+            with torch.no_grad():
+                head.eval()
+                logits = head(val[0].to(device))
+                vy = val[1].to(device)
+                acc = (logits.argmax(1) == vy).float().mean().item()
+                nll = nn.functional.cross_entropy(logits, vy).item()
+            score = (acc, -nll)
+        if best is None or score > best[0]:
+            best = (score, c, {k: v.clone() for k, v in head.state_dict().items()})
+    head.load_state_dict(best[2])
+    info = {"C": best[1], "val_accuracy": best[0][0] if val is not None else math.nan}
+    if prior is not None:
+        info["prior_scale"] = prior["scale"]
+    return info

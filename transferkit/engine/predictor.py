@@ -10,9 +10,11 @@ from pathlib import Path
 import torch
 
 from ..data import Example
-from .evaluate import collate_for, make_dataset, predict_probs
-from .run import _device, _topk_rows, load_run
-from .tta import combine, view_tensor, views_of
+from ..infer.loaders import collate_for, make_dataset
+from ..infer.predict import predict_probs
+from ..infer.predictions import default_device, topk_rows
+from .run import load_run
+from ..infer.tta import combine, view_tensor, views_of
 
 
 def preprocess_of(model, cfg) -> dict:
@@ -28,7 +30,7 @@ class Predictor:
 
     Calls are serialised by a lock: one model, one device, and fast tokenizers are not re-entrant.
     The image transforms run under it too: a view's random crop is seeded through torch's global
-    generator (engine/tta.py `view_tensor`), which concurrent requests would otherwise reseed under
+    generator (infer/tta.py `view_tensor`), which concurrent requests would otherwise reseed under
     each other's feet (the same image posted from 20 threads got up to 11 different answers).
     """
 
@@ -68,10 +70,10 @@ class Predictor:
     def _predict(self, batches: list, names: list[str], top_k: int, views: list | None = None) -> list[dict]:
         loader = [(b, torch.full((len(names),), -1)) for b in batches]
         with self._lock:
-            probs, _ = predict_probs(self.model, loader, _device(), tta=self.cfg.tta)
-            if views and self.cfg.tta:  # as predict_probs(views=K) does for files (engine/tta.py)
+            probs, _ = predict_probs(self.model, loader, default_device(), tta=self.cfg.tta)
+            if views and self.cfg.tta:  # as predict_probs(views=K) does for files (infer/tta.py)
                 with torch.no_grad():
                     self.model.eval()
-                    extra = [self.model(v.to(_device())).float().softmax(-1).cpu() for v in views]
+                    extra = [self.model(v.to(default_device())).float().softmax(-1).cpu() for v in views]
                 probs = combine(torch.from_numpy(probs), True, extra).numpy()
-        return _topk_rows([Example(n, "") for n in names], torch.from_numpy(probs), self.classes, top_k)
+        return topk_rows([Example(n, "") for n in names], torch.from_numpy(probs), self.classes, top_k)

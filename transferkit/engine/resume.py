@@ -14,8 +14,9 @@ import math
 from pathlib import Path
 
 from ..config import ConfigError, TrainConfig, read_config
-from . import checkpoint as ck
-from .runfolder import note_in_run_meta, read_run_meta
+from ..store import checkpoint as ck
+from ..store.runfolder import note_in_run_meta, read_run_meta
+from .run_state import RunState
 
 # options that belong to this invocation, not to the run: a resume takes them from the command line
 RUNTIME_OPTIONS = ("stop_after", "resume_inexact", "checkpoint_every", "checkpoint_seconds", "cache", "cache_dir")
@@ -23,7 +24,6 @@ RUNTIME_OPTIONS = ("stop_after", "resume_inexact", "checkpoint_every", "checkpoi
 
 def resume_point(run: Path, cfg: TrainConfig, log):
     """(the run's config, its RunState, the checkpoint folder or None when the run never reached one)."""
-    from .fit import RunState
     read_run_meta(run)
     if not (run / "config.yaml").is_file():
         raise ConfigError(f"nothing to resume in {run}: it holds no transferkit run (no config.yaml); "

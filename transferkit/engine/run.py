@@ -6,29 +6,30 @@ import json
 from pathlib import Path
 
 import torch
-from ..config import ConfigError, read_config
+from ..config import DENSE_TASKS, ConfigError, read_config
 from ..data import DataError, Example, read_items
-from ..data.arrays import INPUT_EXTS
 from ..models import SourceError, load_state_dict_checked, parse_source
-from . import checkpoint as ck
+from ..store import checkpoint as ck
+from ..store.runfolder import run_task
 from .build import build_model
-from .evaluate import eval_loader, make_dataset, predict_probs
-from .tta import views_of
+from ..infer.loaders import eval_loader, make_dataset
+from ..infer.predict import predict_probs
+from ..infer.predictions import default_device, error_row, expand_inputs, topk_rows
+from ..infer.tta import views_of
 
 
 def load_run(run_dir: str | Path):
     """(model, cfg) for a run directory, with its best weights loaded; no hub download needed."""
     run = Path(run_dir)
     weights = run / "model.safetensors"
-    from ..dense import is_dense, run_task
-    if is_dense(run_task(run)):  # a segment/anomaly run has no classifier to load
+    if run_task(run) in DENSE_TASKS:  # a segment/anomaly run has no classifier to load
         raise ConfigError(f"{run} is a {run_task(run)} run; this command reads classification runs only "
                           f"(for a {run_task(run)} run use: transferkit evaluate RUN DATA, transferkit predict "
                           "RUN INPUTS --output DIR)")
     if not (run / "config.yaml").is_file() or not weights.is_file():
         raise FileNotFoundError(f"{run} is not a finished transferkit run (needs config.yaml and "
                                 "model.safetensors; train one with 'transferkit train ... --out DIR')")
-    from .runfolder import read_run_meta
+    from ..store.runfolder import read_run_meta
     read_run_meta(run)
     cfg = read_config(run / "config.yaml")
     try:
@@ -47,11 +48,7 @@ def load_run(run_dir: str | Path):
     except SourceError as e:
         raise SourceError(f"{e}\n  (the run's config.yaml and model.safetensors disagree)") from e
     model.eval()
-    return model.to(_device()), cfg
-
-
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return model.to(default_device()), cfg
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path, *, batch_size: int = 64, tta: bool | None = None) -> dict:
@@ -78,7 +75,7 @@ def evaluate_loaded(model, cfg, data: str | Path, *, batch_size: int = 64, tta: 
     if run_dir is not None:
         warnings += training_overlap(run_dir, cfg, items, model.spec.modality, data)
     ds = make_dataset(model, items, train=False, augment=False, image_size=cfg.image_size, seed=0)
-    probs, y = predict_probs(model, eval_loader(model, ds, batch_size), _device(),
+    probs, y = predict_probs(model, eval_loader(model, ds, batch_size), default_device(),
                              tta=cfg.tta if tta is None else tta, progress="evaluate", views=views_of(cfg, tta))
     m = classification_metrics(y, probs, model.class_names)
     m["skipped"] = skipped
@@ -90,43 +87,10 @@ def evaluate_loaded(model, cfg, data: str | Path, *, batch_size: int = 64, tta: 
     return m, items, probs
 
 
-def _is_file(p: Path) -> bool:
-    # a sentence to classify is not a path: one longer than NAME_MAX makes stat() raise
-    try:
-        return p.is_file()
-    except OSError:
-        return False
-
-
-def _expand_inputs(inputs: list[str], modality: str, text_col: str = "text") -> list[Example]:
-    out = []
-    for s in inputs:
-        p = Path(s)
-        if modality == "image":
-            if p.is_dir():
-                out += [Example(str(f), "") for f in sorted(p.rglob("*"))
-                        if f.suffix.lower() in INPUT_EXTS and f.is_file()]
-            elif p.is_file():
-                out.append(Example(str(p), ""))
-            else:
-                raise DataError(f"input not found: {p}")
-        elif _is_file(p) and p.suffix.lower() in (".txt",):
-            from ..data.text import decode_lines
-            out += [Example(line.strip(), "") for line in decode_lines(p) if line.strip()]
-        elif _is_file(p) and p.suffix.lower() in (".csv", ".tsv", ".jsonl"):
-            from ..data.text import read_text_items
-            out += read_text_items(p, text_col=text_col, label_col=None)[0]
-        else:
-            out.append(Example(s, ""))
-    if not out:
-        raise DataError("no inputs to predict on")
-    return out
-
-
 def predict_run(run_dir: str | Path, inputs: list[str], *, top_k: int = 1, batch_size: int = 64) -> list[dict]:
     """Top-k labels with probabilities for files, folders or (text models) strings."""
     model, cfg = load_run(run_dir)
-    items = _expand_inputs(inputs, model.spec.modality, cfg.text_col)
+    items = expand_inputs(inputs, model.spec.modality, cfg.text_col)
     return predict_items(model, cfg, items, top_k=top_k, batch_size=batch_size)
 
 
@@ -135,31 +99,17 @@ def predict_items(model, cfg, items: list[Example], *, top_k: int = 1, batch_siz
     row with `error` (and no label), the others are predicted."""
     errors: dict[int, str] = {}
     if model.spec.modality == "image":
-        from ..data.images import _check_image
-        errors = {i: r for i, e in enumerate(items) if (r := _check_image(Path(e.x)))}
+        from ..data.images import check_image
+        errors = {i: r for i, e in enumerate(items) if (r := check_image(Path(e.x)))}
     good = [e for i, e in enumerate(items) if i not in errors]
     rows = []
     if good:
         ds = make_dataset(model, good, train=False, augment=False, image_size=cfg.image_size, seed=0)
-        probs, _ = predict_probs(model, eval_loader(model, ds, batch_size), _device(), tta=cfg.tta,
+        probs, _ = predict_probs(model, eval_loader(model, ds, batch_size), default_device(), tta=cfg.tta,
                                  progress="predict", views=views_of(cfg))
-        rows = _topk_rows(good, torch.from_numpy(probs), model.class_names, top_k)
+        rows = topk_rows(good, torch.from_numpy(probs), model.class_names, top_k)
     done = iter(rows)
-    return [_error_row(e, errors[i]) if i in errors else next(done) for i, e in enumerate(items)]
-
-
-def _error_row(e: Example, reason: str) -> dict:
-    return {"input": e.x, "label": None, "probability": None, "top": [], "error": reason}
-
-
-def _topk_rows(items, probs: torch.Tensor, classes: list[str], top_k: int) -> list[dict]:
-    k = max(1, min(top_k, len(classes)))
-    vals, idx = probs.topk(k, dim=1)
-    finite = torch.isfinite(probs).all(dim=1)
-    return [{"input": e.x, "label": classes[int(i[0])], "probability": round(float(v[0]), 6),
-             "top": [{"label": classes[int(j)], "probability": round(float(p), 6)} for p, j in zip(v, i)]}
-            if ok else _error_row(e, "the model produced NaN/infinite outputs for this input")
-            for e, v, i, ok in zip(items, vals, idx, finite)]
+    return [error_row(e, errors[i]) if i in errors else next(done) for i, e in enumerate(items)]
 
 
 @torch.no_grad()
@@ -171,10 +121,10 @@ def predict_source(source: str, inputs: list[str], *, top_k: int = 5) -> list[di
     if bb.source_head is None or not bb.source_classes:
         raise SourceError(f"'{source}' has no source classifier to predict with; train a head on it "
                           "with 'transferkit train'")
-    items = _expand_inputs(inputs, "image")
+    items = expand_inputs(inputs, "image")
     _, tf = build_transforms(bb.preprocess, augment=False)
     bb.module.eval()
     bb.source_head.eval()
     x = torch.stack([tf(open_rgb(e.x)) for e in items])
     probs = bb.source_head(bb.module(x)).softmax(-1)
-    return _topk_rows(items, probs, bb.source_classes, top_k)
+    return topk_rows(items, probs, bb.source_classes, top_k)

@@ -70,8 +70,8 @@ def _confusion_image(metrics: dict):
     import numpy as np
     from PIL import Image
 
-    from ..report import _confusion
-    uri = _confusion(metrics)
+    from ..report import confusion_figure
+    uri = confusion_figure(metrics)
     if not uri:
         return None
     png = base64.b64decode(uri.split(",", 1)[1])

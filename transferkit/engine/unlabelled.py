@@ -1,10 +1,10 @@
 """`train --unlabelled`: wiring the unlabelled pool (data/pool.py) into a run.
 
-- Head phases (the probe, LP-FT's first phase): AdaBN (adaptation/adabn.py), kept only when the probe
+- Head phases (the probe, LP-FT's first phase): AdaBN (engine/adabn.py), kept only when the probe
   scores better held out with the re-estimated BatchNorm statistics (on the head fit's own
   validation split or cross-validation folds; ties keep the source statistics).
 - Phases that train with SGD (two_phase's second phase, full, partial): FixMatch
-  (adaptation/fixmatch.py) with weight `--unlabelled-weight`, `--unlabelled-ratio` unlabelled images
+  (engine/fixmatch.py) with weight `--unlabelled-weight`, `--unlabelled-ratio` unlabelled images
   per labelled one, threshold `--unlabelled-threshold`.
 
 What was used is recorded in the run state and written to metrics.json (`unlabelled`) and the report.
@@ -27,7 +27,7 @@ def setup_unlabelled(cfg: TrainConfig, task, model, plan, state, *, resume, log,
     """(pool loader for AdaBN or None, FixMatch term or None) for this run; fills `state.unlabelled`."""
     if not cfg.unlabelled:
         return None, None
-    from .evaluate import eval_loader, make_dataset
+    from ..infer.loaders import eval_loader, make_dataset
     has_head = any(p.head_only for p in plan.phases)
     has_sgd = any(not p.head_only for p in plan.phases)
     fixmatch_on = has_sgd and cfg.unlabelled_weight > 0
@@ -56,7 +56,7 @@ def setup_unlabelled(cfg: TrainConfig, task, model, plan, state, *, resume, log,
         loader = eval_loader(model, ds, cfg.batch_size * 2, cfg.num_workers)
     fixmatch = None
     if fixmatch_on:
-        from ..adaptation.fixmatch import FixMatch
+        from .fixmatch import FixMatch
         rec = state.unlabelled.setdefault("fixmatch", {"weight": cfg.unlabelled_weight,
                                                        "threshold": cfg.unlabelled_threshold,
                                                        "ratio": cfg.unlabelled_ratio})
@@ -74,9 +74,9 @@ def adabn_in_head_phase(model, cfg: TrainConfig, state, pool_loader, train_loade
     compared on the plain and mirrored views (augmented copies, if any, are made afterwards with
     the statistics kept). Only the plain linear probe is gated (C by choose_c on the same folds or
     validation split); other heads keep the source statistics."""
-    from ..adaptation.adabn import gate
+    from .adabn import gate
     from .headfit import choose_c
-    from .probe_views import frozen_views, plain_probe, view_counts
+    from ..infer.probe_views import frozen_views, plain_probe, view_counts
     if not plain_probe(model):
         state.unlabelled["adabn"] = {"applied": False, "reason": "only the plain linear probe is gated"}
         return views, val

@@ -6,12 +6,12 @@ rates and L2-SP are written against these fields only.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
+
+from ..store.safety import tensors_hash
 
 
 @dataclass
@@ -99,13 +99,6 @@ class Backbone:
     def num_stages(self) -> int:
         return len(self.stages)
 
-    def describe(self) -> dict[str, Any]:
-        n_params = sum(p.numel() for p in self.module.parameters())
-        return {"source": self.source.id, "arch": self.source.arch, "modality": self.modality,
-                "feature_dim": self.feature_dim, "stages": [s.name for s in self.stages],
-                "num_stages": self.num_stages, "params": n_params,
-                "pretrained": self.source.pretrained}
-
 
 def weights_hash(module: nn.Module) -> str:
     """A content hash of a module's state dict (names, shapes, dtypes and bytes), order-independent.
@@ -113,15 +106,6 @@ def weights_hash(module: nn.Module) -> str:
     Stored in every run (source.json) so that an anchor re-derived from the source id can be verified.
     """
     return tensors_hash(module.state_dict())
-
-
-def tensors_hash(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(tensors.items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return "sha256:" + h.hexdigest()[:32]
 
 
 def stages_from_param_groups(module: nn.Module, groups: list[tuple[str, list[str]]]) -> list[Stage]:

@@ -42,7 +42,7 @@ class ClipJoint:
         self.max_length = max_length
 
     def image_map(self):
-        from ..zeroshot.bridge import LinearBridge
+        from .linear_bridge import LinearBridge
         proj = self.model.visual_projection
         m = LinearBridge(proj.in_features, proj.out_features)
         with torch.no_grad():

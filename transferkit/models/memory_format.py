@@ -2,15 +2,13 @@
 
 oneDNN (CPU) has its fast convolution kernels for NHWC; with the weights in that order PyTorch runs
 every convolution of the network in it, the input is converted once by the first convolution, and
-the values are those of the default (NCHW) order up to float rounding. Measured by
-benchmarks/bench_speed.py on EfficientNet-Lite0 with one CPU thread: 1.1-1.4x the training steps
-and 1.4-1.5x the inference of NCHW (from run to run). On an H200 the same measurement went the
-other way: a bare timm training loop in channels_last ran at 0.43x its NCHW speed (Lite0 is mostly
-depthwise convolutions), and transferkit with channels_last at 0.32x the NCHW bare loop, 0.93x
-without it (benchmarks/results/bench_speed_h200.md). So the default (`TRANSFERKIT_CHANNELS_LAST` unset or
+the values are those of the default (NCHW) order up to float rounding. On the CPU that makes
+training steps and inference faster; on a GPU it went the other way (EfficientNet-Lite0 is mostly
+depthwise convolutions, whose channels-last kernels are slower there); benchmarks/bench_speed.py
+measures both and the README holds the numbers. So the default (`TRANSFERKIT_CHANNELS_LAST` unset or
 `auto`) is channels-last only where no CUDA device is present; `=1` forces it, `=0` keeps NCHW.
-Checkpoints are written contiguous (NCHW) as before (engine/checkpoint.py), so runs and exports do
-not depend on it.
+Checkpoints are written contiguous (NCHW) whatever the memory order (store/checkpoint.py), so runs
+and exports do not depend on it.
 """
 
 from __future__ import annotations

@@ -288,7 +288,7 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not path.is_file():
         raise SourceError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
-        from ..engine.safety import CheckpointError, load_tensors, read_safetensors_metadata
+        from ..store.safety import CheckpointError, load_tensors, read_safetensors_metadata
         try:
             return load_tensors(path), read_safetensors_metadata(path)
         except CheckpointError as e:

@@ -15,6 +15,7 @@ decoupled regularizer (L2-SP with AdamW) applies its pull beside the optimizer's
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -24,7 +25,7 @@ from .bss import BSS
 from .delta import DELTA, capture_feature_maps, channel_axis
 from .delta_weights import delta_channel_weights
 from .l2sp import L2SP, anchor_from
-from .spec import FORMS, KINDS, L2SP_AUTO_GRID, RegularizerSpec, parse_regularizer
+from .spec import FORMS, KINDS, L2SP_AUTO_GRID, RegularizerSpec, kind_module, parse_regularizer
 
 __all__ = [
     "BSS",
@@ -36,11 +37,13 @@ __all__ = [
     "Regularizer",
     "RegularizerSpec",
     "anchor_from",
+    "BuildContext",
     "build_regularizers",
     "capture_feature_maps",
     "channel_axis",
     "delta_channel_weights",
     "feature_map_layers",
+    "needs_source_model",
     "parse_regularizer",
 ]
 
@@ -65,6 +68,24 @@ def feature_map_layers(regs) -> list[str]:
         if getattr(r, "needs_feature_maps", False):
             names += [n for n in r.layer_names if n not in names]
     return names
+
+
+@dataclass
+class BuildContext:
+    """What a regularizer may need to be built (each kind's `build` reads the fields it uses)."""
+
+    model: nn.Module
+    anchor: dict[str, torch.Tensor] | None
+    source_model: nn.Module | None
+    layer_names: list[str] | None
+    channel_weights: dict[str, torch.Tensor] | None
+    optimizer: str
+    source_bn: str
+
+
+def needs_source_model(specs) -> bool:
+    """True when a regularizer compares with the source model's features (DELTA)."""
+    return any(getattr(kind_module(s.kind), "NEEDS_SOURCE_MODEL", False) for s in specs)
 
 
 def build_regularizers(
@@ -92,32 +113,10 @@ def build_regularizers(
         specs = [specs]
     elif not isinstance(specs, Sequence):
         raise TypeError(f"specs must be a spec string or RegularizerSpec(s), got {type(specs).__name__}")
+    ctx = BuildContext(model, anchor, source_model, layer_names, channel_weights, optimizer, source_bn)
     built = []
     for spec in specs:
-        p = spec.params
-        if spec.kind == "l2sp":
-            if spec.is_auto:
-                raise ValueError(
-                    "l2sp:auto must be resolved before building: sweep alpha over "
-                    f"L2SP_AUTO_GRID={L2SP_AUTO_GRID} and build with spec.with_alpha(alpha)"
-                )
-            if anchor is None:
-                raise ValueError("l2sp needs the source weights: pass anchor=anchor_from(model) taken before training")
-            form = p.get("form") or ("decoupled" if optimizer == "adamw" else "coupled")
-            reg = L2SP(anchor, p["alpha"], p.get("beta", 0.0), form=form)
-            reg.no_weight_decay(model)  # checks anchor names and shapes against the model now
-            built.append(reg)
-        elif spec.kind == "delta":
-            if source_model is None:
-                raise ValueError(
-                    "delta needs source_model: a frozen copy of the source backbone "
-                    "(e.g. copy.deepcopy(model.backbone) before training)"
-                )
-            if not layer_names:
-                raise ValueError("delta needs layer_names: names inside the backbone whose outputs are compared")
-            built.append(DELTA(source_model, layer_names, p["alpha"], channel_weights, source_bn=source_bn))
-        elif spec.kind == "bss":
-            built.append(BSS(p["eta"], p.get("k", 1)))
-        else:
-            raise ValueError(f"unknown regularizer kind '{spec.kind}'; known: {KINDS}")
+        if spec.kind not in KINDS:
+            raise ValueError(f"unknown regularizer kind '{spec.kind}'; known: {tuple(KINDS)}")
+        built.append(kind_module(spec.kind).build(spec.params, ctx))
     return built

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .parsing import BadPart, count, number
+
 
 class BSS:
     """``eta * (sum of the k smallest squared singular values of features [B, D])`` (Chen et al., 2019).
@@ -51,3 +53,22 @@ class BSS:
 
     def __repr__(self) -> str:
         return f"BSS(eta={self.eta}, k={self.k})"
+
+
+# --reg bss:... (regularizers/spec.py)
+SPEC_FORMS = ("bss:ETA[,K]",)
+
+
+def parse(args: list[str]) -> dict:
+    if len(args) > 2:
+        raise BadPart("bss takes ETA[,K]")
+    k = count("K", args[1]) if len(args) == 2 else 1
+    return {"eta": number("ETA", args[0]), "k": k}
+
+
+def spell(p: dict) -> str:
+    return f"bss:{p['eta']},{p['k']}"
+
+
+def build(p: dict, ctx) -> BSS:
+    return BSS(p["eta"], p.get("k", 1))

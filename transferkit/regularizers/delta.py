@@ -47,6 +47,8 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
+from .parsing import BadPart, number
+
 
 def channel_axis(ndim: int) -> int:
     """The channel axis of a feature map of rank ``ndim`` (see the module docstring)."""
@@ -63,7 +65,7 @@ def _first_tensor(output, layer: str) -> torch.Tensor:
     return output
 
 
-def _find_modules(module: nn.Module, layer_names: Iterable[str]) -> dict[str, nn.Module]:
+def find_modules(module: nn.Module, layer_names: Iterable[str]) -> dict[str, nn.Module]:
     layer_names = list(layer_names)
     if not layer_names:
         return {}
@@ -101,7 +103,7 @@ def capture_feature_maps(module: nn.Module, layer_names: Iterable[str]) -> Itera
         return hook
 
     try:
-        for name, mod in _find_modules(module, layer_names).items():
+        for name, mod in find_modules(module, layer_names).items():
             handles.append(mod.register_forward_hook(hook_for(name)))
         yield maps
     finally:
@@ -139,7 +141,7 @@ def _batch_statistics(module: nn.Module) -> Iterator[None]:
             m.running_mean, m.running_var = mean, var
 
 
-def _call_backbone(backbone: nn.Module, inputs):
+def call_backbone(backbone: nn.Module, inputs):
     # every transferkit backbone (TextEncoder included) takes the batch as one positional argument
     return backbone(inputs)
 
@@ -185,7 +187,7 @@ class DELTA:
             raise ValueError(f"DELTA needs alpha >= 0, got {alpha}")
         if not layer_names:
             raise ValueError("DELTA needs at least one layer name")
-        _find_modules(source_model, layer_names)  # fail early on a bad name
+        find_modules(source_model, layer_names)  # fail early on a bad name
         self.source_model = source_model.eval().requires_grad_(False)
         self.layer_names = list(layer_names)
         self.alpha = float(alpha)
@@ -206,7 +208,7 @@ class DELTA:
             self.source_model.eval()
         stats = _batch_statistics(self.source_model) if self.source_bn == "batch" else contextlib.nullcontext()
         with torch.no_grad(), stats, capture_feature_maps(self.source_model, self.layer_names) as maps:
-            _call_backbone(self.source_model, inputs)
+            call_backbone(self.source_model, inputs)
         return maps
 
     def _weights(self, name: str, channels: int, like: torch.Tensor) -> torch.Tensor:
@@ -250,3 +252,29 @@ class DELTA:
         kind = "uniform" if self.channel_weights is None else "attention"
         return (f"DELTA(alpha={self.alpha}, layers={self.layer_names}, weights={kind}, "
                 f"source_bn={self.source_bn})")
+
+
+# --reg delta:... (regularizers/spec.py)
+SPEC_FORMS = ("delta:ALPHA",)
+NEEDS_SOURCE_MODEL = True  # the engine sets up a frozen source copy and the layers to compare
+
+
+def parse(args: list[str]) -> dict:
+    if len(args) != 1:
+        raise BadPart("delta takes a single ALPHA")
+    return {"alpha": number("ALPHA", args[0])}
+
+
+def spell(p: dict) -> str:
+    return f"delta:{p['alpha']}"
+
+
+def build(p: dict, ctx) -> DELTA:
+    if ctx.source_model is None:
+        raise ValueError(
+            "delta needs source_model: a frozen copy of the source backbone "
+            "(e.g. copy.deepcopy(model.backbone) before training)"
+        )
+    if not ctx.layer_names:
+        raise ValueError("delta needs layer_names: names inside the backbone whose outputs are compared")
+    return DELTA(ctx.source_model, ctx.layer_names, p["alpha"], ctx.channel_weights, source_bn=ctx.source_bn)

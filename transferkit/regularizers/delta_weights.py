@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-from .delta import _call_backbone, _find_modules, capture_feature_maps, channel_axis
+from .delta import call_backbone, capture_feature_maps, channel_axis, find_modules
 
 _MAX_BATCH = 256  # samples per batched-ablation forward (K copies x n items)
 
@@ -59,7 +59,7 @@ def _ablated_losses(source, head, module, channels, x, y, loss_fn) -> list[float
     does not accept a repeated batch at this layer."""
     try:
         with _zeroed(module, channels):
-            logits = head(_call_backbone(source, x))
+            logits = head(call_backbone(source, x))
     except (RuntimeError, ValueError, IndexError):
         return None
     if logits.shape[0] != len(channels) * len(y):
@@ -102,7 +102,7 @@ def _layer_increases(source, head, module, n_channels, batches, base, loss_fn) -
             for i in range(len(y)):
                 xi, yi = _item(x, i), y[i:i + 1]
                 items.append(_batched(source, head, module, n_channels, xi, yi,
-                                      float(loss_fn(head(_call_backbone(source, xi)), yi)), loss_fn))
+                                      float(loss_fn(head(call_backbone(source, xi)), yi)), loss_fn))
                 if items[-1] is None:
                     break
             if items[-1] is not None:
@@ -111,7 +111,7 @@ def _layer_increases(source, head, module, n_channels, batches, base, loss_fn) -
             out = []
             for c in range(n_channels):
                 with _zeroed(module, [c]):
-                    out.append(float(loss_fn(head(_call_backbone(source, x)), y)))
+                    out.append(float(loss_fn(head(call_backbone(source, x)), y)))
         for c in range(n_channels):
             total[c] += (out[c] - b) / len(batches)
     return total
@@ -141,11 +141,11 @@ def delta_channel_weights(
     source_backbone.eval()
     head.eval()
     try:
-        base = [float(loss_fn(head(_call_backbone(source_backbone, x)), y)) for x, y in batches]
+        base = [float(loss_fn(head(call_backbone(source_backbone, x)), y)) for x, y in batches]
         weights = {}
-        for name, mod in _find_modules(source_backbone, layer_names).items():
+        for name, mod in find_modules(source_backbone, layer_names).items():
             with capture_feature_maps(source_backbone, [name]) as maps:
-                _call_backbone(source_backbone, batches[0][0])
+                call_backbone(source_backbone, batches[0][0])
             fm = maps[name]
             n_channels = fm.shape[channel_axis(fm.ndim)]
             increase = _layer_increases(source_backbone, head, mod, n_channels, batches, base, loss_fn)

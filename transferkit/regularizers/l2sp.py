@@ -48,9 +48,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .parsing import BadPart, number
+
 _BACKBONE = "backbone."
 _HEAD = "head."
 FORMS = ("coupled", "decoupled")
+L2SP_FORMS = FORMS
+# ALPHA is a rate: each step pulls a weight's distance to the source down by a fraction lr * ALPHA
+# (decoupled form; the coupled form under SGD without momentum is the same). At the default backbone
+# LR of 1e-4 (lr 1e-3 x backbone-lr-mult 0.1) and a cosine schedule over ~100-300 steps, the summed
+# pull is ~0.005-0.015 x ALPHA: ALPHA = 1 removes ~1% of the drift, 10 ~10%, 100 most of it, 1000
+# holds the backbone at the source. The grid spans that range, one decade apart.
+L2SP_AUTO_GRID = (1.0, 10.0, 100.0, 1000.0)
 
 
 def anchor_from(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -259,3 +268,41 @@ class L2SP:
         lora = f", lora_layers={len(self._lora)}" if self._lora else ""
         return (f"L2SP(alpha={self.alpha}, beta={self.beta}, form={self.form}, "
                 f"anchored={len(self.anchor)}{lora})")
+
+
+# --reg l2sp:... (regularizers/spec.py)
+SPEC_FORMS = ("l2sp:ALPHA[,BETA][,coupled|decoupled]", "l2sp:auto[,BETA][,coupled|decoupled]")
+
+
+def parse(args: list[str]) -> dict:
+    form = args.pop().lower() if len(args) > 1 and args[-1].lower() in L2SP_FORMS else None
+    if len(args) > 2:
+        raise BadPart("l2sp takes ALPHA[,BETA][,coupled|decoupled]")
+    if len(args) == 2 and args[1].isalpha():
+        raise BadPart(f"the form must be one of {', '.join(L2SP_FORMS)}, got '{args[1]}'")
+    alpha = "auto" if args[0].lower() == "auto" else number("ALPHA", args[0])
+    beta = number("BETA", args[1]) if len(args) == 2 else 0.0
+    params = {"alpha": alpha, "beta": beta}
+    if form:
+        params["form"] = form
+    return params
+
+
+def spell(p: dict) -> str:
+    form = p.get("form")
+    beta = f",{p['beta']}" if p.get("beta") or form else ""
+    return f"l2sp:{p['alpha']}{beta}" + (f",{form}" if form else "")
+
+
+def build(p: dict, ctx) -> L2SP:
+    if p.get("alpha") == "auto":
+        raise ValueError(
+            "l2sp:auto must be resolved before building: sweep alpha over "
+            f"L2SP_AUTO_GRID={L2SP_AUTO_GRID} and build with spec.with_alpha(alpha)"
+        )
+    if ctx.anchor is None:
+        raise ValueError("l2sp needs the source weights: pass anchor=anchor_from(model) taken before training")
+    form = p.get("form") or ("decoupled" if ctx.optimizer == "adamw" else "coupled")
+    reg = L2SP(ctx.anchor, p["alpha"], p.get("beta", 0.0), form=form)
+    reg.no_weight_decay(ctx.model)  # checks anchor names and shapes against the model now
+    return reg

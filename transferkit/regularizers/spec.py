@@ -14,20 +14,32 @@ Accepted forms (parts joined with ``+``, each kind at most once)::
 from __future__ import annotations
 
 import difflib
-import math
+import importlib
 import re
 from dataclasses import dataclass, field, replace
 
-KINDS = ("l2sp", "delta", "bss")
-# ALPHA is a rate: each step pulls a weight's distance to the source down by a fraction lr * ALPHA
-# (decoupled form; the coupled form under SGD without momentum is the same). At the default backbone
-# LR of 1e-4 (lr 1e-3 x backbone-lr-mult 0.1) and a cosine schedule over ~100-300 steps, the summed
-# pull is ~0.005-0.015 x ALPHA: ALPHA = 1 removes ~1% of the drift, 10 ~10%, 100 most of it, 1000
-# holds the backbone at the source. The grid spans that range, one decade apart.
-L2SP_AUTO_GRID = (1.0, 10.0, 100.0, 1000.0)
-L2SP_FORMS = ("coupled", "decoupled")
-FORMS = ("l2sp:ALPHA[,BETA][,coupled|decoupled], l2sp:auto[,BETA][,coupled|decoupled], delta:ALPHA, "
-         "bss:ETA[,K]; join several with '+', e.g. l2sp:10+bss:0.001")
+from .l2sp import L2SP_AUTO_GRID, L2SP_FORMS  # noqa: F401  (their public spelling is regularizers.spec)
+from .parsing import BadPart
+
+# kind -> its module in this package. The module says how the kind is written and built:
+#   SPEC_FORMS: tuple[str, ...]       the accepted spellings, for messages
+#   parse(args: list[str]) -> dict    the params of `KIND:ARG,...`; raises parsing.BadPart
+#   spell(params) -> str              back to a string that parse accepts
+#   build(params, ctx) -> regularizer (ctx: regularizers.BuildContext)
+# A new regularizer is its module and one line here.
+KINDS = {
+    "l2sp": "l2sp",
+    "delta": "delta",
+    "bss": "bss",
+}
+
+
+def kind_module(kind: str):
+    return importlib.import_module(f".{KINDS[kind]}", __package__)
+
+
+FORMS = (", ".join(f for kind in KINDS for f in kind_module(kind).SPEC_FORMS)
+         + "; join several with '+', e.g. l2sp:10+bss:0.001")
 
 
 @dataclass(frozen=True)
@@ -53,38 +65,11 @@ class RegularizerSpec:
         return replace(self, params={**self.params, "alpha": float(alpha)})
 
     def __str__(self) -> str:
-        p = self.params
-        if self.kind == "l2sp":
-            form = p.get("form")
-            beta = f",{p['beta']}" if p.get("beta") or form else ""
-            return f"l2sp:{p['alpha']}{beta}" + (f",{form}" if form else "")
-        if self.kind == "delta":
-            return f"delta:{p['alpha']}"
-        return f"bss:{p['eta']},{p['k']}"
+        return kind_module(self.kind).spell(self.params)
 
 
 def _error(part: str, why: str) -> ValueError:
     return ValueError(f"bad regularizer '{part}': {why}. Accepted forms: {FORMS}")
-
-
-def _number(part: str, name: str, text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise _error(part, f"{name} must be a number, got '{text}'") from None
-    if not math.isfinite(value) or value < 0:
-        raise _error(part, f"{name} must be a finite number >= 0, got '{text}'")
-    return value
-
-
-def _count(part: str, name: str, text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise _error(part, f"{name} must be a whole number >= 1, got '{text}'") from None
-    if value < 1:
-        raise _error(part, f"{name} must be a whole number >= 1, got '{text}'")
-    return value
 
 
 def _parse_part(part: str) -> RegularizerSpec:
@@ -93,32 +78,16 @@ def _parse_part(part: str) -> RegularizerSpec:
     kind, sep, rest = part.partition(":")
     kind = kind.strip().lower()
     if kind not in KINDS:
-        near = difflib.get_close_matches(kind, KINDS, n=1, cutoff=0.5)
+        near = difflib.get_close_matches(kind, list(KINDS), n=1, cutoff=0.5)
         hint = f" (did you mean '{near[0]}'?)" if near else ""
         raise _error(part, f"unknown kind '{kind}'{hint}")
     args = [a.strip() for a in rest.split(",")] if sep else []
     if not args or not args[0]:
         raise _error(part, f"'{kind}' needs a value after ':'")
-    if kind == "l2sp":
-        form = args.pop().lower() if len(args) > 1 and args[-1].lower() in L2SP_FORMS else None
-        if len(args) > 2:
-            raise _error(part, "l2sp takes ALPHA[,BETA][,coupled|decoupled]")
-        if len(args) == 2 and args[1].isalpha():
-            raise _error(part, f"the form must be one of {', '.join(L2SP_FORMS)}, got '{args[1]}'")
-        alpha = "auto" if args[0].lower() == "auto" else _number(part, "ALPHA", args[0])
-        beta = _number(part, "BETA", args[1]) if len(args) == 2 else 0.0
-        params = {"alpha": alpha, "beta": beta}
-        if form:
-            params["form"] = form
-        return RegularizerSpec("l2sp", params)
-    if kind == "delta":
-        if len(args) != 1:
-            raise _error(part, "delta takes a single ALPHA")
-        return RegularizerSpec("delta", {"alpha": _number(part, "ALPHA", args[0])})
-    if len(args) > 2:
-        raise _error(part, "bss takes ETA[,K]")
-    k = _count(part, "K", args[1]) if len(args) == 2 else 1
-    return RegularizerSpec("bss", {"eta": _number(part, "ETA", args[0]), "k": k})
+    try:
+        return RegularizerSpec(kind, kind_module(kind).parse(args))
+    except BadPart as e:
+        raise _error(part, str(e)) from None
 
 
 def parse_regularizer(spec: str) -> list[RegularizerSpec]:

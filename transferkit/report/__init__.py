@@ -86,7 +86,7 @@ def _curves(history: list[dict]) -> str | None:
     return png_data_uri(fig)
 
 
-def _confusion(metrics: dict) -> str | None:
+def confusion_figure(metrics: dict) -> str | None:
     if "confusion_matrix" not in metrics:
         return None
     plt = _plt()
@@ -231,7 +231,7 @@ def write_report(run: Path, cfg, model, metrics: dict, history: list[dict], *,
         if conf:
             parts.append("<h2>Most confused pairs</h2>" + _table(["true", "predicted as", "count"],
                                                                   [[e(a), e(b), n] for a, b, n in conf]))
-        cm = _confusion(metrics)
+        cm = confusion_figure(metrics)
         if cm:
             parts.append(f"<h2>Confusion matrix</h2><img src='{cm}' alt='confusion matrix'>")
     parts.append(gallery_html(errors or [], model.spec.modality, getattr(model.spec, "preprocess", None)))
@@ -253,7 +253,7 @@ def write_report(run: Path, cfg, model, metrics: dict, history: list[dict], *,
     src = model.spec.source
     parts.append(f"<p class='sub'>source {e(src.id)} ({e(src.arch)}), weights {e(src.weights_hash)}</p>")
     parts.append("</body></html>")
-    from ..engine.checkpoint import atomic_write_text
+    from ..store.checkpoint import atomic_write_text
     out = Path(run) / "report.html"
     atomic_write_text(out, "\n".join(parts))
     return out

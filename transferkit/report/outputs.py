@@ -53,8 +53,8 @@ def check_predictions_path(path: str | Path) -> Path:
 
 def write_predictions(rows: list[dict], path: str | Path) -> Path:
     """One row per input: CSV (input, label, probability, top as `label:p|label:p`, error) or JSONL."""
-    from ..engine.checkpoint import atomic_write_text
-    from ..engine.safety import json_safe
+    from ..store.checkpoint import atomic_write_text
+    from ..store.safety import json_safe
     p = Path(path)
     if p.suffix.lower() == ".jsonl":
         text = "".join(json.dumps(json_safe(r)[0], allow_nan=False) + "\n" for r in rows)
@@ -90,8 +90,8 @@ def is_evaluation(d: Path) -> bool:
 
 def check_evaluation_dir(out: str | Path, overwrite: bool = False):
     """An evaluation folder is new or empty; an earlier one or a folder with other files only with
-    `overwrite` (engine/outfolder.py)."""
-    from ..engine.outfolder import check_out_folder
+    `overwrite` (store/outfolder.py)."""
+    from ..store.outfolder import check_out_folder
     return check_out_folder(out, is_ours=is_evaluation, what="an evaluation", sub="evaluation",
                             overwrite=overwrite)
 
@@ -101,8 +101,8 @@ def write_evaluation(out: str | Path, run_dir: str | Path, model, cfg, metrics: 
     """OUT/metrics.json, OUT/predictions.csv (one row per item: true, predicted, probabilities of
     every class) and OUT/report.html (metrics, confusion matrix, the most confident mistakes)."""
     from .. import __version__
-    from ..engine.checkpoint import atomic_write_json, atomic_write_text
-    from ..engine.outfolder import make_room
+    from ..store.checkpoint import atomic_write_json, atomic_write_text
+    from ..store.outfolder import make_room
     from . import write_report
     from .gallery import worst_errors
     folder = check_evaluation_dir(out, overwrite)

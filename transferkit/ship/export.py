@@ -5,7 +5,7 @@ Every export is reloaded the way its users load it (timm, transformers, onnxrunt
 and run on the run's test split next to the PyTorch model; a max |logit difference| above 1e-4 or a
 different top-1 class is a `ParityError`. `OUT/export.json` records the format, classes,
 preprocessing, inputs, the parity numbers and the entries it `written` into OUT (what a later
-`--overwrite` may replace; engine/outfolder.py has the rule for OUT). The files are written into a
+`--overwrite` may replace; store/outfolder.py has the rule for OUT). The files are written into a
 staging folder inside OUT and moved into place once checked. Test-time augmentation (the flip average that
 `predict` applies when the run has `tta`) is not part of any exported graph.
 """
@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..engine.outfolder import STAGING, OutFolder, check_out_folder, make_room
+from ..store.outfolder import STAGING, OutFolder, check_out_folder, make_room
 from ..engine.predictor import preprocess_of
 from ..engine.run import load_run
 from ..models.lora import lora_parameters
@@ -46,7 +46,7 @@ def _written_before(out: Path) -> set[str]:
 
 
 def check_export_out(out: str | Path, overwrite: bool = False) -> OutFolder:
-    """Refuse, before any work, an OUT that export may not write (engine/outfolder.py)."""
+    """Refuse, before any work, an OUT that export may not write (store/outfolder.py)."""
     return check_out_folder(out, is_ours=is_export, what="an export", sub="export", overwrite=overwrite)
 
 

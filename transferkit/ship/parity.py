@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..data import DataError, Example, read_items
-from ..engine.evaluate import eval_loader, make_dataset
+from ..infer.loaders import eval_loader, make_dataset
 
 TOLERANCE = 1e-4
 

@@ -4,7 +4,7 @@ A strategy string becomes a `Plan` of one or more `Phase`s:
 
 - `linear_probe`   backbone frozen, head trains
 - `multi_probe`    backbone frozen, head on pooled features of the last stages too, the stages
-                   used chosen on held-out data (see transferkit/models/multistage.py)
+                   used chosen on held-out data (see transferkit/models/multi_probe.py)
 - `partial:K`      the last K stages + head train
 - `full`           everything trains
 - `two_phase`      LP-FT (Kumar et al., ICLR 2022): fit the head on the frozen backbone first, then

@@ -11,11 +11,10 @@ with unit-norm text embeddings t and margin 0.1. A label that never had an image
 by the nearest text embedding: argmax_j t_j . M v (zero-shot).
 
 The default is not this loss but the closed-form ESZSL map of `transferkit.zeroshot.ridge` (the same
-linear form; Romera-Paredes & Torr, ICML 2015): on the icon benchmark (README), the hinge-trained map
-memorises its ~900 pairs, and class-disjoint cross-validation on the training classes
-(`transferkit.zeroshot.select`) preferred ESZSL with alpha 100, beta 1 by a small margin; on the
-held-out classes it ties the hinge map from ~900 pairs and trails it by ~2 points from ~2,400, at a
-fraction of the fit time. `loss="hinge"` is the DeViSE map.
+linear form; Romera-Paredes & Torr, ICML 2015): from a few hundred pairs the hinge-trained map
+memorises them, and class-disjoint cross-validation on the training classes
+(`transferkit.zeroshot.select`) chose ESZSL, which fits in a fraction of the time; the README's
+zero-shot benchmark holds the numbers. `loss="hinge"` is the DeViSE map.
 
 `loss="softmax"` is the other alternative: cross-entropy over the same scores with the image embedding
 L2-normalised and a temperature tau, i.e. softmax(t_j . M v / (|M v| tau)) (the class-text form of
@@ -35,6 +34,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..models.linear_bridge import LinearBridge
+
 BRIDGE_FILE = "bridge.safetensors"
 BRIDGE_META = "bridge.json"
 
@@ -52,24 +53,6 @@ def softmax_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, labels: torch.
     """Cross-entropy over cosine scores between image embeddings and unit text embeddings."""
     scores = nn.functional.normalize(image_emb, dim=-1) @ text_emb.T / temperature
     return nn.functional.cross_entropy(scores, labels)
-
-
-class LinearBridge(nn.Module):
-    """v -> M (v - mu) / sigma: image features [B, D] to the text space [B, E]."""
-
-    def __init__(self, feature_dim: int, text_dim: int):
-        super().__init__()
-        self.proj = nn.Linear(feature_dim, text_dim, bias=False)
-        self.register_buffer("mu", torch.zeros(feature_dim))
-        self.register_buffer("sigma", torch.ones(feature_dim))
-
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.proj((feats - self.mu) / self.sigma)
-
-    def as_head(self, text_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(weight [K, D], bias [K]) of the linear head whose logits are t_k . M (v - mu) / sigma."""
-        w = (text_emb @ self.proj.weight) / self.sigma
-        return w, -(w @ self.mu)
 
 
 @dataclass
@@ -130,7 +113,7 @@ def fit_bridge(feats: torch.Tensor, targets: torch.Tensor, text_emb: torch.Tenso
 
 
 def save_bridge(out: str | Path, bridge: LinearBridge, cfg: BridgeConfig, extra: dict | None = None) -> None:
-    from ..engine import checkpoint as ck
+    from ..store import checkpoint as ck
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ck.atomic_save_tensors(out / BRIDGE_FILE, {k: v.contiguous() for k, v in bridge.state_dict().items()})
@@ -141,7 +124,7 @@ def save_bridge(out: str | Path, bridge: LinearBridge, cfg: BridgeConfig, extra:
 
 def load_bridge(path: str | Path) -> tuple[LinearBridge, BridgeConfig]:
     """A bridge directory written by `transferkit bridge` (bridge.safetensors + bridge.json)."""
-    from ..engine import checkpoint as ck
+    from ..store import checkpoint as ck
     d = Path(path)
     if not (d / BRIDGE_FILE).is_file() or not (d / BRIDGE_META).is_file():
         raise FileNotFoundError(f"{d} is not a bridge directory (needs {BRIDGE_FILE} and {BRIDGE_META}; "

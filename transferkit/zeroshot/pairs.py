@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data import DataError, Example, ImageDataset, build_transforms
-from ..data.images import _check_image
+from ..data.images import check_image
 from .bridge import BridgeConfig, LinearBridge, fit_bridge, save_bridge
 
 
@@ -36,7 +36,7 @@ def read_pairs(path: str | Path) -> list[Example]:
             img = Path(row["path"])
             img = img if img.is_absolute() else p.parent / img
             out.append(Example(str(img), row["text"].strip(), (row.get("label") or "").strip()))
-    bad = [f"{e.x}: {r}" for e in out if (r := _check_image(Path(e.x)))]
+    bad = [f"{e.x}: {r}" for e in out if (r := check_image(Path(e.x)))]
     if bad:
         raise DataError(f"{p}: unreadable image(s): {'; '.join(bad[:3])}")
     if not out:

@@ -32,8 +32,8 @@ def predict_zero_shot(spec: str, inputs: list[str], *, classes: str | None = Non
                       class_text: str | None = None, top_k: int = 1) -> list[dict]:
     """Top-k classes per image by the nearest class text in the joint space `spec` (a bridge directory
     from `transferkit bridge`, or clip:NAME_OR_DIR)."""
-    from ..data.images import _check_image
-    from ..engine.run import _expand_inputs, _topk_rows
+    from ..data.images import check_image
+    from ..infer.predictions import expand_inputs, topk_rows
     from ..models import load_backbone
     from .pairs import image_features
     names, texts = class_words(classes, class_text)
@@ -42,10 +42,10 @@ def predict_zero_shot(spec: str, inputs: list[str], *, classes: str | None = Non
     backbone = backbone or load_backbone(space.backbone)
     if space.weights_hash and space.weights_hash != backbone.source.weights_hash:
         raise DataError(f"{spec}: the bridge was trained on other weights of '{space.backbone}'; retrain it")
-    items = _expand_inputs(inputs, "image")
-    bad = [f"{e.x}: {r}" for e in items if (r := _check_image(Path(e.x)))]
+    items = expand_inputs(inputs, "image")
+    bad = [f"{e.x}: {r}" for e in items if (r := check_image(Path(e.x)))]
     if bad:
         raise DataError("cannot read input image(s): " + "; ".join(bad[:5]))
     feats, _ = image_features(backbone, [e.x for e in items], image_size=space.image_size, flip=False)
     probs = zero_shot_probs(space, feats, texts)
-    return _topk_rows(items, torch.as_tensor(probs), names, top_k)
+    return topk_rows(items, torch.as_tensor(probs), names, top_k)

@@ -54,7 +54,7 @@ def zero_shot_probs(space: JointSpace, feats: torch.Tensor, texts: list[str],
 
 def attach_name_prior(model, cfg) -> None:
     """For `train --class-text FILE [--bridge DIR]`: start the head at the class-name head and keep it
-    as `model.head_prior`, the centre of the head fit's penalty (engine.evaluate.fit_head)."""
+    as `model.head_prior`, the centre of the head fit's penalty (engine.headfit.fit_head)."""
     from ..config import ConfigError
     from .classtext import read_class_text
     from .space import load_space

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from .bridge import LinearBridge
+from ..models.linear_bridge import LinearBridge
 
 
 def check_penalties(alpha: float, beta: float) -> None:

@@ -1,7 +1,7 @@
 """Output folders of `export --out` and `evaluate --out`: the rule of train's run folder
-(engine/runfolder.py) for folders that hold one result.
+(store/runfolder.py) for folders that hold one result.
 
-- a new or empty folder is written as before;
+- a new or empty folder is simply written;
 - a folder the same command wrote before (recognised by its manifest: `export.json`,
   `evaluation.json`) is refused unless `--overwrite`; then only the files that command wrote are
   replaced;

@@ -4,10 +4,8 @@ A probe fitted on one view per image learns the few pictures it was given, pixel
 it, for every training image, a few randomly cropped, mirrored and colour-jittered copies (the
 `light` policy of `transferkit.data.images.build_transforms`) as extra examples of the same label is
 the frozen-feature form of data augmentation: the backbone runs a few more forward passes (no
-backward), and the head sees what varies within a class. Measured at 5 labels per class, 64 px,
-3 seeds, the engine's probe with 8 views against the same probe without them: +0.9 points on clip
-art, +0.4 on digits (a side-by-side run during development; the benchmark's `linear_probe` row in
-benchmarks/results/fewshot_64px_v2.md has them on).
+backward), and the head sees what varies within a class (benchmarks/fewshot.py's `linear_probe`
+row has them on; the README holds its results).
 
 Views are laid out after the plain (and mirrored) ones: `[plain, mirrored, aug_1 .. aug_k]`. The
 head trains on all of them; held-out folds, validation and test are scored on the plain and mirrored
@@ -29,7 +27,7 @@ _EPOCH_BASE = 10_000   # view j reads the augmentation stream of "epoch" _EPOCH_
 def frozen_views(model, cfg, train_loader, val_loader, device, autocast, cache=None):
     """(train views `[V, N, D]`, train labels, (val views, val labels) or None): the pooled features
     the head phase fits and scores on, plain and, for images with augmentation or TTA, mirrored."""
-    from .evaluate import extract_views
+    from .features import extract_views
     image = model.spec.modality == "image"
     views, labels = extract_views(model.backbone, train_loader, device, flip=image and (cfg.augment or cfg.tta),
                                   autocast=autocast, cache=cache)
@@ -49,7 +47,7 @@ def view_counts(cfg, views) -> dict:
 def plain_probe(model) -> bool:
     """A plain linear head on the final features: not the multi-stage probe, prototypes or a name
     prior (the heads that augmented views and the AdaBN gate apply to)."""
-    from ..models.multistage import MultiStageFeatures
+    from ..models.multi_probe import MultiStageFeatures
     return not (isinstance(model.backbone, MultiStageFeatures) or getattr(model, "head_prior", None) is not None
                 or hasattr(model.head, "fit_prototypes"))
 
@@ -80,7 +78,8 @@ class _ViewOf(Dataset):
 @torch.no_grad()
 def augmented_views(model, items, cfg, device, autocast, k: int) -> torch.Tensor:
     """Pooled frozen features `[k, N, D]` of k augmented copies of every item."""
-    from .evaluate import eval_loader, extract_views, make_dataset
+    from .features import extract_views
+    from .loaders import eval_loader, make_dataset
     ds = make_dataset(model, items, train=True, augment=True, image_size=cfg.image_size, seed=cfg.seed,
                       policy="light")
     out = []

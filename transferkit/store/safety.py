@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..models.backbone import tensors_hash
+from ..errors import CheckpointError
 
 HASH_KEY = "tk_tensors_sha256"  # safetensors metadata: content hash of the tensors, verified on load
 # ... and a hash of every other metadata entry (the class list, the source; the tensors' hash among
@@ -23,8 +23,13 @@ META_HASH_KEY = "tk_metadata_sha256"
 _FIX = "restore it from a copy, or train the run again"
 
 
-class CheckpointError(ValueError):
-    """A run file (weights, checkpoint, state) that is missing, damaged or not what it claims."""
+def tensors_hash(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(tensors.items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return "sha256:" + h.hexdigest()[:32]
 
 
 def _what_is(path: Path) -> str:

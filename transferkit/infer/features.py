@@ -3,7 +3,7 @@
 `features_by_view` is what every frozen-feature path calls (the head phase of `train`, `compare`,
 `rank`, `embed`, `knn`, `cluster`). With a `FeatureCache` and deterministic preprocessing, rows
 already on disk are read (memory-mapped) and only the missing items go through the backbone;
-otherwise everything is computed as before. Either way the result is the same tensors.
+otherwise everything goes through the backbone. Either way the result is the same tensors.
 """
 
 from __future__ import annotations
@@ -17,16 +17,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..data.feature_cache import FeatureCache, item_key, namespace, preprocess_key
 from ..models.backbone import weights_hash
-
-
-def _flip(x):
-    return torch.flip(x, dims=[3]) if isinstance(x, torch.Tensor) and x.ndim == 4 else None
-
-
-def _to_device(x, device):
-    if isinstance(x, dict):
-        return {k: v.to(device) for k, v in x.items()}
-    return x.to(device)
+from .loaders import eval_loader, flip_batch, make_dataset, to_device
 
 
 @torch.no_grad()
@@ -38,11 +29,11 @@ def _compute(backbone: nn.Module, loader: DataLoader, device, flip: bool, autoca
     from .length_sort import by_length, in_dataset_order
     loader, order = by_length(loader)  # texts: batches of similar length, less padding
     for x, y in progress(loader, "features"):
-        x = _to_device(x, device)
+        x = to_device(x, device)
         with autocast() if autocast else nullcontext():
             feats.append(backbone(x).float().cpu())
-            if flip and _flip(x) is not None:
-                flipped.append(backbone(_flip(x)).float().cpu())
+            if flip and flip_batch(x) is not None:
+                flipped.append(backbone(flip_batch(x)).float().cpu())
         labels.append(torch.as_tensor(y))
     backbone.train(was)
     flipped = in_dataset_order(torch.cat(flipped), order) if flipped else None
@@ -129,10 +120,47 @@ def frozen_features(backbone, items, classes: list[str], *, image_size: int | No
     `FeatureCache`, rows computed before by any command are read from disk.
     """
     from ..models import attach_head
-    from .evaluate import eval_loader, make_dataset
     model = attach_head(backbone, classes)  # the head is unused: it carries the class order
     ds = make_dataset(model, items, train=False, augment=False, image_size=image_size, seed=0)
     module = backbone.module.to(device)
     feats, flipped, labels = features_by_view(module, eval_loader(model, ds, batch_size), device,
                                               flip=flip, cache=cache)
     return feats, labels, flipped
+
+
+@torch.no_grad()
+def extract_features(backbone: nn.Module, loader: DataLoader, device, *, flip: bool = False,
+                     autocast=None, cache=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled features of the frozen backbone (eval mode); with `flip`, the mirrored images too
+    (appended after all the originals)."""
+    views, labels = extract_views(backbone, loader, device, flip=flip, autocast=autocast, cache=cache)
+    return views.reshape(-1, views.shape[-1]), labels.repeat(views.shape[0])
+
+
+@torch.no_grad()
+def extract_views(backbone: nn.Module, loader: DataLoader, device, *, flip: bool = False,
+                  autocast=None, cache=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled features as views `[V, N, D]` (V = 2 with `flip` for images: as is, mirrored) and
+    labels `[N]`, the backbone in eval mode. With a `FeatureCache` (transferkit.data.feature_cache)
+    rows computed before are read from disk (transferkit.infer.features)."""
+    if cache is not None:
+        plain, flipped, labels = features_by_view(backbone, loader, device, flip=flip, autocast=autocast,
+                                                  cache=cache)
+        return torch.stack([plain] + ([flipped] if flipped is not None else [])), labels
+    was = backbone.training
+    backbone.eval()
+    feats: list[list[torch.Tensor]] = [[], []]
+    labels = []
+    from ..progress import progress as bar
+    from .length_sort import by_length, in_dataset_order
+    loader, order = by_length(loader)  # texts: batches of similar length, less padding
+    for x, y in bar(loader, "features"):
+        x = to_device(x, device)
+        with autocast() if autocast else nullcontext():
+            feats[0].append(backbone(x).float().cpu())
+            if flip and flip_batch(x) is not None:
+                feats[1].append(backbone(flip_batch(x)).float().cpu())
+        labels.append(torch.as_tensor(y))
+    backbone.train(was)
+    views = [in_dataset_order(torch.cat(f), order) for f in feats if f]
+    return torch.stack(views), in_dataset_order(torch.cat(labels), order)

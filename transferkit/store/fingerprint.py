@@ -16,8 +16,7 @@ import datetime as _dt
 import hashlib
 from pathlib import Path
 
-from ..config import TrainConfig
-from ..data import DataError, Task
+from ..errors import DataError
 from . import checkpoint as ck
 
 FINGERPRINT = "fingerprint.json"
@@ -52,14 +51,14 @@ def _key(ex) -> str:
     return ex.ref or ex.x
 
 
-def fingerprint(task: Task) -> dict:
+def fingerprint(task) -> dict:
     """{"classes", "splits": {split: {item: record}}} of a task (see the module docstring)."""
     return {"classes": list(task.classes),
             "splits": {name: {_key(ex): _item(ex, task.modality) for ex in part}
                        for name, part in (("train", task.train), ("val", task.val), ("test", task.test))}}
 
 
-def write_fingerprint(run: Path, task: Task) -> None:
+def write_fingerprint(run: Path, task) -> None:
     ck.atomic_write_json(Path(run) / FINGERPRINT, fingerprint(task))
 
 
@@ -106,7 +105,7 @@ def _say(kind: str, names: list[str]) -> str:
     return f"{len(names)} item(s) {kind} ({shown})"
 
 
-def check_data_unchanged(run: Path, cfg: TrainConfig, task: Task, log=print) -> bool:
+def check_data_unchanged(run: Path, cfg, task, log=print) -> bool:
     """Stop a resume whose data changed since the run started (see the module docstring). True when
     it changed and `--resume-inexact` continues anyway (the fingerprint is then rewritten)."""
     recorded = _recorded(run)

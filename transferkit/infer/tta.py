@@ -7,11 +7,9 @@ top of the image and its mirror (`--tta`) evens that out, at K more forward pass
 
 `--tta-views K` sets K; by default it is `DEFAULT_VIEWS` for image runs trained on few labels with
 augmentation — fine-tuned on augmented batches, or a linear probe fitted on augmented views
-(`engine/probe_views.py`) — and 0 otherwise (heads that never saw an augmented image).
-Measured by benchmarks/fewshot.py at 5 labels per class, 64 px, 3 seeds (EfficientNet-Lite0): with
-the 4 copies `linear_probe` scored +0.9 points on clip art and +1.1 on digits, `two_phase` -0.2 and
-+1.8, against the same splits scored on image + mirror only (benchmarks/results/fewshot_64px_v3.md
-against fewshot_64px_v2.md).
+(`infer/probe_views.py`) — and 0 otherwise (heads that never saw an augmented image).
+benchmarks/fewshot.py compares the copies against the same splits scored on image + mirror only;
+the README holds its results.
 
 The crops of an image are a pure function of (view, its decoded pixels): `predict a.png`, `predict
 a.png b.png` and the same image posted to `serve` get the same probabilities, and reruns, resumed
@@ -35,8 +33,8 @@ def resolve_views(cfg, train_items: list, modality: str, *, sees_augmented: bool
     labels (<= 20 per class) with augmentation, else 0. `sees_augmented=False`: the model never
     learns from augmented images (a head-only strategy whose head gets no augmented views: the
     multi-stage probe, prototypes, a name prior), so augmented copies at test time would be inputs
-    unlike any it was fitted on — measured on digits, the multi-stage probe lost 3 points with
-    them — and the default is 0."""
+    unlike any it was fitted on (the multi-stage probe scores lower with them) — and the default
+    is 0."""
     from pathlib import Path
 
     from ..data import few_labels
@@ -109,7 +107,8 @@ def view_loaders(loader: DataLoader, k: int) -> list[DataLoader]:
 def view_features(model, items: list, cfg, device, k: int) -> torch.Tensor:
     """Pooled frozen features `[k, N, D]` of the k test-time views of `items` (the same pixels
     `predict_probs(views=k)` scores), for heads scored on cached features (`compare`)."""
-    from .evaluate import eval_loader, extract_views, make_dataset
+    from .features import extract_views
+    from .loaders import eval_loader, make_dataset
     ds = make_dataset(model, items, train=False, augment=False, image_size=cfg.image_size, seed=cfg.seed)
     loaders = view_loaders(eval_loader(model, ds, cfg.batch_size * 2, cfg.num_workers), k)
     return torch.stack([extract_views(model.backbone, vl, device)[0][0] for vl in loaders])

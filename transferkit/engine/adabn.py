@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..engine.evaluate import to_device
+from ..infer.loaders import to_device
 
 
 def bn_layers(module: nn.Module) -> list[tuple[str, _BatchNorm]]:

@@ -22,7 +22,7 @@ import zlib
 import torch
 from torch import nn
 
-from ..engine.batches import collate_items
+from .batches import collate_items
 
 
 def fixmatch_loss(logits_weak: torch.Tensor, logits_strong: torch.Tensor, threshold: float,

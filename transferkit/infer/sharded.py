@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from torch.utils.data import DataLoader, Subset
 
-from .evaluate import predict_probs
+from .predict import predict_probs
 
 
 def predict_probs_sharded(model, loader: DataLoader, device, *, tta: bool = False, autocast=None,

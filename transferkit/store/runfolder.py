@@ -32,12 +32,14 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import yaml
+
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks here; the other checks still apply
     fcntl = None
 
-from ..config import ConfigError, TrainConfig
+from ..errors import ConfigError
 
 RUN_FORMAT = 1
 RUN_META = "run.json"
@@ -61,7 +63,7 @@ def _inside(child: Path, parent: Path) -> bool:
         return False
 
 
-def _check_not_in_data(out: Path, cfg: TrainConfig) -> None:
+def _check_not_in_data(out: Path, cfg) -> None:
     for flag, data in (("DATA", cfg.data), ("--val", cfg.val), ("--test", cfg.test)):
         if not data:
             continue
@@ -77,7 +79,7 @@ def is_run(path: Path) -> bool:
     return (path / RUN_META).is_file() or ((path / "config.yaml").is_file() and (path / "last").is_dir())
 
 
-def claim_out_dir(cfg: TrainConfig, *, overwrite: bool = False, log=print) -> Path:
+def claim_out_dir(cfg, *, overwrite: bool = False, log=print) -> Path:
     """Check that `cfg.out` may hold a new run (see the module docstring), then claim it: run.json."""
     check_out_dir(dataclasses.replace(cfg, overwrite=overwrite))
     out = Path(cfg.out).expanduser()
@@ -144,7 +146,7 @@ def note_in_run_meta(run: Path, key: str, value) -> None:
     atomic_write_json(Path(run) / RUN_META, meta)
 
 
-def check_out_dir(cfg: TrainConfig) -> None:
+def check_out_dir(cfg) -> None:
     """The checks of `claim_out_dir` without touching the disk (run them before slow setup)."""
     if not cfg.out:
         raise ConfigError("train needs --out RUN_DIR (or 'out:' in the recipe)")
@@ -319,3 +321,22 @@ def writing_run(run: Path, *, fresh: bool, log=print, command: str | None = None
     finally:
         if fresh and main and not existed and run.is_dir() and not any(run.iterdir()):
             run.rmdir()
+
+
+def run_task(run_dir: str | Path) -> str:
+    """The task recorded in a run folder (run.json, else config.yaml); runs before dense tasks: classify."""
+    run = Path(run_dir)
+    for name in ("run.json", "config.yaml"):
+        p = run / name
+        if not p.is_file():
+            continue
+        try:
+            if name == "run.json":
+                task = json.loads(p.read_text(encoding="utf-8")).get("task")
+            else:
+                task = (yaml.safe_load(p.read_text(encoding="utf-8")) or {}).get("task")
+        except (ValueError, AttributeError, OSError, yaml.YAMLError):
+            continue  # the run's own loader reports a damaged file with its fix
+        if task and task != "auto":
+            return task
+    return "classify"
