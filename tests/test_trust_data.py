@@ -223,6 +223,17 @@ def test_one_item_per_class_stops_before_training(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_no_test_split_asked_for_prints_no_nan(tmp_path, capsys):
+    data = write_image_folder(tmp_path / "images", per_class=4)
+    out = tmp_path / "run"
+    assert main(["train", str(data), "--backbone", TINY, "--image-size", "32", "--strategy", "linear_probe",
+                 "--test-fraction", "0", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "no test split" in said and "accuracy nan" not in said
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_test"] == 0 and "accuracy" not in metrics
+
+
 # ----------------------------------------------------------------------------- non-UTF-8 names
 
 def test_names_that_are_not_utf8_are_named(tmp_path, capsys):

@@ -86,8 +86,11 @@ def finish(run: Path, cfg: TrainConfig, model, task: Task, state: RunState, devi
     ck.atomic_write_json(run / "metrics.json", metrics)
     write_history(run, state.history)
     write_report(run, cfg, model, metrics, state.history, errors=errors)
-    log(f"test accuracy {metrics.get('accuracy', float('nan')):.4f}, macro-F1 "
-        f"{metrics.get('macro_f1', float('nan')):.4f} -> {run}")
+    if "accuracy" in metrics:
+        log(f"test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} -> {run}")
+    else:  # --test-fraction 0, or the caller scores elsewhere: no number to print, and no nan
+        log(f"no test split: trained on every item, not scored -> {run} "
+            "(score it with: transferkit evaluate RUN TEST_DATA)")
     return metrics
 
 
