@@ -345,10 +345,13 @@ def _per_seed(cells: dict, d: str, shots: list[int], variants: list[str]) -> lis
 
 
 def rewrite_table(jsonl: Path, md: Path, variants: list[str]) -> str:
-    """The markdown table of a finished run again from its JSON lines, under the run's own header."""
+    """The markdown table of a finished run again from its JSON lines, under the run's own header
+    (or, when the run ended before writing one, a header saying where the table came from)."""
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
     table, _ = summarise(rows, variants)
-    head = md.read_text().split("\n### ")[0].rstrip("\n")
+    head = (md.read_text().split("\n### ")[0].rstrip("\n") if md.exists() else
+            f"# Few-shot benchmark\n\nTable written by `python benchmarks/fewshot.py --table {jsonl}` from the "
+            "JSON lines of a run that ended before writing it.")
     md.write_text(head + "\n" + table + "\n")
     return md.read_text()
 
