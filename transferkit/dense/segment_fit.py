@@ -162,18 +162,7 @@ def predict_logits(model, path: Path, size: int, mean, std, device, out_size: tu
 
 
 def save_last(run: Path, model, optimizer, state) -> None:
-    def build(tmp: Path) -> None:
-        tensors, rng_meta = ck.rng_state()
-        meta = {"run_state": state.__dict__, "rng": rng_meta}
-        if optimizer is not None:
-            opt_t, opt_meta = ck.optimizer_to_flat(optimizer)
-            ck.atomic_save_tensors(tmp / "optimizer.safetensors", opt_t)
-            meta["optimizer"] = opt_meta
-            meta["param_groups"] = [g.get("name") for g in optimizer.param_groups]
-        ck.atomic_save_tensors(tmp / "rng.safetensors", tensors)
-        ck.atomic_save_tensors(tmp / "model.safetensors", model.state_dict())
-        ck.atomic_write_json(tmp / "state.json", meta)
-    ck.atomic_replace_dir(build, run / "last")
+    ck.write_last(run, model, optimizer, state.__dict__)
 
 
 def fit_phases(run: Path, cfg: TrainConfig, model, phases: list[Phase], data: dict, state, last, log,

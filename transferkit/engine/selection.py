@@ -109,18 +109,6 @@ def save_model(path: Path, model) -> None:
 
 
 def save_last(run: Path, model, optimizer, state: RunState) -> None:
-    def build(tmp: Path) -> None:
-        tensors, rng_meta = ck.rng_state()
-        meta = {"run_state": state.__dict__, "rng": rng_meta,
-                "frozen_stages": [i for i, s in enumerate(model.spec.stages)
-                                  if not any(p.requires_grad for n, p in model.backbone.named_parameters()
-                                             if n in set(s.params))]}
-        if optimizer is not None:
-            opt_t, opt_meta = ck.optimizer_to_flat(optimizer)
-            ck.atomic_save_tensors(tmp / "optimizer.safetensors", opt_t)
-            meta["optimizer"] = opt_meta
-            meta["param_groups"] = [g.get("name") for g in optimizer.param_groups]
-        ck.atomic_save_tensors(tmp / "rng.safetensors", tensors)
-        ck.atomic_save_tensors(tmp / "model.safetensors", model.state_dict())
-        ck.atomic_write_json(tmp / "state.json", meta)
-    ck.atomic_replace_dir(build, run / "last")
+    frozen = [i for i, s in enumerate(model.spec.stages)
+              if not any(p.requires_grad for n, p in model.backbone.named_parameters() if n in set(s.params))]
+    ck.write_last(run, model, optimizer, state.__dict__, frozen_stages=frozen)

@@ -89,12 +89,30 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: 
     _write_via_tmp(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def write_last(run: Path, model, optimizer, run_state: dict, **extra_meta) -> None:
+    """RUN/last/: the model, the optimizer, every random generator and the run state, swapped in
+    whole (atomic_replace_dir), so that a resume continues exactly where this left off."""
+    def build(tmp: Path) -> None:
+        tensors, rng_meta = rng_state()
+        meta = {"run_state": run_state, "rng": rng_meta, **extra_meta}
+        if optimizer is not None:
+            opt_t, opt_meta = optimizer_to_flat(optimizer)
+            atomic_save_tensors(tmp / "optimizer.safetensors", opt_t)
+            meta["optimizer"] = opt_meta
+            meta["param_groups"] = [g.get("name") for g in optimizer.param_groups]
+        atomic_save_tensors(tmp / "rng.safetensors", tensors)
+        atomic_save_tensors(tmp / "model.safetensors", model.state_dict())
+        atomic_write_json(tmp / "state.json", meta)
+    atomic_replace_dir(build, Path(run) / "last")
 
 
 def atomic_replace_dir(build, final: Path) -> None:
@@ -110,7 +128,7 @@ def atomic_replace_dir(build, final: Path) -> None:
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; colleagues should read a run as any folder
     try:
         build(tmp)
-        sums = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        sums = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         with open(tmp / CHECKSUMS, "w", encoding="utf-8") as f:
             json.dump(sums, f, indent=2)
     except BaseException as e:
@@ -140,7 +158,7 @@ def verify_dir(folder: Path) -> None:
     sums = read_json(sums_path)
     for name, digest in sums.items():
         p = folder / name
-        if p.is_file() and _sha256(p) != digest:
+        if p.is_file() and sha256_file(p) != digest:
             raise CheckpointError(f"{p} is damaged: its contents no longer match the checksum written with "
                                   "it (a disk error, or the file was edited)")
 

@@ -24,14 +24,6 @@ HASH_LIMIT = 8 << 20   # files up to this size are compared by content; larger o
 SHOWN = 3              # file names shown per kind of change
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _item(ex, modality: str) -> dict:
     rec = {"label": ex.label}
     if modality == "text":
@@ -43,7 +35,7 @@ def _item(ex, modality: str) -> dict:
         return rec
     rec.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
     if st.st_size <= HASH_LIMIT:
-        rec["sha256"] = _sha256_file(Path(ex.x))
+        rec["sha256"] = ck.sha256_file(Path(ex.x))
     return rec
 
 

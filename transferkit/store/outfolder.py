@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .runfolder import free_name
+
 STAGING = ".transferkit-staging-"  # a folder of ours inside OUT while an export is written
 
 
@@ -73,14 +75,6 @@ def make_room(folder: OutFolder, names: list[str], ours: set[str], log=print) ->
             else:
                 p.unlink()
         else:
-            kept = _free_name(folder.path / f"{name}.orig")
+            kept = free_name(folder.path / f"{name}.orig")
             p.rename(kept)
             log(f"--overwrite: kept your {p} as {kept.name}")
-
-
-def _free_name(p: Path) -> Path:
-    n, cand = 1, p
-    while cand.exists() or cand.is_symlink():
-        cand = p.with_name(f"{p.name}.{n}")
-        n += 1
-    return cand

@@ -96,7 +96,7 @@ def claim_out_dir(cfg, *, overwrite: bool = False, log=print) -> Path:
         else:
             for name in OUTPUTS:
                 if (out / name).exists() or (out / name).is_symlink():
-                    kept = _free_name(out / f"{name}.orig")
+                    kept = free_name(out / f"{name}.orig")
                     (out / name).rename(kept)
                     log(f"--overwrite: kept your {out / name} as {kept.name}")
     out.mkdir(parents=True, exist_ok=True)
@@ -104,7 +104,8 @@ def claim_out_dir(cfg, *, overwrite: bool = False, log=print) -> Path:
     return out
 
 
-def _free_name(p: Path) -> Path:
+def free_name(p: Path) -> Path:
+    """`p`, or `p.1`, `p.2`, ... : the first name nothing is at."""
     n, cand = 1, p
     while cand.exists() or cand.is_symlink():
         cand = p.with_name(f"{p.name}.{n}")
