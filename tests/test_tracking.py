@@ -51,3 +51,12 @@ def test_log_with_unknown_or_missing_tracker_is_refused_first(tmp_path, image_fo
     out = tmp_path / "run"
     assert main(["train", str(image_folder), "--backbone", TINY, "--out", str(out), "--log-with", "neptune"]) == 2
     assert "tensorboard, mlflow, wandb" in capsys.readouterr().err and not out.exists()
+
+
+def test_no_progress_bar_when_the_output_is_not_a_terminal(image_folder, tmp_path, capsys):
+    # a redirected log got one carriage-return update per step from the training bar
+    assert main(["train", str(image_folder), "--backbone", TINY, "--image-size", "32", "--strategy", "full",
+                 "--steps", "6", "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr()
+    assert "\r" not in out.err + out.out and "it/s" not in out.err + out.out
+    assert "test accuracy" in out.out  # the log lines themselves are still there

@@ -28,6 +28,7 @@ from ..store.environment import write_environment
 from ..store.runfolder import check_out_dir, claim_out_dir
 from ..infer.loaders import eval_loader, make_dataset
 from ..infer.predict import predict_probs
+from ..progress import step_bar
 from ..strategies import freeze_stages, param_groups, plan_strategy, resolve_bn, set_train_mode
 from .methods import build_method
 from .config import AdaptConfig, read_adapt_config, save_adapt_config
@@ -235,7 +236,7 @@ def _train(model, method, optimizer, cfg: AdaptConfig, state: AdaptState, data, 
     """Run (or continue) the steps. Returns True when stopped by `stop_after`."""
     bn = resolve_bn(cfg.bn, len(data.source), model.num_classes)
     eval_every = cfg.eval_every or max(1, cfg.steps // 10)
-    bar = _progress(cfg.steps, state.step, cfg.method) if progress else None
+    bar = step_bar(cfg.steps, state.step, cfg.method) if progress else None
     set_train_mode(model, bn)
     method.train()
     t0 = last_save = time.time()
@@ -273,9 +274,6 @@ def _train(model, method, optimizer, cfg: AdaptConfig, state: AdaptState, data, 
     return False
 
 
-def _progress(total: int, start: int, desc: str):
-    from tqdm.auto import tqdm
-    return tqdm(total=total, initial=start, desc=desc, leave=False, dynamic_ncols=True)
 
 
 def _save_last(run: Path, model, method, optimizer, state: AdaptState) -> None:

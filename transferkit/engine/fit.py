@@ -367,6 +367,6 @@ def _collate(ds, idx, model):
 def _progress(total: int, start: int, desc: str, enabled: bool):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
-    return tqdm(total=total, initial=start, desc=desc, leave=False, dynamic_ncols=True)
+    from ..progress import step_bar
+    return step_bar(total, start, desc)
 
