@@ -3,7 +3,7 @@
 
 Source: Debian's ``openclipart-png`` package (public-domain clip art sorted into
 topic folders).  Output: an ImageFolder tree ``<out>/<class>/<name>.png`` of
-square RGB images, plus ``SOURCES.csv`` and ``README.md``.
+square RGB images, plus ``OUT_SOURCES.csv`` and ``OUT_README.md`` beside OUT.
 
 Rebuild:  python scripts/build_image_demo.py
 """
@@ -86,7 +86,7 @@ Source: the Debian package `openclipart-png` (Open Clip Art Library 0.18), whose
 images are dedicated to the **public domain** (see
 `/usr/share/doc/openclipart-png/copyright`). Each class is built from one or more
 topic folders of that package, minus a few hand-picked exclusions (see `CLASSES`,
-`KEEP_NAME` and `SKIP_PATH` in `scripts/build_image_demo.py`); `SOURCES.csv` maps
+`KEEP_NAME` and `SKIP_PATH` in `scripts/build_image_demo.py`); `clipart_SOURCES.csv` maps
 every file back to its original path.
 
 Each picture was composited onto white, cropped to its content, fitted into a
@@ -200,11 +200,13 @@ def main(argv: list[str] | None = None) -> int:
         counts[cls] = (len(files), len(used))
 
     rows.sort()
-    with open(args.out / "SOURCES.csv", "w", newline="", encoding="utf-8") as fh:
+    # provenance beside the data folder, not in it: a file among the class folders is no class and
+    # would be listed as skipped in every run of the demo
+    with open(args.out.with_name(args.out.name + "_SOURCES.csv"), "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "original", "class"])
         w.writerows((p, f"{args.src}/{o}", c) for p, o, c in rows)
-    (args.out / "README.md").write_text(README.format(
+    args.out.with_name(args.out.name + "_README.md").write_text(README.format(
         n=len(rows), k=len(CLASSES), size=args.size, per_class=args.per_class, seed=args.seed))
 
     print(f"{'class':<10} {'candidates':>10} {'kept':>5}")

@@ -255,3 +255,11 @@ def test_names_that_are_not_utf8_are_named(tmp_path, capsys):
         f.write("text,label\nhot,a\ncold,b\n")
     with pytest.raises(DataError, match=r"caf\\xe9.csv: the path is not valid UTF-8"):
         read_items(table, "text")
+
+
+def test_the_bundled_demo_data_reads_with_nothing_skipped():
+    # its provenance files sit beside the class folders' parent, so a demo run lists no skipped item
+    from transferkit.demo import IMAGE_DEMO
+    items, skipped = read_items(IMAGE_DEMO, "image")
+    assert len(items) == 613 and skipped == []
+    assert (IMAGE_DEMO.parent / f"{IMAGE_DEMO.name}_SOURCES.csv").is_file()
