@@ -18,6 +18,7 @@ import math
 import os
 from collections import Counter, defaultdict
 
+from ..store.checkpoint import data_file_digest
 from .splits import DataError, shown
 
 
@@ -70,24 +71,13 @@ def report_data_issues(task, cfg, log) -> None:
 
 # ------------------------------------------------------------------ what the data itself says
 
-_DIGESTS: dict[tuple, str] = {}
-
-
 def content_key(ex, modality: str) -> str | None:
     """What an item holds, as a hash: the file's bytes (images, arrays, signals) or the text. Two
     items with one key are one item, whatever their names. None: the file cannot be read."""
     if modality != "image":
         return "text:" + hashlib.sha1(ex.x.strip().encode("utf-8", "surrogatepass")).hexdigest()
     try:
-        st = os.stat(ex.x)
-        key = (ex.x, st.st_size, st.st_mtime_ns)
-        if key not in _DIGESTS:
-            h = hashlib.sha1()
-            with open(ex.x, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            _DIGESTS[key] = h.hexdigest()
-        return _DIGESTS[key]
+        return data_file_digest(ex.x)
     except OSError:
         return None
 

@@ -115,6 +115,21 @@ def write_last(run: Path, model, optimizer, run_state: dict, **extra_meta) -> No
     atomic_replace_dir(build, Path(run) / "last")
 
 
+_DATA_DIGESTS: dict[tuple, str] = {}
+
+
+def data_file_digest(path: str | Path) -> str:
+    """sha256 of a data file's bytes, remembered per (path, size, mtime) for the process: the
+    checks of the data (same content in two classes, overlap with --test) and the run's fingerprint
+    ask for the same files, which are then read once. Checkpoint checksums do not use it (they
+    hash files rewritten in place)."""
+    st = os.stat(path)
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _DATA_DIGESTS:
+        _DATA_DIGESTS[key] = sha256_file(Path(path))
+    return _DATA_DIGESTS[key]
+
+
 def atomic_replace_dir(build, final: Path) -> None:
     """Write a directory with `build(tmpdir)` and swap it in for `final`.
 

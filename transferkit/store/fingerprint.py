@@ -35,7 +35,7 @@ def _item(ex, modality: str) -> dict:
         return rec
     rec.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
     if st.st_size <= HASH_LIMIT:
-        rec["sha256"] = ck.sha256_file(Path(ex.x))
+        rec["sha256"] = ck.data_file_digest(ex.x)
     return rec
 
 
