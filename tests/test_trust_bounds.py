@@ -6,25 +6,11 @@ import re
 import shutil
 
 import pytest
-from conftest import COLOURS, PER_CLASS, write_image_folder
+from conftest import COLOURS, write_image_folder
 from PIL import Image
 
+from test_bad_inputs import N, _err, _train
 from transferkit.cli import main
-
-TINY = "timm:test_resnet@random"
-N = len(COLOURS) * PER_CLASS
-
-
-def _train(data, out, *extra, steps=2, strategy="full"):
-    return main(["train", str(data), "--backbone", TINY, "--image-size", "32", "--batch-size", "8",
-                 "--steps", str(steps), "--strategy", strategy, "--out", str(out), *extra])
-
-
-def _err(capsys):
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    assert len([ln for ln in err.splitlines() if ln.startswith("transferkit: error:")]) == 1, err
-    return err
 
 
 @pytest.fixture(scope="module")
