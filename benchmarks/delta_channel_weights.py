@@ -11,7 +11,7 @@ not inflate them; with `--threads 1` they are what one core spends.
 
     python benchmarks/delta_channel_weights.py --image-size 112 --threads 1
 
-Writes OUT/delta_channel_weights.json and .md.
+Writes OUT/delta_channel_weights.json and .md (OUT: benchmarks/results).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shots", type=int, default=10)
     ap.add_argument("--sample", type=int, default=4, help="channels per layer timed one pass each")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    ap.add_argument("--out", default="runs/bench/delta_channel_weights")
+    ap.add_argument("--out", default="benchmarks/results", help="folder for delta_channel_weights.{json,md}")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

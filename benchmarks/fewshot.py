@@ -349,7 +349,8 @@ def rewrite_table(jsonl: Path, md: Path, variants: list[str]) -> str:
     (or, when the run ended before writing one, a header saying where the table came from)."""
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
     table, _ = summarise(rows, variants)
-    head = (md.read_text().split("\n### ")[0].rstrip("\n") if md.exists() else
+    # the run's header is what precedes the table (its "Seeds: ..." line, then one section per data set)
+    head = (md.read_text().split("\n### ")[0].split("\nSeeds: ")[0].rstrip("\n") if md.exists() else
             f"# Few-shot benchmark\n\nTable written by `python benchmarks/fewshot.py --table {jsonl}` from the "
             "JSON lines of a run that ended before writing it.")
     md.write_text(head + "\n" + table + "\n")
@@ -363,7 +364,7 @@ def _kept(cells: dict, d: str, row: str) -> str:
     xs = [c[key] for k, c in cells.items() if k[0] == d and key in c]
     if not xs:
         return "not recorded"
-    return f"||dw||/||w|| median {100 * np.median(xs):.2f}% (min {100 * min(xs):.2f}%, {len(xs)} runs)"
+    return f"‖Δw‖/‖w‖ median {100 * np.median(xs):.2f}% (min {100 * min(xs):.2f}%, {len(xs)} runs)"
 
 
 def main() -> None:

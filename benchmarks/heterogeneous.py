@@ -19,7 +19,7 @@ voices, speeds and pitches, read as log-mel spectrograms (a 1-channel picture) b
     python benchmarks/heterogeneous.py --threads 1 --tasks speech    # spoken digits (18 runs)
     python benchmarks/heterogeneous.py --seeds 1 --shots 1 --steps 2 --out /tmp/h   # smoke test
 
-Writes OUT/heterogeneous_TASKS.json and .md; prints the table with each arm's ratio to scratch. A run
+Writes benchmarks/results/heterogeneous.json and .md (--results PREFIX); prints the table with each arm's ratio to scratch. A run
 already finished with the same settings is reused when the command is run again.
 """
 
@@ -162,8 +162,10 @@ def _write(out: Path, command: str, rows: list[dict], shots: list[int], args, se
           f"{', '.join(map(str, seeds))} ({took}; {args.steps} steps, {args.image_size} px, "
           f"no augmentation, no flip TTA; (n) = runs in the cell, {min(n.values())}-{max(n.values())}):\n\n"
           f"{table(rows, shots)}\n\n{fell_note}")
-    (out / f"heterogeneous_{name}.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
-    (out / f"heterogeneous_{name}.md").write_text(md)
+    prefix = Path(args.results) if args.results else out / f"heterogeneous_{name}"
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{prefix}.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
+    Path(f"{prefix}.md").write_text(md)
     return md
 
 
@@ -182,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--voices", default="en,en+m3,en+f2,en+f4,en-us,en-us+m7,en-gb-scotland,en-gb-x-rp+f3")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--collect", action="store_true", help="train nothing: tabulate the finished runs")
-    ap.add_argument("--out", default="runs/bench/heterogeneous")
+    ap.add_argument("--out", default="runs/bench/heterogeneous", help="the runs and the data sets")
+    ap.add_argument("--results", default="benchmarks/results/heterogeneous",
+                    help="results prefix: writes RESULTS.json and RESULTS.md ('' for OUT/heterogeneous_TASKS.*)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -7,9 +7,9 @@ from random initialisation, at 128 px. A good ranking puts the sources in the or
     python benchmarks/rank_sources.py
     python benchmarks/rank_sources.py --shots 10 --backbones bundled:efficientnet_lite0,timm:resnet18
     python benchmarks/rank_sources.py --backbones timm:test_resnet@random,timm:test_efficientnet@random \\
-        --image-size 32 --out /tmp/smoke                     # smoke test
+        --image-size 32 --out /tmp/smoke/rank                # smoke test
 
-Writes OUT/rank.json and OUT/rank.md.
+Writes OUT.json and OUT.md (OUT: benchmarks/results/rank_sources).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--no-probe", action="store_true", help="skip the linear-probe check")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    ap.add_argument("--out", default="runs/bench/rank_sources")
+    ap.add_argument("--out", default="benchmarks/results/rank_sources", help="results prefix (.json, .md)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -71,14 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         table += f"\n\nLogME order {'matches' if agree else 'does NOT match'} the probe's order."
     command = "python benchmarks/rank_sources.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "rank.json").write_text(json.dumps({"command": command, "data": args.data, "shots": args.shots,
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{out}.json").write_text(json.dumps({"command": command, "data": args.data, "shots": args.shots,
                                                "seed": args.seed, "image_size": args.image_size,
                                                "rows": rows}, indent=2) + "\n")
-    (out / "rank.md").write_text(f"```\n{command}\n```\n\n{table}\n")
+    Path(f"{out}.md").write_text(f"```\n{command}\n```\n\n{table}\n")
     print()
     print(table)
-    print(f"\nwrote {out}/rank.json, rank.md")
+    print(f"\nwrote {out}.json, {out}.md")
     return 0
 
 

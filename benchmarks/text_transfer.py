@@ -65,8 +65,15 @@ def parse_args(argv=None):
                     help="validate every N steps (the val split has 320 texts: once per epoch is slow)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--runs-dir", default=None, help="keep the run directories here (default: a temp dir, removed)")
-    ap.add_argument("--out", required=True, help="JSON file for every result and the summary")
+    ap.add_argument("--out", help="JSON file for every result and the summary; the table goes to the same "
+                                  "name with .md (required unless --table)")
+    ap.add_argument("--table", metavar="RESULTS_JSON",
+                    help="only write RESULTS.md again from a finished run's JSON (nothing is run)")
     args = ap.parse_args(argv)
+    if not args.table and not args.out:
+        ap.error("--out is required (or --table RESULTS_JSON)")
+    if args.table:
+        return args
     from transferkit.strategies import plan_strategy
     for m in args.methods:
         if m not in SKLEARN:
@@ -224,8 +231,19 @@ def markdown(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def write_markdown(json_path: Path) -> str:
+    """RESULTS.md beside RESULTS.json: the command that measured it and the summary table."""
+    d = json.loads(json_path.read_text())
+    md = f"`{d['command']}`\n\n{d['table']}\n"
+    json_path.with_suffix(".md").write_text(md)
+    return md
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.table:
+        print(write_markdown(Path(args.table)))
+        return 0
     torch.set_num_threads(args.threads)
     import sklearn.feature_extraction.text  # noqa: F401  (imports stay out of the timings)
     import sklearn.linear_model  # noqa: F401
@@ -270,7 +288,8 @@ def main(argv=None) -> int:
                         "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                         "transformers": transformers.__version__, "sklearn": sklearn.__version__}}
     out.write_text(json.dumps({**meta, "summary": summary, "results": results, "table": table}, indent=2) + "\n")
-    print(f"\nwrote {out}", file=sys.stderr)
+    write_markdown(out)
+    print(f"\nwrote {out} and {out.with_suffix('.md')}", file=sys.stderr)
     return 0
 
 

@@ -16,7 +16,7 @@ DeViSE's map. Then, on the held-out classes only:
 
     python benchmarks/zero_shot.py --image-size 96 --threads 1 --seeds 3 --extra-pairs
 
-Writes OUT/zero_shot.json and OUT/zero_shot.md (copy them to benchmarks/results/).
+Writes OUT/zero_shot.json and OUT/zero_shot.md (OUT: benchmarks/results; zero_shot_LOSS.* with --loss LOSS).
 """
 
 from __future__ import annotations
@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extra-pairs", action="store_true",
                     help="also train bridge B on the extra icons (hinge: about 5x the bridge's cost)")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--out", default="runs/bench/zero_shot")
+    ap.add_argument("--out", default="benchmarks/results",
+                    help="folder for zero_shot.{json,md} (zero_shot_LOSS.* for a --loss other than eszsl)")
     args = ap.parse_args(argv)
     args.shots = [int(s) for s in args.shots.split(",")]
     if args.threads:
@@ -266,9 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/zero_shot.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     md = report(results, args, command, feature_s, len(rows), len(classes))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "zero_shot.json").write_text(json.dumps({"command": command, "args": vars(args),
-                                                    "results": results}, indent=2))
-    (out / "zero_shot.md").write_text(md + "\n")
+    name = "zero_shot" if args.loss == "eszsl" else f"zero_shot_{args.loss}"
+    (out / f"{name}.json").write_text(json.dumps({"command": command, "args": vars(args),
+                                                  "results": results}, indent=2))
+    (out / f"{name}.md").write_text(md + "\n")
     print(md)
     return 0
 
