@@ -1,5 +1,5 @@
 """The notebook API: fit on lists, DataFrames and paths; predict on paths, PIL images and strings;
-evaluate; load; the README example run as written (with a tiny model swapped in)."""
+evaluate; load; the documentation's notebook examples run as written (with a tiny model swapped in)."""
 
 import json
 import re
@@ -17,14 +17,13 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = "timm:test_resnet@random"
 
 
-def _readme_blocks() -> list[str]:
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    section = text.split("### From a notebook", 1)[1].split("\n### ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+def _notebook_blocks() -> list[str]:
+    text = (REPO / "docs" / "how-to" / "notebook.md").read_text(encoding="utf-8")
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
-def test_readme_notebook_example_runs(tmp_path, monkeypatch, tiny_bert_dir, capsys):
-    blocks = _readme_blocks()
+def test_docs_notebook_examples_run(tmp_path, monkeypatch, tiny_bert_dir, capsys):
+    blocks = _notebook_blocks()
     assert len(blocks) == 2
     monkeypatch.chdir(tmp_path)
     # the same code with tiny models: the example's lines are run as written
@@ -34,8 +33,8 @@ def test_readme_notebook_example_runs(tmp_path, monkeypatch, tiny_bert_dir, caps
         code = block
         for a, b in swaps.items():
             code = code.replace(a, b)
-        assert code != block, "the README example no longer names the backbone the test swaps"
-        exec(compile(code, "README.md", "exec"), {})
+        assert code != block, "the notebook example no longer names the backbone the test swaps"
+        exec(compile(code, "docs/how-to/notebook.md", "exec"), {})
     out = capsys.readouterr().out
     assert "Model('runs/digits'" in out and "runs/digits/report.html" in out
     m = json.loads((tmp_path / "runs/digits/metrics.json").read_text())

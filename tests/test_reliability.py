@@ -1,5 +1,5 @@
 """Reliability (issue 10): the user's files and compute are never lost, and bad input is one clear
-line with exit code 2. Each test here backs a row of the README's "Bad inputs and faults" table."""
+line with exit code 2. Each test here backs a row of the "Bad inputs and faults" table (docs/reference/bad-inputs.md)."""
 
 import errno
 import importlib

@@ -1,7 +1,7 @@
 """Run folders and starting a run (issue 19): the data's kind must match the backbone's, a refused
 start leaves nothing that blocks a retry, one writer per run folder, and a resume checks that the
 data (and the weights' metadata) are still what the run was started on. Each test backs a row of
-the README's "Bad inputs and faults" table."""
+the "Bad inputs and faults" table (docs/reference/bad-inputs.md)."""
 
 import importlib
 import json
