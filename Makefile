@@ -4,7 +4,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo demo-text test bench clean
+.PHONY: install demo demo-text test docs bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,7 +23,11 @@ demo-text: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# the documentation site on http://127.0.0.1:8000, rebuilt on every edit (`mkdocs build --strict` is in the tests)
+docs: install
+	$(BIN)/mkdocs serve
+
 # build products only: runs/ holds trained models (the README's examples train there), never removed
 clean:
-	rm -rf .pytest_cache build dist transferkit.egg-info
+	rm -rf .pytest_cache build dist site transferkit.egg-info
 	find transferkit tests benchmarks scripts -name __pycache__ -type d -prune -exec rm -rf {} +
