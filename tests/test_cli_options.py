@@ -42,7 +42,7 @@ def test_help_is_generated_from_the_config_metadata():
         assert helps[f.name].startswith(f.metadata["help"])
     assert "(default: 32; allowed: 1 <= integer <= 65536)" in helps["batch_size"]
     assert "allowed: adamw, sgd" in helps["optimizer"]
-    assert "(default: all; allowed: integer >= 1)" in helps["shots"]
+    assert "(default: all; allowed: integer >= 1, or all)" in helps["shots"]
 
 
 @pytest.mark.parametrize("flag,value,words", [
