@@ -45,7 +45,7 @@ def test_worst_errors_order_and_gallery_escaping():
 
 def test_predict_output_csv_and_jsonl(run, tmp_path, capsys):
     inputs = [str(p) for p in sorted(run.data.rglob("*.png"))[:5]]
-    assert main(["predict", str(run.out), *inputs, "--json", "--top-k", "2", "--output", str(tmp_path / "p.csv")]) == 0
+    assert main(["predict", str(run.out), *inputs, "--json", "--top-k", "2", "--out", str(tmp_path / "p.csv")]) == 0
     printed = json.loads(capsys.readouterr().out)
     with open(tmp_path / "p.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -53,14 +53,15 @@ def test_predict_output_csv_and_jsonl(run, tmp_path, capsys):
     assert [r["label"] for r in rows] == [p["label"] for p in printed]
     assert [float(r["probability"]) for r in rows] == pytest.approx([p["probability"] for p in printed], abs=1e-6)
     assert all(len(r["top"].split("|")) == 2 for r in rows)
-    assert main(["predict", str(run.out), *inputs, "--output", str(tmp_path / "p.jsonl")]) == 0
+    assert main(["predict", str(run.out), *inputs, "--top-k", "2", "--output", str(tmp_path / "p.jsonl")]) == 0
+    assert "'predict --output' is deprecated" in capsys.readouterr().err  # the old spelling still writes
     lines = (tmp_path / "p.jsonl").read_text().splitlines()
     assert [json.loads(line)["label"] for line in lines] == [p["label"] for p in printed]
     # never replaced, and a format we cannot write is refused before any work
     before = (tmp_path / "p.csv").read_bytes()
-    assert main(["predict", str(run.out), inputs[0], "--output", str(tmp_path / "p.csv")]) == 2
+    assert main(["predict", str(run.out), inputs[0], "--out", str(tmp_path / "p.csv")]) == 2
     assert (tmp_path / "p.csv").read_bytes() == before
-    assert main(["predict", str(run.out), inputs[0], "--output", str(tmp_path / "p.txt")]) == 2
+    assert main(["predict", str(run.out), inputs[0], "--out", str(tmp_path / "p.txt")]) == 2
     assert "already exists" in capsys.readouterr().err
 
 
