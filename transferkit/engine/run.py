@@ -25,7 +25,7 @@ def load_run(run_dir: str | Path):
     if run_task(run) in DENSE_TASKS:  # a segment/anomaly run has no classifier to load
         raise ConfigError(f"{run} is a {run_task(run)} run; this command reads classification runs only "
                           f"(for a {run_task(run)} run use: transferkit evaluate RUN DATA, transferkit predict "
-                          "RUN INPUTS --output DIR)")
+                          "RUN INPUTS --out DIR)")
     if not (run / "config.yaml").is_file() or not weights.is_file():
         raise FileNotFoundError(f"{run} is not a finished transferkit run (needs config.yaml and "
                                 "model.safetensors; train one with 'transferkit train ... --out DIR')")
