@@ -65,6 +65,25 @@ def test_predict_output_csv_and_jsonl(run, tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
+def test_predict_has_the_options_evaluate_has(run, capsys):
+    """--tta/--no-tta and --batch-size as in evaluate; --top-k 5 as in serve (the run has 3 classes)."""
+    inputs = [str(p) for p in sorted(run.data.rglob("*.png"))[:3]]
+    assert main(["predict", str(run.out), *inputs, "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert all(len(r["top"]) == 3 for r in plain)
+    assert main(["predict", str(run.out), *inputs, "--json", "--no-tta", "--batch-size", "1"]) == 0
+    no_tta = json.loads(capsys.readouterr().out)
+    assert [r["input"] for r in no_tta] == inputs
+    assert [r["probability"] for r in no_tta] != pytest.approx([r["probability"] for r in plain], abs=1e-7)
+    assert main(["predict", str(run.out), *inputs, "--json", "--tta", "--batch-size", "2"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert [r["probability"] for r in again] == pytest.approx([r["probability"] for r in plain], abs=1e-5)
+    assert main(["predict", str(run.out), inputs[0], "--batch-size", "0"]) == 2
+    assert "batch_size" in capsys.readouterr().err
+    assert main(["predict", "--backbone", TINY, inputs[0], "--no-tta"]) == 2
+    assert "apply to a run's predictions" in capsys.readouterr().err
+
+
 def test_evaluate_out_writes_report_and_per_item_predictions(run, tmp_path, capsys):
     out = tmp_path / "ev"
     assert main(["evaluate", str(run.out), str(run.swapped), "--json", "--out", str(out)]) == 0
