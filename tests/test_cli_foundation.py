@@ -42,7 +42,7 @@ def test_models_table(capsys):
 
 def test_predict_source_model_on_real_photos(capsys, sample_photos):
     flower, temple = sample_photos["flower"], sample_photos["china"]
-    assert main(["predict", "--model", "bundled:efficientnet_lite0", flower, temple, "--json"]) == 0
+    assert main(["predict", "--backbone", "bundled:efficientnet_lite0", flower, temple, "--json"]) == 0
     rows = {Path(r["input"]).stem: r for r in _json(capsys)}
     assert rows["flower"]["label"] == "daisy"
     assert len(rows["flower"]["top"]) == 5
@@ -54,11 +54,13 @@ def test_predict_source_model_on_real_photos(capsys, sample_photos):
 
 def test_predict_source_missing_file(capsys, tmp_path):
     missing = tmp_path / "no_such_photo.jpg"
-    assert main(["predict", "--model", "bundled:efficientnet_lite0", str(missing)]) == 2
+    assert main(["predict", "--backbone", "bundled:efficientnet_lite0", str(missing)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("transferkit: error:") and "no_such_photo.jpg" in err
 
 
 def test_predict_unknown_source(capsys, sample_photos):
-    assert main(["predict", "--model", "bundled:nope", sample_photos["flower"]]) == 2
-    assert "unknown bundled model 'nope'" in capsys.readouterr().err
+    assert main(["predict", "--model", "bundled:nope", sample_photos["flower"]]) == 2  # the old spelling
+    warning, error = capsys.readouterr().err.splitlines()
+    assert "'predict --model' is deprecated" in warning and "use '--backbone'" in warning
+    assert "unknown bundled model 'nope'" in error

@@ -271,12 +271,12 @@ def test_rank_puts_informative_source_first(image_folder):
 
 def test_rank_cli(image_folder, capsys):
     srcs = f"{TINY},timm:test_efficientnet@random"
-    assert main(["rank", str(image_folder), "--backbones", srcs, "--image-size", "32", "--json"]) == 0
+    assert main(["rank", str(image_folder), "--backbone", srcs, "--image-size", "32", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert sorted(r["source"] for r in rows) == sorted(srcs.split(","))
     assert rows[0]["logme"] >= rows[1]["logme"] and [r["rank"] for r in rows] == [1, 2]
     assert all(r["leep"] is not None and r["seconds"] > 0 for r in rows)  # timm keeps a classifier
-    assert main(["rank", str(image_folder), "--backbones", TINY, "--shots", "2", "--image-size", "32"]) == 0
+    assert main(["rank", str(image_folder), "--backbone", TINY, "--shots", "2", "--image-size", "32"]) == 0
     out = capsys.readouterr().out
     assert "| 1 | timm:test_resnet@random |" in out and "LogME" in out
 

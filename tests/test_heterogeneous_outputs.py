@@ -81,7 +81,7 @@ def test_rank_on_four_band_arrays_and_on_signals(bands, tones, capsys):
     from transferkit.models import load_backbone
     data, run = bands
     capsys.readouterr()
-    assert main(["rank", str(data), "--backbones", f"{TINY},timm:test_efficientnet@random", "--json",
+    assert main(["rank", str(data), "--backbone", f"{TINY},timm:test_efficientnet@random", "--json",
                  "--no-cache"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["rank"] for r in rows] == [1, 2] and rows[0]["logme"] >= rows[1]["logme"]
@@ -97,7 +97,7 @@ def test_rank_on_four_band_arrays_and_on_signals(bands, tones, capsys):
     assert mine["n"] == len(task.train) == 16
     assert mine["logme"] == pytest.approx(logme(feats.double().numpy(), labels.numpy()), abs=1e-6)
 
-    assert main(["rank", str(tones[0]), "--backbones", TINY, "--spectrogram", SPEC, "--json"]) == 0
+    assert main(["rank", str(tones[0]), "--backbone", TINY, "--spectrogram", SPEC, "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 1 and rows[0]["feature_dim"] == 96 and np.isfinite(rows[0]["logme"])
 

@@ -203,7 +203,8 @@ def test_help_of_the_new_commands(capsys):
     from transferkit.cli.embeddings import _cluster_parser, _embed_parser, _knn_parser
     for p in (_embed_parser(), _knn_parser(), _cluster_parser(), cache_parser()):
         for a in (a for a in p._actions if a.option_strings and a.dest != "help"):
-            assert len(a.help.split("(default:")[0].strip()) >= 8 and "default:" in a.help, a.option_strings
+            assert len(a.help.split("(default:")[0].strip()) >= 8, a.option_strings
+            assert "(default:" in a.help or "(required" in a.help, a.option_strings
     code = ("import sys\nfrom transferkit.cli import main\n"
             "for c in ('embed', 'knn', 'cluster', 'cache'):\n"
             "    try:\n        main([c, '--help'])\n    except SystemExit:\n        pass\n"

@@ -45,7 +45,7 @@ def test_worst_errors_order_and_gallery_escaping():
 
 def test_predict_output_csv_and_jsonl(run, tmp_path, capsys):
     inputs = [str(p) for p in sorted(run.data.rglob("*.png"))[:5]]
-    assert main(["predict", str(run.out), *inputs, "--json", "--top-k", "2", "--output", str(tmp_path / "p.csv")]) == 0
+    assert main(["predict", str(run.out), *inputs, "--json", "--top-k", "2", "--out", str(tmp_path / "p.csv")]) == 0
     printed = json.loads(capsys.readouterr().out)
     with open(tmp_path / "p.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -53,15 +53,35 @@ def test_predict_output_csv_and_jsonl(run, tmp_path, capsys):
     assert [r["label"] for r in rows] == [p["label"] for p in printed]
     assert [float(r["probability"]) for r in rows] == pytest.approx([p["probability"] for p in printed], abs=1e-6)
     assert all(len(r["top"].split("|")) == 2 for r in rows)
-    assert main(["predict", str(run.out), *inputs, "--output", str(tmp_path / "p.jsonl")]) == 0
+    assert main(["predict", str(run.out), *inputs, "--top-k", "2", "--output", str(tmp_path / "p.jsonl")]) == 0
+    assert "'predict --output' is deprecated" in capsys.readouterr().err  # the old spelling still writes
     lines = (tmp_path / "p.jsonl").read_text().splitlines()
     assert [json.loads(line)["label"] for line in lines] == [p["label"] for p in printed]
     # never replaced, and a format we cannot write is refused before any work
     before = (tmp_path / "p.csv").read_bytes()
-    assert main(["predict", str(run.out), inputs[0], "--output", str(tmp_path / "p.csv")]) == 2
+    assert main(["predict", str(run.out), inputs[0], "--out", str(tmp_path / "p.csv")]) == 2
     assert (tmp_path / "p.csv").read_bytes() == before
-    assert main(["predict", str(run.out), inputs[0], "--output", str(tmp_path / "p.txt")]) == 2
+    assert main(["predict", str(run.out), inputs[0], "--out", str(tmp_path / "p.txt")]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_predict_has_the_options_evaluate_has(run, capsys):
+    """--tta/--no-tta and --batch-size as in evaluate; --top-k 5 as in serve (the run has 3 classes)."""
+    inputs = [str(p) for p in sorted(run.data.rglob("*.png"))[:3]]
+    assert main(["predict", str(run.out), *inputs, "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert all(len(r["top"]) == 3 for r in plain)
+    assert main(["predict", str(run.out), *inputs, "--json", "--no-tta", "--batch-size", "1"]) == 0
+    no_tta = json.loads(capsys.readouterr().out)
+    assert [r["input"] for r in no_tta] == inputs
+    assert [r["probability"] for r in no_tta] != pytest.approx([r["probability"] for r in plain], abs=1e-7)
+    assert main(["predict", str(run.out), *inputs, "--json", "--tta", "--batch-size", "2"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert [r["probability"] for r in again] == pytest.approx([r["probability"] for r in plain], abs=1e-5)
+    assert main(["predict", str(run.out), inputs[0], "--batch-size", "0"]) == 2
+    assert "batch_size" in capsys.readouterr().err
+    assert main(["predict", "--backbone", TINY, inputs[0], "--no-tta"]) == 2
+    assert "apply to a run's predictions" in capsys.readouterr().err
 
 
 def test_evaluate_out_writes_report_and_per_item_predictions(run, tmp_path, capsys):

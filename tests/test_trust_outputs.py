@@ -217,8 +217,8 @@ def _csv(path):
 def test_csv_outputs_neutralise_formulas_and_jsonl_stays_raw(odd_run, tmp_path, capsys):
     out, data = odd_run
     images = sorted(str(p) for p in data.rglob("*.png"))[::5]
-    assert main(["predict", str(out), *images, "--top-k", "2", "--output", str(tmp_path / "p.csv")]) == 0
-    assert main(["predict", str(out), *images, "--top-k", "2", "--output", str(tmp_path / "p.jsonl")]) == 0
+    assert main(["predict", str(out), *images, "--top-k", "2", "--out", str(tmp_path / "p.csv")]) == 0
+    assert main(["predict", str(out), *images, "--top-k", "2", "--out", str(tmp_path / "p.jsonl")]) == 0
     raw = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     rows = _csv(tmp_path / "p.csv")
     assert {r["label"] for r in raw} & set(FORMULAS), "the check needs a formula-like predicted label"

@@ -56,7 +56,7 @@ class TrainConfig:
     out: str = option("", "run directory to write")
     strategy: str = option("auto", "what trains: auto (probe or LP-FT, chosen on held-out labels) | "
                            "linear_probe | multi_probe | partial:K | full | two_phase | stages:A-B | "
-                           "lora:r=R[,alpha=A]", syntax="strategy")
+                           "lora:r=R[,alpha=A] | prototypes (nearest class mean)", syntax="strategy")
     shots: int | None = option(None, "keep N labelled training examples per class", low=1, none="all")
     epochs: int | None = option(None, "passes over the training split (steps wins if both are set)",
                                 low=1, none="from steps")
@@ -71,7 +71,8 @@ class TrainConfig:
     weight_decay: float = option(0.01, "decoupled weight decay (AdamW) / L2 (SGD)", low=0, high=1)
     warmup: float = option(0.1, "share of steps with linear warm-up, then cosine decay", low=0, high=1,
                            open_high=True)
-    batch_size: int = option(32, "training batch size (evaluation uses twice this)", low=1, high=65536)
+    batch_size: int = option(32, "inputs per training batch; evaluation, prediction and feature "
+                            "extraction run batches of twice this", low=1, high=65536)
     grad_accum: int = option(1, "gradient accumulation: micro-batches per optimisation step", low=1,
                              high=4096)
     seed: int = option(0, "seed for splits, few-shot sampling, initialisation and batch order", low=0,
@@ -104,7 +105,8 @@ class TrainConfig:
                                            "data and recorded)", none="the source's, or from the data")
     chan_std: list[float] | None = option(None, "per-channel input standard deviation (as chan_mean)",
                                           none="the source's, or from the data")
-    bn: str = option("auto", "BatchNorm policy (auto: eval for few labels, else frozen)",
+    bn: str = option("auto", "BatchNorm policy (auto: eval at <= 100 training examples per class on "
+                     "average, else frozen; frozen for a randomly initialised backbone)",
                      choices=("auto", "frozen", "adapt", "eval"))
     head_hidden: int | None = option(None, "hidden width of an MLP head", low=1, high=1_000_000,
                                      none="a linear head")
@@ -143,15 +145,15 @@ class TrainConfig:
                                 none="the backbone's own (clip:)")
     stop_after: int | None = option(None, "stop (as if interrupted) after N steps; resume later", low=1,
                                     none="off")
-    overwrite: bool = option(False, "write into a non-empty --out that is not a run (your files are kept "
-                             "as NAME.orig, never deleted), or start a finished run's folder again")
+    overwrite: bool = option(False, "write into a non-empty --out: an earlier result there is replaced, "
+                             "your files of the same names are kept as NAME.orig (nothing is deleted)")
     resume_inexact: bool = option(False, "with --resume: continue even without the optimizer state, or on "
                                   "data that changed since the start (logged and noted in run.json)")
     checkpoint_every: int | None = option(200, "rewrite last/ every N optimisation steps (or by time, "
                                           "whichever comes first)", low=1, none="by time only")
     checkpoint_seconds: float = option(60.0, "rewrite last/ at least every N seconds", low=0, open_low=True)
-    strict_images: bool = option(False, "stop on an unreadable image (default: skip it and list it)")
-    strict_shots: bool = option(False, "stop when a class has fewer than --shots images (default: warn)")
+    strict_images: bool = option(False, "stop on an unreadable image (off: skip it and list it)")
+    strict_shots: bool = option(False, "stop when a class has fewer than --shots images (off: warn)")
     allow_overlap: bool = option(False, "train even when --val/--test data is also in the training split (the "
                                  "same file or content): a warning instead of an error")
     cv_folds: int = option(5, "folds of the cross-validation that chooses at few labels (no validation split)",
@@ -203,11 +205,18 @@ def describe_allowed(f: dataclasses.Field) -> str:
     kind = "integer" if is_int_field(f) else "number"
     lo = f"{'<' if md.get('open_low') else '<='}"
     hi = f"{'<' if md.get('open_high') else '<='}"
+    word = f", or {none_word(f)}" if none_word(f) else ""  # --shots all
     if high is None:
-        return f"{kind} {lo.replace('<', '>')} {_num(low)}"
+        return f"{kind} {lo.replace('<', '>')} {_num(low)}{word}"
     if low is None:
-        return f"{kind} {hi} {_num(high)}"
-    return f"{_num(low)} {lo} {kind} {hi} {_num(high)}"
+        return f"{kind} {hi} {_num(high)}{word}"
+    return f"{_num(low)} {lo} {kind} {hi} {_num(high)}{word}"
+
+
+def none_word(f: dataclasses.Field) -> str | None:
+    """The one word that sets a numeric field to unset (`--shots all`, `--patience off`)."""
+    text = f.metadata.get("none")
+    return text if text and text.isalpha() and (is_int_field(f) or is_float_field(f)) else None
 
 
 def _num(x: float) -> str:
@@ -327,6 +336,8 @@ def _coerce(name: str, value: Any) -> Any:
     f = TrainConfig.__dataclass_fields__[name]
     if value is None:
         return None
+    if isinstance(value, str) and none_word(f) and value.strip().lower() == none_word(f):
+        return None  # `--shots all`: as if unset, and it overrides a recipe's value
     if name in ("chan_mean", "chan_std"):
         return _floats(name, value)
     if isinstance(f.default, bool):

@@ -9,12 +9,21 @@ progress)` returns (transfer loss, info): `dann` (Ganin et al., JMLR 2016), `mcc
 
 from __future__ import annotations
 
+import importlib
+
 from .config import METHODS, AdaptConfig, make_adapt_config
-from .dann import DANN, DomainDiscriminator, domain_loss
-from .grl import dann_coefficient, reverse_gradient
-from .mcc import MCC, mcc_loss
-from .methods import build_method
-from .source_only import SourceOnly
+
+# the methods import PyTorch: loaded on first use, so `transferkit adapt --help` (which reads
+# AdaptConfig) answers at once
+_LAZY = {"DANN": ".dann", "DomainDiscriminator": ".dann", "domain_loss": ".dann", "dann_coefficient": ".grl",
+         "reverse_gradient": ".grl", "MCC": ".mcc", "mcc_loss": ".mcc", "build_method": ".methods",
+         "SourceOnly": ".source_only"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["METHODS", "AdaptConfig", "make_adapt_config", "build_method", "DANN", "MCC", "SourceOnly",
            "DomainDiscriminator", "domain_loss", "dann_coefficient",

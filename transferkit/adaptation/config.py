@@ -14,42 +14,52 @@ from typing import Any
 
 import yaml
 
-from ..config import ConfigError, TrainConfig
+from ..config import ConfigError, TrainConfig, option
 
 METHODS = ("source_only", "dann", "mcc")
 
 
 @dataclass
 class AdaptConfig:
-    """Unsupervised domain adaptation: labelled source, unlabelled target, one transfer loss."""
+    """Unsupervised domain adaptation: labelled source, unlabelled target, one transfer loss.
 
-    source: str = ""                    # labelled source images (folder of class folders or path,label CSV)
-    target: str = ""                    # unlabelled target images (any folder of images, or a CSV with 'path')
-    backbone: str = "bundled:efficientnet_lite0"  # source model id (see `transferkit models`)
-    method: str = "dann"                # source_only | dann | mcc
-    out: str = ""                       # run directory
-    target_test: str | None = None      # labelled target images, used only to report metrics
-    strategy: str = "full"              # full | partial:K | stages:A-B (one trainable phase)
-    steps: int = 300                    # optimisation steps (one source + one target batch each)
-    batch_size: int = 32                # items per domain per step
-    lr: float = 1e-3                    # head (and discriminator) learning rate
-    backbone_lr_mult: float = 0.1       # backbone LR / head LR
+    A field with `option(...)` metadata is adapt's own; a plain field is the TrainConfig field of the
+    same name and default, and `transferkit adapt --help` shows train's help for it (one meaning per
+    flag: tests/test_cli_interface.py)."""
+
+    source: str = option("", "labelled source images (folder of class folders or path,label CSV)",
+                         none="required, except with --resume")
+    target: str = option("", "unlabelled target images (any folder of images, or a CSV with 'path')",
+                         none="required, except with --resume")
+    backbone: str = "bundled:efficientnet_lite0"
+    method: str = option("dann", "transfer loss: dann (domain-adversarial), mcc (minimum class confusion), "
+                         "source_only (no target loss: the baseline)", choices=METHODS)
+    out: str = option("", "run directory to write (predict and evaluate read it like a train run)",
+                      none="required, except with --resume")
+    target_test: str | None = option(None, "labelled target images, used only to report metrics",
+                                     none="no target metrics")
+    strategy: str = option("full", "what trains, in one phase: full | partial:K | stages:A-B")
+    steps: int = option(300, "optimisation steps (one source and one target batch each)", low=1)
+    batch_size: int = option(32, "inputs per batch from each domain (a step reads one of each)", low=1)
+    lr: float = 1e-3
+    backbone_lr_mult: float = 0.1
     weight_decay: float = 0.01
-    optimizer: str = "adamw"            # adamw | sgd (momentum 0.9)
-    warmup: float = 0.1                 # share of steps with linear warm-up, then cosine decay
-    trade_off: float = 1.0              # weight of the transfer loss next to the source cross-entropy
-    mcc_temperature: float = 2.5        # MCC's temperature T
-    disc_hidden: int = 256              # DANN discriminator width
-    val_fraction: float = 0.1           # share of the source held out to monitor source accuracy
-    eval_every: int | None = None       # monitor every N steps (default: 10 times per run)
+    optimizer: str = "adamw"
+    warmup: float = 0.1
+    trade_off: float = option(1.0, "weight of the transfer loss next to the source cross-entropy", low=0)
+    mcc_temperature: float = option(2.5, "MCC's temperature T", low=0, open_low=True)
+    disc_hidden: int = option(256, "DANN discriminator width", low=1)
+    val_fraction: float = option(0.1, "share of the source held out to monitor source accuracy", low=0,
+                                 high=1, open_high=True)
+    eval_every: int | None = option(None, "monitor every N steps", low=1, none="10 times per run")
     seed: int = 0
-    image_size: int | None = None       # default: the backbone's own input size
-    augment: bool = True                # light training augmentation on both domains
-    tta: bool = True                    # test-time flip averaging for the final target metrics
-    bn: str = "auto"                    # BatchNorm policy (see `transferkit train --help`)
-    head_hidden: int | None = None      # MLP head hidden width (default: a linear head)
-    precision: str = "auto"             # auto | fp32 | bf16 | fp16
-    stop_after: int | None = None       # stop (as if interrupted) after N steps; --resume later
+    image_size: int | None = None
+    augment: bool = True
+    tta: bool = True
+    bn: str = "auto"
+    head_hidden: int | None = None
+    precision: str = "auto"
+    stop_after: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -3,38 +3,43 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import re
 from pathlib import Path
 
 
-def _field_help() -> dict[str, str]:
-    """The comment beside each AdaptConfig field is its help text (one source for both)."""
-    from ..adaptation import config
-    text = Path(config.__file__).read_text(encoding="utf-8")
-    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^    (\w+): [^=]+=.*?#(.*)$", text, re.M)}
+# the `--help` group of each AdaptConfig field
+GROUPS = {"essentials": ("source", "target", "out", "backbone", "method", "target_test"),
+          "training": ("strategy", "steps", "batch_size", "lr", "backbone_lr_mult", "weight_decay", "optimizer",
+                       "warmup", "trade_off", "mcc_temperature", "disc_hidden", "eval_every", "seed", "augment",
+                       "tta", "bn", "head_hidden"),
+          "data": ("val_fraction", "image_size"),
+          "advanced and testing": ("precision", "stop_after")}
 
 
 def _parser() -> argparse.ArgumentParser:
+    """One flag per AdaptConfig field: adapt's own fields from their metadata, the others from the
+    TrainConfig field of the same name (same help and default as train)."""
     from ..adaptation.config import AdaptConfig
-    p = argparse.ArgumentParser(
-        prog="transferkit adapt", allow_abbrev=False,
-        description="Train on labelled SOURCE images and unlabelled TARGET images with a domain adaptation "
-                    "method (dann, mcc) or the source_only baseline; writes a run directory that "
-                    "`transferkit predict` and `transferkit evaluate` use like a `train` run.")
-    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
-                   help="continue an interrupted run exactly (RUN_DIR, or the --out directory)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
-    helps = _field_help()
-    for f in dataclasses.fields(AdaptConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                           help=helps.get(f.name))
-        else:
-            p.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(),
-                           help=helps.get(f.name, "") + (f" (default: {f.default})" if f.default not in ("", None) else ""))
+    from .options import GROUP_TITLES, ONE_SOURCE_HELP, add_field, add_shared, command_parser, train_field
+    p = command_parser(
+        "adapt",
+        "Train on labelled SOURCE images and unlabelled TARGET images with a domain adaptation method "
+        "(dann, mcc) or the source_only baseline; writes a run directory that `transferkit predict` and "
+        "`transferkit evaluate` use like a `train` run.",
+        ["transferkit adapt --source photos/ --target sketches/ --out runs/adapt",
+         "transferkit adapt --source photos/ --target sketches/ --target-test sketches_labelled/ "
+         "--method mcc --steps 500 --out runs/mcc",
+         "transferkit adapt --resume runs/mcc"])
+    fields = AdaptConfig.__dataclass_fields__
+    for key, names in GROUPS.items():
+        group = p.add_argument_group(GROUP_TITLES[key])
+        if key == "essentials":
+            add_shared(group, "--resume")
+            add_shared(group, "--quiet")
+        for name in names:
+            f = fields[name]
+            add_field(group, f if f.metadata.get("help") else train_field(name),
+                      help=ONE_SOURCE_HELP if name == "backbone" else None)
     return p
 
 
@@ -65,3 +70,6 @@ def main(argv: list[str]) -> int:
                       "source_val_accuracy": (m.get("source_val") or {}).get("accuracy"),
                       "n_train": m.get("n_train"), "n_target": m.get("n_target"), "n_test": m.get("n_test")}))
     return 0
+
+
+PARSERS = {"adapt": _parser}

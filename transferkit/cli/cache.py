@@ -5,18 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 
+from .options import MAIN, add_fields, add_shared, command_parser
+
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="transferkit cache", allow_abbrev=False,
-                                description="The on-disk cache of frozen features (used by train's head-only "
-                                            "phases, compare, rank, embed, knn and cluster).")
+    p = command_parser("cache", "The on-disk cache of frozen features (used by train's head-only phases, "
+                       "compare, rank, embed, knn and cluster).",
+                       ["transferkit cache info", "transferkit cache clear --cache-dir /scratch/tk-cache --json"])
     p.add_argument("action", choices=["info", "clear"],
                    help="info: feature spaces, rows and bytes held; clear: delete the feature spaces transferkit wrote "
                         "(anything else under CACHE_DIR/features/ is left and named)")
-    from ..config import TrainConfig
-    from .options import field_help
-    p.add_argument("--cache-dir", default=None, help=field_help(TrainConfig.__dataclass_fields__["cache_dir"]))
-    p.add_argument("--json", action="store_true", help="print the result as JSON (default: off)")
+    add_fields(p, ["cache_dir"], title=MAIN)
+    add_shared(p, "--json")
     return p
 
 
@@ -44,3 +44,6 @@ def main(argv: list[str]) -> int:
         print(f"  {s['namespace']}  {s['rows']:>7} rows  {s['bytes'] / 1e6:8.1f} MB  {s['preprocess']}/{s['view']}  "
               f"weights {s['weights']}")
     return 0
+
+
+PARSERS = {"cache": _parser}

@@ -8,58 +8,69 @@ import json
 import shlex
 
 from ..config import FIELD_NAMES
-from .options import add_train_options, config_help
+from .options import (add_deprecated, add_shared, add_train_options, command_parser, config_help, out_help,
+                      require)
 
 
 def _compare_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="transferkit compare", allow_abbrev=False,
-        description="Train every strategy x shot count x seed on DATA with identical splits per seed, "
-                    "always next to a plain linear probe; write OUT/compare.json, compare.md and "
-                    "compare.html, and name the best strategy per shot count by validation score.")
-    p.add_argument("data", help="folder of class folders, image CSV (path,label), or text CSV/TSV/JSONL")
-    p.add_argument("--strategies", default="linear_probe,multi_probe,two_phase,full+l2sp,auto,scratch",
-                   help="comma-separated: auto, linear_probe, multi_probe, partial:K, full, two_phase, stages:A-B, "
-                        "STRATEGY+REG (full+l2sp = l2sp:10, two_phase+l2sp:100, full+bss:0.001), "
-                        "scratch (same architecture, random init, full, lr 3e-3) "
-                        "(default: linear_probe,full,full+l2sp,two_phase,scratch)")
-    p.add_argument("--shots", default="5,10,all", help="labelled examples per class: e.g. 5,10,all (default: 5,10,all)")
-    p.add_argument("--seeds", default="3", help="a count (3: seeds 0,1,2) or a list (0,5,7) (default: 3)")
-    p.add_argument("--out", required=True, help="output directory (cells/ + compare.json/.md/.html) (default: none, required)")
-    p.add_argument("--budget", type=float, default=None, metavar="MINUTES",
-                   help="wall-clock budget: training cells estimated not to fit are shortened or "
-                        "skipped (default: none; allowed: number > 0)")
-    p.add_argument("--config", metavar="RECIPE", help="for the options every cell shares. " + config_help())
-    p.add_argument("--quiet", action="store_true", help="no per-cell lines (default: off)")
+    p = command_parser(
+        "compare",
+        "Train every strategy x shot count x seed on DATA with identical splits per seed, always next to "
+        "a plain linear probe; write OUT/compare.json, compare.md and compare.html, and name the best "
+        "strategy per shot count by validation score. A --config recipe sets the options every cell "
+        "shares.",
+        ["transferkit compare photos/ --out cmp/",
+         "transferkit compare photos/ --strategies linear_probe,two_phase --shots 5,all --seeds 2 --out cmp/",
+         "transferkit compare texts.csv --backbone bundled:minilm-l6 --budget 30 --out cmp-text/"],
+        usage="%(prog)s DATA --out DIR [options]")
+    ess = p.add_argument_group("essentials")
+    ess.add_argument("data", help="folder of class folders, image CSV (path,label), or text CSV/TSV/JSONL")
+    add_shared(ess, "--out", required=True,
+               help=out_help("output directory (cells/ + compare.json/.md/.html)", required=True))
+    ess.add_argument("--strategies", default="linear_probe,multi_probe,two_phase,full+l2sp,auto,scratch",
+                     help="comma-separated: auto, linear_probe, multi_probe, partial:K, full, two_phase, "
+                          "stages:A-B, prototypes, STRATEGY+REG (full+l2sp = l2sp:10, two_phase+l2sp:100, "
+                          "full+bss:0.001), scratch (same architecture, random init, full, lr 3e-3) "
+                          "(default: linear_probe,multi_probe,two_phase,full+l2sp,auto,scratch)")
+    ess.add_argument("--shots", default="5,10,all", metavar="LIST",
+                     help="labelled examples per class, one cell each: e.g. 5,10,all (default: 5,10,all)")
+    ess.add_argument("--seeds", default="3", help="a count (3: seeds 0,1,2) or a list (0,5,7) (default: 3)")
+    ess.add_argument("--budget", type=float, default=None, metavar="MINUTES",
+                     help="wall-clock budget: training cells estimated not to fit are shortened or "
+                          "skipped (default: none; allowed: number > 0)")
+    ess.add_argument("--config", metavar="RECIPE", help=config_help())
+    add_shared(ess, "--quiet")
     add_train_options(p, skip={"data", "out", "strategy", "shots", "seed", "stop_after"})
     return p
 
 
 _RANK_KEEP = {"shots", "seed", "image_size", "val", "test", "val_fraction", "test_fraction",
-              "text_col", "label_col", "in_chans", "chans_init", "array_layout", "spectrogram"}
+              "text_col", "label_col", "in_chans", "chans_init", "array_layout", "spectrogram", "batch_size"}
 _RANK_SKIP = set(FIELD_NAMES) - _RANK_KEEP
 
 
 def _rank_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="transferkit rank", allow_abbrev=False,
-        description="Score source models on DATA's training split before training: LogME on frozen "
-                    "features, and LEEP where the source keeps its classifier. Higher is better.")
-    p.add_argument("data", help="folder of class folders, image CSV (path,label), or text CSV/TSV/JSONL")
-    p.add_argument("--backbones", required=True,
-                   help="comma-separated source ids, e.g. bundled:efficientnet_lite0,timm:tf_efficientnet_lite0@random "
-                        "(default: none, required)")
-    p.add_argument("--json", action="store_true", help="print the rows as JSON (default: off)")
-    p.add_argument("--pick", action="store_true",
-                   help="also cross-validate a logistic-regression probe on each source's features and "
-                        "name the source with the best held-out accuracy, the one 'train --backbone "
-                        "auto:SRC1,SRC2,...' would train (default: off)")
-    p.add_argument("--batch-size", default=64, metavar="N",
-                   help="feature extraction batch size (default: 64; allowed: 1 <= integer <= 65536)")
+    p = command_parser(
+        "rank",
+        "Score source models on DATA's training split before training: LogME on frozen features, and "
+        "LEEP where the source keeps its classifier. Higher is better.",
+        ["transferkit rank photos/ --backbone bundled:efficientnet_lite0,timm:resnet18",
+         "transferkit rank photos/ --backbone bundled:efficientnet_lite0,timm:convnext_tiny --pick --json"])
+    ess = p.add_argument_group("essentials")
+    ess.add_argument("data", help="folder of class folders, image CSV (path,label), or text CSV/TSV/JSONL")
+    ess.add_argument("--backbone", metavar="SRC1,SRC2,...", default=None,
+                     help="comma-separated source ids to rank, e.g. bundled:efficientnet_lite0,"
+                          "timm:tf_efficientnet_lite0@random (train's auto:SRC1,SRC2,... also works) (required)")
+    ess.add_argument("--pick", action="store_true",
+                     help="also cross-validate a logistic-regression probe on each source's features and "
+                          "name the source with the best held-out accuracy, the one 'train --backbone "
+                          "auto:SRC1,SRC2,...' would train (default: off)")
+    add_shared(ess, "--json")
     # the data options mean what they mean for `train`, and are checked the same way
-    add_train_options(p, skip=_RANK_SKIP, title="data options (as for train)")
+    add_train_options(p, skip=_RANK_SKIP)
     from .embeddings import add_cache_options
     add_cache_options(p)
+    add_deprecated(p, "rank")
     return p
 
 
@@ -89,17 +100,18 @@ def cmd_compare(argv: list[str]) -> int:
 
 def cmd_rank(argv: list[str]) -> int:
     args = _rank_parser().parse_args(argv)
+    require(args, "rank", "--backbone")
     from ..choose.rank import format_ranking, rank_sources
     from ..config import make_config
     from .embeddings import open_cache_from_args
-    sources = [s.strip() for s in args.backbones.split(",") if s.strip()]
-    given = {k: getattr(args, k) for k in _RANK_KEEP | {"batch_size"}}
-    c = make_config(None, data=args.data, **given)
+    listed = args.backbone[len("auto:"):] if args.backbone.startswith("auto:") else args.backbone
+    sources = [s.strip() for s in listed.split(",") if s.strip()]
+    c = make_config(None, data=args.data, **{k: getattr(args, k) for k in _RANK_KEEP})
     log = (lambda *a, **k: None) if args.json else print
 
     def rank(srcs):
         return rank_sources(args.data, srcs, shots=c.shots, seed=c.seed, image_size=c.image_size,
-                            batch_size=c.batch_size, val=c.val, test=c.test,
+                            batch_size=2 * c.batch_size, val=c.val, test=c.test,
                             val_fraction=c.val_fraction, test_fraction=c.test_fraction,
                             text_col=c.text_col, label_col=c.label_col,
                             cache=open_cache_from_args(args), cv=args.pick, log=log)
@@ -150,3 +162,6 @@ def main(argv: list[str]) -> int:
     """`argv` starts with the command name (`compare` or `rank`)."""
     handlers = {"compare": cmd_compare, "rank": cmd_rank}
     return handlers[argv[0]](argv[1:])
+
+
+PARSERS = {"compare": _compare_parser, "rank": _rank_parser}

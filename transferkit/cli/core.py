@@ -8,84 +8,96 @@ import json
 import os
 import sys
 
-from .options import add_train_options, config_help
-
-
-def _parser(name: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=f"transferkit {name}")
+from .options import (MAIN, add_deprecated, add_fields, add_shared, add_train_options, command_parser,
+                      config_help, field_help, out_help, positive_int, train_field)
 
 
 def models_parser() -> argparse.ArgumentParser:
-    m = _parser("models")
-    m.add_argument("--json", action="store_true", help="print as JSON (default: off)")
+    m = command_parser("models", "List the source models transferkit bundles or knows how to load, with "
+                       "their modality, feature size and stages.",
+                       ["transferkit models", "transferkit models --json"])
+    add_shared(m, "--json")
     return m
 
 
 def train_parser() -> argparse.ArgumentParser:
-    t = _parser("train")
-    t.add_argument("data", nargs="?", help="folder of class folders, image CSV (path,label), or text "
-                   "CSV/TSV/JSONL (or 'data:' in the recipe)")
-    t.add_argument("--config", metavar="RECIPE", help=config_help())
-    t.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
-                   help="continue an interrupted run exactly (RUN_DIR, or the --out directory) "
-                        "(default: a new run)")
-    t.add_argument("--quiet", action="store_true", help="no progress bar or per-phase messages (default: off)")
-    add_train_options(t, skip={"data"})
+    t = command_parser(
+        "train", "Fine-tune a pretrained backbone on DATA and write a run directory (model, config.yaml, "
+        "metrics.json, report.html) that evaluate, predict, export and serve read. Every option is also "
+        "a key of a --config recipe; flags override the recipe.",
+        ["transferkit train photos/ --out runs/photos",
+         "transferkit train photos/ --backbone timm:convnext_tiny --strategy two_phase --shots 10 --out runs/p10",
+         "transferkit train --config two_phase data.csv --out runs/x --no-tta"],
+        usage="%(prog)s [DATA] --out RUN_DIR [options]  |  %(prog)s --resume RUN_DIR")
+    ess = t.add_argument_group("essentials")
+    ess.add_argument("data", nargs="?", help="folder of class folders, image CSV (path,label), or text "
+                     "CSV/TSV/JSONL (or 'data:' in the recipe)")
+    ess.add_argument("--config", metavar="RECIPE", help=config_help())
+    add_shared(ess, "--resume")
+    add_shared(ess, "--quiet")
+    add_train_options(t, skip={"data"}, required={"out"})
     return t
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
-    e = _parser("evaluate")
+    e = command_parser("evaluate", "Metrics of a finished run on labelled data (accuracy, macro-F1, ECE, "
+                       "per class), optionally written with per-item predictions and a report.",
+                       ["transferkit evaluate runs/photos held_out/",
+                        "transferkit evaluate runs/photos held_out/ --out eval/ --json"])
     e.add_argument("run_dir", help="a finished run directory")
     e.add_argument("data", help="labelled data in any form train accepts; classes are matched by name")
-    e.add_argument("--json", action="store_true", help="print the metrics as JSON (default: off)")
-    e.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="test-time augmentation (default: as the run was trained)")
-    e.add_argument("--out", metavar="DIR", help="also write DIR/metrics.json, predictions.csv (one row per "
-                   "item) and report.html with the most confident mistakes (default: none)")
-    e.add_argument("--overwrite", action="store_true", help="--out: replace an earlier evaluation there, or "
-                   "write beside other files (yours of the same name are kept as NAME.orig) (default: off)")
+    add_shared(e, "--out", help=out_help("also write DIR/metrics.json, predictions.csv (one row per item) and "
+                                         "report.html with the most confident mistakes"))
+    add_fields(e, ["overwrite", "batch_size"], title=MAIN)
+    add_shared(e, "--tta")
+    add_shared(e, "--json")
     return e
 
 
 def predict_parser() -> argparse.ArgumentParser:
-    pr = _parser("predict")
-    pr.add_argument("inputs", nargs="+", help="RUN_DIR then files/folders/texts, or files with --model")
-    pr.add_argument("--model", help="predict with a source model's own classes, e.g. bundled:efficientnet_lite0 "
-                         "(default: none: the first input is a run directory)")
-    pr.add_argument("--top-k", type=_positive_int, default=None, metavar="K",
-                    help="labels per input (default: 1 for a run, 5 with --model)")
-    pr.add_argument("--json", action="store_true", help="print the rows as JSON (default: off)")
-    pr.add_argument("--output", metavar="FILE", help="also write the rows to FILE: .csv or .jsonl; an "
-                    "existing file is never replaced (default: none)")
-    pr.add_argument("--zero-shot", metavar="BRIDGE_DIR|clip:NAME",
-                    help="classify images by class words in a joint space (a bridge from 'transferkit bridge', "
-                         "or a clip: model); classes from --classes/--class-text (default: off)")
-    pr.add_argument("--classes", help='zero-shot candidate classes, "a,b,c"; their names are their words '
-                                      "(default: all classes of --class-text)")
-    pr.add_argument("--class-text", help="zero-shot: CSV/JSON class -> description (default: the names)")
+    pr = command_parser(
+        "predict", "Labels for new inputs: from a finished run (RUN_DIR first), from a source model as it "
+        "is (--backbone, its own classes), or zero-shot from class words (--zero-shot). For segment, "
+        "anomaly and detect runs, --out names the folder that receives masks, heat maps or boxes.",
+        ["transferkit predict runs/photos new/ --out preds.csv",
+         "transferkit predict --backbone bundled:efficientnet_lite0 flower.jpg --top-k 3",
+         "transferkit predict runs/seg photos/ --out masks/"])
+    pr.add_argument("inputs", nargs="+", help="RUN_DIR then files/folders/texts, or files with --backbone")
+    add_shared(pr, "--out", metavar="FILE|DIR",
+               help=out_help("also write the rows to FILE: .csv or .jsonl, never replacing a file; a dense "
+                             "run (segment, anomaly, detect) writes its outputs into the folder DIR"))
+    pr.add_argument(
+        "--backbone", metavar="SRC", default=None,
+        help="predict with a source model's own classes, e.g. bundled:efficientnet_lite0 "
+             "(default: none: the first input is a run directory)")
+    add_shared(pr, "--top-k")
+    add_shared(pr, "--tta")
+    add_fields(pr, ["batch_size"], title=MAIN)
+    add_shared(pr, "--json")
+    z = pr.add_argument_group("zero-shot")
+    z.add_argument("--zero-shot", metavar="BRIDGE_DIR|clip:NAME",
+                   help="classify images by class words in a joint space (a bridge from 'transferkit bridge', "
+                        "or a clip: model); classes from --classes/--class-text (default: off)")
+    z.add_argument("--classes", help='zero-shot candidate classes, "a,b,c"; their names are their words '
+                                     "(default: all classes of --class-text)")
+    z.add_argument("--class-text", help="zero-shot: CSV/JSON class -> words (default: the class names)")
+    add_deprecated(pr, "predict")
     return pr
 
 
 def demo_parser() -> argparse.ArgumentParser:
-    d = _parser("demo")
-    d.add_argument("--text", action="store_true", help="the text demo (Debian package descriptions)")
-    d.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
-    d.add_argument("--shots", type=_positive_int, default=None, metavar="N",
+    d = command_parser("demo", "Train, evaluate and report on a bundled data set end to end: the quickest "
+                       "way to see what transferkit does.",
+                       ["transferkit demo", "transferkit demo --text --out runs/text-demo",
+                        "transferkit demo --quick --seed 1"])
+    d.add_argument("--text", action="store_true",
+                   help="the text demo (Debian package descriptions) (default: off, the image demo)")
+    add_shared(d, "--out", default="runs/demo", help=out_help("run directory to write", default="runs/demo"))
+    d.add_argument("--shots", type=positive_int, default=None, metavar="N",
                    help="labels per class (default: 10 for images, 16 for text)")
-    d.add_argument("--seed", type=_seed, default=0, help="split and training seed (default: 0)")
+    d.add_argument("--seed", type=_seed, default=0, help=field_help(train_field("seed")))
     d.add_argument("--quick", action="store_true", help="fewer steps, for a smoke test (default: off)")
     return d
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
 
 
 def _seed(text: str) -> int:
@@ -131,31 +143,34 @@ def _print_dense(rows: list[dict], args) -> int:
 def cmd_predict(args) -> int:
     from ..engine.run import predict_run, predict_source
     from .. import dense
-    task = None if args.model or args.zero_shot else dense.run_task(args.inputs[0])
-    if dense.is_dense(task):  # masks / heat maps: files in the folder --output names
+    task = None if args.backbone or args.zero_shot else dense.run_task(args.inputs[0])
+    if dense.is_dense(task):  # masks / heat maps / boxes: files in the folder --out names
         if len(args.inputs) < 2:
             raise ValueError("predict needs RUN_DIR and at least one input (file or folder)")
-        return _print_dense(dense.task_module(task).predict(args.inputs[0], args.inputs[1:], args.output), args)
-    if args.output:
+        return _print_dense(dense.task_module(task).predict(args.inputs[0], args.inputs[1:], args.out), args)
+    if args.out:
         from ..report.outputs import check_predictions_path, write_predictions
-        check_predictions_path(args.output)
+        check_predictions_path(args.out)
+    if (args.backbone or args.zero_shot) and args.tta is not None:
+        raise ValueError("--tta/--no-tta apply to a run's predictions (RUN_DIR first), not to "
+                         + ("--backbone" if args.backbone else "--zero-shot"))
     if args.zero_shot:
         from ..zeroshot.predict import predict_zero_shot
         rows = predict_zero_shot(args.zero_shot, args.inputs, classes=args.classes,
-                                 class_text=args.class_text, top_k=args.top_k or 1)
-    elif args.model:
-        rows = predict_source(args.model, args.inputs, top_k=args.top_k or 5)
+                                 class_text=args.class_text, top_k=args.top_k)
+    elif args.backbone:
+        rows = predict_source(args.backbone, args.inputs, top_k=args.top_k)
     else:
         run, inputs = args.inputs[0], args.inputs[1:]
         if not inputs:
             raise ValueError("predict needs RUN_DIR and at least one input (file, folder or text)")
-        rows = predict_run(run, inputs, top_k=args.top_k or 1)
+        rows = predict_run(run, inputs, top_k=args.top_k, batch_size=_batch_size(args), tta=args.tta)
     failed = [r for r in rows if r.get("error")]
     if failed:
         print(f"transferkit: warning: no prediction for {len(failed)} input(s), marked 'error' in the output",
               file=sys.stderr)
-    if args.output:
-        print(f"wrote {write_predictions(rows, args.output)} ({len(rows)} rows)", file=sys.stderr)
+    if args.out:
+        print(f"wrote {write_predictions(rows, args.out)} ({len(rows)} rows)", file=sys.stderr)
     if args.json:
         print(json.dumps(_strict_json(rows), indent=2))
         return 0
@@ -163,6 +178,13 @@ def cmd_predict(args) -> int:
         top = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"])
         print(f"{r['input']}\t{top or 'ERROR: ' + r['error']}")
     return 0
+
+
+def _batch_size(args) -> int:
+    """The forward-only batch of --batch-size (twice it, as in train's evaluation), checked as
+    train checks it (make_config)."""
+    from ..config import make_config
+    return 2 * make_config(None, batch_size=args.batch_size).batch_size
 
 
 def _strict_json(obj):
@@ -216,13 +238,14 @@ def cmd_evaluate(args) -> int:
     from ..engine.run import evaluate_loaded, load_run
     if args.out:
         from ..report.outputs import check_evaluation_dir, write_evaluation
-        check_evaluation_dir(args.out, args.overwrite)
+        check_evaluation_dir(args.out, bool(args.overwrite))
     model, cfg = load_run(args.run_dir)
-    m, items, probs = evaluate_loaded(model, cfg, args.data, tta=args.tta, run_dir=args.run_dir)
+    m, items, probs = evaluate_loaded(model, cfg, args.data, tta=args.tta, run_dir=args.run_dir,
+                                      batch_size=_batch_size(args))
     for w in m.get("warnings", []):
         print(f"transferkit: warning: {w}", file=sys.stderr)
     if args.out:
-        d = write_evaluation(args.out, args.run_dir, model, cfg, m, items, probs, overwrite=args.overwrite,
+        d = write_evaluation(args.out, args.run_dir, model, cfg, m, items, probs, overwrite=bool(args.overwrite),
                              log=lambda line: print(line, file=sys.stderr))
         print(f"wrote {d}/metrics.json, predictions.csv, report.html", file=sys.stderr)
     if args.json:

@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..config import FIELD_NAMES
-from .options import add_train_options
+from .options import ONE_SOURCE_HELP, add_fields, add_shared, command_parser, out_help
 
 # the options these commands share with `train`: same flags, same help, same checks (make_config)
 _SHARED = {"backbone", "image_size", "batch_size", "seed", "text_col", "label_col", "pooling",
@@ -16,13 +15,12 @@ _SPLITS = {"shots", "val", "test", "val_fraction", "test_fraction"}
 
 
 def _common(p: argparse.ArgumentParser, keep: set[str] = _SHARED) -> None:
-    add_cache_options(p)
-    add_train_options(p, skip=set(FIELD_NAMES) - keep, title="options (as for train)")
+    add_fields(p, keep | {"cache", "cache_dir"}, helps={"backbone": ONE_SOURCE_HELP})
 
 
 def add_cache_options(p: argparse.ArgumentParser) -> None:
     """--cache/--no-cache and --cache-dir: TrainConfig's fields, so the help is train's."""
-    add_train_options(p, skip=set(FIELD_NAMES) - {"cache", "cache_dir"}, title="feature cache (as for train)")
+    add_fields(p, {"cache", "cache_dir"})
 
 
 def open_cache_from_args(a: argparse.Namespace):
@@ -33,7 +31,12 @@ def open_cache_from_args(a: argparse.Namespace):
 
 def _config(a: argparse.Namespace, keep: set[str] = _SHARED):
     from ..config import make_config
-    return make_config(None, data=a.data, **{k: getattr(a, k) for k in keep})
+    from ..config import ConfigError, auto_backbone_sources
+    c = make_config(None, data=a.data, **{k: getattr(a, k) for k in keep})
+    if auto_backbone_sources(c.backbone) is not None:
+        raise ConfigError(f"--backbone {c.backbone}: this command uses one source; 'auto' chooses among "
+                          "sources for train (see also 'transferkit rank --pick')")
+    return c
 
 
 def _cache(a: argparse.Namespace):
@@ -41,43 +44,49 @@ def _cache(a: argparse.Namespace):
 
 
 def _embed_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="transferkit embed", allow_abbrev=False,
-                                description="Pooled features of every input of DATA from a frozen source "
-                                            "model: OUT (.npy or .safetensors, [N, D] float32), "
-                                            "OUT.index.csv (row, item, label) and OUT.meta.json.")
-    p.add_argument("data", help="images (a folder, class folders optional, or a CSV with 'path'), or text "
-                                "(CSV/TSV/JSONL with a text column, or .txt with one text per line)")
-    p.add_argument("--out", required=True, help="FILE.npy or FILE.safetensors (default: none, required)")
+    p = command_parser("embed", "Pooled features of every input of DATA from a frozen source model: OUT "
+                       "(.npy or .safetensors, [N, D] float32), OUT.index.csv (row, item, label) and "
+                       "OUT.meta.json.",
+                       ["transferkit embed photos/ --out feats.npy",
+                        "transferkit embed texts.csv --backbone bundled:minilm-l6 --out feats.safetensors"])
+    ess = p.add_argument_group("essentials")
+    ess.add_argument("data", help="images (a folder, class folders optional, or a CSV with 'path'), or text "
+                                  "(CSV/TSV/JSONL with a text column, or .txt with one text per line)")
+    add_shared(ess, "--out", required=True, metavar="FILE",
+               help=out_help("FILE.npy or FILE.safetensors", required=True))
     _common(p)
     return p
 
 
 def _knn_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="transferkit knn", allow_abbrev=False,
-                                description="Nearest class mean and k-NN on frozen, L2-normalised features "
-                                            "from DATA's training split (N --shots per class), scored "
-                                            "on its test split.")
-    p.add_argument("data", help="labelled data: folder of class folders, image CSV (path,label), or text "
-                                "CSV/TSV/JSONL")
-    p.add_argument("--k", type=int, default=5, help="neighbours that vote, weighted by similarity (default: 5)")
-    p.add_argument("--out", default=None, help="directory for knn.json and predictions.csv (default: none, "
-                                               "print only)")
+    p = command_parser("knn", "Nearest class mean and k-NN on frozen, L2-normalised features from DATA's "
+                       "training split (N --shots per class), scored on its test split.",
+                       ["transferkit knn photos/ --shots 5",
+                        "transferkit knn photos/ --shots 10 --k 3 --out knn/ --backbone timm:resnet18"])
+    ess = p.add_argument_group("essentials")
+    ess.add_argument("data", help="labelled data: folder of class folders, image CSV (path,label), or text "
+                                  "CSV/TSV/JSONL")
+    ess.add_argument("--k", type=int, default=5, help="neighbours that vote, weighted by similarity (default: 5)")
+    add_shared(ess, "--out", help=out_help("directory for knn.json and predictions.csv",
+                                           default="none, print only"))
     _common(p, _SHARED | _SPLITS)
     return p
 
 
 def _cluster_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="transferkit cluster", allow_abbrev=False,
-                                description="k-means on frozen features of DATA with no labels: OUT/clusters.csv, "
-                                            "a contact sheet per cluster in OUT/sheets/, OUT/summary.json "
-                                            "(with purity and adjusted Rand index when DATA has labels).")
-    p.add_argument("data", help="images (a folder, class folders optional, or a CSV with 'path'), or text "
-                                "(CSV/TSV/JSONL with a text column, or .txt with one text per line)")
-    p.add_argument("--k", type=int, required=True, help="number of clusters (default: none, required)")
-    p.add_argument("--out", required=True, help="output directory (default: none, required)")
-    p.add_argument("--per-sheet", type=int, default=36,
-                   help="thumbnails (or texts) per contact sheet, nearest the centre first (default: 36)")
-    p.add_argument("--thumb", type=int, default=96, help="thumbnail size in pixels (default: 96)")
+    p = command_parser("cluster", "k-means on frozen features of DATA with no labels: OUT/clusters.csv, a "
+                       "contact sheet per cluster in OUT/sheets/, OUT/summary.json (with purity and "
+                       "adjusted Rand index when DATA has labels).",
+                       ["transferkit cluster photos/ --k 8 --out clusters/",
+                        "transferkit cluster texts.txt --k 5 --backbone bundled:minilm-l6 --out text-clusters/"])
+    ess = p.add_argument_group("essentials")
+    ess.add_argument("data", help="images (a folder, class folders optional, or a CSV with 'path'), or text "
+                                  "(CSV/TSV/JSONL with a text column, or .txt with one text per line)")
+    ess.add_argument("--k", type=int, required=True, help="number of clusters (required)")
+    add_shared(ess, "--out", required=True, help=out_help("output directory", required=True))
+    ess.add_argument("--per-sheet", type=int, default=36,
+                     help="thumbnails (or texts) per contact sheet, nearest the centre first (default: 36)")
+    ess.add_argument("--thumb", type=int, default=96, help="thumbnail size in pixels (default: 96)")
     _common(p)
     return p
 
@@ -86,7 +95,7 @@ def cmd_embed(argv: list[str]) -> int:
     a = _embed_parser().parse_args(argv)
     from ..embeddings import compute_embeddings, write_embeddings
     c = _config(a)
-    emb = compute_embeddings(a.data, c.backbone, image_size=c.image_size, batch_size=c.batch_size,
+    emb = compute_embeddings(a.data, c.backbone, image_size=c.image_size, batch_size=2 * c.batch_size,
                              cache=_cache(a), text_col=c.text_col, label_col=c.label_col,
                              pooling=c.pooling, max_length=c.max_length, seed=c.seed)
     for s in emb.skipped:
@@ -103,7 +112,7 @@ def cmd_knn(argv: list[str]) -> int:
     c = _config(a, _SHARED | _SPLITS)
     r = knn_classify(a.data, c.backbone, shots=c.shots, k=a.k, seed=c.seed, val=c.val, test=c.test,
                      val_fraction=c.val_fraction, test_fraction=c.test_fraction, image_size=c.image_size,
-                     batch_size=c.batch_size, cache=_cache(a), text_col=c.text_col, label_col=c.label_col,
+                     batch_size=2 * c.batch_size, cache=_cache(a), text_col=c.text_col, label_col=c.label_col,
                      pooling=c.pooling, max_length=c.max_length)
     if a.out:
         _write_knn(a.out, r)
@@ -139,7 +148,7 @@ def cmd_cluster(argv: list[str]) -> int:
     if a.per_sheet < 1 or a.thumb < 8:
         raise ValueError("--per-sheet must be at least 1 and --thumb at least 8 pixels")
     s = cluster_data(a.data, c.backbone, a.k, a.out, seed=c.seed, image_size=c.image_size,
-                     batch_size=c.batch_size, cache=_cache(a), per_sheet=a.per_sheet, thumb=a.thumb,
+                     batch_size=2 * c.batch_size, cache=_cache(a), per_sheet=a.per_sheet, thumb=a.thumb,
                      text_col=c.text_col, label_col=c.label_col, pooling=c.pooling, max_length=c.max_length)
     print("cluster sizes: " + ", ".join(f"{c}: {n}" for c, n in s["sizes"].items()))
     if "purity" in s:
@@ -152,3 +161,6 @@ def cmd_cluster(argv: list[str]) -> int:
 def main(argv: list[str]) -> int:
     """`argv` starts with the command name (`embed`, `knn` or `cluster`)."""
     return {"embed": cmd_embed, "knn": cmd_knn, "cluster": cmd_cluster}[argv[0]](argv[1:])
+
+
+PARSERS = {"embed": _embed_parser, "knn": _knn_parser, "cluster": _cluster_parser}

@@ -8,8 +8,9 @@ import sys
 from .options import EXIT_USAGE
 
 # Every command: name -> (its module under transferkit/cli/, help). Each module has `main(argv)`,
-# where argv starts with the command name, and builds its own parser; the module is imported only
-# for its command, so `--help` and usage errors answer before PyTorch loads.
+# where argv starts with the command name, and `PARSERS[name]()`, its parser (built with
+# cli/options.py like every other); the module is imported only for its command, so `--help` and
+# usage errors answer before PyTorch loads.
 COMMANDS = {
     "models": ("core", "list the backbone sources"),
     "train": ("core", "fine-tune a pretrained backbone on DATA"),
@@ -29,13 +30,35 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="transferkit", description="Transfer learning from pretrained models.")
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The full parser of `transferkit NAME` (what `transferkit NAME --help` prints); building it
+    imports no PyTorch and has no side effects."""
+    import importlib
+    return importlib.import_module(f".{COMMANDS[name][0]}", __package__).PARSERS[name]()
+
+
+def build_parser(full: bool = False) -> argparse.ArgumentParser:
+    """The `transferkit` parser. `full=True`: every command's real parser as its subcommand (for
+    generated references such as the docs' CLI page); else light stubs, so `transferkit --help`
+    imports no command module."""
+    from .options import HelpFormatter
+    ap = argparse.ArgumentParser(
+        prog="transferkit", description="Transfer learning from pretrained models.",
+        formatter_class=HelpFormatter, allow_abbrev=False,
+        epilog="examples:\n\n  transferkit train photos/ --out runs/photos\n"
+               "  transferkit evaluate runs/photos held_out/\n  transferkit predict runs/photos new/ --out preds.csv"
+               "\n\n'transferkit COMMAND --help' lists a command's options.")
     ap.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = ap.add_subparsers(dest="command")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
 
     for name, (_, helptext) in COMMANDS.items():
-        c = sub.add_parser(name, help=helptext, add_help=True)
+        if full:
+            real = command_parser(name)
+            c = sub.add_parser(name, help=helptext, parents=[real], add_help=False,
+                               description=real.description, epilog=real.epilog,
+                               formatter_class=real.formatter_class, allow_abbrev=False)
+        else:
+            c = sub.add_parser(name, help=helptext, add_help=True)
         c.set_defaults(_deferred=name)
     return ap
 

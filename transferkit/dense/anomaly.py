@@ -306,7 +306,7 @@ def evaluate(run_dir, data, *, log=print) -> dict:
 
 
 def predict(run_dir, inputs: list[str], output: str | None, *, log=print) -> list[dict]:
-    """Per input: image score, good/defect at the run's threshold, and (with --output) a heat map."""
+    """Per input: image score, good/defect at the run's threshold, and (with --out) a heat map."""
     from .segment import input_images, output_stems
     net, bank, threshold, src = load_run(run_dir)
     paths = input_images(inputs)

@@ -51,14 +51,14 @@ def source_record(bb, size: int, extra: dict | None = None) -> dict:
 
 
 def free_output_dir(output: str | Path, names: list[str]) -> Path:
-    """`predict --output DIR`: created if needed; a file we would write that exists already is refused
+    """`predict --out DIR`: created if needed; a file we would write that exists already is refused
     (never replaced)."""
     out = Path(output).expanduser()
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--output {out} is a file; dense predictions go into a folder: choose a folder")
+        raise FileExistsError(f"--out {out} is a file; dense predictions go into a folder: choose a folder")
     taken = [n for n in names if (out / n).exists()]
     if taken:
-        raise FileExistsError(f"--output {out} already holds {taken[0]}"
+        raise FileExistsError(f"--out {out} already holds {taken[0]}"
                               + (f" and {len(taken) - 1} more" if len(taken) > 1 else "")
                               + "; choose an empty or new folder (files are never replaced)")
     out.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ train:    an smp FPN (or UNet, --decoder) on the backbone's timm encoder, source
           a name and shape check (dense/encoder.py); loop and strategies in dense/segment_fit.py.
 evaluate: miou, per_class_iou, dice, pixel_accuracy (dense/metrics.py) on a labelled folder.
 predict:  per input, an index-PNG mask (`STEM_mask.png`, palette-coloured) and an overlay
-          (`STEM_overlay.png`) in --output DIR.
+          (`STEM_overlay.png`) in --out DIR.
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def palette(n: int) -> list[int]:
 
 def predict(run_dir, inputs: list[str], output: str | None, *, log=print) -> list[dict]:
     if not output:
-        raise ConfigError("predict of a segment run writes mask images: pass --output DIR")
+        raise ConfigError("predict of a segment run writes mask images: pass --out DIR")
     model, src = load_run(run_dir)
     classes = src["classes"]
     paths = input_images(inputs)

@@ -128,7 +128,7 @@ def predict_run(run_dir: str | Path, inputs: list[str], output: str | Path | Non
         out = Path(output).expanduser()
         taken = [n for n in OUTPUTS if (out / n).exists()]
         if taken or (out.exists() and not out.is_dir()):
-            raise FileExistsError(f"--output {out} already holds {taken[0] if taken else 'a file of that name'}; "
+            raise FileExistsError(f"--out {out} already holds {taken[0] if taken else 'a file of that name'}; "
                                   "choose an empty or new folder (files are never replaced)")
         out.mkdir(parents=True, exist_ok=True)
         _write_predictions(out, "predictions", preds, items, classes,

@@ -61,7 +61,7 @@ def evaluate(run_dir, data, *, log=print) -> dict:
 
 
 def predict(run_dir, inputs: list[str], output: str | None, *, log=print) -> list[dict]:
-    """One row per box: image, label, score, x1, y1, x2, y2 (with --output: predictions.csv and
+    """One row per box: image, label, score, x1, y1, x2, y2 (with --out: predictions.csv and
     predictions.json, COCO results, in that folder)."""
     from ..dense import runs
     from .run import predict_run

@@ -25,7 +25,7 @@ def load_run(run_dir: str | Path):
     if run_task(run) in DENSE_TASKS:  # a segment/anomaly run has no classifier to load
         raise ConfigError(f"{run} is a {run_task(run)} run; this command reads classification runs only "
                           f"(for a {run_task(run)} run use: transferkit evaluate RUN DATA, transferkit predict "
-                          "RUN INPUTS --output DIR)")
+                          "RUN INPUTS --out DIR)")
     if not (run / "config.yaml").is_file() or not weights.is_file():
         raise FileNotFoundError(f"{run} is not a finished transferkit run (needs config.yaml and "
                                 "model.safetensors; train one with 'transferkit train ... --out DIR')")
@@ -87,16 +87,18 @@ def evaluate_loaded(model, cfg, data: str | Path, *, batch_size: int = 64, tta: 
     return m, items, probs
 
 
-def predict_run(run_dir: str | Path, inputs: list[str], *, top_k: int = 1, batch_size: int = 64) -> list[dict]:
+def predict_run(run_dir: str | Path, inputs: list[str], *, top_k: int = 1, batch_size: int = 64,
+                tta: bool | None = None) -> list[dict]:
     """Top-k labels with probabilities for files, folders or (text models) strings."""
     model, cfg = load_run(run_dir)
     items = expand_inputs(inputs, model.spec.modality, cfg.text_col)
-    return predict_items(model, cfg, items, top_k=top_k, batch_size=batch_size)
+    return predict_items(model, cfg, items, top_k=top_k, batch_size=batch_size, tta=tta)
 
 
-def predict_items(model, cfg, items: list[Example], *, top_k: int = 1, batch_size: int = 64) -> list[dict]:
+def predict_items(model, cfg, items: list[Example], *, top_k: int = 1, batch_size: int = 64,
+                  tta: bool | None = None) -> list[dict]:
     """Top-k rows for examples (image paths or texts) with a loaded run; an unreadable image gets a
-    row with `error` (and no label), the others are predicted."""
+    row with `error` (and no label), the others are predicted. `tta`: None = as the run was trained."""
     errors: dict[int, str] = {}
     if model.spec.modality == "image":
         from ..data.images import check_image
@@ -105,8 +107,8 @@ def predict_items(model, cfg, items: list[Example], *, top_k: int = 1, batch_siz
     rows = []
     if good:
         ds = make_dataset(model, good, train=False, augment=False, image_size=cfg.image_size, seed=0)
-        probs, _ = predict_probs(model, eval_loader(model, ds, batch_size), default_device(), tta=cfg.tta,
-                                 progress="predict", views=views_of(cfg))
+        probs, _ = predict_probs(model, eval_loader(model, ds, batch_size), default_device(),
+                                 tta=cfg.tta if tta is None else tta, progress="predict", views=views_of(cfg, tta))
         rows = topk_rows(good, torch.from_numpy(probs), model.class_names, top_k)
     done = iter(rows)
     return [error_row(e, errors[i]) if i in errors else next(done) for i, e in enumerate(items)]

@@ -1,11 +1,11 @@
-"""Files that `predict --output` and `evaluate --out` write: predictions as CSV or JSON Lines, and an
+"""Files that `predict --out` and `evaluate --out` write: predictions as CSV or JSON Lines, and an
 evaluation folder (metrics.json, predictions.csv, report.html with the worst errors).
 
 A CSV file is opened in spreadsheets, which run a cell that starts with `=`, `+`, `-` or `@` as a
 formula (CSV injection). Every text cell of a CSV written for people (here, and knn, cluster and
 embed) goes through `spreadsheet_cell`: such a cell (or one starting with a tab or carriage return)
 gets a leading `'`, which spreadsheets show as text. Numbers stay numbers. JSON and JSON Lines stay
-raw: they are data for programs (`predict --output x.jsonl` has the exact texts and labels).
+raw: they are data for programs (`predict --out x.jsonl` has the exact texts and labels).
 """
 
 from __future__ import annotations
@@ -43,11 +43,11 @@ def check_predictions_path(path: str | Path) -> Path:
     """Refuse before any work: an unknown format, or a file that already exists (never replaced)."""
     p = Path(path)
     if p.suffix.lower() not in PREDICTION_FORMATS:
-        raise ValueError(f"--output {p}: use a .csv or .jsonl file name")
+        raise ValueError(f"--out {p}: use a .csv or .jsonl file name")
     if p.exists():
-        raise FileExistsError(f"--output {p} already exists; choose another name or remove it")
+        raise FileExistsError(f"--out {p} already exists; choose another name or remove it")
     if not p.parent.is_dir():
-        raise FileNotFoundError(f"--output {p}: the folder {p.parent} does not exist")
+        raise FileNotFoundError(f"--out {p}: the folder {p.parent} does not exist")
     return p
 
 
