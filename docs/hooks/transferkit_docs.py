@@ -83,6 +83,27 @@ def _subparsers(parser: argparse.ArgumentParser):
             yield from a.choices.items()
 
 
+INTERFACE = """\
+**One interface.** A flag means the same thing, with the same default, in every command that has it
+(`tests/test_cli_interface.py` checks it; the few deliberate differences are listed with a reason in
+`VARIANTS`, `transferkit/cli/options.py`). `--out` is where a command writes. `--backbone` is the source
+model: in `rank` a comma-separated list, in `predict` optional (without it the first input is a run).
+`--top-k` defaults to 5 in `predict` and `serve`. `--tta/--no-tta` in `evaluate` and `predict` default to
+the run's own setting. `--batch-size N` is the training batch; commands that only run the model
+(`evaluate`, `predict`, `rank`, `embed`, `knn`, `cluster`) use batches of 2×N. `--shots all` (the
+default) keeps every label and overrides a recipe's `shots:`; `--patience off` and `--layer-decay off`
+work the same way. Each command's `--help` groups its options and ends with examples.
+
+Renamed, the old spelling still accepted with a warning until the next release:
+
+| old | new |
+|---|---|
+| `predict --output FILE\\|DIR` | `predict --out FILE\\|DIR` |
+| `predict --model SRC` | `predict --backbone SRC` |
+| `rank --backbones A,B` | `rank --backbone A,B` |
+"""
+
+
 def cli_markdown() -> str:
     os.environ["COLUMNS"] = "100"  # argparse wraps usage lines to the terminal: the same page on every machine
     from transferkit.cli.main import COMMANDS, build_parser
@@ -92,7 +113,7 @@ def cli_markdown() -> str:
              "Generated when the site is built, from the same parsers that print `transferkit COMMAND --help`; "
              "the train flags come from the metadata of `TrainConfig` (`transferkit/config.py`), which also "
              "checks every value. Every option of `train` can also be a key of a YAML recipe (`--config`).",
-             "", "```text", top.format_usage().strip(), "```", "",
+             "", INTERFACE, "", "```text", top.format_usage().strip(), "```", "",
              "| command | what it does |", "|---|---|"]
     lines += [f"| [`{n}`](#{n}) | {_cell(h)} |" for n, (_, h) in COMMANDS.items()]
     for name, parser in command_parsers().items():
