@@ -98,7 +98,7 @@ Renamed, the old spelling still accepted with a warning until the next release:
 
 | old | new |
 |---|---|
-| `predict --output FILE\\|DIR` | `predict --out FILE\\|DIR` |
+| `predict --output FILE or DIR` | `predict --out FILE or DIR` |
 | `predict --model SRC` | `predict --backbone SRC` |
 | `rank --backbones A,B` | `rank --backbone A,B` |
 """
