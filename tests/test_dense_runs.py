@@ -99,17 +99,23 @@ def test_detect_report_draws_boxes_worst_first(tmp_path):
 
 # ------------------------------------------------------------------------------------ anomaly
 
-def test_a_stopped_anomaly_run_resumes_to_the_same_bank_threshold_and_metrics(tmp_path):
+def test_a_stopped_anomaly_run_resumes_to_the_same_bank_threshold_and_metrics(tmp_path, monkeypatch):
+    from transferkit.dense import anomaly
     data = write_mvtec(tmp_path / "mv", n_train=6, n_test=3)
     args = ["train", str(data), *ANOM]
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
-    for stop in (1, 3):  # after the memory bank; in the middle of the threshold's folds
+    for stop in (1, 3):  # after the memory bank; in the middle of the threshold's 5 folds
         cut = tmp_path / f"cut{stop}"
         assert main([*args, "--out", str(cut), "--stop-after", str(stop)]) == 0
         assert not (cut / "metrics.json").exists()
         saved = json.loads((cut / "last" / "state.json").read_text())["run_state"]
         assert saved["global_step"] == stop and not saved["done"]
-        assert main(["train", "--resume", str(cut), "--quiet"]) == 0
+        done, real = [], anomaly.fold_scores  # the resume continues: no second bank, only the folds left
+        with monkeypatch.context() as m:
+            m.setattr(anomaly, "build_bank", lambda *a, **k: pytest.fail("the bank was built again"))
+            m.setattr(anomaly, "fold_scores", lambda maps, held, f, *a: done.append(f) or real(maps, held, f, *a))
+            assert main(["train", "--resume", str(cut), "--quiet"]) == 0
+        assert done == list(range(stop - 1, 5))
         assert _same_tensors(tmp_path / "whole" / "model.safetensors", cut / "model.safetensors")
         assert _metrics(tmp_path / "whole") == _metrics(cut)
 
