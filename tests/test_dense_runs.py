@@ -126,3 +126,19 @@ def test_anomaly_seed_decides_the_run(tmp_path):
         assert main(["train", str(data), *ANOM, "--seed", str(seed), "--out", str(tmp_path / name)]) == 0
     assert _same_tensors(tmp_path / "a" / "model.safetensors", tmp_path / "b" / "model.safetensors")
     assert not _same_tensors(tmp_path / "a" / "model.safetensors", tmp_path / "c" / "model.safetensors")
+
+
+# ------------------------------------------------------------------------------------ segment
+
+def test_a_segment_resume_stops_when_a_mask_changed(tmp_path, capsys):
+    data, run = write_segmentation(tmp_path / "seg", n=6), tmp_path / "run"
+    assert main(["train", str(data), *SEG, "--steps", "4", "--stop-after", "1", "--out", str(run)]) == 0
+    mask = np.asarray(Image.open(data / "masks" / "im03.png")).copy()
+    mask[:4, :4] = 1
+    Image.fromarray(mask, "L").save(data / "masks" / "im03.png")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    line = _last_error(capsys)
+    assert "data changed since the run started" in line and "im03.png" in line, line
+    assert main(["train", "--resume", str(run), "--resume-inexact", "--quiet"]) == 0  # said, then allowed
+    assert json.loads((run / "run.json").read_text())["inexact_resumes"][0]["reason"] == "data changed"

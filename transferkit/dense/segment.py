@@ -58,6 +58,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool =
                                                test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction,
                                                shots=cfg.shots)
     phases = plan(cfg, len(train_items))
+    files = {name: [f for it in part for f in ((str(it.image), "image"), (str(it.mask), "mask"))]
+             for name, part in (("train", train_items), ("val", val_items), ("test", test_items))}
+    if resume:
+        runs.check_data(run, cfg, classes, files, log)
     bb = encoder.source_backbone(cfg)
     size = runs.image_size(cfg, DEFAULT_SIZE, STRIDE)
     torch.manual_seed(cfg.seed)
@@ -73,6 +77,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool =
         run = runs.start_run(cfg, NAME, runs.source_record(bb, size, {"classes": classes, "decoder": cfg.decoder,
                                                                         "encoder_weights": loaded}), log)
         _write_splits(run, train_items, val_items, test_items)
+        runs.record_data(run, classes, files)
         from ..engine.run_state import RunState
         state = RunState()
     else:
