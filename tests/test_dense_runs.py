@@ -142,3 +142,37 @@ def test_a_segment_resume_stops_when_a_mask_changed(tmp_path, capsys):
     assert "data changed since the run started" in line and "im03.png" in line, line
     assert main(["train", "--resume", str(run), "--resume-inexact", "--quiet"]) == 0  # said, then allowed
     assert json.loads((run / "run.json").read_text())["inexact_resumes"][0]["reason"] == "data changed"
+
+
+# ------------------------------------------------------------------------------------ compare
+
+def test_compare_on_a_segment_set_has_a_row_per_strategy_in_miou(tmp_path, capsys):
+    data, out = write_segmentation(tmp_path / "seg", n=8), tmp_path / "cmp"
+    args = ["compare", str(data), *SEG, "--strategies", "linear_probe,scratch", "--seeds", "1",
+            "--steps", "2", "--out", str(out)]
+    assert main(args) == 0
+    assert "task: segment (inferred" in capsys.readouterr().out
+    r = json.loads((out / "compare.json").read_text())
+    assert r["task"] == "segment" and r["metric"] == "miou" and r["identical_splits"]
+    assert [(x["strategy"], x["shots"], x["seed"]) for x in r["rows"]] == [("linear_probe", "all", 0),
+                                                                           ("scratch", "all", 0)]
+    for row in r["rows"]:  # each row is the test mIoU of its own run folder
+        assert row["miou"] == json.loads((Path(row["run_dir"]) / "metrics.json").read_text())["miou"]
+        assert json.loads((Path(row["run_dir"]) / "run.json").read_text())["task"] == "segment"
+    assert r["rows"][1]["backbone"].endswith("@random")
+    md = (out / "compare.md").read_text()
+    assert "## Test miou" in md and "| linear_probe |" in md and (out / "compare.html").is_file()
+    assert main(args) == 0  # a second time: the finished cells are reused
+    assert all(x["reused"] for x in json.loads((out / "compare.json").read_text())["rows"])
+
+
+def test_compare_on_an_anomaly_set_scores_frozen_and_random_features_by_image_auroc(tmp_path, capsys):
+    data, out = write_mvtec(tmp_path / "mv", n_train=4, n_test=3), tmp_path / "cmp"
+    assert main(["compare", str(data), *ANOM, "--seeds", "0,1", "--out", str(out)]) == 0
+    r = json.loads((out / "compare.json").read_text())
+    assert r["metric"] == "image_auroc" and r["strategies"] == ["frozen", "scratch"]
+    assert len(r["rows"]) == 4 and all(x["image_auroc"] is not None for x in r["rows"])
+    assert {e["strategy"]: e["n"] for e in r["summary"]} == {"frozen": 2, "scratch": 2}
+    assert main(["compare", str(data), *ANOM, "--strategies", "two_phase", "--out", str(tmp_path / "x")]) == 2
+    assert "--strategies two_phase: anomaly compares frozen, scratch" in _last_error(capsys)
+    assert not (tmp_path / "x" / "cells").exists()
