@@ -176,3 +176,43 @@ def test_compare_on_an_anomaly_set_scores_frozen_and_random_features_by_image_au
     assert main(["compare", str(data), *ANOM, "--strategies", "two_phase", "--out", str(tmp_path / "x")]) == 2
     assert "--strategies two_phase: anomaly compares frozen, scratch" in _last_error(capsys)
     assert not (tmp_path / "x" / "cells").exists()
+
+
+# ------------------------------------------------------------------------------------ notebook API
+
+def test_fit_and_predict_a_segment_run_from_a_notebook(tmp_path):
+    import transferkit
+    data = write_segmentation(tmp_path / "seg", n=6)
+    Image.open(data / "images" / "im01.png").resize((40, 24)).save(tmp_path / "odd.png")
+    model = transferkit.fit(str(data), backbone=TINY, image_size=32, batch_size=4, steps=2,
+                            out=tmp_path / "run", quiet=True)  # task inferred from the layout
+    assert model.task == "segment" and model.classes == ["background", "square"]
+    assert model.config.strategy == "auto" and "task='segment'" in repr(model) and "test miou=" in repr(model)
+    one = model.predict(str(tmp_path / "odd.png"))
+    assert one["mask"].shape == (24, 40) and one["mask"].dtype == np.uint8 and set(np.unique(one["mask"])) <= {0, 1}
+    rows = model.predict([str(data / "images" / "im00.png"), Image.open(data / "images" / "im00.png")])
+    assert np.array_equal(rows[0]["mask"], rows[1]["mask"]) and rows[1]["input"] == "<image 1>"
+    # the same pixels as `transferkit predict` writes
+    assert main(["predict", str(model.run_dir), str(data / "images" / "im00.png"), "--output", str(tmp_path / "p")]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "p" / "im00_mask.png")), rows[0]["mask"])
+    assert model.evaluate(str(data))["n"] == 6
+    assert transferkit.load(model.run_dir).predict(str(data / "images" / "im00.png"))["classes"] == rows[0]["classes"]
+
+
+def test_fit_and_predict_anomaly_and_detect_runs_from_a_notebook(tmp_path):
+    import transferkit
+    mv = write_mvtec(tmp_path / "mv", n_train=4, n_test=2)
+    model = transferkit.fit(str(mv), task="anomaly", backbone=TINY, image_size=64, out=tmp_path / "a", quiet=True)
+    bad, good = model.predict([str(mv / "test" / "patch" / "000.png"), str(mv / "test" / "good" / "000.png")])
+    assert bad["map"].shape == (64, 64) and bad["score"] == pytest.approx(float(bad["map"].max()), rel=0.05)
+    assert bad["score"] > good["score"] and {bad["label"], good["label"]} <= {"good", "defect"}
+    coco = tmp_path / "coco"
+    coco_set(coco, 6)
+    det = transferkit.fit(str(coco), backbone="bundled:efficientnet_lite0@random", image_size=64, batch_size=2,
+                          steps=1, out=tmp_path / "d", quiet=True)
+    assert det.task == "detect" and det.classes == ["red", "blue"]
+    row = det.predict(str(coco / "images" / "img_00.png"))
+    assert row["boxes"].shape == (len(row["scores"]), 4) and set(row["labels"]) <= {"red", "blue"}
+    assert list(row["scores"]) == sorted(row["scores"], reverse=True)
+    with pytest.raises(TypeError, match="reads a folder in its layout"):
+        transferkit.fit([("a.png", "x")], task="segment", out=tmp_path / "no")

@@ -258,21 +258,38 @@ def evaluate(run_dir, data, *, log=print) -> dict:
     return {"task": NAME, "threshold": threshold, **scored}
 
 
+def predictor(run_dir):
+    """(classes, fn): fn(paths) -> per image {"score", "label" (good/defect at the run's threshold),
+    "map": float32 [H, W] anomaly map at the image's own size, "threshold"} (Model.predict)."""
+    net, bank, threshold, src = load_run(run_dir)
+
+    def run(paths: list[Path]) -> list[dict]:
+        maps = score_maps(embed(net, paths, src["image_size"], src["mean"], src["std"], _device()), bank,
+                          src["image_size"], _device())
+        rows = []
+        for p, m in zip(paths, maps):
+            with Image.open(p) as im:
+                own = im.size
+            score = float(m.max())
+            rows.append({"score": round(score, 6), "label": "defect" if score >= threshold else "good",
+                         "threshold": threshold,
+                         "map": np.asarray(Image.fromarray(m.astype(np.float32), "F").resize(own, Image.BILINEAR))})
+        return rows
+    return ["good", "defect"], run
+
+
 def predict(run_dir, inputs: list[str], output: str | None, *, log=print) -> list[dict]:
     """Per input: image score, good/defect at the run's threshold, and (with --output) a heat map."""
     from .segment import input_images, output_stems
-    net, bank, threshold, src = load_run(run_dir)
+    _, run = predictor(run_dir)
     paths = input_images(inputs)
     stems = output_stems(paths)
     out = runs.free_output_dir(output, [f"{s}_heatmap.png" for s in stems]) if output else None
-    maps = score_maps(embed(net, paths, src["image_size"], src["mean"], src["std"], _device()), bank,
-                      src["image_size"], _device())
     rows = []
-    for p, stem, m in zip(paths, stems, maps):
-        score = float(m.max())
-        row = {"input": str(p), "score": round(score, 6), "label": "defect" if score >= threshold else "good"}
+    for p, stem, got in zip(paths, stems, run(paths)):
+        row = {"input": str(p), "score": got["score"], "label": got["label"]}
         if out is not None:
-            row["heatmap"] = str(_write_heatmap(p, m, threshold, out / f"{stem}_heatmap.png"))
+            row["heatmap"] = str(_write_heatmap(p, got["map"], got["threshold"], out / f"{stem}_heatmap.png"))
         rows.append(row)
     return rows
 

@@ -107,3 +107,25 @@ def predict(run_dir, inputs: list[str], output: str | None, *, log=print) -> lis
     from .run import predict_run
     runs.open_run(run_dir, NAME, needs=("detector.safetensors", "detector.json"))
     return predict_run(run_dir, inputs, output, log=log)
+
+
+def predictor(run_dir):
+    """(classes, fn): fn(paths) -> per image {"boxes": float32 [N, 4] x1 y1 x2 y2 in the image's own
+    pixels, "scores": [N], "labels": [N class names]}, best score first (Model.predict)."""
+    import torch
+
+    from ..dense import runs
+    from .model import load_detector
+    from .predict import items_for_images, predict
+    runs.open_run(run_dir, NAME, needs=("detector.safetensors", "detector.json"))
+    model, classes = load_detector(run_dir)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+
+    def run(paths: list[Path]) -> list[dict]:
+        rows = []
+        for p in predict(model, items_for_images(paths)):
+            order = torch.argsort(p["scores"], descending=True)
+            rows.append({"boxes": p["boxes"][order].numpy(), "scores": p["scores"][order].numpy(),
+                         "labels": [classes[int(c)] for c in p["labels"][order]]})
+        return rows
+    return classes, run
