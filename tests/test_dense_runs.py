@@ -57,6 +57,8 @@ def test_a_stopped_detect_run_resumes_to_the_same_weights_and_metrics(tmp_path, 
     assert _metrics(tmp_path / "whole") == _metrics(cut)
     whole = json.loads((tmp_path / "whole" / "history.json").read_text())["loss"]
     assert json.loads((cut / "history.json").read_text())["loss"] == whole and len(whole) == 4
+    page = (cut / "report.html").read_text()  # the held-out image, predicted boxes beside the truth
+    assert "worst first (1 of 1)" in page and page.count("<img") == 2 and "missed" in page
     # finished: a resume has nothing to do, a new train there is refused without --overwrite
     assert main(["train", "--resume", str(cut), "--quiet"]) == 0
     capsys.readouterr()
