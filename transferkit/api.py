@@ -5,6 +5,11 @@ opens a finished run. Same engine, same checks and the same run directory as `tr
     model.predict(image)            # {'label': ..., 'probability': ..., 'top': [...]}
     model.evaluate(test_pairs)      # metrics dict, as `transferkit evaluate --json`
     model.report()                  # path of report.html
+
+Dense runs (`task="segment" | "detect" | "anomaly"`, or inferred from DATA's layout) are Models too:
+`predict` gives arrays per image: segment {'mask': uint8 [H, W] class indices, 'classes'}, detect
+{'boxes': [N, 4] x1 y1 x2 y2, 'scores', 'labels'}, anomaly {'score', 'label', 'map': [H, W], 'threshold'},
+each at the image's own size; `evaluate(PATH)` gives the task's metrics.
 """
 
 from __future__ import annotations
@@ -23,17 +28,26 @@ class Model:
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
+        from . import dense
         from .config import read_config
-        if not (self.run_dir / "model.safetensors").is_file():
-            raise FileNotFoundError(f"{self.run_dir} is not a finished transferkit run (no model.safetensors)")
+        self.task = dense.run_task(self.run_dir)
+        done = "metrics.json" if dense.is_dense(self.task) else "model.safetensors"
+        if not (self.run_dir / done).is_file():
+            raise FileNotFoundError(f"{self.run_dir} is not a finished transferkit run (no {done})")
         self.config = read_config(self.run_dir / "config.yaml")
         self._loaded = None
 
     def __repr__(self) -> str:
-        acc = self.metrics.get("accuracy")
-        return (f"Model({str(self.run_dir)!r}, backbone={self.config.backbone!r}, "
-                f"strategy={self.config.strategy!r}, classes={len(self.classes)}"
-                + (f", test accuracy={acc:.4f})" if isinstance(acc, float) else ")"))
+        key = "accuracy" if self.task == "classify" else self._dense().SUMMARY[0]
+        value = self.metrics.get(key)
+        return (f"Model({str(self.run_dir)!r}, "
+                + ("" if self.task == "classify" else f"task={self.task!r}, ")
+                + f"backbone={self.config.backbone!r}, strategy={self.config.strategy!r}, classes={len(self.classes)}"
+                + (f", test {key}={value:.4f})" if isinstance(value, float) else ")"))
+
+    def _dense(self):
+        from . import dense
+        return dense.task_module(self.task)
 
     @property
     def metrics(self) -> dict:
@@ -43,17 +57,22 @@ class Model:
 
     def _model(self):
         if self._loaded is None:
-            from .engine.run import load_run
-            self._loaded = load_run(self.run_dir)
+            if self.task != "classify":  # (classes, fn(paths) -> rows of arrays): the task's predictor
+                self._loaded = self._dense().predictor(self.run_dir)
+            else:
+                from .engine.run import load_run
+                self._loaded = load_run(self.run_dir)
         return self._loaded
 
     @property
     def classes(self) -> list[str]:
+        if self.task != "classify":
+            return list(self._model()[0])
         return list(self._model()[0].class_names)
 
     @property
     def modality(self) -> str:
-        return self._model()[0].spec.modality
+        return "image" if self.task != "classify" else self._model()[0].spec.modality
 
     def predict(self, inputs: Any, *, top_k: int = 1, batch_size: int = 64) -> dict | list[dict]:
         """Labels for one input or a list: image paths or PIL images (image runs), strings (text runs).
@@ -64,8 +83,12 @@ class Model:
         xs = [inputs] if single else list(inputs)
         model, cfg = self._model()
         with tempfile.TemporaryDirectory(prefix="transferkit-predict-") as tmp:
-            items = [Example(self._as_input(x, i, Path(tmp)), "") for i, x in enumerate(xs)]
-            rows = predict_items(model, cfg, items, top_k=top_k, batch_size=batch_size)
+            paths = [self._as_input(x, i, Path(tmp)) for i, x in enumerate(xs)]
+            if self.task != "classify":
+                rows = cfg([Path(p) for p in paths])  # the dense task's predictor: arrays per image
+            else:
+                rows = predict_items(model, cfg, [Example(p, "") for p in paths], top_k=top_k,
+                                     batch_size=batch_size)
         for i, (row, x) in enumerate(zip(rows, xs)):
             row["input"] = str(x) if isinstance(x, (str, Path)) else f"<image {i}>"
         return rows[0] if single else rows
@@ -88,6 +111,11 @@ class Model:
         run's own test-split metrics."""
         if data is None:
             return self.metrics
+        if self.task != "classify":
+            if is_in_memory(data):
+                raise TypeError(f"a {self.task} run evaluates on a folder in its layout "
+                                f"({self._dense().LAYOUT}), not on {type(data).__name__}")
+            return self._dense().evaluate(self.run_dir, str(data), log=lambda *a, **k: None)
         from .engine.run import evaluate_loaded
         model, cfg = self._model()
         with tempfile.TemporaryDirectory(prefix="transferkit-evaluate-") as tmp:
@@ -110,7 +138,7 @@ def _as_path(data: Any, dest: Path, name: str, text_col: str, label_col: str) ->
     return materialise(data, dest, name, text_col=text_col, label_col=label_col)[0]
 
 
-def fit(data: Any, backbone: str = "bundled:efficientnet_lite0", strategy: str = "two_phase", *,
+def fit(data: Any, backbone: str = "bundled:efficientnet_lite0", strategy: str | None = None, *,
         out: str | Path | None = None, val: Any = None, test: Any = None, config: str | None = None,
         quiet: bool = False, **options: Any) -> Model:
     """Fine-tune `backbone` on `data` and return the finished run as a `Model`.
@@ -120,8 +148,23 @@ def fit(data: Any, backbone: str = "bundled:efficientnet_lite0", strategy: str =
     Data given as objects is written to OUT.data/ (or next to a temporary run) as CSV files, so
     the run's config.yaml names real files. `config`: a recipe name or path; `options`: any
     TrainConfig field (`shots=10`, `steps=200`, `lr=3e-4`, ...), checked as the CLI checks them.
+    `strategy`: default two_phase, or the task's own default for a dense task.
+
+    Dense tasks: `task="segment" | "detect" | "anomaly"` (or DATA's layout says it): `data` is the
+    folder in the task's layout (and `test` one in the same layout, or a path of it).
     """
+    from . import dense
     from .train import train
+    task = options.get("task", "auto")
+    if task == "auto" and not is_in_memory(data):
+        task = dense.infer_task(str(data)) or "classify"
+    if dense.is_dense(task):
+        if any(is_in_memory(v) for v in (data, val, test)):
+            raise TypeError(f"a {task} run reads a folder in its layout ({dense.task_module(task).LAYOUT}); "
+                            "pass its path")
+        options["task"] = task
+    if strategy is None:
+        strategy = "auto" if dense.is_dense(task) else "two_phase"
     run = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="transferkit-")) / "run"
     recipe = load_recipe(config) if config else {}
     text_col = options.get("text_col", recipe.get("text_col", "text"))

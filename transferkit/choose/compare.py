@@ -356,6 +356,13 @@ def run_compare(base: TrainConfig, strategies: list[str], shots: list[int | None
     """
     from .compare_report import identical_splits, recommend, summarise, write_outputs
     from ..engine.fit import total_steps
+    from .. import dense
+    task = dense.resolve_task(base, log=log) if base.data else "classify"
+    if dense.is_dense(task):  # a segment/detect/anomaly layout is never read as class folders
+        if budget_minutes is not None:
+            raise ValueError(f"budget_minutes: a {task} compare runs every cell; pass fewer strategies, shots or seeds")
+        from ..dense.compare import run_dense_compare
+        return run_dense_compare(task, base, strategies, shots, seeds, out, log=log, command=command)
     t_start, out = time.time(), Path(out)
     strategies = [s for s in dict.fromkeys(s.strip() for s in strategies) if s and s != PROBE]
     if not strategies:

@@ -32,8 +32,9 @@ def _compare_parser() -> argparse.ArgumentParser:
                           "stages:A-B, prototypes, STRATEGY+REG (full+l2sp = l2sp:10, two_phase+l2sp:100, "
                           "full+bss:0.001), scratch (same architecture, random init, full, lr 3e-3) "
                           "(default: linear_probe,multi_probe,two_phase,full+l2sp,auto,scratch)")
-    ess.add_argument("--shots", default="5,10,all", metavar="LIST",
-                     help="labelled examples per class, one cell each: e.g. 5,10,all (default: 5,10,all)")
+    ess.add_argument("--shots", default=None, metavar="LIST",
+                     help="labelled examples per class (dense tasks: training images), one cell each: e.g. "
+                          "5,10,all (default: 5,10,all; for segment, detect and anomaly: all)")
     ess.add_argument("--seeds", default="3", help="a count (3: seeds 0,1,2) or a list (0,5,7) (default: 3)")
     ess.add_argument("--budget", type=float, default=None, metavar="MINUTES",
                      help="wall-clock budget: training cells estimated not to fit are shortened or "
@@ -83,7 +84,11 @@ def cmd_compare(argv: list[str]) -> int:
     own = {"data", "strategies", "shots", "seeds", "out", "budget", "config", "quiet"}
     overrides = {k: v for k, v in vars(args).items() if k not in own}
     base = make_config(recipe, data=args.data, out=args.out, **overrides)
-    result = run_compare(base, args.strategies.split(","), parse_shots(args.shots), parse_seeds(args.seeds),
+    from .. import dense
+    task = dense.resolve_task(base, log=print)
+    if dense.is_dense(task):  # segment / detect / anomaly: a run per cell, the task's metric (dense/compare.py)
+        return _compare_dense(task, base, args, argv)
+    result = run_compare(base, args.strategies.split(","), parse_shots(args.shots or "5,10,all"), parse_seeds(args.seeds),
                          args.out, budget_minutes=args.budget,
                          log=(lambda *a, **k: None) if args.quiet else print,
                          command="transferkit compare " + shlex.join(argv))
@@ -94,6 +99,28 @@ def cmd_compare(argv: list[str]) -> int:
         label = "all labels" if shots == "all" else f"{shots} shots"
         print(f"recommended for {label}: {r['strategy']} (mean {r['by'].replace('_', ' ')} {r['score']:.3f})"
               if r else f"recommended for {label}: none (no cell ran)")
+    print(f"\nwrote {args.out}/compare.json, compare.md, compare.html")
+    return 0
+
+
+def _compare_dense(task: str, base, args, argv: list[str]) -> int:
+    from ..choose.compare import parse_seeds, parse_shots
+    from ..dense.compare import STRATEGIES, format_markdown, run_dense_compare
+    if args.budget is not None:
+        raise ValueError(f"--budget: a {task} compare runs every cell; drop --budget, or pass fewer "
+                         "--strategies, --shots or --seeds")
+    given = args.strategies if args.strategies != _compare_parser().get_default("strategies") else None
+    result = run_dense_compare(task, base, (given or ",".join(STRATEGIES[task])).split(","),
+                               parse_shots(args.shots or "all"), parse_seeds(args.seeds), args.out,
+                               log=(lambda *a, **k: None) if args.quiet else print,
+                               command="transferkit compare " + shlex.join(argv))
+    print()
+    print(format_markdown(result))
+    for shots, r in result["recommended"].items():
+        label = "all images" if shots == "all" else f"{shots} images"
+        print(f"recommended for {label}: {r['strategy']} (mean validation {result['metric']} {r['score']:.3f})"
+              if r else f"recommended for {label}: none (no cell has a validation score, and the "
+                        "test split never chooses)")
     print(f"\nwrote {args.out}/compare.json, compare.md, compare.html")
     return 0
 

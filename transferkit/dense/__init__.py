@@ -9,10 +9,16 @@ A task is one module with the same small contract, found through `TASKS` (no if-
     train(cfg, *, resume, log, progress) -> DenseResult
     evaluate(run_dir, data, *, log) -> dict        metrics of a finished run on labelled DATA
     predict(run_dir, inputs, output, *, log) -> list[dict]   one row per input, files under `output`
+    predictor(run_dir) -> (classes, fn)           fn(paths) -> one row of arrays per image (the notebook API)
+
+`train` keeps the rules of classification runs: the folder is claimed and locked, a start that fails
+before its first step leaves nothing, `--stop-after N` and signals leave RUN/last/ and `--resume`
+continues to the same result after checking the data's fingerprint. `transferkit compare` on a dense
+layout runs dense/compare.py.
 
 `transferkit train DATA --task auto` picks a dense task when exactly one task's layout matches DATA
 (and says so), else classification. `evaluate` and `predict` dispatch on the task recorded in the
-run's run.json. Detection (COCO/YOLO/VOC) joins the registry later with the same contract.
+run's run.json. Detection (COCO/YOLO/VOC) is transferkit/detection/task.py.
 """
 
 from __future__ import annotations

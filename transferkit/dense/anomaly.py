@@ -22,24 +22,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from ..config import ConfigError, TrainConfig
+from ..config import TrainConfig
 from ..data.arrays import IMAGE_EXTS
 from ..data.splits import DataError
+from ..engine import interrupt
 from ..store import checkpoint as ck
 from . import DenseResult, encoder, runs
 from .metrics import auroc, f1_at
-from .segment_data import load_image
+from .patchcore import (CORESET_CAP, CORESET_SHARE, PROJECTION, QUANTILE, SIGMA,  # noqa: F401 (the names of old)
+                        PatchFeatures, build_bank, coreset, embed, fold_scores, folds, leave_out_threshold,
+                        score_maps, threshold_from)
 
 NAME = "anomaly"
 LAYOUT = "train/good/ (test/good, test/<defect>/, ground_truth/<defect>/<stem>_mask.png)"
 SUMMARY = ("image_auroc", "pixel_auroc", "f1", "threshold", "n_train", "n_test")
 REDUCTIONS = (8, 16)
 DEFAULT_SIZE = 224
-CORESET_SHARE, CORESET_CAP, PROJECTION = 0.1, 20_000, 128
-SIGMA, QUANTILE = 4.0, 0.99
 
 
 @dataclass
@@ -97,145 +97,99 @@ def test_items(root: Path) -> list[TestItem]:
     return items
 
 
-class PatchFeatures(torch.nn.Module):
-    """Locally averaged stride-8/16 features on the stride-8 grid: [B, C8 + C16, H/8, W/8]."""
-
-    def __init__(self, extractor: torch.nn.Module):
-        super().__init__()
-        self.extractor = extractor
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        maps = [F.avg_pool2d(f, 3, stride=1, padding=1) for f in self.extractor(x)]
-        grid = maps[0].shape[-2:]
-        return torch.cat([maps[0]] + [F.interpolate(m, size=grid, mode="bilinear", align_corners=False)
-                                      for m in maps[1:]], 1)
-
-
-def embed(net: PatchFeatures, paths: list[Path], size: int, mean, std, device, batch: int = 16) -> torch.Tensor:
-    out = []
-    for i in range(0, len(paths), batch):
-        x = torch.stack([load_image(p, size, mean, std) for p in paths[i:i + batch]]).to(device)
-        out.append(net(x).float().cpu())
-    return torch.cat(out)
-
-
-def _patches(maps: torch.Tensor) -> torch.Tensor:
-    return maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1])
-
-
-def coreset(patches: torch.Tensor, n_keep: int, seed: int, device="cpu") -> torch.Tensor:
-    """Indices of a greedy k-center coreset (distances on a seeded Gaussian random projection).
-    n_keep passes over all patches: on the accelerator when there is one."""
-    n = patches.shape[0]
-    if n_keep >= n:
-        return torch.arange(n)
-    g = torch.Generator().manual_seed(seed)
-    z = patches
-    if patches.shape[1] > PROJECTION:
-        z = patches @ torch.randn(patches.shape[1], PROJECTION, generator=g) / PROJECTION ** 0.5
-    z = z.to(device)
-    picked = [int(torch.randint(n, (1,), generator=g))]
-    dist = (z - z[picked[0]]).norm(dim=1)
-    for _ in range(n_keep - 1):
-        i = int(dist.argmax())
-        picked.append(i)
-        dist = torch.minimum(dist, (z - z[i]).norm(dim=1))
-    return torch.tensor(picked)
-
-
-def build_bank(maps: torch.Tensor, seed: int, device="cpu") -> torch.Tensor:
-    patches = _patches(maps)
-    n_keep = max(1, min(CORESET_CAP, int(round(patches.shape[0] * CORESET_SHARE))))
-    return patches[coreset(patches, n_keep, seed, device)].contiguous()
-
-
-def score_maps(maps: torch.Tensor, bank: torch.Tensor, size: int, device="cpu") -> np.ndarray:
-    """[N, size, size] anomaly maps: nearest-bank-patch distance, upsampled, Gaussian-smoothed."""
-    from scipy.ndimage import gaussian_filter
-    n, c, h, w = maps.shape
-    bank = bank.to(device)
-    q = _patches(maps).to(device)
-    d = torch.cat([torch.cdist(q[i:i + 4096], bank).min(1).values for i in range(0, len(q), 4096)])
-    grid = d.reshape(n, 1, h, w).cpu()
-    up = F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
-    return np.stack([gaussian_filter(m, sigma=SIGMA) for m in up])
-
-
-def leave_out_threshold(maps: torch.Tensor, size: int, seed: int, device) -> tuple[float, dict]:
-    """The QUANTILE of the normals' image scores, each image scored by a bank without its fold."""
-    n = maps.shape[0]
-    k = min(5, n)
-    if k < 2:
-        raise DataError("anomaly training needs at least 2 normal images in train/good (one to score while "
-                        "the others form the bank)")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    scores = np.zeros(n)
-    for f in range(k):
-        held = order[f::k]
-        keep = torch.tensor([i for i in range(n) if i not in set(held.tolist())])
-        scores[held.numpy()] = score_maps(maps[held], build_bank(maps[keep], seed + f, device), size, device).max(axis=(1, 2))
-    t = float(np.quantile(scores, QUANTILE))
-    return t, {"threshold": t, "threshold_rule": f"{QUANTILE} quantile of the {n} training normals' image "
-               f"scores, each scored against a bank built without its fold ({k}-fold); no test labels used",
-               "train_scores_leave_out": [round(float(s), 5) for s in scores]}
-
-
 def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool = True) -> DenseResult:
-    if resume:  # a memory bank is built in one pass: a run either finished or has to start again
-        run = Path(cfg.out).expanduser()
-        if (run / "metrics.json").is_file() and (run / "last").is_dir():
-            log(f"{run} already finished; nothing to resume")
-            return DenseResult(run, ck.read_json(run / "metrics.json"), summary=SUMMARY)
-        raise ConfigError(f"{run}: an anomaly run builds its memory bank in one pass and has no steps to "
-                          f"resume; train it again with --out {cfg.out} --overwrite")
+    """Steps (what --stop-after N counts, and what RUN/last/ is saved after): 1, the memory bank; then
+    one per fold of the threshold; then the test scores, metrics.json and report.html. A resume
+    continues from the last step saved, to the bank, threshold and metrics of an unstopped run."""
+    from ..engine.run_state import RunState
+    run, state, last = Path(cfg.out).expanduser(), RunState(), None
+    if resume:
+        from ..engine.resume import resume_point
+        cfg, state, last = resume_point(run, cfg, log)
+        if state.done:
+            return DenseResult(run, ck.read_json(run / "metrics.json"), state, summary=SUMMARY)
     root = Path(cfg.data).expanduser()
     normals = train_images(root)
     if cfg.shots:
         rng = np.random.default_rng(cfg.seed)
         normals = sorted(rng.permutation(np.array(normals, dtype=object))[:cfg.shots].tolist())
     tests = test_items(Path(cfg.test).expanduser() if cfg.test else root)
+    split = folds(len(normals), cfg.seed)  # too few normals stop here, before the run folder is made
     bb = encoder.source_backbone(cfg)
     size = runs.image_size(cfg, DEFAULT_SIZE, max(REDUCTIONS))
+    torch.manual_seed(cfg.seed)  # an @random encoder: the same weights for a seed
     extractor, channels = encoder.feature_extractor(bb.source.arch, REDUCTIONS)
     if bb.source.pretrained:
         encoder.copy_source_weights(extractor, bb.module, cfg.backbone, log)
     else:
         log(f"features: random initialisation ({cfg.backbone})")
+    files = {"train": [(str(p), "good") for p in normals],
+             "test": [(str(it.image), it.defect) for it in tests] + [(str(it.mask), "mask") for it in tests if it.mask]}
+    if resume:
+        runs.check_data(run, cfg, ["good", "defect"], files, log)
+    else:
+        run = runs.start_run(cfg, NAME, runs.source_record(bb, size, {"reductions": list(REDUCTIONS),
+                                                                        "channels": channels}), log)
+        runs.record_data(run, ["good", "defect"], files)
+    bank, scores = None, np.zeros(len(normals))
+    if last is not None:
+        saved = ck.load_tensors(last / "model.safetensors")
+        from ..models.sources import load_state_dict_checked
+        load_state_dict_checked(extractor, _encoder_part(saved), str(last))
+        bank = saved["memory_bank"]
+        scores = np.array(ck.read_json(last / "state.json")["fold_scores"])
+        log(f"resuming {run} at step {state.global_step}")
     device = _device()
     net = PatchFeatures(extractor.eval()).to(device)
     pre = bb.preprocess
-    run = runs.start_run(cfg, NAME, runs.source_record(bb, size, {"reductions": list(REDUCTIONS),
-                                                                    "channels": channels}), log)
     log(f"anomaly: {len(normals)} normal training images, {len(tests)} test images; features at strides "
         f"{REDUCTIONS} of {bb.source.arch} at {size}px")
     maps = embed(net, normals, size, pre.mean, pre.std, device)
-    bank = build_bank(maps, cfg.seed, device)
-    threshold, how = leave_out_threshold(maps, size, cfg.seed, device)
-    tensors = {"memory_bank": bank, **{f"encoder.{k}": v for k, v in extractor.state_dict().items()}}
-    ck.atomic_save_tensors(run / "model.safetensors", tensors, {"threshold": repr(threshold)})
+    tensors = lambda: {"memory_bank": bank, **{f"encoder.{k}": v for k, v in extractor.state_dict().items()}}  # noqa: E731
+    with interrupt.stop_on_signals():
+        while state.global_step < 1 + len(split):
+            if state.global_step == 0:
+                bank = build_bank(maps, cfg.seed, device)
+            else:
+                f = state.global_step - 1
+                scores[split[f].numpy()] = fold_scores(maps, split[f], f, size, cfg.seed, device)
+            state.global_step += 1
+            state.step = state.global_step
+            stop = interrupt.requested() or (cfg.stop_after and state.global_step >= cfg.stop_after)
+            _save_step(run, tensors(), state, scores)
+            if stop and state.global_step < 1 + len(split):
+                return DenseResult(run, None, state, interrupted=True, signal=interrupt.requested(), summary=SUMMARY)
+    threshold, how = threshold_from(scores, len(split))
+    ck.atomic_save_tensors(run / "model.safetensors", tensors(), {"threshold": repr(threshold)})
     metrics = {"task": NAME, "n_train": len(normals), "bank_size": int(bank.shape[0]),
                "patches": int(maps.shape[0] * maps.shape[2] * maps.shape[3]), "image_size": size, **how}
     scored, maps = _score_test(net, bank, tests, size, pre.mean, pre.std, threshold, device)
     metrics.update(scored)
     ck.atomic_write_json(run / "metrics.json", metrics)
     _report(run, metrics, tests, maps, threshold, size)
-    _mark_done(run)
+    state.done = True
+    _save_step(run, None, state, scores)
     log(f"wrote {run}/model.safetensors (memory bank of {bank.shape[0]} patches), metrics.json, report.html")
-    return DenseResult(run, metrics, summary=SUMMARY)
+    return DenseResult(run, metrics, state, summary=SUMMARY)
 
 
-def _mark_done(run: Path) -> None:
-    """last/ with a finished run state, as a classification run leaves it: the folder now holds a run,
-    so a new `train --out` here is refused unless --overwrite (store/runfolder.py)."""
-    from ..engine.run_state import RunState
-    ck.atomic_replace_dir(lambda tmp: ck.atomic_write_json(tmp / "state.json",
-                                                           {"run_state": RunState(done=True).__dict__}),
-                          run / "last")
+def _encoder_part(tensors: dict) -> dict:
+    return {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
+
+
+def _save_step(run: Path, tensors: dict | None, state, scores: np.ndarray) -> None:
+    """RUN/last/: the bank and encoder so far (model.safetensors), the run state and the folds'
+    scores so far; a finished run's last/ keeps its state only. Swapped in whole (store/checkpoint.py)."""
+    def build(tmp: Path) -> None:
+        if tensors is not None:
+            ck.atomic_save_tensors(tmp / "model.safetensors", tensors)
+        ck.atomic_write_json(tmp / "state.json", {"run_state": state.__dict__,
+                                                  "fold_scores": [float(x) for x in scores]})
+    ck.atomic_replace_dir(build, run / "last")
 
 
 def _report(run: Path, metrics: dict, items: list[TestItem], maps: np.ndarray, threshold: float, size: int) -> None:
@@ -292,8 +246,7 @@ def load_run(run_dir):
     weights = Path(run_dir) / "model.safetensors"
     tensors = ck.load_tensors(weights)
     extractor, _ = encoder.feature_extractor(src["arch"], tuple(src["reductions"]))
-    load_state_dict_checked(extractor, {k[len("encoder."):]: v for k, v in tensors.items()
-                                        if k.startswith("encoder.")}, str(weights))
+    load_state_dict_checked(extractor, _encoder_part(tensors), str(weights))
     threshold = float(ck.read_safetensors_metadata(weights)["threshold"])
     return PatchFeatures(extractor.eval()).to(_device()), tensors["memory_bank"], threshold, src
 
@@ -305,21 +258,38 @@ def evaluate(run_dir, data, *, log=print) -> dict:
     return {"task": NAME, "threshold": threshold, **scored}
 
 
+def predictor(run_dir):
+    """(classes, fn): fn(paths) -> per image {"score", "label" (good/defect at the run's threshold),
+    "map": float32 [H, W] anomaly map at the image's own size, "threshold"} (Model.predict)."""
+    net, bank, threshold, src = load_run(run_dir)
+
+    def run(paths: list[Path]) -> list[dict]:
+        maps = score_maps(embed(net, paths, src["image_size"], src["mean"], src["std"], _device()), bank,
+                          src["image_size"], _device())
+        rows = []
+        for p, m in zip(paths, maps):
+            with Image.open(p) as im:
+                own = im.size
+            score = float(m.max())
+            rows.append({"score": round(score, 6), "label": "defect" if score >= threshold else "good",
+                         "threshold": threshold,
+                         "map": np.asarray(Image.fromarray(m.astype(np.float32), "F").resize(own, Image.BILINEAR))})
+        return rows
+    return ["good", "defect"], run
+
+
 def predict(run_dir, inputs: list[str], output: str | None, *, log=print) -> list[dict]:
     """Per input: image score, good/defect at the run's threshold, and (with --out) a heat map."""
     from .segment import input_images, output_stems
-    net, bank, threshold, src = load_run(run_dir)
+    _, run = predictor(run_dir)
     paths = input_images(inputs)
     stems = output_stems(paths)
     out = runs.free_output_dir(output, [f"{s}_heatmap.png" for s in stems]) if output else None
-    maps = score_maps(embed(net, paths, src["image_size"], src["mean"], src["std"], _device()), bank,
-                      src["image_size"], _device())
     rows = []
-    for p, stem, m in zip(paths, stems, maps):
-        score = float(m.max())
-        row = {"input": str(p), "score": round(score, 6), "label": "defect" if score >= threshold else "good"}
+    for p, stem, got in zip(paths, stems, run(paths)):
+        row = {"input": str(p), "score": got["score"], "label": got["label"]}
         if out is not None:
-            row["heatmap"] = str(_write_heatmap(p, m, threshold, out / f"{stem}_heatmap.png"))
+            row["heatmap"] = str(_write_heatmap(p, got["map"], got["threshold"], out / f"{stem}_heatmap.png"))
         rows.append(row)
     return rows
 

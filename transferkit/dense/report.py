@@ -1,6 +1,7 @@
 """RUN/report.html of a dense run: the metrics, then the test images worst first, each with the model's
 output over the image beside the ground truth (segment: mask overlays, ranked by the image's mIoU;
-anomaly: heat maps, ranked by how far on the wrong side of the threshold the image score fell).
+anomaly: heat maps, ranked by how far on the wrong side of the threshold the image score fell;
+detect: boxes with class and score, ranked by the image's box F1, detection/report.py).
 One self-contained file (images inlined as PNG data URLs)."""
 
 from __future__ import annotations

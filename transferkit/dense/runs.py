@@ -69,3 +69,28 @@ def image_size(cfg: TrainConfig, default: int, multiple: int) -> int:
     """--image-size rounded up to a multiple of the encoder's largest stride (the decoders need it)."""
     size = cfg.image_size or default
     return -(-size // multiple) * multiple
+
+
+def _as_task(classes: list[str], splits: dict[str, list[tuple[str, str]]]):
+    """The shape store/fingerprint.py reads (classes, modality, train/val/test of Examples) over
+    (file, label) pairs of a dense run: images, their masks and their annotations."""
+    from types import SimpleNamespace
+
+    from ..data.splits import Example
+    return SimpleNamespace(classes=list(classes), modality="image",
+                           **{name: [Example(str(x), str(label)) for x, label in splits.get(name, [])]
+                              for name in ("train", "val", "test")})
+
+
+def record_data(run: Path, classes: list[str], splits: dict[str, list[tuple[str, str]]]) -> None:
+    """fingerprint.json of a dense run: every file it reads, by split, with its size and hash."""
+    from ..store.fingerprint import write_fingerprint
+    write_fingerprint(run, _as_task(classes, splits))
+
+
+def check_data(run: Path, cfg: TrainConfig, classes: list[str], splits: dict[str, list[tuple[str, str]]],
+               log=print) -> None:
+    """A resume stops when the data changed since the run started (store/fingerprint.py), as a
+    classification run's does; --resume-inexact continues on the data as it is now."""
+    from ..store.fingerprint import check_data_unchanged
+    check_data_unchanged(run, cfg, _as_task(classes, splits), log)

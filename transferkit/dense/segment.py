@@ -58,6 +58,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool =
                                                test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction,
                                                shots=cfg.shots)
     phases = plan(cfg, len(train_items))
+    files = {name: [f for it in part for f in ((str(it.image), "image"), (str(it.mask), "mask"))]
+             for name, part in (("train", train_items), ("val", val_items), ("test", test_items))}
+    if resume:
+        runs.check_data(run, cfg, classes, files, log)
     bb = encoder.source_backbone(cfg)
     size = runs.image_size(cfg, DEFAULT_SIZE, STRIDE)
     torch.manual_seed(cfg.seed)
@@ -73,6 +77,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool =
         run = runs.start_run(cfg, NAME, runs.source_record(bb, size, {"classes": classes, "decoder": cfg.decoder,
                                                                         "encoder_weights": loaded}), log)
         _write_splits(run, train_items, val_items, test_items)
+        runs.record_data(run, classes, files)
         from ..engine.run_state import RunState
         state = RunState()
     else:
@@ -178,33 +183,48 @@ def palette(n: int) -> list[int]:
     return out + [0] * (768 - len(out))
 
 
+def predictor(run_dir):
+    """(classes, fn): fn(paths) -> per image {"mask": uint8 [H, W] class indices at the image's own
+    size, "classes": {name: share of the pixels}} (the notebook API's Model.predict)."""
+    from ..data.images import open_rgb
+    model, src = load_run(run_dir)
+    classes = src["classes"]
+
+    def run(paths: list[Path]) -> list[dict]:
+        rows = []
+        for p in paths:
+            im = open_rgb(str(p))
+            logits = predict_logits(model, p, src["image_size"], src["mean"], src["std"], _device(),
+                                    (im.height, im.width))
+            idx = logits.argmax(0).numpy().astype(np.uint8)
+            counts = np.bincount(idx.reshape(-1), minlength=len(classes))
+            rows.append({"mask": idx, "classes": {classes[k]: round(float(c) / idx.size, 4)
+                                                  for k, c in enumerate(counts) if c}})
+        return rows
+    return classes, run
+
+
 def predict(run_dir, inputs: list[str], output: str | None, *, log=print) -> list[dict]:
     if not output:
         raise ConfigError("predict of a segment run writes mask images: pass --out DIR")
-    model, src = load_run(run_dir)
-    classes = src["classes"]
+    classes, run = predictor(run_dir)
     paths = input_images(inputs)
     stems = output_stems(paths)
     out = runs.free_output_dir(output, [f"{s}_{k}.png" for s in stems for k in ("mask", "overlay")])
     pal = palette(len(classes))
     rows = []
     from ..data.images import open_rgb
-    for p, stem in zip(paths, stems):
-        im = open_rgb(str(p))
-        logits = predict_logits(model, p, src["image_size"], src["mean"], src["std"], _device(),
-                                (im.height, im.width))
-        idx = logits.argmax(0).numpy().astype(np.uint8)
+    for p, stem, got in zip(paths, stems, run(paths)):
+        idx = got["mask"]
         mask = Image.fromarray(idx, "P")
         mask.putpalette(pal)
         mask.save(out / f"{stem}_mask.png")
         colour = np.asarray(mask.convert("RGB"), dtype=np.float32)
-        base = np.asarray(im, dtype=np.float32)
+        base = np.asarray(open_rgb(str(p)), dtype=np.float32)
         blend = np.where(idx[..., None] > 0, 0.5 * base + 0.5 * colour, base).astype(np.uint8)
         Image.fromarray(blend, "RGB").save(out / f"{stem}_overlay.png")
-        counts = np.bincount(idx.reshape(-1), minlength=len(classes))
         rows.append({"input": str(p), "mask": str(out / f"{stem}_mask.png"),
-                     "overlay": str(out / f"{stem}_overlay.png"),
-                     "classes": {classes[k]: round(float(c) / idx.size, 4) for k, c in enumerate(counts) if c}})
+                     "overlay": str(out / f"{stem}_overlay.png"), "classes": got["classes"]})
     return rows
 
 

@@ -7,6 +7,7 @@ A run folder after `train_run`:
     split.json                            which images trained and which were held out for testing
     history.json                          loss per step (total and each term)
     metrics.json                          map, map_50, map_75, per-class AP on the test images
+    report.html                           the test images worst first, predicted boxes beside the truth
     test_predictions.json / .csv          the test images' boxes as COCO results / CSV rows
 """
 
@@ -48,20 +49,10 @@ def split_items(items: list[DetectionItem], fraction: float, seed: int) -> tuple
             [it for i, it in enumerate(items) if i in held])
 
 
-def train_run(data: str | Path | DetectionSet, run_dir: str | Path, *, annotations: str | Path | None = None,
-              test: str | Path | None = None, test_fraction: float = 0.2,
-              source: str = "bundled:efficientnet_lite0", arch: str = "fcos", image_size: int = 256,
-              freeze_backbone: bool = False, config: TrainConfig | None = None, shots: int | None = None,
-              log=print) -> dict:
-    """Read DATA (COCO/YOLO/VOC; or a DetectionSet already read), train a detector on it (less a held-out test share, or all of it
-    when `test` names labelled test data in the same classes), score it on the test images and
-    write the run folder's files (module docstring). `shots`: train on that many labelled images
-    (a seeded subset of the training share). Returns the metrics."""
-    cfg = config or TrainConfig()
-    run = Path(run_dir)
-    ds = data if isinstance(data, DetectionSet) else read_detection(data, annotations)
-    for note in ds.notes:
-        log(f"note: {note}")
+def choose_items(ds: DetectionSet, *, test: str | Path | None = None, test_fraction: float = 0.2,
+                 seed: int = 0, shots: int | None = None, log=print) -> tuple[list, list]:
+    """(train, test) items of a run: all of DATA and the labelled `test` data (same classes), or a
+    seeded held-out share of DATA; with `shots`, a seeded subset of that many training images."""
     if test is not None:
         test_ds = read_detection(test)
         if test_ds.classes != ds.classes:
@@ -69,16 +60,39 @@ def train_run(data: str | Path | DetectionSet, run_dir: str | Path, *, annotatio
                             f"{ds.classes}; give both the same class list")
         train_items, test_items = ds.items, test_ds.items
     else:
-        train_items, test_items = split_items(ds.items, test_fraction, cfg.seed)
+        train_items, test_items = split_items(ds.items, test_fraction, seed)
     if shots is not None:
         if shots > len(train_items):
             log(f"warning: --shots {shots} but only {len(train_items)} training images; training on all of them")
         order = sorted(range(len(train_items)), key=lambda i: train_items[i].image)
-        random.Random(cfg.seed + 1).shuffle(order)
+        random.Random(seed + 1).shuffle(order)
         keep = set(order[:shots])
         train_items = [it for i, it in enumerate(train_items) if i in keep]
+    return train_items, test_items
+
+
+def train_run(data: str | Path | DetectionSet, run_dir: str | Path, *, annotations: str | Path | None = None,
+              test: str | Path | None = None, test_fraction: float = 0.2,
+              source: str = "bundled:efficientnet_lite0", arch: str = "fcos", image_size: int = 256,
+              freeze_backbone: bool = False, config: TrainConfig | None = None, shots: int | None = None,
+              split: tuple[list, list] | None = None, checkpoint=None, log=print) -> dict | None:
+    """Read DATA (COCO/YOLO/VOC; or a DetectionSet already read), train a detector on it (less a held-out test share, or all of it
+    when `test` names labelled test data in the same classes), score it on the test images and
+    write the run folder's files (module docstring). `shots`: train on that many labelled images
+    (a seeded subset of the training share); `split`: the (train, test) items `choose_items` gave.
+    `checkpoint` (detection/checkpoint.py) saves RUN/last/ and may stop the run early: then the
+    result is None and no metrics are written. Returns the metrics."""
+    import torch
+    cfg = config or TrainConfig()
+    run = Path(run_dir)
+    ds = data if isinstance(data, DetectionSet) else read_detection(data, annotations)
+    for note in ds.notes:
+        log(f"note: {note}")
+    train_items, test_items = split or choose_items(ds, test=test, test_fraction=test_fraction, seed=cfg.seed,
+                                                    shots=shots, log=log)
     atomic_write_json(run / "split.json", {"train": [it.image for it in train_items],
                                            "test": [it.image for it in test_items]})
+    torch.manual_seed(cfg.seed)  # the new FPN and heads (and an @random body) start the same for a seed
     model = build_detector(source, len(ds.classes), arch, image_size=image_size, freeze_backbone=freeze_backbone)
     log(f"detect: {ds.format} data, {len(ds.classes)} classes, {len(train_items)} training images "
         f"({sum(len(it.boxes) for it in train_items)} boxes), {len(test_items)} test images; "
@@ -86,7 +100,9 @@ def train_run(data: str | Path | DetectionSet, run_dir: str | Path, *, annotatio
     every = max(1, cfg.steps // 10)
     fit = train_detector(model, train_items, cfg,
                          log=lambda s, parts: log(f"step {s}/{cfg.steps} loss {sum(parts.values()):.4f}")
-                         if s % every == 0 or s == cfg.steps else None)
+                         if s % every == 0 or s == cfg.steps else None, checkpoint=checkpoint)
+    if fit.stopped:
+        return None
     save_detector(model, ds.classes, run, category_ids=ds.category_ids)
     atomic_write_json(run / "history.json", {"loss": fit.losses, "parts": fit.parts,
                                              "seconds": round(fit.seconds, 2), "config": asdict(cfg)})
@@ -96,8 +112,11 @@ def train_run(data: str | Path | DetectionSet, run_dir: str | Path, *, annotatio
                "steps": cfg.steps, "train_seconds": round(fit.seconds, 2)}
     atomic_write_json(run / "metrics.json", metrics)
     _write_predictions(run, "test_predictions", preds, test_items, ds.classes, ds.category_ids)
+    if test_items:
+        from .report import write_detection_report
+        write_detection_report(run, metrics, test_items, preds, ds.classes)
     log(f"test mAP {_pct(metrics['map'])} (mAP@50 {_pct(metrics['map_50'])}) on {len(test_items)} images; "
-        f"wrote {run}/detector.safetensors, metrics.json, test_predictions.json/.csv")
+        f"wrote {run}/detector.safetensors, metrics.json, test_predictions.json/.csv, report.html")
     return metrics
 
 

@@ -44,6 +44,7 @@ class DetectionFit:
     losses: list[float]                                   # total loss per step
     parts: list[dict[str, float]] = field(default_factory=list)   # each loss term per step
     seconds: float = 0.0
+    stopped: bool = False                                 # the checkpoint hook asked to stop early
 
 
 class ResizedImages:
@@ -84,9 +85,14 @@ def hflip(img: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.T
 
 
 def train_detector(model: nn.Module, items: list[DetectionItem], config: TrainConfig | None = None,
-                   log=None) -> DetectionFit:
+                   log=None, checkpoint=None) -> DetectionFit:
     """Train `model` (from build_detector) on `items` for `config.steps` steps; returns the model
-    (left in eval mode) and its loss per step. `log(step, losses)` is called every step if given."""
+    (left in eval mode) and its loss per step. `log(step, losses)` is called every step if given.
+
+    `checkpoint` (detection/checkpoint.py): `restore(model, opt, sched, gen, fit) -> (step, order)`
+    puts a stopped run's state back before the first step, and `after_step(step, model, opt, sched,
+    gen, order, fit) -> bool` saves it and says whether to stop (fit.stopped) after a step. Everything
+    a step draws comes from `gen`, the global RNG and `order`, so a resumed run takes the same steps."""
     cfg = config or TrainConfig()
     if not items:
         raise ValueError("no training images")
@@ -102,8 +108,10 @@ def train_detector(model: nn.Module, items: list[DetectionItem], config: TrainCo
     if model.spec.freeze_backbone:
         model.backbone.body.eval()   # a frozen body keeps its BatchNorm statistics too
     fit = DetectionFit(model, [])
-    start, order = time.perf_counter(), []
-    for step in range(cfg.steps):
+    start, order, first = time.perf_counter(), [], 0
+    if checkpoint is not None:
+        first, order = checkpoint.restore(model, opt, sched, gen, fit)
+    for step in range(first, cfg.steps):
         if len(order) < cfg.batch_size:
             order += torch.randperm(len(data), generator=gen).tolist()
         batch, order = order[:cfg.batch_size], order[cfg.batch_size:]
@@ -130,7 +138,11 @@ def train_detector(model: nn.Module, items: list[DetectionItem], config: TrainCo
         fit.parts.append({k: v.item() for k, v in losses.items()})
         if log is not None:
             log(step + 1, fit.parts[-1])
-    fit.seconds = time.perf_counter() - start
+        if checkpoint is not None and checkpoint.after_step(step + 1, model, opt, sched, gen, order, fit,
+                                                            time.perf_counter() - start):
+            fit.stopped = True
+            break
+    fit.seconds += time.perf_counter() - start
     model.eval()
     return fit
 

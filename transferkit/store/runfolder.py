@@ -46,7 +46,10 @@ RUN_META = "run.json"
 # what `train` writes in a run folder (files and folders); only these are ever removed by --overwrite
 OUTPUTS = ("run.json", "config.yaml", "environment.json", "splits.csv", "source.json", "anchor.safetensors",
            "model.safetensors", "metrics.json", "history.csv", "report.html", "last", ".last.old",
-           "sweep", "plots", "auto", "lp_model.safetensors", "logs", "adapt.yaml", "fingerprint.json")
+           "sweep", "plots", "auto", "lp_model.safetensors", "logs", "adapt.yaml", "fingerprint.json",
+           # a detect run's own files (transferkit/detection/run.py)
+           "detector.safetensors", "detector.json", "split.json", "history.json", "test_predictions.json",
+           "test_predictions.csv")
 LOCK = ".lock"  # held (flock) by the one process writing the run, removed when it is done
 
 
