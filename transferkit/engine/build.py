@@ -28,6 +28,9 @@ def build_model(cfg: TrainConfig, classes: list[str], *, from_data: bool = True)
             resolve_inputs(cfg)
         backbone = adapt_backbone(backbone, cfg)
     plan = plan_strategy(cfg.strategy, backbone.num_stages)
+    if plan.contrastive is not None:
+        from ..strategies.contrastive import check_usable
+        check_usable(cfg, backbone.modality)
     if plan.multi_stage:
         from ..models.multi_probe import multi_stage_backbone
         backbone = multi_stage_backbone(backbone)

@@ -171,6 +171,9 @@ def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: 
     gradient_phases = [p for p in plan.phases if not p.head_only]
     share = sum(p.fraction for p in gradient_phases) or 1.0
     phase_steps = [0 if p.head_only else max(1, round(n_gradient * p.fraction / share)) for p in plan.phases]
+    if plan.contrastive is not None:  # its pair budget sets its steps (strategies/contrastive.py)
+        from ..strategies.contrastive import contrastive_phase, phase_steps as pair_steps
+        phase_steps[0] = pair_steps(plan.contrastive, cfg, len(task.train))
     autocast = accel.autocast
 
     train_ds = make_dataset(model, task.train, train=True, augment=cfg.augment,
@@ -211,7 +214,11 @@ def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: 
                 return _stopped(run, state)
             resume = None  # the next phase starts from this process's state, not the checkpoint
         else:
-            interrupted = _gradient_phase(model, cfg, state, phase, phase_steps[state.phase], train_ds,
+            if plan.contrastive is not None:
+                interrupted = contrastive_phase(model, cfg, state, phase, phase_steps[state.phase], task.train,
+                                                accel, run, resume, log, progress, plan.contrastive)
+            else:
+                interrupted = _gradient_phase(model, cfg, state, phase, phase_steps[state.phase], train_ds,
                                      val_loader, accel, regs, run, resume, log, progress, fixmatch=fixmatch)
             resume = None
             if interrupted:

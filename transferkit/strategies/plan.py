@@ -11,6 +11,8 @@ A strategy string becomes a `Plan` of one or more `Phase`s:
                    unfreeze everything and train with backbone LR = head LR x `backbone_lr_mult`
 - `stages:A-B[,C]` (or `freeze=stages:A-B`): freeze exactly those stage indices
 - `lora:r=R[,alpha=A]` low-rank adapters on a text encoder (PEFT): head fit first, then adapters + head
+- `contrastive[:pairs=N,lr=X]` a text encoder fine-tuned on same/different-class pairs (SetFit-style),
+                   then the head fitted on its new features (transferkit/strategies/contrastive.py)
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
-STRATEGIES = ("auto", "linear_probe", "multi_probe", "partial:K", "full", "two_phase", "stages:A-B", "lora:r=R", "prototypes")
+STRATEGIES = ("auto", "linear_probe", "multi_probe", "partial:K", "full", "two_phase", "stages:A-B", "lora:r=R", "prototypes",
+              "contrastive[:pairs=N]")
 
 
 @dataclass
@@ -36,6 +39,7 @@ class Plan:
     strategy: str
     phases: list[Phase]
     lora: dict | None = field(default=None)
+    contrastive: dict | None = field(default=None)  # options of the pair phase (strategies/contrastive.py)
     multi_stage: bool = False  # the head reads pooled features of several stages
 
 
@@ -86,6 +90,11 @@ def plan_strategy(strategy: str, num_stages: int, *, backbone_lr_mult: float = 0
             frozen = _parse_indices(s.split("stages:", 1)[1], num_stages)
             return Plan(s, [Phase(s, frozen, 1.0, backbone_lr_mult=backbone_lr_mult,
                                   head_only=len(frozen) == num_stages)])
+        if s == "contrastive" or s.startswith("contrastive:"):
+            from .contrastive import parse_options
+            return Plan(s, [Phase("contrastive", [], 1.0, backbone_lr_mult=1.0),
+                            Phase("head", everything, 0.0, head_only=True)],
+                        contrastive=parse_options(s.partition(":")[2]))
         if s.startswith("lora:"):
             opts = dict(kv.split("=", 1) for kv in s.split(":", 1)[1].split(",") if kv)
             unknown = set(opts) - {"r", "alpha", "dropout"}
@@ -103,7 +112,7 @@ def plan_strategy(strategy: str, num_stages: int, *, backbone_lr_mult: float = 0
         raise
     base = s.split(":")[0]
     near = difflib.get_close_matches(base, ["auto", "linear_probe", "multi_probe", "partial", "full", "two_phase",
-                                            "stages", "lora"], n=1)
+                                            "stages", "lora", "prototypes", "contrastive"], n=1)
     raise ValueError(f"unknown strategy '{strategy}'" + (f"; did you mean '{near[0]}'?" if near else "")
                      + f" Forms: {', '.join(STRATEGIES)}")
 

@@ -1,0 +1,96 @@
+"""`--strategy contrastive` (transferkit/strategies/contrastive.py): the pairs it trains on, length-sorted
+batches, a tiny run through the CLI that moves the encoder and then fits the head, an exact resume,
+and the refusals (image backbones, --reg, bad options)."""
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from transferkit.cli import main
+from transferkit.strategies import plan_strategy
+from transferkit.strategies.contrastive import make_pairs, pair_batches, parse_options
+
+from test_text import _source_weights, _train, texts_csv  # noqa: F401  (the module fixture)
+
+LABELS = [0] * 4 + [1] * 4 + [2] * 3 + [3]  # a class with a single text has no positive pair
+
+
+def test_pairs_are_capped_balanced_seeded_and_well_formed():
+    pairs = make_pairs(LABELS, 30, seed=0)
+    assert len(pairs) == 30
+    kinds = Counter(t for _, _, t in pairs)
+    assert kinds[1.0] > 0 and kinds[0.0] > 0 and abs(kinds[1.0] - kinds[0.0]) <= 3  # text 11 has no positive
+    for i, j, t in pairs:
+        assert i != j
+        assert (LABELS[i] == LABELS[j]) == (t == 1.0)
+    assert make_pairs(LABELS, 30, seed=0) == pairs
+    assert make_pairs(LABELS, 30, seed=1) != pairs
+    assert make_pairs(LABELS, 7, seed=0) == pairs[:7]  # a smaller cap is a prefix: the same draws
+    # while unused pairs are easy to find, none repeats: 12 texts have 6+6+3 = 15 positive pairs
+    first = make_pairs(LABELS, 12, seed=3)
+    assert len({(min(i, j), max(i, j)) for i, j, _ in first}) == 12
+
+
+def test_pairs_need_two_classes():
+    with pytest.raises(ValueError, match="two classes"):
+        make_pairs([0, 0, 0], 4, seed=0)
+
+
+def test_batches_group_pairs_of_similar_length():
+    lengths = [5, 500, 6, 480, 7, 490, 8, 470]
+    pairs = [(0, 2, 1.0), (1, 3, 1.0), (4, 6, 1.0), (5, 7, 1.0)]
+    batches = pair_batches(pairs, lengths, 2, seed=0)
+    assert sorted(sorted(b) for b in batches) == [[0, 2], [1, 3]]  # short with short, long with long
+    assert pair_batches(pairs, lengths, 2, seed=0) == batches
+
+
+def test_options_and_plan():
+    assert parse_options("") == {"pairs": None, "lr": 2e-5}
+    assert parse_options("pairs=64,lr=1e-4") == {"pairs": 64, "lr": 1e-4}
+    for bad in ("pairs=x", "size=3", "pairs=0", "lr=-1"):
+        with pytest.raises(ValueError):
+            parse_options(bad)
+    plan = plan_strategy("contrastive:pairs=64", 7)
+    assert [p.name for p in plan.phases] == ["contrastive", "head"]
+    assert plan.phases[0].frozen == [] and plan.phases[1].head_only
+    assert plan.contrastive == {"pairs": 64, "lr": 2e-5}
+
+
+def _encoder_moved(run, bert) -> float:
+    trained, source = load_file(str(run / "model.safetensors")), _source_weights(bert)
+    return max((trained[k].float() - source[k].float()).abs().max().item() for k in source if k in trained)
+
+
+def test_cli_trains_encoder_then_head(texts_csv, tiny_bert_dir, tmp_path, capsys):  # noqa: F811
+    run = tmp_path / "run"
+    assert _train(texts_csv, run, tiny_bert_dir, strategy="contrastive:pairs=24,lr=1e-3") == 0
+    capsys.readouterr()
+    assert _encoder_moved(run, tiny_bert_dir) > 0
+    m = json.loads((run / "metrics.json").read_text())
+    assert 0 <= m["macro_f1"] <= 1
+    state = json.loads((run / "last" / "state.json").read_text())["run_state"]
+    assert state["done"] and state["global_step"] == 3  # 24 pairs / batch 8
+    assert state["head_fit"]["C"] is not None  # the logistic head, fitted after the encoder moved
+
+
+def test_resume_is_exact(texts_csv, tiny_bert_dir, tmp_path, capsys):  # noqa: F811
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    strategy = "contrastive:pairs=32,lr=1e-3"
+    assert _train(texts_csv, whole, tiny_bert_dir, strategy=strategy) == 0
+    assert _train(texts_csv, part, tiny_bert_dir, "--stop-after", "2", strategy=strategy) == 0
+    assert main(["train", "--resume", str(part), "--quiet"]) == 0
+    capsys.readouterr()
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(part / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_refuses_image_backbones_and_regularizers(texts_csv, tiny_bert_dir, image_folder, tmp_path, capsys):  # noqa: F811
+    assert main(["train", str(image_folder), "--backbone", "bundled:efficientnet_lite0", "--strategy",
+                 "contrastive", "--out", str(tmp_path / "img"), "--quiet"]) != 0
+    assert "text encoders" in capsys.readouterr().err
+    assert not (tmp_path / "img").exists()
+    assert _train(texts_csv, tmp_path / "reg", tiny_bert_dir, "--reg", "l2sp:0.01", strategy="contrastive") != 0
+    assert "takes no --reg" in capsys.readouterr().err

@@ -1,0 +1,232 @@
+"""`contrastive`: contrastive fine-tuning of a text encoder on pairs made from the few labels, then the head.
+
+The idea is SetFit's (Tunstall et al., 2022): with a handful of labelled texts per class there are
+few examples but many *pairs* of examples. Pairs of the same class should embed close together,
+pairs of different classes apart. The encoder is trained for that on its mean-pooled sentence
+features with a cosine-similarity loss (the cosine of the two embeddings regressed onto 1 for a
+positive pair, 0 for a negative one), and afterwards the usual head (the L-BFGS logistic probe of
+`linear_probe`, C chosen on validation or by cross-validation) is fitted on the features of the
+encoder as it now is. This module is our own implementation; it shares no code with setfit.
+
+Cost is bounded: the number of pairs is capped, each pair is seen once, and pairs are batched by
+length (pairs of similar length share a batch, so little of each batch is padding) with the order
+of the batches shuffled. A step encodes 2 x batch-size texts.
+
+Options, `contrastive[:key=value,...]`:
+
+- `pairs=N`  pairs in total (one optimisation step per `--batch-size` pairs). Default: `--steps`
+             (or `--epochs`) x batch size when given, else PAIRS_PER_TEXT per training text, at
+             most MAX_PAIRS.
+- `lr=X`     the encoder's learning rate in the contrastive phase (default LR). The head is fitted in
+             closed form afterwards and takes no learning rate.
+
+Pairs (`make_pairs`): in rounds, every training text in a seeded random order is the anchor of one
+positive pair (a random other text of its class) and one negative pair (a random text of another
+class), a pair already drawn being redrawn a few times before it is accepted again; so positives
+and negatives are balanced, every text takes part equally, and the same seed and data give the same
+pairs. A class with a single text has no positive pair.
+
+Runs: the phase uses the engine's run folder, `last/` (model, optimizer, RNG, step), `--stop-after`,
+`--checkpoint-every/-seconds`, SIGINT/SIGTERM and `--resume`: pairs and batches are a pure function of
+(seed, training split), so a resumed run continues exactly with the batch it stopped before. It
+runs in one process (no multi-GPU data parallelism) and takes no `--reg` or `--unlabelled`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PAIRS_PER_TEXT = 20   # default pair budget per training text (chosen on development seeds; benchmarks/text_transfer.py)
+MAX_PAIRS = 4000      # and at most this many (a large training set gets no more steps than this)
+LR = 2e-5             # encoder LR of the contrastive phase
+REDRAWS = 5           # attempts to find a pair not drawn yet before a repeat is accepted
+OPTIONS = ("pairs", "lr")
+
+
+def parse_options(text: str) -> dict:
+    """`pairs=N,lr=X` -> {"pairs": N or None, "lr": X}; an unknown key or a bad value is a ValueError."""
+    opts = dict(kv.split("=", 1) if "=" in kv else (kv, "") for kv in text.split(",") if kv)
+    unknown = set(opts) - set(OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown contrastive option '{sorted(unknown)[0]}' (use pairs=N, lr=X)")
+    try:
+        pairs = int(opts["pairs"]) if "pairs" in opts else None
+        lr = float(opts.get("lr", LR))
+    except ValueError:
+        raise ValueError(f"cannot read contrastive options '{text}': pairs=N takes a whole number, "
+                         "lr=X a number (e.g. contrastive:pairs=2000,lr=2e-5)") from None
+    if pairs is not None and pairs < 1:
+        raise ValueError("contrastive:pairs=N needs N >= 1")
+    if not 0 < lr <= 1:
+        raise ValueError("contrastive:lr=X needs 0 < X <= 1")
+    return {"pairs": pairs, "lr": lr}
+
+
+def n_pairs(opts: dict, cfg, n_train: int) -> int:
+    """How many pairs the phase trains on (see the module docstring)."""
+    if opts.get("pairs"):
+        return int(opts["pairs"])
+    if cfg.steps or cfg.epochs:
+        from ..engine.fit import total_steps
+        return total_steps(cfg, n_train) * cfg.batch_size
+    return max(cfg.batch_size, min(MAX_PAIRS, PAIRS_PER_TEXT * n_train))
+
+
+def phase_steps(opts: dict, cfg, n_train: int) -> int:
+    return math.ceil(n_pairs(opts, cfg, n_train) / cfg.batch_size)
+
+
+def make_pairs(labels: list[int] | np.ndarray, count: int, seed: int) -> list[tuple[int, int, float]]:
+    """`count` pairs (i, j, target): target 1.0 for two texts of one class, 0.0 for two classes.
+    Balanced, seeded, repeats avoided while unseen pairs are easy to find (module docstring)."""
+    y = np.asarray(labels)
+    if len(np.unique(y)) < 2:
+        raise ValueError("contrastive fine-tuning needs at least two classes in the training split")
+    rng = np.random.default_rng(seed)
+    members = {c: np.flatnonzero(y == c) for c in np.unique(y)}
+    seen: set[tuple[int, int]] = set()
+    pairs: list[tuple[int, int, float]] = []
+
+    def draw(i: int, same: bool) -> int | None:
+        pool = members[y[i]] if same else None
+        if same and len(pool) < 2:
+            return None
+        j = -1
+        for _ in range(REDRAWS):
+            if same:
+                j = int(pool[rng.integers(len(pool))])
+                while j == i:
+                    j = int(pool[rng.integers(len(pool))])
+            else:
+                j = int(rng.integers(len(y)))
+                while y[j] == y[i]:
+                    j = int(rng.integers(len(y)))
+            if (min(i, j), max(i, j)) not in seen:
+                break
+        return j
+
+    while len(pairs) < count:
+        before = len(pairs)
+        for i in rng.permutation(len(y)).tolist():
+            for same in (True, False):
+                j = draw(i, same)
+                if j is None:
+                    continue
+                seen.add((min(i, j), max(i, j)))
+                pairs.append((i, j, 1.0 if same else 0.0))
+                if len(pairs) == count:
+                    return pairs
+        if len(pairs) == before:  # cannot happen with two classes; guards an endless loop
+            break
+    return pairs
+
+
+def pair_batches(pairs: list[tuple[int, int, float]], lengths: list[int], batch_size: int,
+                 seed: int) -> list[list[int]]:
+    """Indices into `pairs`, in batches of pairs of similar length (the longer text of each pair),
+    the batches in a seeded random order."""
+    order = sorted(range(len(pairs)), key=lambda k: (max(lengths[pairs[k][0]], lengths[pairs[k][1]]), k))
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    g = torch.Generator().manual_seed(seed * 100_003 + 7)
+    return [batches[k] for k in torch.randperm(len(batches), generator=g).tolist()]
+
+
+def cosine_pair_loss(u: torch.Tensor, v: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between cos(u, v) and the pair's target (1 same class, 0 different)."""
+    return torch.nn.functional.mse_loss(torch.nn.functional.cosine_similarity(u.float(), v.float(), dim=-1),
+                                        target.float())
+
+
+def check_usable(cfg, modality: str) -> None:
+    """Before any file is written: the strategy trains text encoders, with nothing else in the loss."""
+    if modality != "text":
+        raise ValueError(f"strategy 'contrastive' fine-tunes text encoders; {cfg.backbone} is an "
+                         f"{modality} model (use two_phase, partial:K or full)")
+    for name, flag in (("reg", "--reg"), ("unlabelled", "--unlabelled")):
+        if getattr(cfg, name, None):
+            raise ValueError(f"strategy 'contrastive' takes no {flag}: its encoder phase trains on pairs "
+                             "only (use two_phase or lora:r=R for a regularised or semi-supervised run)")
+
+
+def contrastive_phase(model, cfg, state, phase, n_steps: int, train_items: list, accel, run: Path,
+                      resume, log, progress: bool, opts: dict) -> bool:
+    """Train the encoder on pairs for `n_steps` steps (or continue a resumed phase). The head does not
+    train here. Returns True when stopped (`--stop-after`, a signal) with `last/` written."""
+    from ..engine import interrupt
+    from ..engine.fit import _make_optimizer, _progress, lr_factor
+    from ..engine.resume import restore_optimizer_and_rng
+    from ..engine.selection import save_last
+    from ..engine.tracking import log_step
+    from ..infer.loaders import collate_for, to_device
+    from ..store import checkpoint as ck
+    from .freeze import freeze_stages
+    from .plan import param_groups
+    if accel.num_processes > 1:
+        raise ValueError("strategy 'contrastive' runs in one process; start it without torchrun/accelerate launch")
+    class_to_idx = {c: i for i, c in enumerate(model.class_names)}
+    labels = [class_to_idx[e.label] for e in train_items]
+    texts = [e.x for e in train_items]
+    pairs = make_pairs(labels, n_steps * cfg.batch_size, cfg.seed)
+    batches = pair_batches(pairs, [len(t) for t in texts], cfg.batch_size, cfg.seed)[:n_steps]
+    if state.step == 0:
+        n_pos = sum(1 for p in pairs if p[2] == 1.0)
+        log(f"contrastive: {len(pairs)} pairs ({n_pos} same-class, {len(pairs) - n_pos} different-class) "
+            f"from {len(texts)} texts, {len(batches)} length-sorted batches of {cfg.batch_size}")
+    freeze_stages(model, phase.frozen, head=False)  # the head is fitted afterwards, on the new features
+    groups = param_groups(model, phase, lr=opts["lr"], weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
+    optimizer = _make_optimizer(cfg, groups)
+    optimizer.zero_grad(set_to_none=True)
+    if resume:
+        restore_optimizer_and_rng(resume, run, cfg, state, optimizer, log)
+    collate = collate_for(model)  # the run's tokenizer and max length; each batch padded to its longest text
+    device = accel.device
+    model.train()
+    bar = _progress(n_steps, state.step, phase.name, progress and accel.is_main_process)
+    running, t0 = state.running_loss, time.time()
+    clock = ck.CheckpointClock(cfg.checkpoint_every, cfg.checkpoint_seconds, state.step, t0)
+    log_every = max(1, n_steps // 10)
+    while state.step < n_steps:
+        batch = [pairs[k] for k in batches[state.step]]
+        enc, _ = collate([(texts[i], 0) for i, _, _ in batch] + [(texts[j], 0) for _, j, _ in batch])
+        target = torch.tensor([t for _, _, t in batch], device=device)
+        for g in optimizer.param_groups:
+            g["lr"] = g["initial_lr"] * lr_factor(state.step, n_steps, cfg.warmup)
+        with accel.autocast():
+            z = model.backbone(to_device(enc, device))
+            loss = cosine_pair_loss(z[:len(batch)], z[len(batch):], target)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        state.global_step += 1
+        running.append(float(loss.item()))
+        log_step(accel, state.global_step, running[-1], optimizer.param_groups[-1]["lr"])
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(pair_loss=f"{np.mean(running[-10:]):.4f}")
+        if state.step % log_every == 0 or state.step == n_steps:
+            state.history.append({"phase": state.phase, "step": state.global_step, "epoch": state.epoch,
+                                  "lr": optimizer.param_groups[-1]["lr"],
+                                  "train_loss": round(float(np.mean(running)), 6),
+                                  "seconds": round(time.time() - t0, 2)})
+            running.clear()
+        by_flag = cfg.stop_after and state.global_step >= cfg.stop_after
+        if (by_flag or interrupt.requested()) and state.step < n_steps:
+            save_last(run, model, optimizer, state)
+            if bar is not None:
+                bar.close()
+            if by_flag:
+                log(f"stopped after {state.global_step} steps; continue with --resume {run}")
+            return True
+        if state.step < n_steps and clock.due(state.step, time.time()):
+            save_last(run, model, optimizer, state)
+            clock.saved(state.step, time.time())
+    if bar is not None:
+        bar.close()
+    model.eval()
+    return False
