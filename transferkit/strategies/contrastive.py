@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-PAIRS_PER_TEXT = 20   # default pair budget per training text (chosen on development seeds; benchmarks/text_transfer.py)
+PAIRS_PER_TEXT = 4    # default pairs per training text: sized by CPU cost (a step encodes 2 x batch texts), not tuned
 MAX_PAIRS = 4000      # and at most this many (a large training set gets no more steps than this)
 LR = 2e-5             # encoder LR of the contrastive phase
 REDRAWS = 5           # attempts to find a pair not drawn yet before a repeat is accepted
