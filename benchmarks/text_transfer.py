@@ -158,7 +158,8 @@ def run_probe(task, encoder: Encoder, seed: int):
 def _default_pair_steps(task, args) -> int:
     """Steps `contrastive` takes by default on this task (when the setfit row runs without it)."""
     from transferkit.config import make_config
-    from transferkit.strategies.contrastive import parse_options, phase_steps
+    from transferkit.engine.contrastive_phase import phase_steps
+    from transferkit.strategies.contrastive import parse_options
     cfg = make_config(data=str(args.data), backbone=args.backbone, batch_size=args.batch_size)
     return phase_steps(parse_options(""), cfg, len(task.train))
 

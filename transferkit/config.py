@@ -56,8 +56,7 @@ class TrainConfig:
     out: str = option("", "run directory to write")
     strategy: str = option("auto", "what trains: auto (probe or LP-FT, chosen on held-out labels) | "
                            "linear_probe | multi_probe | partial:K | full | two_phase | stages:A-B | "
-                           "lora:r=R[,alpha=A] | prototypes (nearest class mean) | contrastive[:pairs=N] "
-                           "(text: pair-trained encoder, then the head)", syntax="strategy")
+                           "lora:r=R[,alpha=A] | prototypes (nearest class mean) | contrastive[:pairs=N] (text)", syntax="strategy")
     shots: int | None = option(None, "keep N labelled training examples per class", low=1, none="all")
     epochs: int | None = option(None, "passes over the training split (steps wins if both are set)",
                                 low=1, none="from steps")

@@ -172,8 +172,8 @@ def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: 
     share = sum(p.fraction for p in gradient_phases) or 1.0
     phase_steps = [0 if p.head_only else max(1, round(n_gradient * p.fraction / share)) for p in plan.phases]
     if plan.contrastive is not None:  # its pair budget sets its steps (strategies/contrastive.py)
-        from ..strategies.contrastive import contrastive_phase, phase_steps as pair_steps
-        phase_steps[0] = pair_steps(plan.contrastive, cfg, len(task.train))
+        from .contrastive_phase import contrastive_phase, phase_steps as pair_steps
+        phase_steps[0] = pair_steps(plan.contrastive, cfg, len(task.train), n_gradient)
     autocast = accel.autocast
 
     train_ds = make_dataset(model, task.train, train=True, augment=cfg.augment,
@@ -216,7 +216,8 @@ def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: 
         else:
             if plan.contrastive is not None:
                 interrupted = contrastive_phase(model, cfg, state, phase, phase_steps[state.phase], task.train,
-                                                accel, run, resume, log, progress, plan.contrastive)
+                                                accel, run, resume, log, progress, plan.contrastive,
+                                                make_optimizer=_make_optimizer, lr_factor=lr_factor)
             else:
                 interrupted = _gradient_phase(model, cfg, state, phase, phase_steps[state.phase], train_ds,
                                      val_loader, accel, regs, run, resume, log, progress, fixmatch=fixmatch)

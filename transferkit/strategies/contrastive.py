@@ -26,17 +26,14 @@ class), a pair already drawn being redrawn a few times before it is accepted aga
 and negatives are balanced, every text takes part equally, and the same seed and data give the same
 pairs. A class with a single text has no positive pair.
 
-Runs: the phase uses the engine's run folder, `last/` (model, optimizer, RNG, step), `--stop-after`,
+The training loop is `transferkit.engine.contrastive_phase` (it needs the engine; this module, which
+the plan reads, does not). Runs: the phase uses the engine's run folder, `last/` (model, optimizer, RNG, step), `--stop-after`,
 `--checkpoint-every/-seconds`, SIGINT/SIGTERM and `--resume`: pairs and batches are a pure function of
 (seed, training split), so a resumed run continues exactly with the batch it stopped before. It
 runs in one process (no multi-GPU data parallelism) and takes no `--reg` or `--unlabelled`.
 """
 
 from __future__ import annotations
-
-import math
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -65,20 +62,6 @@ def parse_options(text: str) -> dict:
     if not 0 < lr <= 1:
         raise ValueError("contrastive:lr=X needs 0 < X <= 1")
     return {"pairs": pairs, "lr": lr}
-
-
-def n_pairs(opts: dict, cfg, n_train: int) -> int:
-    """How many pairs the phase trains on (see the module docstring)."""
-    if opts.get("pairs"):
-        return int(opts["pairs"])
-    if cfg.steps or cfg.epochs:
-        from ..engine.fit import total_steps
-        return total_steps(cfg, n_train) * cfg.batch_size
-    return max(cfg.batch_size, min(MAX_PAIRS, PAIRS_PER_TEXT * n_train))
-
-
-def phase_steps(opts: dict, cfg, n_train: int) -> int:
-    return math.ceil(n_pairs(opts, cfg, n_train) / cfg.batch_size)
 
 
 def make_pairs(labels: list[int] | np.ndarray, count: int, seed: int) -> list[tuple[int, int, float]]:
@@ -151,82 +134,3 @@ def check_usable(cfg, modality: str) -> None:
         if getattr(cfg, name, None):
             raise ValueError(f"strategy 'contrastive' takes no {flag}: its encoder phase trains on pairs "
                              "only (use two_phase or lora:r=R for a regularised or semi-supervised run)")
-
-
-def contrastive_phase(model, cfg, state, phase, n_steps: int, train_items: list, accel, run: Path,
-                      resume, log, progress: bool, opts: dict) -> bool:
-    """Train the encoder on pairs for `n_steps` steps (or continue a resumed phase). The head does not
-    train here. Returns True when stopped (`--stop-after`, a signal) with `last/` written."""
-    from ..engine import interrupt
-    from ..engine.fit import _make_optimizer, _progress, lr_factor
-    from ..engine.resume import restore_optimizer_and_rng
-    from ..engine.selection import save_last
-    from ..engine.tracking import log_step
-    from ..infer.loaders import collate_for, to_device
-    from ..store import checkpoint as ck
-    from .freeze import freeze_stages
-    from .plan import param_groups
-    if accel.num_processes > 1:
-        raise ValueError("strategy 'contrastive' runs in one process; start it without torchrun/accelerate launch")
-    class_to_idx = {c: i for i, c in enumerate(model.class_names)}
-    labels = [class_to_idx[e.label] for e in train_items]
-    texts = [e.x for e in train_items]
-    pairs = make_pairs(labels, n_steps * cfg.batch_size, cfg.seed)
-    batches = pair_batches(pairs, [len(t) for t in texts], cfg.batch_size, cfg.seed)[:n_steps]
-    if state.step == 0:
-        n_pos = sum(1 for p in pairs if p[2] == 1.0)
-        log(f"contrastive: {len(pairs)} pairs ({n_pos} same-class, {len(pairs) - n_pos} different-class) "
-            f"from {len(texts)} texts, {len(batches)} length-sorted batches of {cfg.batch_size}")
-    freeze_stages(model, phase.frozen, head=False)  # the head is fitted afterwards, on the new features
-    groups = param_groups(model, phase, lr=opts["lr"], weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
-    optimizer = _make_optimizer(cfg, groups)
-    optimizer.zero_grad(set_to_none=True)
-    if resume:
-        restore_optimizer_and_rng(resume, run, cfg, state, optimizer, log)
-    collate = collate_for(model)  # the run's tokenizer and max length; each batch padded to its longest text
-    device = accel.device
-    model.train()
-    bar = _progress(n_steps, state.step, phase.name, progress and accel.is_main_process)
-    running, t0 = state.running_loss, time.time()
-    clock = ck.CheckpointClock(cfg.checkpoint_every, cfg.checkpoint_seconds, state.step, t0)
-    log_every = max(1, n_steps // 10)
-    while state.step < n_steps:
-        batch = [pairs[k] for k in batches[state.step]]
-        enc, _ = collate([(texts[i], 0) for i, _, _ in batch] + [(texts[j], 0) for _, j, _ in batch])
-        target = torch.tensor([t for _, _, t in batch], device=device)
-        for g in optimizer.param_groups:
-            g["lr"] = g["initial_lr"] * lr_factor(state.step, n_steps, cfg.warmup)
-        with accel.autocast():
-            z = model.backbone(to_device(enc, device))
-            loss = cosine_pair_loss(z[:len(batch)], z[len(batch):], target)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        state.step += 1
-        state.global_step += 1
-        running.append(float(loss.item()))
-        log_step(accel, state.global_step, running[-1], optimizer.param_groups[-1]["lr"])
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(pair_loss=f"{np.mean(running[-10:]):.4f}")
-        if state.step % log_every == 0 or state.step == n_steps:
-            state.history.append({"phase": state.phase, "step": state.global_step, "epoch": state.epoch,
-                                  "lr": optimizer.param_groups[-1]["lr"],
-                                  "train_loss": round(float(np.mean(running)), 6),
-                                  "seconds": round(time.time() - t0, 2)})
-            running.clear()
-        by_flag = cfg.stop_after and state.global_step >= cfg.stop_after
-        if (by_flag or interrupt.requested()) and state.step < n_steps:
-            save_last(run, model, optimizer, state)
-            if bar is not None:
-                bar.close()
-            if by_flag:
-                log(f"stopped after {state.global_step} steps; continue with --resume {run}")
-            return True
-        if state.step < n_steps and clock.due(state.step, time.time()):
-            save_last(run, model, optimizer, state)
-            clock.saved(state.step, time.time())
-    if bar is not None:
-        bar.close()
-    model.eval()
-    return False
