@@ -17,7 +17,7 @@ Options, `contrastive[:key=value,...]`:
 - `pairs=N`  pairs in total (one optimisation step per `--batch-size` pairs). Default: `--steps`
              (or `--epochs`) x batch size when given, else PAIRS_PER_TEXT per training text, at
              most MAX_PAIRS.
-- `lr=X`     the encoder's learning rate in the contrastive phase (default LR). The head is fitted in
+- `lr=X`     the encoder's learning rate in the contrastive phase (default LR, 2e-5). The head is fitted in
              closed form afterwards and takes no learning rate.
 
 Pairs (`make_pairs`): in rounds, every training text in a seeded random order is the anchor of one
@@ -27,9 +27,10 @@ and negatives are balanced, every text takes part equally, and the same seed and
 pairs. A class with a single text has no positive pair.
 
 The training loop is `transferkit.engine.contrastive_phase` (it needs the engine; this module, which
-the plan reads, does not). Runs: the phase uses the engine's run folder, `last/` (model, optimizer, RNG, step), `--stop-after`,
-`--checkpoint-every/-seconds`, SIGINT/SIGTERM and `--resume`: pairs and batches are a pure function of
-(seed, training split), so a resumed run continues exactly with the batch it stopped before. It
+the plan reads, does not). It uses the engine's run folder, `last/` (model, optimizer, RNG, step),
+`--stop-after`, `--checkpoint-every/-seconds`, SIGINT/SIGTERM and `--resume`: pairs and batches are a
+pure function of (seed, training split), so a resumed run continues exactly with the batch it
+stopped before. Validation comes after the head fit (a head-less encoder has nothing to score). It
 runs in one process (no multi-GPU data parallelism) and takes no `--reg` or `--unlabelled`.
 """
 
