@@ -55,14 +55,19 @@ def write_onnx(model, out: Path, sample) -> list[str]:
     args = _as_args(model, names, sample)
     if model.spec.modality == "text" and args[0].shape[0] < 2:
         args = tuple(torch.cat([a, a]) for a in args)  # a batch of 1 would be specialised to 1
+    export_onnx(module, args, out / "model.onnx", names, ["logits"], shapes)
+    return ["model.onnx"]
+
+
+def export_onnx(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
+                shapes) -> None:
+    """torch.onnx's dynamo exporter, one file (no external data), checked by onnx's checker."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(out / "model.onnx"), input_names=names,
-                          output_names=["logits"], dynamic_shapes=shapes, dynamo=True,
-                          external_data=False, verbose=False)
+        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
+                          dynamic_shapes=shapes, dynamo=True, external_data=False, verbose=False)
     import onnx
-    onnx.checker.check_model(str(out / "model.onnx"))
-    return ["model.onnx"]
+    onnx.checker.check_model(str(path))
 
 
 def load_onnx(model, out: Path, names: list[str]):
