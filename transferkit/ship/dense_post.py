@@ -136,7 +136,7 @@ def gaussian_filter(a: np.ndarray, sigma: float, truncate: float = 4.0) -> np.nd
     return out.astype(np.float32)
 
 
-def nearest_distances(features: np.ndarray, bank: np.ndarray, chunk: int = 4096) -> np.ndarray:
+def nearest_distances(features: np.ndarray, bank: np.ndarray, chunk: int = 512) -> np.ndarray:
     """One image's features [C, h, w] -> distance of each patch to its nearest bank row [h, w]."""
     c, h, w = features.shape
     q = features.reshape(c, -1).T.astype(np.float64)
