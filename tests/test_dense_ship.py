@@ -192,7 +192,9 @@ def test_page_in_headless_chromium_draws_the_mask_of_a_segment_run(runs):
                     o.getContext('2d').drawImage(im, 0, 0, c.width, c.height);
                     const a = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
                     const b = o.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-                    let n = 0; for (let i = 0; i < a.length; i += 4) if (a[i] !== b[i] || a[i+1] !== b[i+1] || a[i+2] !== b[i+2]) n++;
+                    let n = 0;
+                    for (let i = 0; i < a.length; i += 4)
+                        if (a[i] !== b[i] || a[i + 1] !== b[i + 1] || a[i + 2] !== b[i + 2]) n++;
                     return [c.width, c.height, n];
                 }""")
                 labels = page.locator("#results .pred .lbl").all_inner_texts()

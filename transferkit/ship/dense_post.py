@@ -165,7 +165,8 @@ def predict(export_dir, image) -> dict:
     pre, post = m["preprocess"], m["postprocess"]
     im = (Image.open(image) if isinstance(image, (str, Path)) else image).convert("RGB")
     x = preprocess(im, pre["size"], pre["mean"], pre["std"])
-    outs = ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"pixel_values": x})
+    session = ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"])
+    outs = session.run(None, {"pixel_values": x})
     if m["task"] == "segment":
         return {"mask": segment_mask(outs[0][0], im.height, im.width), "classes": m["classes"]}
     if m["task"] == "detect":
