@@ -40,7 +40,7 @@ def runs(tmp_path_factory):
 def _predict(run, image, out, capsys) -> list[dict]:
     """`transferkit predict RUN IMAGE --output OUT --json` rows."""
     capsys.readouterr()
-    assert main(["predict", str(run), str(image), "--output", str(out), "--json"]) == 0
+    assert main(["predict", str(run), str(image), "--out", str(out), "--json"]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -149,9 +149,15 @@ def test_serve_predict_of_a_dense_run_agrees_with_transferkit_predict(runs, task
         want = [{"label": w["label"], "score": w["score"], "box": [w["x1"], w["y1"], w["x2"], w["y2"]]}
                 for w in rows]
         assert row["boxes"] == want and len(want) > 0
-    # the same image twice in one request: the same answer (serve's determinism)
+    # the same image twice in one request: the same answer twice (serve's determinism); against the
+    # answer of a batch of one, an anomaly score may move in its 6th digit (float sums over another batch)
     again = client.post("/predict", files=[("file", ("a.png", image.read_bytes(), "image/png"))] * 2).json()
-    assert again["predictions"][0] == again["predictions"][1] == {**row}
+    first, second = again["predictions"]
+    assert first == second
+    if task == "anomaly":
+        assert first.pop("score") == pytest.approx(row.pop("score"), rel=1e-5)
+        first.pop("heatmap_png"), row.pop("heatmap_png")
+    assert first == row
 
 
 @pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="Debian chromium is not installed")
