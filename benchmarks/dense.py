@@ -264,6 +264,18 @@ def summarise(results: list[dict], a, command: str, total_s: float) -> tuple[dic
     return summary, "\n".join(lines) + "\n"
 
 
+def write_results(out: Path, results: list[dict], planned: int, a, command: str, wall_s: float) -> str:
+    """Write OUT.json and OUT.md for the runs finished so far; returns the markdown."""
+    summary, md = summarise(results, a, command, wall_s)
+    summary["runs"] = results
+    summary["finished_runs"], summary["planned_runs"] = len(results), planned
+    if len(results) < planned:
+        md = md.replace("\n\n", f"\n\n**Partial: {len(results)} of {planned} planned runs finished.**\n\n", 1)
+    Path(f"{out}.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    Path(f"{out}.md").write_text(md, encoding="utf-8")
+    return md
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", default="segment,detect,anomaly")
@@ -317,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t0 = time.perf_counter()
     results = []
+    out = Path(a.results)
+    out.parent.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(a.jobs) as pool:
         for r in pool.map(lambda j: run_one(j, a.threads), jobs):
             results.append(r)
@@ -324,12 +338,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{len(results)}/{len(jobs)}] {r['task']} {r['variant']} {r.get('shots', r.get('texture', ''))} "
                   f"seed {r['seed']}: {METRIC[r['task']]} {'FAILED ' + str(r.get('error')) if v is None else f'{v:.3f}'}"
                   f" ({r['wall_s']:.0f} s)", flush=True)
-    summary, md = summarise(results, a, command, time.perf_counter() - t0)
-    summary["runs"] = results
-    out = Path(a.results)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{out}.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    Path(f"{out}.md").write_text(md, encoding="utf-8")
+            # written after every run, so a long benchmark stopped early still leaves its finished rows
+            # (the file says how many of the planned runs it holds)
+            md = write_results(out, results, len(jobs), a, command, time.perf_counter() - t0)
     print(md)
     print(f"wrote {out}.json and {out}.md")
     return 0 if all(r["rc"] == 0 for r in results) else 1
