@@ -174,3 +174,13 @@ def test_one_predictions_format_keeps_labels_with_commas_whole(tmp_path):
     table = list(csv.DictReader(prediction_table(rows[:1], ["a:b|c"]).splitlines()))
     assert list(table[0])[:5] == ["input", "label", "predicted", "probability", "correct"]
     assert (table[0]["label"], table[0]["predicted"], table[0]["correct"]) == ("a:b|c", "food, hot", "0")
+
+
+def test_training_report_draws_the_loss_of_every_step(run):
+    """4 steps and one validation row: the curve comes from the loss of every step, and the
+    headline is the test score, with the settings folded away."""
+    page = (run.out / "report.html").read_text()
+    m = json.loads((run.out / "metrics.json").read_text())
+    assert "<h2>Learning curves</h2>" in page
+    assert f"<div class='card main'>test accuracy<b>{m['accuracy']:.3f}</b>" in page
+    assert "<details><summary>all " in page
