@@ -319,6 +319,7 @@ def _gradient_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: in
         state.step += 1
         state.global_step += 1
         running.append(loss_val)
+        state.record_loss(loss_val)
         log_step(accel, state.global_step, loss_val, optimizer.param_groups[-1]["lr"])
         if bar is not None:
             bar.update(1)
