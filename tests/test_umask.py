@@ -66,3 +66,17 @@ def test_every_file_of_a_run_and_its_outputs_follows_the_umask(tmp_path, umask_0
     assert any(p.is_file() for p in cache.rglob("*")), "the run should have written the feature cache"
     assert {str(r): _wrong(r) for r in (run, tmp_path / "outs", cache)} == {str(r): {} for r in
                                                                           (run, tmp_path / "outs", cache)}
+
+
+def test_exports_follow_the_umask(tmp_path, umask_022):
+    """timm's and hf's writers (save_file, save_pretrained) and the staging folder (mkdtemp) make
+    private files; an export is a folder to hand on, so it follows the umask like a run."""
+    from conftest import write_image_folder
+    data = write_image_folder(tmp_path / "images", per_class=6)
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--backbone", TINY, "--image-size", "32", "--batch-size", "8",
+                 "--steps", "1", "--strategy", "full", "--val-fraction", "0", "--out", str(run), "--quiet"]) == 0
+    out = tmp_path / "exported"
+    assert main(["export", str(run), "--format", "timm", "--out", str(out)]) == 0
+    assert (out / "model.safetensors").is_file()
+    assert _wrong(out) == {}

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from ..store.checkpoint import follow_umask
 from ..store.outfolder import STAGING, OutFolder, check_out_folder, make_room
 
 FORMATS = ("timm", "hf", "onnx", "torchscript")
@@ -57,6 +58,7 @@ def write_export(folder: OutFolder, write: Callable[[Path], tuple[dict, object]]
         before = written_before(out) | {MANIFEST} if folder.state == "ours" else set()
         make_room(folder, sorted(set(written) | before | {MANIFEST}), before, log)
         for name in written:
+            follow_umask(stage / name)  # save_file / save_pretrained / mkdtemp make them private
             (stage / name).rename(out / name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
