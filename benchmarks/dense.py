@@ -11,8 +11,8 @@ Data (built once, cached in --data-dir):
 Every run is the real CLI, `python -m transferkit train ... --out RUN`, as a subprocess, and its numbers
 are read from RUN/metrics.json (scored by train on the held-out test folder given with --test). Rows:
   segment, detect  {pretrained fine-tuned (segment: two_phase, the default; detect: full, its default),
-                   pretrained frozen (linear_probe: the decoder / FPN + heads train), @random (the same
-                   recipe as the fine-tuned row on random weights)} x {10, 50 labelled images} x seeds.
+                   pretrained frozen (linear_probe: the decoder / FPN + heads train), @random (`full`:
+                   everything trains from step 1, the from-scratch recipe of `compare`'s scratch row)} x {10, 50 labelled images} x seeds.
                    segment: `--shots N --val-fraction 0` (no extra labels for checkpoint picking);
                    detect: a seeded N-image COCO subset (detect's train has no --shots).
   anomaly          {pretrained, @random} x texture x seed (the seed drives the coreset and the
@@ -52,7 +52,10 @@ METRIC = {"segment": "miou", "detect": "map_50", "anomaly": "image_auroc"}
 VARIANTS = {
     "pretrained": (SOURCE, {"segment": "two_phase", "detect": "full"}),
     "frozen": (SOURCE, {"segment": "linear_probe", "detect": "linear_probe"}),
-    "random": (SOURCE + "@random", {"segment": "two_phase", "detect": "full"}),
+    # from random weights: `full` (the encoder trains at the decoder's rate from step 1), the recipe
+    # suited to random weights that `compare`'s `scratch` row uses; two_phase would spend half the steps
+    # on a decoder over a frozen random encoder, and at 40 steps it ends predicting all background
+    "random": (SOURCE + "@random", {"segment": "full", "detect": "full"}),
 }
 LIMITS_S = {"segment": 600, "detect": 900, "anomaly": 120}     # the issue's laptop limits for default runs
 
