@@ -11,8 +11,8 @@ Data (built once, cached in --data-dir):
 Every run is the real CLI, `python -m transferkit train ... --out RUN`, as a subprocess, and its numbers
 are read from RUN/metrics.json (scored by train on the held-out test folder given with --test). Rows:
   segment, detect  {pretrained fine-tuned (segment: two_phase, the default; detect: full, its default),
-                   pretrained frozen (linear_probe: the decoder / FPN + heads train), @random (`full`:
-                   everything trains from step 1, the from-scratch recipe of `compare`'s scratch row)} x {10, 50 labelled images} x seeds.
+                   pretrained frozen (linear_probe: the decoder / FPN + heads train), @random (`full` at lr
+                   3e-3: everything trains from step 1, the from-scratch recipe of `compare`'s scratch row)} x {10, 50 labelled images} x seeds.
                    segment: `--shots N --val-fraction 0` (no extra labels for checkpoint picking);
                    detect: a seeded N-image COCO subset (detect's train has no --shots).
   anomaly          {pretrained, @random} x texture x seed (the seed drives the coreset and the
@@ -44,6 +44,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from transferkit.strategies.plan import SCRATCH_LR  # noqa: E402  (the from-scratch rows' learning rate)
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "dense"
 SOURCE = "bundled:efficientnet_lite0"
@@ -57,6 +60,7 @@ VARIANTS = {
     # on a decoder over a frozen random encoder, and at 40 steps it ends predicting all background
     "random": (SOURCE + "@random", {"segment": "full", "detect": "full"}),
 }
+
 LIMITS_S = {"segment": 600, "detect": 900, "anomaly": 120}     # the issue's laptop limits for default runs
 
 
@@ -118,6 +122,8 @@ def plan(a, data: dict[str, Path], runs_dir: Path) -> list[dict]:
                     else:
                         train = detect_subset(dense / "detect" / "train", shots, seed, runs_dir / "_subsets")
                         extra = []
+                    if variant == "random":
+                        extra = [*extra, "--lr", str(SCRATCH_LR)]
                     args = [str(train), "--task", task, "--test", str(dense / task / "test"), "--backbone", backbone,
                             "--strategy", strategies[task], "--steps", str(steps), "--batch-size", str(a.batch_size),
                             "--image-size", str(a.image_size), "--seed", str(seed), *extra]

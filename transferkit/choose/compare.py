@@ -39,9 +39,9 @@ import torch
 
 from ..config import TrainConfig
 from ..data import Task, load_task
+from ..strategies.plan import SCRATCH_LR
 
 PROBE = "probe"
-SCRATCH_LR = 3e-3
 DEFAULT_REG = {"l2sp": "l2sp:10"}  # decoupled under AdamW: a pull of lr x 10 per step
 
 
