@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..config import ConfigError, TrainConfig
-from ..data.arrays import IMAGE_EXTS
+from ..data.pictures import IMAGE_EXTS
 from ..data.splits import DataError
 from ..store import checkpoint as ck
 from . import DenseResult, encoder, runs

@@ -210,7 +210,7 @@ def predict(run_dir, inputs: list[str], output: str | None, *, log=print) -> lis
 
 def input_images(inputs: list[str]) -> list[Path]:
     """Files, or folders of images (a segmentation folder: its images/)."""
-    from ..data.arrays import IMAGE_EXTS
+    from ..data.pictures import IMAGE_EXTS
     paths: list[Path] = []
     for text in inputs:
         p = Path(text).expanduser()
