@@ -94,7 +94,10 @@ def cmd_rank(argv: list[str]) -> int:
     from .embeddings import open_cache_from_args
     sources = [s.strip() for s in args.backbones.split(",") if s.strip()]
     given = {k: getattr(args, k) for k in _RANK_KEEP | {"batch_size"}}
-    c = make_config(None, data=args.data, **given)
+    from ..engine.input_kind import settle_inputs
+    # arrays, signals, --in-chans: channels, statistics and spectrogram from the training split, as
+    # `train` settles them (engine/input_kind.py); RGB pictures: the config as given
+    c = settle_inputs(make_config(None, data=args.data, **given))
     log = (lambda *a, **k: None) if args.json else print
 
     def rank(srcs):
@@ -103,7 +106,7 @@ def cmd_rank(argv: list[str]) -> int:
                             val_fraction=c.val_fraction, test_fraction=c.test_fraction,
                             text_col=c.text_col, label_col=c.label_col,
                             cache=open_cache_from_args(args), cv=args.pick, log=log)
-    rows = rank(sources) if not _other_inputs(c) else _rank_adapted(sources, c, rank)
+    rows = rank(sources) if c.chan_mean is None else _rank_adapted(sources, c, rank)
     picked = None
     if args.pick:
         from ..choose.source import best_row
@@ -118,14 +121,6 @@ def cmd_rank(argv: list[str]) -> int:
                    if picked.get("cv_accuracy") is not None else "LogME (a class has one label)")
             print(f"\npicked: {picked['source']} (by {how})")
     return 0
-
-
-def _other_inputs(cfg) -> bool:
-    """Whether DATA is not RGB pictures (arrays, signals, --in-chans): settles cfg's in_chans,
-    channel statistics and spectrogram from the training split, as `train` does (engine/input_kind.py)."""
-    from ..engine.input_kind import resolve_inputs
-    resolve_inputs(cfg)
-    return cfg.chan_mean is not None
 
 
 def _rank_adapted(sources: list[str], cfg, rank) -> list[dict]:
