@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from ..config import TrainConfig
-from ..data.arrays import IMAGE_EXTS
+from ..data.pictures import IMAGE_EXTS
 from ..data.splits import DataError
 from ..engine import interrupt
 from ..store import checkpoint as ck

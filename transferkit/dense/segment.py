@@ -243,7 +243,7 @@ def class_shares(idx: np.ndarray, classes: list[str]) -> dict:
 
 def input_images(inputs: list[str]) -> list[Path]:
     """Files, or folders of images (a segmentation folder: its images/)."""
-    from ..data.arrays import IMAGE_EXTS
+    from ..data.pictures import IMAGE_EXTS
     paths: list[Path] = []
     for text in inputs:
         p = Path(text).expanduser()

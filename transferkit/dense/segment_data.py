@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.arrays import IMAGE_EXTS
+from ..data.pictures import IMAGE_EXTS
 from ..data.splits import DataError
 
 LAYOUT = "images/ + masks/ (same stems) + classes.txt"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -38,11 +39,12 @@ def load_run(run_dir: str | Path):
         raise ck.CheckpointError(f"{weights} has no class list in its metadata: it was not written by "
                                  "transferkit train (or was edited); train the run again") from e
     kind, _, pretrained = parse_source(cfg.backbone)
-    if kind in ("timm", "torchvision") and pretrained:
-        # the architecture is all we need: the run's own weights replace the source's
-        cfg.backbone = cfg.backbone + "@random"
-    cfg.class_text = None  # the prior shaped training only; the run's own weights replace the head
-    model, _ = build_model(cfg, classes, from_data=False)
+    # the architecture is all we need: the run's own weights replace the source's (timm, torchvision);
+    # the class-name prior shaped training only, and the run's own weights replace the head
+    cfg = dataclasses.replace(cfg, class_text=None,
+                              backbone=cfg.backbone + "@random" if kind in ("timm", "torchvision") and pretrained
+                              else cfg.backbone)
+    model, _ = build_model(cfg, classes)
     try:
         load_state_dict_checked(model, ck.load_tensors(weights), str(weights))
     except SourceError as e:

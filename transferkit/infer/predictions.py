@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..data import DataError, Example
-from ..data.arrays import INPUT_EXTS
+from ..data.kinds import INPUT_EXTS
 
 
 def default_device() -> str:

@@ -86,7 +86,7 @@ def _input_kind(run: Path, cfg, model, data: str | None) -> str:
     """"text", or what an image run reads: "image", "array" or "signal" (its first test item's kind)."""
     if model.spec.modality != "image":
         return model.spec.modality
-    from ..data.arrays import input_kind
+    from ..data.kinds import input_kind
     return input_kind(split_examples(run, cfg, "image", data=data, limit=1)[0].x)
 
 
