@@ -73,6 +73,11 @@ def test_dense_run_exports_to_onnx_with_parity_and_its_postprocess_answers_as_pr
     assert par["ok"] and par["max_abs_diff"] <= 1e-4 and par["n_inputs"] >= 1
     assert all(c["ok"] for c in par["checks"].values())
     assert m["preprocess"]["size"] == (64 if task == "detect" else 32) and len(m["preprocess"]["mean"]) == 3
+    import onnx
+    meta = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
+    assert meta["task"] == task and json.loads(meta["classes"]) == m["classes"]
+    assert json.loads(meta["input_size"]) == m["preprocess"]["size"] and json.loads(meta["channels"]) == 3
+    assert json.loads(meta["mean"]) == m["preprocess"]["mean"] and json.loads(meta["source"])["id"] == TINY
 
     got = _postprocess(out).predict(out, image)
     rows = _predict(run, image, tmp_path / "pred", capsys)

@@ -114,6 +114,38 @@ def test_image_run_exports_to_timm_onnx_torchscript(image_run, tmp_path, capsys)
         assert np.abs(ts(x).numpy() - ref).max() <= 1e-5
 
 
+def _onnx_meta(path: Path) -> dict:
+    import onnx
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
+def test_onnx_export_carries_classes_and_preprocessing_in_its_metadata(image_run, tmp_path, capsys,
+                                                                       monkeypatch):
+    import onnxruntime as ort
+
+    import transferkit
+    from transferkit.ship import graph_formats
+    run, _ = image_run
+    seen = {}
+    real = graph_formats.load_onnx
+
+    def load_and_look(model, out, names):  # what the parity check reloads
+        seen.update(_onnx_meta(out / "model.onnx"))
+        return real(model, out, names)
+    monkeypatch.setattr(graph_formats, "load_onnx", load_and_look)
+    m = _export(run, "onnx", tmp_path / "onnx", capsys)
+    meta = _onnx_meta(tmp_path / "onnx" / "model.onnx")
+    assert seen == meta  # parity ran on the file as shipped, metadata included
+    run_model, _ = load_run(run)
+    assert json.loads(meta["classes"]) == list(run_model.class_names) == m["classes"] == ["blue", "green", "red"]
+    assert meta["task"] == "classify" and meta["modality"] == "image"
+    assert json.loads(meta["input_size"]) == 32 and json.loads(meta["channels"]) == 3
+    assert json.loads(meta["mean"]) == m["preprocess"]["mean"] and json.loads(meta["std"]) == m["preprocess"]["std"]
+    assert json.loads(meta["source"])["id"] == TINY and meta["transferkit_version"] == transferkit.__version__
+    sess = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.get_modelmeta().custom_metadata_map == meta
+
+
 def _text_reference(run):
     """(three texts, their tokenised batch, the run's logits on them)."""
     model, _ = load_run(run)

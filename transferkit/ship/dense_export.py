@@ -35,7 +35,7 @@ from ..data.splits import DataError
 from ..store.outfolder import OutFolder
 from ..store.runfolder import run_task
 from . import dense_post as post
-from .graph_formats import export_onnx
+from .graph_formats import export_onnx, onnx_metadata
 from .staging import write_export
 
 TOLERANCE = 1e-4          # raw graph outputs, scores; as classification's logits
@@ -170,7 +170,7 @@ def _raw_diff(module: nn.Module, session, x: np.ndarray) -> tuple[float, list[li
 
 # ------------------------------------------------------------------------------------ per task
 
-def _segment(run: Path, stage: Path, images: list[Path]):
+def _segment(run: Path, stage: Path, images: list[Path], meta):
     from ..data.images import open_rgb
     from ..dense import segment
     from ..dense.segment_fit import predict_logits
@@ -180,7 +180,7 @@ def _segment(run: Path, stage: Path, images: list[Path]):
     pil = [open_rgb(str(p)) for p in images]
     x = np.concatenate([post.preprocess(im, size, mean, std) for im in pil])
     export_onnx(model, (torch.from_numpy(_two(x)),), stage / "model.onnx", ["pixel_values"], ["logits"],
-                ({0: torch.export.Dim("batch", min=1)},))
+                ({0: torch.export.Dim("batch", min=1)},), meta(src["classes"], size, mean, std))
     diff, outs = _raw_diff(model, _session(stage / "model.onnx"), x)
     beyond, pixels = 0, 0
     for p, im, (logits,) in zip(images, pil, outs):
@@ -195,7 +195,7 @@ def _segment(run: Path, stage: Path, images: list[Path]):
     return diff, checks, extra, src, ["model.onnx"]
 
 
-def _detect(run: Path, stage: Path, images: list[Path]):
+def _detect(run: Path, stage: Path, images: list[Path], meta):
     from ..data.images import open_rgb
     from ..detection.model import LABEL_OFFSET, load_detector
     from ..detection.predict import items_for_images, predict
@@ -210,7 +210,7 @@ def _detect(run: Path, stage: Path, images: list[Path]):
     heads = FCOSHeads(model).eval()
     outputs = ["cls_logits", "bbox_regression", "bbox_ctrness"]
     export_onnx(heads, (torch.from_numpy(_two(x)),), stage / "model.onnx", ["pixel_values"], outputs,
-                ({0: torch.export.Dim("batch", min=1)},))
+                ({0: torch.export.Dim("batch", min=1)},), meta(classes, size, mean, std))
     anchors, levels = _fcos_anchors(model, size)
     np.save(stage / "anchors.npy", anchors)
     params = {"image_size": size, "score_thresh": float(model.score_thresh), "nms_thresh": float(model.nms_thresh),
@@ -238,7 +238,7 @@ def _detect(run: Path, stage: Path, images: list[Path]):
     return diff, checks, extra, {"mean": mean, "std": std, "image_size": size}, ["model.onnx", "anchors.npy"]
 
 
-def _anomaly(run: Path, stage: Path, images: list[Path]):
+def _anomaly(run: Path, stage: Path, images: list[Path], meta):
     from ..data.images import open_rgb
     from ..dense import anomaly
     net, bank, threshold, src = anomaly.load_run(run)
@@ -246,7 +246,7 @@ def _anomaly(run: Path, stage: Path, images: list[Path]):
     size, mean, std = src["image_size"], src["mean"], src["std"]
     x = np.concatenate([post.preprocess(open_rgb(str(p)), size, mean, std) for p in images])
     export_onnx(net, (torch.from_numpy(_two(x)),), stage / "model.onnx", ["pixel_values"], ["features"],
-                ({0: torch.export.Dim("batch", min=1)},))
+                ({0: torch.export.Dim("batch", min=1)},), meta(["good", "defect"], size, mean, std))
     np.save(stage / "memory_bank.npy", bank.numpy().astype(np.float32))
     params = {"image_size": size, "sigma": anomaly.SIGMA, "threshold": threshold, "k": 1,
               "score": "the map's maximum; defect when score >= threshold"}
@@ -281,11 +281,15 @@ def export_dense(run: Path, fmt: str, folder: OutFolder, *, data: str | None = N
                          "postprocess.py beside the graph)")
     needs = ("detector.safetensors", "detector.json", "split.json") if task == "detect" else \
         ("model.safetensors",) + (("splits.csv",) if task == "segment" else ())
-    cfg, _ = open_run(run, task, needs=needs)
+    cfg, source = open_run(run, task, needs=needs)
     images, split = check_images(run, task, cfg, data, limit)
+    source = {k: source[k] for k in ("id", "arch", "weights_hash", "pretrained") if k in source}
+
+    def meta(classes, size, mean, std) -> dict[str, str]:  # model.onnx's metadata_props
+        return onnx_metadata(task=task, classes=list(classes), source=source, size=size, mean=mean, std=std)
 
     def write(stage: Path):
-        diff, checks, extra, src, files = TASKS[task](run, stage, images)
+        diff, checks, extra, src, files = TASKS[task](run, stage, images, meta)
         code = resources.files("transferkit.ship").joinpath("dense_post.py")
         with resources.as_file(code) as p:
             shutil.copyfile(p, stage / "postprocess.py")

@@ -102,10 +102,11 @@ def _write(fmt: str, src, model, cfg, out: Path, batches: list, merge: bool, kin
         files = write_hf(src, cfg, out, merge=merge)
         return load_hf_export(out), files, {"load": "import transferkit.ship.hf_model; "
                                                     "AutoModelForSequenceClassification.from_pretrained('OUT')"}
-    from .graph_formats import input_names, load_onnx, load_torchscript, write_onnx, write_torchscript
+    from .graph_formats import (classifier_metadata, input_names, load_onnx, load_torchscript, write_onnx,
+                                write_torchscript)
     names = input_names(model, batches[0])
-    if fmt == "onnx":
-        files = write_onnx(src, out, batches[0])
+    if fmt == "onnx":  # metadata written first: the parity check below reloads the shipped file
+        files = write_onnx(src, out, batches[0], classifier_metadata(model, cfg))
         return load_onnx(model, out, names), files, {"inputs": names, "outputs": ["logits"]}
     files = write_torchscript(src, out, batches[0])
     return load_torchscript(model, out, names), files, {"inputs": names, "outputs": ["logits"]}
