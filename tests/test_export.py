@@ -281,3 +281,52 @@ assert diff <= 1e-5, diff
                           cwd=str(tmp_path))
     assert done.returncode == 0, done.stderr[-2000:]
     assert "max abs diff" in done.stdout
+
+
+def test_hf_export_has_a_model_card_and_the_docs_snippet_runs_without_a_prompt(text_runs, tmp_path, capsys):
+    """README.md: front matter the Hub reads and the run's metrics, data and source; the loading code
+    of docs/how-to/export.md (the card's, verbatim) runs with stdin closed (a trust_remote_code prompt
+    would fail it) and gives `transferkit predict`'s label."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from huggingface_hub import ModelCard
+
+    from transferkit.ship.hf_card import LOAD_SNIPPET, _hub_id
+    plain, _, _ = text_runs
+    out = tmp_path / "exported" / "hf"  # the snippet's own path, run from tmp_path
+    m = _export(plain, "hf", out, capsys)
+    assert "README.md" in m["files"] and "README.md" in m["written"]
+    metrics = json.loads((plain / "metrics.json").read_text())
+    card = (out / "README.md").read_text()
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["library_name"] == "transformers" and front["pipeline_tag"] == "text-classification"
+    assert {"transferkit", "custom_code"} <= set(front["tags"]) and "base_model" not in front  # a local source
+    results = {r["type"]: r["value"] for r in front["model-index"][0]["results"][0]["metrics"]}
+    assert results == {"accuracy": metrics["accuracy"], "f1": metrics["macro_f1"]}
+    hub = ModelCard.load(out / "README.md")  # the Hub's own parser of the front matter
+    assert {r.metric_type: r.metric_value for r in hub.data.eval_results} == results
+    assert f"| accuracy | {metrics['accuracy']:.4f} |" in card and f"| macro-F1 | {metrics['macro_f1']:.4f} |" in card
+    assert (f"{metrics['n_train']} training, {metrics['n_val']} validation and {metrics['n_test']} test examples"
+            in card)
+    assert all(f"`{c}`" in card for c in m["classes"]) and m["source"]["id"] in card
+    assert "```python\n" + LOAD_SNIPPET + "```" in card
+    assert "```python\n" + LOAD_SNIPPET + "```" in (Path(__file__).parents[1] / "docs/how-to/export.md").read_text()
+    assert _hub_id({"id": "hf:sentence-transformers/all-MiniLM-L6-v2"}) == "sentence-transformers/all-MiniLM-L6-v2"
+    assert _hub_id({"id": "hf:bert-base-uncased", "pretrained": False}) is None
+
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run([sys.executable, "-c", LOAD_SNIPPET], capture_output=True, text=True, env=env,
+                          cwd=str(tmp_path), stdin=subprocess.DEVNULL, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # transformers asks on stdout and, reading EOF, may go on loading: the question itself fails the test
+    # (the earlier docs snippet, without trust_remote_code on the tokenizer, asked it)
+    assert "custom code" not in done.stdout + done.stderr, done.stdout + done.stderr[-2000:]
+    capsys.readouterr()
+    assert main(["predict", str(plain), "the text to classify", "--json"]) == 0
+    printed = capsys.readouterr().out
+    want = json.loads(printed[printed.index("["):])[0]["label"]
+    assert done.stdout.strip().splitlines()[-1] == want

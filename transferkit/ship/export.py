@@ -6,7 +6,9 @@ and run on the run's test split next to the PyTorch model; a max |logit differen
 different top-1 class is a `ParityError`. `OUT/export.json` records the format, classes,
 preprocessing, inputs, the parity numbers and the entries it `written` into OUT (what a later
 `--overwrite` may replace; store/outfolder.py has the rule for OUT). The files are written into a
-staging folder inside OUT and moved into place once checked. Test-time augmentation (the flip average that
+staging folder inside OUT and moved into place once checked. An hf export also gets a model card,
+README.md (ship/hf_card.py); an onnx export carries its classes and preprocessing in the graph's
+metadata (ship/graph_formats.py). Test-time augmentation (the flip average that
 `predict` applies when the run has `tta`) is not part of any exported graph. Dense runs (segment,
 detect, anomaly) export to ONNX through ship/dense_export.py, into the same kind of folder.
 """
@@ -69,10 +71,13 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, merge: bool = 
 
     def write(stage: Path):
         runner, files, extra = _write(fmt, src, model, cfg, stage, batches, merge, kind)
-        if fmt == "hf":
+        if fmt == "hf":  # and a model card, so that `huggingface-cli upload` publishes a complete model
+            from .hf_card import write_card
             from .hf_format import check_tokenizer
             texts = [e.x for e in split_examples(run, cfg, "text", data=data, limit=limit)]
             check_tokenizer(model, stage, texts)
+            files = [*files, write_card(stage, run, list(model.class_names), model.spec.source.to_dict(), cfg,
+                                        ("merged" if merge else "adapter") if lora else None)]
         report = check_parity(fmt, model, batches, runner)
         return {"format": fmt, "run": str(run.resolve()), "files": files,
                 "classes": list(model.class_names), "source": model.spec.source.to_dict(),
