@@ -133,6 +133,9 @@ def _assert_same_run(a: Path, b: Path):
     assert len(sa["history"]) >= 2
     assert strip(sa["history"]) == strip(sb["history"])
     assert (sa["global_step"], sa["best_step"], sa["done"]) == (sb["global_step"], sb["best_step"], True)
+    # the report's loss curve: every step once, the same losses resumed or not
+    assert [s for s, _ in sa["step_losses"]] == list(range(1, sa["global_step"] + 1))
+    assert [v for _, v in sa["step_losses"]] == pytest.approx([v for _, v in sb["step_losses"]], abs=1e-5)
     ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (a, b))
     assert ma.pop("phase_seconds").keys() == mb.pop("phase_seconds").keys()  # wall clock differs
     assert ma == mb

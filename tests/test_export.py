@@ -114,6 +114,38 @@ def test_image_run_exports_to_timm_onnx_torchscript(image_run, tmp_path, capsys)
         assert np.abs(ts(x).numpy() - ref).max() <= 1e-5
 
 
+def _onnx_meta(path: Path) -> dict:
+    import onnx
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
+def test_onnx_export_carries_classes_and_preprocessing_in_its_metadata(image_run, tmp_path, capsys,
+                                                                       monkeypatch):
+    import onnxruntime as ort
+
+    import transferkit
+    from transferkit.ship import graph_formats
+    run, _ = image_run
+    seen = {}
+    real = graph_formats.load_onnx
+
+    def load_and_look(model, out, names):  # what the parity check reloads
+        seen.update(_onnx_meta(out / "model.onnx"))
+        return real(model, out, names)
+    monkeypatch.setattr(graph_formats, "load_onnx", load_and_look)
+    m = _export(run, "onnx", tmp_path / "onnx", capsys)
+    meta = _onnx_meta(tmp_path / "onnx" / "model.onnx")
+    assert seen == meta  # parity ran on the file as shipped, metadata included
+    run_model, _ = load_run(run)
+    assert json.loads(meta["classes"]) == list(run_model.class_names) == m["classes"] == ["blue", "green", "red"]
+    assert meta["task"] == "classify" and meta["modality"] == "image"
+    assert json.loads(meta["input_size"]) == 32 and json.loads(meta["channels"]) == 3
+    assert json.loads(meta["mean"]) == m["preprocess"]["mean"] and json.loads(meta["std"]) == m["preprocess"]["std"]
+    assert json.loads(meta["source"])["id"] == TINY and meta["transferkit_version"] == transferkit.__version__
+    sess = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.get_modelmeta().custom_metadata_map == meta
+
+
 def _text_reference(run):
     """(three texts, their tokenised batch, the run's logits on them)."""
     model, _ = load_run(run)
@@ -249,3 +281,52 @@ assert diff <= 1e-5, diff
                           cwd=str(tmp_path))
     assert done.returncode == 0, done.stderr[-2000:]
     assert "max abs diff" in done.stdout
+
+
+def test_hf_export_has_a_model_card_and_the_docs_snippet_runs_without_a_prompt(text_runs, tmp_path, capsys):
+    """README.md: front matter the Hub reads and the run's metrics, data and source; the loading code
+    of docs/how-to/export.md (the card's, verbatim) runs with stdin closed (a trust_remote_code prompt
+    would fail it) and gives `transferkit predict`'s label."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from huggingface_hub import ModelCard
+
+    from transferkit.ship.hf_card import LOAD_SNIPPET, _hub_id
+    plain, _, _ = text_runs
+    out = tmp_path / "exported" / "hf"  # the snippet's own path, run from tmp_path
+    m = _export(plain, "hf", out, capsys)
+    assert "README.md" in m["files"] and "README.md" in m["written"]
+    metrics = json.loads((plain / "metrics.json").read_text())
+    card = (out / "README.md").read_text()
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["library_name"] == "transformers" and front["pipeline_tag"] == "text-classification"
+    assert {"transferkit", "custom_code"} <= set(front["tags"]) and "base_model" not in front  # a local source
+    results = {r["type"]: r["value"] for r in front["model-index"][0]["results"][0]["metrics"]}
+    assert results == {"accuracy": metrics["accuracy"], "f1": metrics["macro_f1"]}
+    hub = ModelCard.load(out / "README.md")  # the Hub's own parser of the front matter
+    assert {r.metric_type: r.metric_value for r in hub.data.eval_results} == results
+    assert f"| accuracy | {metrics['accuracy']:.4f} |" in card and f"| macro-F1 | {metrics['macro_f1']:.4f} |" in card
+    assert (f"{metrics['n_train']} training, {metrics['n_val']} validation and {metrics['n_test']} test examples"
+            in card)
+    assert all(f"`{c}`" in card for c in m["classes"]) and m["source"]["id"] in card
+    assert "```python\n" + LOAD_SNIPPET + "```" in card
+    assert "```python\n" + LOAD_SNIPPET + "```" in (Path(__file__).parents[1] / "docs/how-to/export.md").read_text()
+    assert _hub_id({"id": "hf:sentence-transformers/all-MiniLM-L6-v2"}) == "sentence-transformers/all-MiniLM-L6-v2"
+    assert _hub_id({"id": "hf:bert-base-uncased", "pretrained": False}) is None
+
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run([sys.executable, "-c", LOAD_SNIPPET], capture_output=True, text=True, env=env,
+                          cwd=str(tmp_path), stdin=subprocess.DEVNULL, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # transformers asks on stdout and, reading EOF, may go on loading: the question itself fails the test
+    # (the earlier docs snippet, without trust_remote_code on the tokenizer, asked it)
+    assert "custom code" not in done.stdout + done.stderr, done.stdout + done.stderr[-2000:]
+    capsys.readouterr()
+    assert main(["predict", str(plain), "the text to classify", "--json"]) == 0
+    printed = capsys.readouterr().out
+    want = json.loads(printed[printed.index("["):])[0]["label"]
+    assert done.stdout.strip().splitlines()[-1] == want

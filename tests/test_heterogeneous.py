@@ -166,7 +166,7 @@ def test_train_evaluate_predict_on_four_channel_npy(tmp_path, capsys):
 
 def test_gray_png_with_in_chans_1_uses_data_statistics(tmp_path):
     from PIL import Image
-    from transferkit.engine.input_kind import resolve_inputs
+    from transferkit.engine.input_kind import settle_inputs
     rng = np.random.default_rng(0)
     vals = []
     for cls in ("a", "b"):
@@ -176,11 +176,11 @@ def test_gray_png_with_in_chans_1_uses_data_statistics(tmp_path):
             Image.fromarray(px, "L").save(tmp_path / cls / f"{i}.png")
             vals.append(px)
     cfg = TrainConfig(data=str(tmp_path), backbone=TINY, in_chans=1, val_fraction=0.0001, test_fraction=0.0001)
-    resolve_inputs(cfg)
+    cfg = settle_inputs(cfg)  # a new config: the one given is frozen
     assert cfg.in_chans == 1 and len(cfg.chan_mean) == 1
     assert 0.3 < cfg.chan_mean[0] < 0.7  # luminance in [0, 1] of uniform noise
     plain = TrainConfig(data=str(tmp_path), backbone=TINY)
-    resolve_inputs(plain)
+    plain = settle_inputs(plain)
     assert plain.in_chans is None and plain.chan_mean is None  # RGB pictures: nothing changes
 
 

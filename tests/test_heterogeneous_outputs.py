@@ -77,7 +77,7 @@ def test_rank_on_four_band_arrays_and_on_signals(bands, tones, capsys):
     from transferkit.config import TrainConfig
     from transferkit.data import load_task
     from transferkit.infer.features import frozen_features
-    from transferkit.engine.input_kind import adapt_backbone, resolve_inputs
+    from transferkit.engine.input_kind import adapt_backbone, settle_inputs
     from transferkit.models import load_backbone
     data, run = bands
     capsys.readouterr()
@@ -87,7 +87,7 @@ def test_rank_on_four_band_arrays_and_on_signals(bands, tones, capsys):
     assert [r["rank"] for r in rows] == [1, 2] and rows[0]["logme"] >= rows[1]["logme"]
     # the scores are those of the backbone `train` builds: first conv on 4 bands, the data's statistics
     cfg = TrainConfig(data=str(data), backbone=TINY)
-    resolve_inputs(cfg)
+    cfg = settle_inputs(cfg)  # a new config: the one given is frozen
     assert cfg.in_chans == 4
     torch.manual_seed(0)
     bb = adapt_backbone(load_backbone(TINY), cfg)

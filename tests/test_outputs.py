@@ -50,13 +50,21 @@ def test_predict_output_csv_and_jsonl(run, tmp_path, capsys):
     with open(tmp_path / "p.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["input"] for r in rows] == inputs
-    assert [r["label"] for r in rows] == [p["label"] for p in printed]
+    assert [r["predicted"] for r in rows] == [p["label"] for p in printed]
     assert [float(r["probability"]) for r in rows] == pytest.approx([p["probability"] for p in printed], abs=1e-6)
-    assert all(len(r["top"].split("|")) == 2 for r in rows)
+    # the format of evaluate --out: the runner-up in cells of its own, a column per class
+    assert list(rows[0]) == ["input", "predicted", "probability", "top2", "top2_probability",
+                             "p:blue", "p:green", "p:red", "error"]
+    assert [r["top2"] for r in rows] == [p["top"][1]["label"] for p in printed]
+    assert all(abs(sum(float(r[f"p:{c}"]) for c in ("blue", "green", "red")) - 1) < 1e-4 for r in rows)
+    assert all(max(float(r[f"p:{c}"]) for c in ("blue", "green", "red")) == float(r["probability"]) for r in rows)
     assert main(["predict", str(run.out), *inputs, "--top-k", "2", "--output", str(tmp_path / "p.jsonl")]) == 0
     assert "'predict --output' is deprecated" in capsys.readouterr().err  # the old spelling still writes
-    lines = (tmp_path / "p.jsonl").read_text().splitlines()
-    assert [json.loads(line)["label"] for line in lines] == [p["label"] for p in printed]
+    lines = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in lines] == [p["label"] for p in printed]
+    assert [r["top"] for r in lines] == [p["top"] for p in printed]  # structured, as --json prints it
+    assert [list(r["probabilities"]) for r in lines] == [["blue", "green", "red"]] * len(inputs)
+    assert "probabilities" not in printed[0]  # --json on the terminal stays top-k
     # never replaced, and a format we cannot write is refused before any work
     before = (tmp_path / "p.csv").read_bytes()
     assert main(["predict", str(run.out), inputs[0], "--out", str(tmp_path / "p.csv")]) == 2
@@ -101,7 +109,7 @@ def test_evaluate_out_writes_report_and_per_item_predictions(run, tmp_path, caps
     assert "Most confident mistakes" in page
     figures = re.findall(r"<figure class='err' title='([^']*)'>", page)
     assert len(figures) == min(16, len(wrong))
-    assert figures[0] == wrong[0]["item"]
+    assert figures[0] == wrong[0]["input"]
     assert page.count("data:image/jpeg;base64,") == len(figures)
     # rerun into its own folder only with --overwrite; a folder with someone else's files is refused
     assert main(["evaluate", str(run.out), str(run.swapped), "--out", str(out)]) == 2
@@ -140,3 +148,39 @@ def test_progress_bars_on_a_terminal_only(run, monkeypatch, capsys):
     monkeypatch.undo()
     assert main(["predict", str(run.out), *inputs]) == 0  # not a terminal: no bar
     assert "predict:" not in capsys.readouterr().err
+
+
+def test_one_predictions_format_keeps_labels_with_commas_whole(tmp_path):
+    """predict --out and evaluate --out write the same table; a label with a comma, a colon or a
+    pipe stays one cell (the old `top` column joined `label:p` pairs with `|`)."""
+    import torch
+
+    from transferkit.infer.predictions import topk_rows
+    from transferkit.report.outputs import prediction_table, write_predictions
+    classes = ["food, hot", "a:b|c", "plain"]
+    items = [SimpleNamespace(x="x1.png"), SimpleNamespace(x="x2.png")]
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
+    rows = topk_rows(items, probs, classes, 3, probabilities=True)
+    write_predictions(rows, tmp_path / "p.csv")
+    with open(tmp_path / "p.csv", newline="") as f:
+        got = list(csv.DictReader(f))
+    assert [(r["predicted"], r["top2"], r["top3"]) for r in got] == [("food, hot", "a:b|c", "plain"),
+                                                                     ("plain", "a:b|c", "food, hot")]
+    assert [float(got[0][f"p:{c}"]) for c in classes] == [0.7, 0.2, 0.1]
+    write_predictions(rows, tmp_path / "p.jsonl")
+    back = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert back[0]["top"][0]["label"] == "food, hot" and back[1]["probabilities"]["food, hot"] == 0.1
+
+    table = list(csv.DictReader(prediction_table(rows[:1], ["a:b|c"]).splitlines()))
+    assert list(table[0])[:5] == ["input", "label", "predicted", "probability", "correct"]
+    assert (table[0]["label"], table[0]["predicted"], table[0]["correct"]) == ("a:b|c", "food, hot", "0")
+
+
+def test_training_report_draws_the_loss_of_every_step(run):
+    """4 steps and one validation row: the curve comes from the loss of every step, and the
+    headline is the test score, with the settings folded away."""
+    page = (run.out / "report.html").read_text()
+    m = json.loads((run.out / "metrics.json").read_text())
+    assert "<h2>Learning curves</h2>" in page
+    assert f"<div class='card main'>test accuracy<b>{m['accuracy']:.3f}</b>" in page
+    assert "<details><summary>all " in page

@@ -168,6 +168,8 @@ def test_text_predictions_and_bad_json(text_server):
                     reason=f"Debian chromium is not installed at {CHROMIUM} (apt-get install chromium; "
                            ".ci/run installs it)")
 def test_page_in_headless_chromium_shows_the_label_of_an_uploaded_image(image_server):
+    """Upload an image: while /predict is held the status says "classifying…"; once answered the
+    status is cleared and the top label's row alone has the highlight (class and computed style)."""
     from playwright.sync_api import sync_playwright
     base, _, data = image_server
     image = data / "green" / "green_05.png"
@@ -183,15 +185,34 @@ def test_page_in_headless_chromium_shows_the_label_of_an_uploaded_image(image_se
             page.goto(base + "/")
             page.wait_for_selector("body[data-ready='1']", timeout=30_000)
             assert "3 classes" in page.inner_text("#meta")
+            held = []  # the /predict request, held until the status has been read
+            page.route("**/predict", lambda route: held.append(route))
             page.set_input_files("#file", str(image))
+            for _ in range(300):
+                if held:
+                    break
+                page.wait_for_timeout(100)
+            assert held, "the page sent no /predict request"
+            page.wait_for_timeout(200)  # the message must stay while the answer is awaited
+            in_flight = page.inner_text("#status")
+            results_in_flight = page.locator("#results .pred").count()
+            held[0].continue_()  # let it through (unroute first would pass it on itself)
             page.wait_for_selector("#results .pred", timeout=30_000)
             shown = page.get_attribute("#results .pred", "data-label")
             labels = page.locator("#results .pred .lbl").all_inner_texts()
             widths = page.locator("#results .pred .bar").evaluate_all("bs => bs.map(b => b.style.width)")
-            assert page.inner_text("#status") == ""
+            rows = page.locator("#results .pred .row").evaluate_all(
+                "rs => rs.map(r => [r.className, getComputedStyle(r.querySelector('.bar')).backgroundColor,"
+                " getComputedStyle(r.querySelector('.lbl')).fontWeight])")
+            assert page.inner_text("#status") == ""  # cleared once the answer is shown
         finally:
             browser.close()
+    assert in_flight == "classifying…" and results_in_flight == 0
     assert shown == want_label and labels[0] == want_label and len(labels) == 3
+    # the top label's row, and it alone, is highlighted: green bar, bold label
+    assert [r[0] for r in rows] == ["row top", "row", "row"]
+    assert rows[0][1] == "rgb(31, 157, 85)" and {r[1] for r in rows[1:]} == {"rgb(59, 111, 212)"}
+    assert int(rows[0][2]) >= 600 and all(int(r[2]) < 600 for r in rows[1:])
     top = want["predictions"][0]["top"][0]["probability"]
     assert widths[0] == f"{100 * top:.1f}%"
 

@@ -222,9 +222,9 @@ def test_csv_outputs_neutralise_formulas_and_jsonl_stays_raw(odd_run, tmp_path, 
     raw = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     rows = _csv(tmp_path / "p.csv")
     assert {r["label"] for r in raw} & set(FORMULAS), "the check needs a formula-like predicted label"
-    assert [r["label"] for r in rows] == [_safe(r["label"]) for r in raw]
-    assert [r["top"] for r in rows] == [_safe("|".join(f"{t['label']}:{t['probability']:.6f}" for t in r["top"]))
-                                        for r in raw]
+    assert [r["predicted"] for r in rows] == [_safe(r["label"]) for r in raw]
+    assert [r["top2"] for r in rows] == [_safe(r["top"][1]["label"]) for r in raw]
+    assert set(rows[0]) >= {f"p:{c}" for c in ODD}  # headers: `p:` first, never a formula
     assert [float(r["probability"]) for r in rows] == pytest.approx([r["probability"] for r in raw], abs=1e-6)
 
     ev = tmp_path / "ev"

@@ -36,9 +36,9 @@ def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, l
         "open_high": open_high, "none": none, "syntax": syntax})
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Everything needed to rerun a training run (written to RUN_DIR/config.yaml)."""
+    """Everything to rerun a run (RUN_DIR/config.yaml); frozen: later choices make a new one (replace)."""
 
     data: str = option("", "folder of class folders, image CSV (path,label), or text CSV/TSV/JSONL")
     task: str = option("auto", "what to learn: classify, segment (DATA/images + DATA/masks), anomaly (MVTec "

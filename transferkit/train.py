@@ -31,21 +31,29 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, say) -> FitResult:
     task = dense.run_task(cfg.out) if resume else dense.resolve_task(cfg, log=say)
     if dense.is_dense(task):
         return dense.task_module(task).train(cfg, resume=resume, log=say, progress=not quiet)
+    if resume:  # the run's own config and splits (engine/resume.py)
+        return fit(cfg, resume=True, log=say, progress=not quiet)
+    from .engine.build import SpareModel, load_task_for
+    from .engine.input_kind import settle_inputs
+    # the run reads its data once; every choice below and the run itself get these splits. The
+    # input kind is settled now, in a new config: no config is changed after it is validated
+    task = load_task_for(cfg)
+    cfg = settle_inputs(cfg, task)
     choice = None
-    if not resume and cfg.unlabelled:  # a bad pool stops here, before auto writes OUT/auto
+    if cfg.unlabelled:  # a bad pool stops here, before auto writes OUT/auto
         from .engine.unlabelled import check_pool
-        check_pool(cfg)
+        check_pool(cfg, task)
     source_choice = None
-    if not resume and auto_backbone_sources(cfg.backbone) is not None:
+    if auto_backbone_sources(cfg.backbone) is not None:
         from .choose.source import resolve_backbone
-        from .engine.build import load_task_for
-        cfg, source_choice = resolve_backbone(cfg, load_task_for(cfg), log=say)
-    if not resume and cfg.strategy == "auto":
+        cfg, source_choice = resolve_backbone(cfg, task, log=say)
+    spare = SpareModel()  # the model auto builds to check the config, kept for the run that trains it
+    if cfg.strategy == "auto":
         from .choose.auto import resolve_auto
-        cfg, choice = resolve_auto(cfg, log=say)
+        cfg, choice = resolve_auto(cfg, log=say, task=task, spare=spare)
     if source_choice:
         choice = {**(choice or {}), "backbone": source_choice}
-    if not resume and cfg.reg and "auto" in cfg.reg:
+    if cfg.reg and "auto" in cfg.reg:
         from .choose.l2sp_sweep import resolve_l2sp_auto
-        cfg = resolve_l2sp_auto(cfg, log=say)
-    return fit(cfg, resume=resume, log=say, progress=not quiet, choice=choice)
+        cfg = resolve_l2sp_auto(cfg, log=say, task=task)
+    return fit(cfg, log=say, progress=not quiet, choice=choice, task=task, spare=spare)

@@ -10,6 +10,7 @@ the method's own weights (DANN's discriminator), optimizer state and every RNG s
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -24,6 +25,7 @@ from torch.nn import functional as F
 from ..config import ConfigError, save_config
 from ..store import checkpoint as ck
 from ..engine.build import build_model
+from ..engine.input_kind import settle_inputs
 from ..store.environment import write_environment
 from ..store.runfolder import check_out_dir, claim_out_dir
 from ..infer.loaders import eval_loader, make_dataset
@@ -82,9 +84,7 @@ def _adapt(cfg: AdaptConfig, *, resume: bool, log, progress: bool) -> AdaptResul
     state = AdaptState()
     ckpt = None
     if resume:
-        stop_after = cfg.stop_after
-        cfg = read_adapt_config(run / "adapt.yaml")
-        cfg.stop_after = stop_after
+        cfg = dataclasses.replace(read_adapt_config(run / "adapt.yaml"), stop_after=cfg.stop_after)
         ckpt = ck.find_checkpoint(run, log)  # last/, verified against its checksums (or the copy before it)
         if ckpt is None:
             raise FileNotFoundError(f"{run} has no checkpoint to resume from (last/state.json)")
@@ -98,7 +98,8 @@ def _adapt(cfg: AdaptConfig, *, resume: bool, log, progress: bool) -> AdaptResul
     domains = load_domains(cfg)
     for s in domains.skipped:
         log(f"skipped: {s}")
-    model, _ = build_model(cfg.train_config(), domains.classes)
+    # inputs other than RGB pictures: settled from the source data, as `train` settles them
+    model, _ = build_model(settle_inputs(cfg.train_config()), domains.classes)
     method = build_method(cfg, model.spec.feature_dim, len(domains.classes))
     phase = _one_phase(cfg, model)
     freeze_stages(model, phase.frozen)

@@ -28,19 +28,25 @@ from ..config import TrainConfig
 FT_FOLDS = 3
 
 
-def resolve_auto(cfg: TrainConfig, log=print) -> tuple[TrainConfig, dict]:
-    """The concrete configuration `auto` stands for on this task, and the evidence for it."""
-    from ..engine.build import load_task_for
+def resolve_auto(cfg: TrainConfig, log=print, *, task=None, spare=None) -> tuple[TrainConfig, dict]:
+    """The concrete configuration `auto` stands for on this task, and the evidence for it.
+
+    `task`: the run's splits, read once by `train` (else read here). `spare`: an
+    `engine.build.SpareModel` that keeps the model built to check the configuration before anything
+    is written, for the first run that builds the same model (a fold, or the final run)."""
+    from ..engine.build import SpareModel, load_task_for
+    from ..engine.input_kind import settle_inputs
     from ..engine.selection import WISE_DEFAULT
     from ..models import parse_source
     from .cv import best_wise, cv_finetune
-    from ..engine.build import build_model
     from ..store.runfolder import check_out_dir, claim_out_dir
     check_out_dir(cfg)
-    task = load_task_for(cfg)
+    task = task if task is not None else load_task_for(cfg)
+    cfg = settle_inputs(cfg, task)
+    spare = spare if spare is not None else SpareModel()
     _, _, pretrained = parse_source(cfg.backbone)
     # the model builds (source, class texts, input adaptation) before anything is written
-    build_model(dataclasses.replace(cfg, strategy="two_phase" if pretrained else "full"), task.classes)
+    spare.build(dataclasses.replace(cfg, strategy="two_phase" if pretrained else "full"), task.classes)
     claim_out_dir(cfg, overwrite=cfg.overwrite, log=log)  # OUT/auto is written before the run starts
     root = Path(cfg.out) / "auto"
     if not pretrained:
@@ -54,9 +60,9 @@ def resolve_auto(cfg: TrainConfig, log=print) -> tuple[TrainConfig, dict]:
     pool_choice = None
     if cfg.unlabelled:  # the same folds with and without the pool; kept only if it wins held out
         from .pool_cv import cv_pool_or_not
-        ft, cfg, pool_choice = cv_pool_or_not(cfg, task, root, k=FT_FOLDS, log=log)
+        ft, cfg, pool_choice = cv_pool_or_not(cfg, task, root, k=FT_FOLDS, log=log, spare=spare)
     else:
-        ft = cv_finetune(cfg, task, root / "cv", k=FT_FOLDS, log=log)
+        ft = cv_finetune(cfg, task, root / "cv", k=FT_FOLDS, log=log, spare=spare)
     if ft is None:
         return _chosen(cfg, root, "two_phase", WISE_DEFAULT, "too few labels per class to cross-validate: "
                        f"LP-FT with the default WiSE-FT weight {WISE_DEFAULT} (no held-out evidence)", {}, log)

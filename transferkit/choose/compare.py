@@ -39,9 +39,9 @@ import torch
 
 from ..config import TrainConfig
 from ..data import Task, load_task
+from ..strategies.plan import SCRATCH_LR
 
 PROBE = "probe"
-SCRATCH_LR = 3e-3
 DEFAULT_REG = {"l2sp": "l2sp:10"}  # decoupled under AdamW: a pull of lr x 10 per step
 
 
@@ -282,9 +282,11 @@ def finished_cell(cfg: TrainConfig) -> dict | None:
     return None
 
 
-def train_cell(cfg: TrainConfig) -> dict:
+def train_cell(cfg: TrainConfig, task: Task | None = None) -> dict:
     """One engine run in `cfg.out` (choices such as `auto` and `l2sp:auto` resolved first, as
-    `transferkit train` does); the row of a finished cell with this configuration is reused."""
+    `transferkit train` does); the row of a finished cell with this configuration is reused.
+    `task`: the cell's splits, read once by `compare` (else each step reads them)."""
+    from ..engine.build import SpareModel
     from ..engine.fit import fit
     from .auto import resolve_auto
     from .l2sp_sweep import best_validation, resolve_l2sp_auto
@@ -296,8 +298,11 @@ def train_cell(cfg: TrainConfig) -> dict:
         shutil.rmtree(run)  # an unfinished or differently configured cell of this compare
     t0 = time.time()
     quiet = lambda *a, **k: None  # noqa: E731
-    resolved, choice = resolve_auto(cfg, log=quiet) if cfg.strategy == "auto" else (cfg, None)
-    result = fit(resolve_l2sp_auto(resolved, log=quiet), log=quiet, progress=False, choice=choice)
+    spare = SpareModel()
+    resolved, choice = (resolve_auto(cfg, log=quiet, task=task, spare=spare) if cfg.strategy == "auto"
+                        else (cfg, None))
+    result = fit(resolve_l2sp_auto(resolved, log=quiet, task=task), log=quiet, progress=False, choice=choice,
+                 task=task, spare=spare)
     m = result.metrics or {}
     has_val = any("val_loss" in r for r in result.state.history)
     best = best_validation(result.state.history, cfg.metric) if has_val else {}
@@ -418,7 +423,7 @@ def run_compare(base: TrainConfig, strategies: list[str], shots: list[int | None
                 cfg = dataclasses.replace(cfg, steps=steps, epochs=None)
                 row.update(steps=steps, shortened=True, shorten_reason=why)
                 log(f"{tag}: {why}")
-        row.update(train_cell(cfg))
+        row.update(train_cell(cfg, task))
         if not row.get("reused"):
             measured.append({"strategy": name, "shots": shots_label(s), "seconds": row["train_seconds"],
                              "steps": row["steps"]})

@@ -39,8 +39,10 @@ def fold_tasks(task: Task, k: int, seed: int) -> list[tuple[Task, list]]:
     return out
 
 
-def _held_out_scores(run: Path, cfg: TrainConfig, classes: list[str], held_out: list, grid) -> list[dict]:
-    """Held-out accuracy/NLL of a finished fold run at each WiSE weight."""
+def _held_out_scores(run: Path, cfg: TrainConfig, classes: list[str], held_out: list, grid,
+                     model=None) -> list[dict]:
+    """Held-out accuracy/NLL of a finished fold run at each WiSE weight. `model`: the fold run's own
+    (its weights are replaced by the run's files at each weight), else one is built."""
     from ..store import checkpoint as ck
     from ..engine.build import build_model
     from ..infer.loaders import eval_loader, make_dataset
@@ -49,7 +51,8 @@ def _held_out_scores(run: Path, cfg: TrainConfig, classes: list[str], held_out: 
     from ..engine.headfit import score
     from ..infer.tta import views_of
     run_cfg = read_config(run / "config.yaml")  # the fold run's resolved --tta-views
-    model, _ = build_model(cfg, classes)
+    if model is None:
+        model, _ = build_model(cfg, classes)
     ft = ck.load_tensors(run / "model.safetensors")
     lp = ck.load_tensors(run / "lp_model.safetensors") if (run / "lp_model.safetensors").exists() else None
     if lp is None:  # a strategy without a probe phase: only the fine-tuned endpoint exists
@@ -68,11 +71,14 @@ def _held_out_scores(run: Path, cfg: TrainConfig, classes: list[str], held_out: 
 
 
 def cv_finetune(cfg: TrainConfig, task: Task, root: Path, *, k: int = 3, grid=WISE_GRID,
-                strategy: str = "two_phase", log=print) -> dict | None:
+                strategy: str = "two_phase", log=print, spare=None) -> dict | None:
     """Cross-validate fine-tuning (LP-FT, `two_phase`, by default) on `task.train`: per WiSE weight,
     held-out accuracy mean ± standard error over folds and mean NLL. None when the labels allow no
-    fold (a class with a single label)."""
+    fold (a class with a single label). Each fold builds its model once (or takes `spare`'s, an
+    `engine.build.SpareModel`), trains it and scores it."""
     from ..engine.fit import fit
+    from ..engine.input_kind import settle_inputs
+    cfg = settle_inputs(cfg, task)  # from the whole training split, as the final run's
     folds = fold_tasks(task, k, cfg.seed)
     if not folds:
         return None
@@ -88,8 +94,8 @@ def cv_finetune(cfg: TrainConfig, task: Task, root: Path, *, k: int = 3, grid=WI
             continue
         if run.exists():
             shutil.rmtree(run)  # an unfinished fold of ours: start it again
-        fit(fcfg, log=lambda *a, **kw: None, progress=False, evaluate_test=False, task=sub)
-        rows = _held_out_scores(run, fcfg, task.classes, held_out, grid)
+        result = fit(fcfg, log=lambda *a, **kw: None, progress=False, evaluate_test=False, task=sub, spare=spare)
+        rows = _held_out_scores(run, fcfg, task.classes, held_out, grid, model=result.model)
         for heavy in ("last",):
             shutil.rmtree(run / heavy, ignore_errors=True)
         record.write_text(json.dumps({"config": fcfg.to_dict(), "rows": rows}, indent=2) + "\n")

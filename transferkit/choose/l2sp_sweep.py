@@ -27,11 +27,11 @@ def with_alpha(reg: str, alpha: float) -> str:
     return "+".join(str(s.with_alpha(alpha) if s.is_auto else s) for s in parse_regularizer(reg))
 
 
-def sweep_steps(cfg: TrainConfig) -> int:
-    """Half the optimisation steps of the full run (at least 1)."""
+def sweep_steps(cfg: TrainConfig, task=None) -> int:
+    """Half the optimisation steps of the full run (at least 1). `task`: the run's splits (else read)."""
     from ..engine.build import load_task_for
     from ..engine.fit import total_steps
-    task = load_task_for(cfg)
+    task = task if task is not None else load_task_for(cfg)
     if not task.val:
         raise ValueError("l2sp:auto picks alpha on the validation split, and this task has none: "
                          "give --val DATA or a --val-fraction above 0, or pass l2sp:ALPHA")
@@ -49,14 +49,16 @@ def best_validation(history: list[dict], metric: str = "loss", trained_only: boo
     return max(rows, key=lambda r: validation_score(r, metric))
 
 
-def resolve_l2sp_auto(cfg: TrainConfig, log=print, grid: tuple[float, ...] | None = None) -> TrainConfig:
+def resolve_l2sp_auto(cfg: TrainConfig, log=print, grid: tuple[float, ...] | None = None, *,
+                      task=None) -> TrainConfig:
     """Choose alpha over ``grid`` (default ``L2SP_AUTO_GRID``) and return ``cfg`` with it.
 
     With a validation split: one short run per alpha (half the steps), scored by the best
     validation row after a training step. With few labels (no validation split): each alpha's
     fine-tuning is cross-validated over the training labels (`transferkit.choose.cv`) and scored
     on held-out folds at its fine-tuned weights. The table is logged and written to
-    ``OUT/sweep/sweep.json``; the test split is never used.
+    ``OUT/sweep/sweep.json``; the test split is never used. `task`: the run's splits, read once by
+    `train` (else read here); every sweep run trains on them.
     """
     from ..engine.build import load_task_for
     if not cfg.reg or not any(s.is_auto for s in parse_regularizer(cfg.reg)):
@@ -70,9 +72,10 @@ def resolve_l2sp_auto(cfg: TrainConfig, log=print, grid: tuple[float, ...] | Non
         claim_out_dir(cfg, overwrite=cfg.overwrite, log=log)
     root = Path(cfg.out) / "sweep" if cfg.out else Path(tempfile.mkdtemp(prefix="transferkit-sweep-"))
     root.mkdir(parents=True, exist_ok=True)
-    task = load_task_for(cfg)
-    steps = sweep_steps(cfg) if task.val else None
-    rows = _sweep_on_validation(cfg, grid, root, steps, log) if task.val else _sweep_by_cv(cfg, task, grid, root, log)
+    task = task if task is not None else load_task_for(cfg)
+    steps = sweep_steps(cfg, task) if task.val else None
+    rows = (_sweep_on_validation(cfg, task, grid, root, steps, log) if task.val
+            else _sweep_by_cv(cfg, task, grid, root, log))
     chosen = max(rows, key=lambda r: r["score"])
     for r in rows:
         log(f"  alpha {r['alpha']:<8g} held-out {r['metric']} {r['value']:.4f}  "
@@ -83,7 +86,7 @@ def resolve_l2sp_auto(cfg: TrainConfig, log=print, grid: tuple[float, ...] | Non
     return dataclasses.replace(cfg, reg=chosen["reg"])
 
 
-def _sweep_on_validation(cfg: TrainConfig, grid, root: Path, steps: int, log) -> list[dict]:
+def _sweep_on_validation(cfg: TrainConfig, task, grid, root: Path, steps: int, log) -> list[dict]:
     from ..engine.fit import fit
     from ..engine.selection import validation_score
     log(f"l2sp:auto: {len(grid)} runs of {steps} steps, alpha by validation {cfg.metric} ({root})")
@@ -94,7 +97,7 @@ def _sweep_on_validation(cfg: TrainConfig, grid, root: Path, steps: int, log) ->
         if Path(sub.out).exists():
             shutil.rmtree(sub.out)  # a sweep run left by an interrupted start: ours to redo
         t0 = time.time()
-        result = fit(sub, log=lambda *a, **k: None, progress=False, evaluate_test=False)
+        result = fit(sub, log=lambda *a, **k: None, progress=False, evaluate_test=False, task=task)
         best = best_validation(result.state.history, cfg.metric, trained_only=True)
         rows.append({"alpha": alpha, "reg": sub.reg, "method": "validation", "metric": f"val_{cfg.metric}",
                      "value": best[f"val_{cfg.metric}"], "val_loss": best.get("val_loss"),

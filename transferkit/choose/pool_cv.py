@@ -29,12 +29,12 @@ def _write_pool_csv(path: Path, xs: list[str]) -> None:
         w.writerows([str(Path(x).resolve())] for x in xs)
 
 
-def cv_pool_or_not(cfg: TrainConfig, task, root: Path, *, k: int, log=print):
+def cv_pool_or_not(cfg: TrainConfig, task, root: Path, *, k: int, log=print, spare=None):
     """(the CV result auto goes on with, the configuration to train, the record of the choice).
     The returned configuration has `unlabelled=None` when the pool lost (or tied)."""
     from ..data.pool import read_pool
     from .cv import best_wise, cv_finetune
-    plain = cv_finetune(dataclasses.replace(cfg, unlabelled=None), task, root / "cv", k=k, log=log)
+    plain = cv_finetune(dataclasses.replace(cfg, unlabelled=None), task, root / "cv", k=k, log=log, spare=spare)
     pool = read_pool(cfg.unlabelled, task, log=log)
     info = {k_: pool.record[k_] for k_ in ("source", "transductive", "count")}
     if plain is None:

@@ -133,7 +133,10 @@ def cmd_rank(argv: list[str]) -> int:
     from .embeddings import open_cache_from_args
     listed = args.backbone[len("auto:"):] if args.backbone.startswith("auto:") else args.backbone
     sources = [s.strip() for s in listed.split(",") if s.strip()]
-    c = make_config(None, data=args.data, **{k: getattr(args, k) for k in _RANK_KEEP})
+    from ..engine.input_kind import settle_inputs
+    # arrays, signals, --in-chans: channels, statistics and spectrogram from the training split, as
+    # `train` settles them (engine/input_kind.py); RGB pictures: the config as given
+    c = settle_inputs(make_config(None, data=args.data, **{k: getattr(args, k) for k in _RANK_KEEP}))
     log = (lambda *a, **k: None) if args.json else print
 
     def rank(srcs):
@@ -142,7 +145,7 @@ def cmd_rank(argv: list[str]) -> int:
                             val_fraction=c.val_fraction, test_fraction=c.test_fraction,
                             text_col=c.text_col, label_col=c.label_col,
                             cache=open_cache_from_args(args), cv=args.pick, log=log)
-    rows = rank(sources) if not _other_inputs(c) else _rank_adapted(sources, c, rank)
+    rows = rank(sources) if c.chan_mean is None else _rank_adapted(sources, c, rank)
     picked = None
     if args.pick:
         from ..choose.source import best_row
@@ -157,14 +160,6 @@ def cmd_rank(argv: list[str]) -> int:
                    if picked.get("cv_accuracy") is not None else "LogME (a class has one label)")
             print(f"\npicked: {picked['source']} (by {how})")
     return 0
-
-
-def _other_inputs(cfg) -> bool:
-    """Whether DATA is not RGB pictures (arrays, signals, --in-chans): settles cfg's in_chans,
-    channel statistics and spectrogram from the training split, as `train` does (engine/input_kind.py)."""
-    from ..engine.input_kind import resolve_inputs
-    resolve_inputs(cfg)
-    return cfg.chan_mean is not None
 
 
 def _rank_adapted(sources: list[str], cfg, rank) -> list[dict]:

@@ -64,8 +64,9 @@ def predict_parser() -> argparse.ArgumentParser:
          "transferkit predict runs/seg photos/ --out masks/"])
     pr.add_argument("inputs", nargs="+", help="RUN_DIR then files/folders/texts, or files with --backbone")
     add_shared(pr, "--out", metavar="FILE|DIR",
-               help=out_help("also write the rows to FILE: .csv or .jsonl, never replacing a file; a dense "
-                             "run (segment, anomaly, detect) writes its outputs into the folder DIR"))
+               help=out_help("also write the rows, with every class's probability, to FILE: .csv (a column per "
+                             "class and one per top-k label, as evaluate --out) or .jsonl, never replacing a "
+                             "file; a dense run (segment, anomaly, detect) writes its outputs into the folder DIR"))
     pr.add_argument(
         "--backbone", metavar="SRC", default=None,
         help="predict with a source model's own classes, e.g. bundled:efficientnet_lite0 "
@@ -157,20 +158,22 @@ def cmd_predict(args) -> int:
     if args.zero_shot:
         from ..zeroshot.predict import predict_zero_shot
         rows = predict_zero_shot(args.zero_shot, args.inputs, classes=args.classes,
-                                 class_text=args.class_text, top_k=args.top_k)
+                                 class_text=args.class_text, top_k=args.top_k, probabilities=bool(args.out))
     elif args.backbone:
-        rows = predict_source(args.backbone, args.inputs, top_k=args.top_k)
+        rows = predict_source(args.backbone, args.inputs, top_k=args.top_k, probabilities=bool(args.out))
     else:
         run, inputs = args.inputs[0], args.inputs[1:]
         if not inputs:
             raise ValueError("predict needs RUN_DIR and at least one input (file, folder or text)")
-        rows = predict_run(run, inputs, top_k=args.top_k, batch_size=_batch_size(args), tta=args.tta)
+        rows = predict_run(run, inputs, top_k=args.top_k, batch_size=_batch_size(args), tta=args.tta,
+                           probabilities=bool(args.out))
     failed = [r for r in rows if r.get("error")]
     if failed:
         print(f"transferkit: warning: no prediction for {len(failed)} input(s), marked 'error' in the output",
               file=sys.stderr)
     if args.out:
         print(f"wrote {write_predictions(rows, args.out)} ({len(rows)} rows)", file=sys.stderr)
+        rows = [{k: v for k, v in r.items() if k != "probabilities"} for r in rows]  # the file has them
     if args.json:
         print(json.dumps(_strict_json(rows), indent=2))
         return 0

@@ -14,13 +14,17 @@ def _export_parser() -> argparse.ArgumentParser:
         "export",
         "Write a run's model in a format other tools load, then reload it with that tool and check it "
         "against the run on the run's test split (max |logit diff| <= 1e-4, identical top-1); a failed "
-        "check exits non-zero.",
+        "check exits non-zero. Dense runs (segment, detect, anomaly) export to onnx: the graph, the arrays "
+        "it needs (anchors.npy, memory_bank.npy) and a numpy postprocess.py, checked end to end against "
+        "what 'transferkit predict' answers.",
         ["transferkit export runs/photos --format onnx --out exported/",
-         "transferkit export runs/text --format hf --out hf-model/ --no-merge --json"])
+         "transferkit export runs/text --format hf --out hf-model/ --no-merge --json",
+         "transferkit export runs/defects --format onnx --out defects-onnx/"])
     p.add_argument("run", help="a finished run directory (config.yaml + model.safetensors)")
     p.add_argument("--format", required=True, choices=["timm", "hf", "onnx", "torchscript"],
                    help="timm: timm folder (images); hf: save_pretrained folder with tokenizer (text); "
-                        "onnx: model.onnx, dynamic batch axis; torchscript: model.pt (required)")
+                        "onnx: model.onnx, dynamic batch axis (the one format of dense runs); "
+                        "torchscript: model.pt (required)")
     add_shared(p, "--out", required=True, help=out_help("output directory: new or empty, or an earlier export "
                                                         "or other files with --overwrite", required=True))
     add_fields(p, ["overwrite"], title=MAIN)
@@ -40,7 +44,8 @@ def _serve_parser() -> argparse.ArgumentParser:
     p = command_parser(
         "serve",
         "Serve a run over HTTP: POST /predict, GET /health, GET /info, and a page at / where you drop an "
-        "image or type text and see the top labels.",
+        "image or type text and see the top labels (dense runs: the mask, the boxes or the anomaly heat map, "
+        "drawn over the image).",
         ["transferkit serve runs/photos", "transferkit serve runs/photos --host 0.0.0.0 --port 8080 "
          "--allowed-hosts myhost.lan --top-k 3"])
     p.add_argument("run", help="a finished run directory")

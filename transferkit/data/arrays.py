@@ -1,10 +1,11 @@
-"""Image-like arrays (`.npy`, multi-page/multi-band `.tif`) and signals (`.wav`, 1-D `.npy`) as model
-inputs, in the same folder/CSV layouts as images.
+"""Image-like arrays (`.npy`, multi-page/multi-band `.tif`) as an input kind (data/kinds.py), in the
+same folder/CSV layouts as images.
 
-Every input becomes a float tensor [C, H, W]: an array by its channel axis (H x W x C or C x H x W,
-any dtype), a signal by its log-mel spectrogram (data/signals.py, C = 1). Values are normalised per
-channel by the mean and standard deviation of the *training* data (`channel_stats`, computed once
-and stored in the run): an array's value range says nothing a source model knows about.
+An array becomes a float tensor [C, H, W] by its channel axis (H x W x C or C x H x W, any dtype).
+Values are normalised per channel by the mean and standard deviation of the *training* data
+(`data.kinds.channel_stats`, computed once and stored in the run): an array's value range says
+nothing a source model knows about. `array_transforms` serves every kind that is resized whole
+(arrays and signals).
 """
 
 from __future__ import annotations
@@ -14,58 +15,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .signals import SpectrogramSpec, log_mel, read_signal
-from .splits import DataError, Example
+from .kind import InputKind
+from .splits import DataError
 
-# decoded by Pillow: .jfif/.jpe are JPEG, a .gif is read as its first frame, .tga and the netpbm
-# formats as they are; any other extension in a class folder is listed under `skipped`
-IMAGE_EXTS = {".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tga", ".ppm", ".pgm", ".pnm"}
 ARRAY_EXTS = {".npy", ".tif", ".tiff"}
-SIGNAL_EXTS = {".wav"}
-INPUT_EXTS = IMAGE_EXTS | ARRAY_EXTS | SIGNAL_EXTS
 LAYOUTS = ("auto", "hwc", "chw")
 
 
-def input_kind(path: str | Path) -> str:
-    """"image", "array" or "signal" by the file's extension (and, for .npy, its dimensions)."""
-    suffix = Path(path).suffix.lower()
-    if suffix in IMAGE_EXTS:
-        return "image"
-    if suffix in SIGNAL_EXTS:
-        return "signal"
-    if suffix == ".npy":
-        try:
-            return "signal" if np.load(path, mmap_mode="r", allow_pickle=False).ndim == 1 else "array"
-        except (ValueError, OSError):
-            return "array"  # the reader reports it as unreadable
-    if suffix in ARRAY_EXTS:
-        return "array"
-    raise DataError(f"{path}: unknown input type '{suffix}' (known: {', '.join(sorted(INPUT_EXTS))})")
-
-
-def check_input(path: str | Path) -> str | None:
-    """Why `path` cannot be read, or None. Only headers are read (cheap on large folders)."""
-    p = Path(path)
-    if not p.is_file():
-        return "file not found"
-    suffix = p.suffix.lower()
-    try:
-        if suffix == ".npy":
-            a = np.load(p, mmap_mode="r", allow_pickle=False)
-            if a.ndim not in (1, 2, 3):
-                return f"array of shape {a.shape}: expected 1-D (signal), H x W, H x W x C or C x H x W"
-        elif suffix in (".tif", ".tiff"):
-            import tifffile
-            with tifffile.TiffFile(p) as tf:
-                if not tf.series:
-                    return "TIFF with no image data"
-                return _tiff_bomb(tf.series[0].shape)
-        elif suffix == ".wav":
-            from scipy.io import wavfile
-            wavfile.read(p, mmap=True)
-    except (ValueError, OSError, EOFError) as e:
-        return f"unreadable {suffix} ({type(e).__name__})"
-    return None
+def check_array(p: Path) -> str | None:
+    """Why the array at `p` cannot be used, or None; only its header is read."""
+    if p.suffix.lower() == ".npy":
+        a = np.load(p, mmap_mode="r", allow_pickle=False)
+        if a.ndim not in (1, 2, 3):
+            return f"array of shape {a.shape}: expected 1-D (signal), H x W, H x W x C or C x H x W"
+        return None
+    import tifffile
+    with tifffile.TiffFile(p) as tf:
+        if not tf.series:
+            return "TIFF with no image data"
+        return _tiff_bomb(tf.series[0].shape)
 
 
 def _tiff_bomb(shape: tuple[int, ...]) -> str | None:
@@ -117,46 +85,15 @@ def read_array(path: str | Path, layout: str = "auto") -> np.ndarray:
     return np.ascontiguousarray(_channels_first(a, layout, p), dtype=np.float32)
 
 
-def load_input(path: str, channels: int, layout: str = "auto", spectrogram: str | None = None) -> torch.Tensor:
-    """The unnormalised [channels, H, W] tensor of one array, signal or image file. One-channel data
-    fed to a model with more channels is repeated (the naive baseline); other mismatches are errors."""
-    kind = input_kind(path)
-    if kind == "signal":
-        spec = SpectrogramSpec.parse(spectrogram)
-        x = log_mel(read_signal(path, spec.sr), spec)
-    elif kind == "array":
-        x = torch.from_numpy(read_array(path, layout))
-    else:
-        from PIL import Image
-        with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)
-        x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
-    if x.shape[0] == 1 and channels > 1:
-        x = x.repeat(channels, 1, 1)
-    if x.shape[0] != channels:
-        raise DataError(f"{path}: {x.shape[0]} channels, but the model reads {channels}; train with "
-                        f"--in-chans {x.shape[0]} or give inputs with {channels} channels")
-    return x
+def _read(path: str, channels: int, layout: str = "auto", spectrogram: str | None = None) -> torch.Tensor:
+    return torch.from_numpy(read_array(path, layout))
 
 
-def channel_stats(items: list[Example], channels: int, layout: str = "auto",
-                  spectrogram: str | None = None) -> tuple[list[float], list[float]]:
-    """Per-channel mean and standard deviation over every value of every item (float64 sums)."""
-    n = 0
-    s = np.zeros(channels)
-    ss = np.zeros(channels)
-    for ex in items:
-        x = load_input(ex.x, channels, layout, spectrogram).double().reshape(channels, -1)
-        n += x.shape[1]
-        s += x.sum(1).numpy()
-        ss += (x * x).sum(1).numpy()
-    if not n:
-        raise DataError("no training inputs to compute channel statistics from")
-    mean = s / n
-    std = np.sqrt(np.maximum(ss / n - mean ** 2, 0.0))
-    std = np.where(std < 1e-8, 1.0, std)  # a constant channel is centred, not blown up
-    return [round(float(v), 8) for v in mean], [round(float(v), 8) for v in std]
+ARRAY = InputKind("array", frozenset(ARRAY_EXTS), read=_read, check=check_array,
+                  data_channels=lambda first, in_chans, layout: read_array(first, layout).shape[0],
+                  words=lambda first: f"arrays, {Path(first).name}",
+                  preview=lambda path, pre: read_array(path, getattr(pre, "array_layout", "auto")),
+                  feed="the array as C x H x W floats in its own units")
 
 
 def array_transforms(pre, image_size: int | None = None, augment: bool = True):

@@ -98,12 +98,14 @@ def namespace(weights: str, module: str, preprocess: dict, view: str, device: st
 
 def _atomic_write(path: Path, write) -> None:
     """`write(file)` into a temporary file beside `path`, flushed to disk, then renamed over it."""
+    from ..store.checkpoint import follow_umask
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        follow_umask(Path(tmp))  # mkstemp makes 0600: a shared cache is read as any file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

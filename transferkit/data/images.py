@@ -16,7 +16,8 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from ..models.backbone import ImagePreprocess
-from .arrays import IMAGE_EXTS, INPUT_EXTS, check_input
+from .kinds import INPUT_EXTS, check_input
+from .pictures import IMAGE_EXTS
 from .splits import DataError, Example, check_utf8_path, shown
 from .tables import decode_table, is_missing_label
 
@@ -424,7 +425,7 @@ class ArrayDataset(ImageDataset):
         self.pre = pre
 
     def _decode(self, i: int) -> torch.Tensor:
-        from .arrays import load_input
+        from .kinds import load_input
         return load_input(self.items[i].x, self.pre.channels, self.pre.array_layout, self.pre.spectrogram)
 
     def _key(self, i: int) -> str:

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .arrays import IMAGE_EXTS
+from .pictures import IMAGE_EXTS
 from .splits import DataError, Example
 
 TEST = "test"

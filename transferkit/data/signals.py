@@ -1,4 +1,5 @@
-"""1-D signals as pictures: read a `.wav` (or a 1-D `.npy`), compute a log-mel spectrogram.
+"""1-D signals as pictures: read a `.wav` (or a 1-D `.npy`), compute a log-mel spectrogram; an input
+kind of the registry in data/kinds.py.
 
 The spectrogram is a 1-channel image [1, n_mels, frames] (low frequencies at the top row); an image
 backbone then reads it through the grayscale channel adaptation (models/channels.py). Its parameters
@@ -19,7 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .kind import InputKind
 from .splits import DataError
+
+SIGNAL_EXTS = {".wav", ".npy"}  # a .npy of one dimension; any other is an array (data/arrays.py)
 
 
 @dataclass
@@ -112,3 +116,38 @@ def log_mel(signal: np.ndarray | torch.Tensor, spec: SpectrogramSpec) -> torch.T
     power = stft.abs() ** 2
     mel = mel_filterbank(spec) @ power
     return (10.0 * torch.log10(mel.clamp_min(1e-10))).unsqueeze(0)
+
+
+def _claims(p: Path) -> bool:
+    """A .wav, or a .npy of one dimension (any other .npy is an array)."""
+    if p.suffix.lower() == ".wav":
+        return True
+    try:
+        return np.load(p, mmap_mode="r", allow_pickle=False).ndim == 1
+    except (ValueError, OSError):
+        return False  # the array reader reports it as unreadable
+
+
+def _check(p: Path) -> str | None:
+    if p.suffix.lower() == ".wav":
+        from scipy.io import wavfile
+        wavfile.read(p, mmap=True)
+    return None
+
+
+def _read(path: str, channels: int = 1, layout: str = "auto", spectrogram: str | None = None) -> torch.Tensor:
+    spec = SpectrogramSpec.parse(spectrogram)
+    return log_mel(read_signal(path, spec.sr), spec)
+
+
+# a signal run records the full spectrogram string, and no test-time flip: a mirrored spectrogram
+# plays time backwards
+SIGNAL = InputKind("signal", frozenset(SIGNAL_EXTS), read=_read, claims=_claims, check=_check,
+                   data_channels=lambda first, in_chans, layout: 1,
+                   words=lambda first: "signals: one log-mel channel",
+                   settle=lambda spectrogram: {"spectrogram": SpectrogramSpec.parse(spectrogram).to_str(),
+                                               "tta": False},
+                   preview=lambda path, pre: _read(path, spectrogram=getattr(pre, "spectrogram", None)
+                                                   ).numpy()[:, ::-1],  # mel bin 0 (lowest) at the bottom
+                   colormap="magma",
+                   feed="the log-mel spectrogram ({spectrogram}) of the signal, in dB")

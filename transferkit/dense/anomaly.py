@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from ..config import TrainConfig
-from ..data.arrays import IMAGE_EXTS
+from ..data.pictures import IMAGE_EXTS
 from ..data.splits import DataError
 from ..engine import interrupt
 from ..store import checkpoint as ck
@@ -259,17 +259,21 @@ def evaluate(run_dir, data, *, log=print) -> dict:
 
 
 def predictor(run_dir):
-    """(classes, fn): fn(paths) -> per image {"score", "label" (good/defect at the run's threshold),
-    "map": float32 [H, W] anomaly map at the image's own size, "threshold"} (Model.predict)."""
+    """(classes, fn): fn(images) -> per image {"score", "label" (good/defect at the run's threshold),
+    "map": float32 [H, W] anomaly map at the image's own size, "threshold"} (Model.predict; the
+    server's model). `images`: paths, or RGB PIL images already decoded (the server's uploads)."""
     net, bank, threshold, src = load_run(run_dir)
 
-    def run(paths: list[Path]) -> list[dict]:
+    def run(paths: list) -> list[dict]:
         maps = score_maps(embed(net, paths, src["image_size"], src["mean"], src["std"], _device()), bank,
                           src["image_size"], _device())
         rows = []
         for p, m in zip(paths, maps):
-            with Image.open(p) as im:
-                own = im.size
+            if isinstance(p, Image.Image):
+                own = p.size
+            else:
+                with Image.open(p) as im:
+                    own = im.size
             score = float(m.max())
             rows.append({"score": round(score, 6), "label": "defect" if score >= threshold else "good",
                          "threshold": threshold,
@@ -296,12 +300,16 @@ def predict(run_dir, inputs: list[str], output: str | None, *, log=print) -> lis
 
 def _write_heatmap(image: Path, amap: np.ndarray, threshold: float, path: Path) -> Path:
     """The map over the image, coloured from 0 (blue) to 2 x threshold (red), at the image's size."""
-    from matplotlib import colormaps
     from ..data.images import open_rgb
     im = open_rgb(str(image))
-    scaled = np.clip(amap / max(2 * threshold, 1e-12), 0, 1)
-    heat = Image.fromarray((scaled * 255).astype(np.uint8), "L").resize(im.size, Image.BILINEAR)
-    colour = colormaps["jet"](np.asarray(heat) / 255.0)[..., :3] * 255
-    blend = 0.5 * np.asarray(im, dtype=np.float32) + 0.5 * colour
+    blend = 0.5 * np.asarray(im, dtype=np.float32) + 0.5 * heat_colours(amap, threshold, im.size)
     Image.fromarray(blend.astype(np.uint8), "RGB").save(path)
     return path
+
+
+def heat_colours(amap: np.ndarray, threshold: float, size: tuple[int, int]) -> np.ndarray:
+    """The map as colours [H, W, 3] (0..255) at `size` (W, H): 0 blue to 2 x threshold red (jet)."""
+    from matplotlib import colormaps
+    scaled = np.clip(amap / max(2 * threshold, 1e-12), 0, 1)
+    heat = Image.fromarray((scaled * 255).astype(np.uint8), "L").resize(size, Image.BILINEAR)
+    return colormaps["jet"](np.asarray(heat) / 255.0)[..., :3] * 255

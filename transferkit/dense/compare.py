@@ -35,6 +35,7 @@ import numpy as np
 
 from ..config import ConfigError, TrainConfig
 from ..store import checkpoint as ck
+from ..strategies.plan import SCRATCH_LR
 
 STRATEGIES = {"segment": ("linear_probe", "two_phase", "full", "scratch"),
               "detect": ("linear_probe", "full", "scratch"),
@@ -57,6 +58,10 @@ def cell_config(base: TrainConfig, task: str, name: str, shots: int | None, seed
     if name == "scratch":
         over.update(backbone=base.backbone if base.backbone.endswith("@random") else base.backbone + "@random",
                     strategy="full" if task != "anomaly" else base.strategy)
+        if task != "anomaly":
+            # random weights need the larger rate classification's scratch row gets (SCRATCH_LR); on the
+            # dense benchmark's segment set it ends at mIoU 0.204 against 0.184 at the default 1e-3
+            over["lr"] = SCRATCH_LR
     elif task != "anomaly":
         over["strategy"] = name
     return dataclasses.replace(base, **over, shots=shots, seed=seed, stop_after=None, overwrite=False,

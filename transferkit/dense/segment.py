@@ -184,22 +184,18 @@ def palette(n: int) -> list[int]:
 
 
 def predictor(run_dir):
-    """(classes, fn): fn(paths) -> per image {"mask": uint8 [H, W] class indices at the image's own
-    size, "classes": {name: share of the pixels}} (the notebook API's Model.predict)."""
+    """(classes, fn): fn(images) -> per image {"mask": uint8 [H, W] class indices at the image's own
+    size, "classes": {name: share of the pixels}} (the notebook API's Model.predict; the server's
+    model). `images`: paths, or RGB PIL images already decoded (the server's uploads)."""
     from ..data.images import open_rgb
     model, src = load_run(run_dir)
     classes = src["classes"]
 
-    def run(paths: list[Path]) -> list[dict]:
+    def run(paths: list) -> list[dict]:
         rows = []
         for p in paths:
-            im = open_rgb(str(p))
-            logits = predict_logits(model, p, src["image_size"], src["mean"], src["std"], _device(),
-                                    (im.height, im.width))
-            idx = logits.argmax(0).numpy().astype(np.uint8)
-            counts = np.bincount(idx.reshape(-1), minlength=len(classes))
-            rows.append({"mask": idx, "classes": {classes[k]: round(float(c) / idx.size, 4)
-                                                  for k, c in enumerate(counts) if c}})
+            idx = predict_mask(model, src, p if isinstance(p, Image.Image) else open_rgb(str(p)))
+            rows.append({"mask": idx, "classes": class_shares(idx, classes)})
         return rows
     return classes, run
 
@@ -211,13 +207,11 @@ def predict(run_dir, inputs: list[str], output: str | None, *, log=print) -> lis
     paths = input_images(inputs)
     stems = output_stems(paths)
     out = runs.free_output_dir(output, [f"{s}_{k}.png" for s in stems for k in ("mask", "overlay")])
-    pal = palette(len(classes))
     rows = []
     from ..data.images import open_rgb
     for p, stem, got in zip(paths, stems, run(paths)):
         idx = got["mask"]
-        mask = Image.fromarray(idx, "P")
-        mask.putpalette(pal)
+        mask = mask_image(idx, len(classes))
         mask.save(out / f"{stem}_mask.png")
         colour = np.asarray(mask.convert("RGB"), dtype=np.float32)
         base = np.asarray(open_rgb(str(p)), dtype=np.float32)
@@ -228,9 +222,28 @@ def predict(run_dir, inputs: list[str], output: str | None, *, log=print) -> lis
     return rows
 
 
+def predict_mask(model, src: dict, im) -> np.ndarray:
+    """An RGB PIL image's class per pixel [H, W] (uint8) at its own size (logits resized, then argmax)."""
+    logits = predict_logits(model, im, src["image_size"], src["mean"], src["std"], _device(), (im.height, im.width))
+    return logits.argmax(0).numpy().astype(np.uint8)
+
+
+def mask_image(idx: np.ndarray, n_classes: int) -> Image.Image:
+    """The index mask as a palette PNG image (background black, the classes in `palette` colours)."""
+    mask = Image.fromarray(idx, "P")
+    mask.putpalette(palette(n_classes))
+    return mask
+
+
+def class_shares(idx: np.ndarray, classes: list[str]) -> dict:
+    """{class: share of the pixels} for the classes present, rounded to 4 places."""
+    counts = np.bincount(idx.reshape(-1), minlength=len(classes))
+    return {classes[k]: round(float(c) / idx.size, 4) for k, c in enumerate(counts) if c}
+
+
 def input_images(inputs: list[str]) -> list[Path]:
     """Files, or folders of images (a segmentation folder: its images/)."""
-    from ..data.arrays import IMAGE_EXTS
+    from ..data.pictures import IMAGE_EXTS
     paths: list[Path] = []
     for text in inputs:
         p = Path(text).expanduser()

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.arrays import IMAGE_EXTS
+from ..data.pictures import IMAGE_EXTS
 from ..data.splits import DataError
 
 LAYOUT = "images/ + masks/ (same stems) + classes.txt"
@@ -152,8 +152,9 @@ def load_pair(item: SegItem, size: int, mean, std, flip: bool = False) -> tuple[
     return x, y
 
 
-def load_image(path: Path, size: int, mean, std) -> torch.Tensor:
+def load_image(path, size: int, mean, std) -> torch.Tensor:
+    """[3, S, S] normalised, from a path or an RGB PIL image already decoded (the server's uploads)."""
     from ..data.images import open_rgb
-    im = open_rgb(str(path)).resize((size, size), Image.BILINEAR)
+    im = (path if isinstance(path, Image.Image) else open_rgb(str(path))).resize((size, size), Image.BILINEAR)
     x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)
     return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)

@@ -154,8 +154,8 @@ def confusion_on(model, items, classes, size, mean, std, device, batch_size: int
 
 
 @torch.no_grad()
-def predict_logits(model, path: Path, size: int, mean, std, device, out_size: tuple[int, int]) -> torch.Tensor:
-    """[C, H, W] logits at the image's own size (`out_size` = (H, W))."""
+def predict_logits(model, path, size: int, mean, std, device, out_size: tuple[int, int]) -> torch.Tensor:
+    """[C, H, W] logits at the image's own size (`out_size` = (H, W)); `path`: a file or an RGB PIL image."""
     model.eval()
     x = load_image(path, size, mean, std).unsqueeze(0).to(device)
     return F.interpolate(model(x), size=out_size, mode="bilinear", align_corners=False)[0].cpu()

@@ -27,19 +27,22 @@ def items_for_images(paths: list[str | Path]) -> list[DetectionItem]:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, items: list[DetectionItem], batch_size: int = 8) -> list[dict[str, torch.Tensor]]:
+def predict(model: nn.Module, items: list[DetectionItem], batch_size: int = 8,
+            images: list | None = None) -> list[dict[str, torch.Tensor]]:
     """One dict per item: `boxes` [N, 4] x1 y1 x2 y2 in the item's own pixels, `scores` [N],
     `labels` [N] class indices into the data's classes. Scores below the detector's threshold
     (0.05, as COCO evaluation expects) are already dropped; at most 100 (FCOS/Faster R-CNN) or 300
-    (RetinaNet) boxes an image."""
+    (RetinaNet) boxes an image. `images`: the items' RGB PIL images, already decoded (the server's
+    uploads); None reads each `item.image` file."""
     model.eval()
     size = model.spec.image_size
     device = next(iter(model.parameters()), torch.empty(0)).device
     out = []
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
-        images = [load_resized(it.image, size).to(device).float() / 255.0 for it in chunk]
-        for it, det in zip(chunk, model(images)):
+        pics = images[start:start + batch_size] if images is not None else [it.image for it in chunk]
+        batch = [load_resized(pic, size).to(device).float() / 255.0 for pic in pics]
+        for it, det in zip(chunk, model(batch)):
             det = {k: v.cpu() for k, v in det.items()}
             scale = torch.tensor([it.width / size, it.height / size] * 2)
             boxes = det["boxes"] * scale

@@ -20,7 +20,7 @@ import random
 from dataclasses import asdict
 from pathlib import Path
 
-from ..data.arrays import IMAGE_EXTS
+from ..data.pictures import IMAGE_EXTS
 from ..data.splits import DataError
 from ..store.checkpoint import atomic_write_json, atomic_write_text
 from .formats import DetectionItem, DetectionSet

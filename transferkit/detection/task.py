@@ -110,8 +110,9 @@ def predict(run_dir, inputs: list[str], output: str | None, *, log=print) -> lis
 
 
 def predictor(run_dir):
-    """(classes, fn): fn(paths) -> per image {"boxes": float32 [N, 4] x1 y1 x2 y2 in the image's own
-    pixels, "scores": [N], "labels": [N class names]}, best score first (Model.predict)."""
+    """(classes, fn): fn(images) -> per image {"boxes": float32 [N, 4] x1 y1 x2 y2 in the image's own
+    pixels, "scores": [N], "labels": [N class names]}, best score first (Model.predict; the server's
+    model). `images`: paths, or RGB PIL images already decoded (the server's uploads)."""
     import torch
 
     from ..dense import runs
@@ -121,9 +122,17 @@ def predictor(run_dir):
     model, classes = load_detector(run_dir)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
 
-    def run(paths: list[Path]) -> list[dict]:
+    def run(paths: list) -> list[dict]:
+        from PIL import Image
+
+        from .formats import DetectionItem
+        if paths and all(isinstance(p, Image.Image) for p in paths):
+            items = [DetectionItem(f"image{i}", im.width, im.height, [], []) for i, im in enumerate(paths)]
+            preds = predict(model, items, images=paths)
+        else:
+            preds = predict(model, items_for_images(paths))
         rows = []
-        for p in predict(model, items_for_images(paths)):
+        for p in preds:
             order = torch.argsort(p["scores"], descending=True)
             rows.append({"boxes": p["boxes"][order].numpy(), "scores": p["scores"][order].numpy(),
                          "labels": [classes[int(c)] for c in p["labels"][order]]})

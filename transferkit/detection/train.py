@@ -66,8 +66,9 @@ class ResizedImages:
         return img, boxes, torch.tensor(self.items[i].labels, dtype=torch.int64) + LABEL_OFFSET
 
 
-def load_resized(path: str, size: int) -> torch.Tensor:
-    im = open_rgb(path).resize((size, size), Image.BILINEAR)
+def load_resized(path, size: int) -> torch.Tensor:
+    """The image (a path, or an RGB PIL image already decoded) as uint8 [3, size, size]."""
+    im = (path if isinstance(path, Image.Image) else open_rgb(path)).resize((size, size), Image.BILINEAR)
     return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from ..data.arrays import IMAGE_EXTS
+from ..data.pictures import IMAGE_EXTS
 from ..data.splits import DataError
 from .formats import DetectionItem, DetectionSet, check_box, image_size
 

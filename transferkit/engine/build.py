@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -13,19 +14,16 @@ from ..models.heads import TransferModel
 from ..strategies import plan_strategy
 
 
-def build_model(cfg: TrainConfig, classes: list[str], *, from_data: bool = True) -> tuple[TransferModel, dict | None]:
+def build_model(cfg: TrainConfig, classes: list[str]) -> tuple[TransferModel, dict | None]:
     """The TransferModel for `cfg`, and the L2-SP anchor (source weights as loaded) if a regularizer
     needs one. The anchor is taken before adapters are added and its names follow the adapters' renames.
 
-    Inputs other than RGB pictures (engine/input_kind.py) are settled from `cfg.data` and written into
-    `cfg` first, unless `from_data=False` (a reloaded run: its config already says everything)."""
+    Inputs other than RGB pictures read as `cfg` says (its channels and statistics, settled from the
+    data when the run's config was made: engine/input_kind.py); the config is not changed. A text
+    model reads at most its own positions: `recorded_config` gives the `max_length` it used."""
     backbone = load_backbone(cfg.backbone, arch=cfg.arch, pooling=cfg.pooling, max_length=cfg.max_length)
-    if backbone.modality == "text" and cfg.max_length and cfg.max_length > backbone.preprocess.max_length:
-        cfg.max_length = backbone.preprocess.max_length  # clamped (models/text.py): the run records what it used
     if backbone.modality == "image":
-        from .input_kind import adapt_backbone, resolve_inputs
-        if from_data:
-            resolve_inputs(cfg)
+        from .input_kind import adapt_backbone
         backbone = adapt_backbone(backbone, cfg)
     plan = plan_strategy(cfg.strategy, backbone.num_stages)
     if plan.contrastive is not None:
@@ -51,6 +49,46 @@ def build_model(cfg: TrainConfig, classes: list[str], *, from_data: bool = True)
         if anchor is not None:  # the wrapped weights moved to `...base_layer.*`; same tensors
             anchor = {rename.get(k, k): v for k, v in anchor.items()}
     return model, anchor
+
+
+def recorded_config(cfg: TrainConfig, model: TransferModel) -> TrainConfig:
+    """`cfg` as the run records it: a text model's `max_length` clamped to what its tokenizer reads
+    (models/text.py), so config.yaml says what the run used."""
+    if model.spec.modality == "text" and cfg.max_length and cfg.max_length > model.spec.preprocess.max_length:
+        return dataclasses.replace(cfg, max_length=model.spec.preprocess.max_length)
+    return cfg
+
+
+# what a model does not depend on: two configs that differ only here build the same model
+NOT_BUILT_FROM = ("out", "wise", "val", "test", "stop_after", "overwrite", "unlabelled", "steps", "epochs")
+
+
+def _build_key(cfg: TrainConfig, classes: list[str]) -> tuple:
+    return tuple(classes), {k: v for k, v in cfg.to_dict().items() if k not in NOT_BUILT_FROM}
+
+
+class SpareModel:
+    """A model built ahead of the run that trains it. `auto` builds one before it writes anything (a
+    source that does not load, class texts that do not map or inputs the backbone cannot read stop the
+    run there) and hands it to the first `fit` that would build the same model, with the random state
+    that building left, so that fit builds nothing and trains exactly as if it had built it."""
+
+    def __init__(self):
+        self._held = None
+
+    def build(self, cfg: TrainConfig, classes: list[str]) -> None:
+        torch.manual_seed(cfg.seed)  # as fit seeds before it builds
+        model, anchor = build_model(cfg, classes)
+        self._held = (_build_key(cfg, classes), model, anchor, torch.get_rng_state())
+
+    def take(self, cfg: TrainConfig, classes: list[str]) -> tuple[TransferModel, dict | None] | None:
+        """(model, anchor) when the model held is the one `cfg` builds (once), else None."""
+        if self._held is None or self._held[0] != _build_key(cfg, classes):
+            return None
+        _, model, anchor, rng = self._held
+        self._held = None
+        torch.set_rng_state(rng)
+        return model, anchor
 
 
 class AnchorError(ValueError):

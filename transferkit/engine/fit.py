@@ -33,7 +33,7 @@ from ..store.runfolder import check_out_dir
 from ..strategies import freeze_stages, param_groups, plan_strategy, resolve_bn, set_train_mode
 from . import interrupt
 from .batches import collate_items, train_batches
-from .build import build_model, build_regularizers_for, load_task_for, verify_anchor
+from .build import build_model, build_regularizers_for, load_task_for, recorded_config, verify_anchor
 from .head_phase import head_phase
 from .resume import restore_optimizer_and_rng, resume_point
 from .run_files import finish, start_run_folder, write_splits
@@ -51,6 +51,8 @@ class FitResult:
     state: RunState
     interrupted: bool = False
     signal: int | None = None     # SIGINT/SIGTERM that stopped the run (None: --stop-after or done)
+    # the model as training left it (cross-validation scores a fold with it instead of building another)
+    model: nn.Module | None = dataclasses.field(default=None, repr=False, compare=False)
 
 
 def _accelerator(cfg: TrainConfig):
@@ -106,11 +108,15 @@ def _epoch_batches(n: int, batch: int, seed: int, epoch: int) -> list[list[tuple
 
 
 def fit(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool = True,
-        evaluate_test: bool = True, task: Task | None = None, choice: dict | None = None) -> FitResult:
+        evaluate_test: bool = True, task: Task | None = None, choice: dict | None = None,
+        spare=None) -> FitResult:
     """Train according to `cfg` and write the run directory; with `resume`, continue `cfg.out`.
     `evaluate_test=False` leaves the test split untouched (model selection runs, e.g. l2sp:auto).
-    `task`: train on these splits instead of reading `cfg.data` (cross-validation folds).
+    `task`: train on these splits instead of reading `cfg.data` (the run's splits, read once by
+    `train`; cross-validation folds). `cfg` is not changed: what the run settles (its inputs, the
+    TTA views) goes into a new config, written to config.yaml.
     `choice`: how the strategy was chosen (`--strategy auto`), recorded in metrics.json.
+    `spare`: an `engine.build.SpareModel`, used instead of building when it holds this run's model.
     SIGINT/SIGTERM finish the current step, write `last/` and return an interrupted result."""
     single = os.environ.get("WORLD_SIZE", "1") == "1"  # under torchrun, the launcher owns the signals
     from ..store.runfolder import run_lock
@@ -119,7 +125,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool = T
     lock = run_lock(cfg.out) if cfg.out and (not resume or Path(cfg.out).is_dir()) else nullcontext()
     with lock, interrupt.stop_on_signals(enabled=single):
         return _fit(cfg, resume=resume, log=log, progress=progress, evaluate_test=evaluate_test,
-                    task=task, choice=choice)
+                    task=task, choice=choice, spare=spare)
 
 
 def backbone_lr_mult(cfg: TrainConfig, model) -> float:
@@ -128,7 +134,7 @@ def backbone_lr_mult(cfg: TrainConfig, model) -> float:
 
 
 def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: bool,
-         task: Task | None, choice: dict | None) -> FitResult:
+         task: Task | None, choice: dict | None, spare=None) -> FitResult:
     run = Path(cfg.out)
     state = RunState()
     if resume:
@@ -148,8 +154,14 @@ def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: 
         task = load_task_for(cfg)
         if resume and check_data_unchanged(run, cfg, task, log) and accel.is_main_process:
             write_splits(run, task)  # --resume-inexact on changed data: splits.csv says what it trains on
+    else:  # the caller's task stays as read: this run's warnings go into its own list
+        task = dataclasses.replace(task, warnings=list(task.warnings))
+    if not resume:  # a config its caller did not settle (fit called directly): settled from this task
+        from .input_kind import settle_inputs
+        cfg = settle_inputs(cfg, task)
     report_data_issues(task, cfg, log)
-    model, anchor = build_model(cfg, task.classes)
+    model, anchor = (spare and spare.take(cfg, task.classes)) or build_model(cfg, task.classes)
+    cfg = recorded_config(cfg, model)
     if resume and anchor is not None:
         anchor = verify_anchor(run, cfg, model, anchor)
     model.to(device)
@@ -244,7 +256,7 @@ def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: 
     metrics = finish(run, cfg, model, task, state, device, autocast, log, evaluate_test,
                       write=accel.is_main_process, accel=accel)
     end_tracking(accel, metrics, state.global_step)
-    return FitResult(run, metrics, state)
+    return FitResult(run, metrics, state, model=model)
 
 
 def _stopped(run: Path, state: RunState) -> FitResult:
@@ -327,6 +339,7 @@ def _gradient_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: in
         state.step += 1
         state.global_step += 1
         running.append(loss_val)
+        state.record_loss(loss_val)
         log_step(accel, state.global_step, loss_val, optimizer.param_groups[-1]["lr"])
         if bar is not None:
             bar.update(1)

@@ -1,7 +1,8 @@
 """Inputs that are not RGB pictures: settle the channel count, the per-channel statistics and the
 spectrogram parameters of a run from its training data (once), and adapt the backbone to them.
 
-What is decided here is written into the TrainConfig, so config.yaml records it and a resumed or
+What is decided here is settled into the run's TrainConfig once, when the run starts (`settle_inputs`
+returns a new config: a config is never changed after it is validated), so config.yaml records it and a resumed or
 reloaded run (engine/run.py `load_run`) rebuilds the same model and preprocessing with no data:
 
 - `in_chans`: from `--in-chans`, else from the data (an array's channel count; 1 for signals).
@@ -16,35 +17,12 @@ reloaded run (engine/run.py `load_run`) rebuilds the same model and preprocessin
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
-from ..config import ConfigError, TrainConfig
-from ..data.arrays import INPUT_EXTS, channel_stats, input_kind, read_array
-from ..data.signals import SpectrogramSpec
+from ..config import ConfigError, TrainConfig, validate
+from ..data.kinds import KINDS, channel_stats, input_kind, peek_kind
 from ..data.splits import DataError
 from ..models.backbone import Backbone
 from ..models.channels import adapt_input_channels
-
-
-def _peek_kind(data: str) -> str:
-    """The kind of the first input of DATA, without reading the rest (plain image runs skip
-    everything else here)."""
-    p = Path(data)
-    first = None
-    if p.is_dir():
-        for d in sorted(x for x in p.iterdir() if x.is_dir() and not x.name.startswith(".")):
-            first = next((f for f in sorted(d.rglob("*")) if f.suffix.lower() in INPUT_EXTS), None)
-            if first:
-                break
-    elif p.suffix.lower() == ".csv" and p.is_file():
-        import csv
-        with open(p, newline="", encoding="utf-8") as f:
-            row = next(csv.DictReader(f), None) or {}
-        first = Path(row["path"]) if row.get("path") else None
-        first = first if first is None or first.is_absolute() else p.parent / first
-    if first is None or first.suffix.lower() not in INPUT_EXTS:
-        return "image"  # let the data reader give its own error
-    return input_kind(first) if first.exists() else "image"
 
 
 def _given_stats_mismatch(cfg: TrainConfig, n: int, what: str) -> None:
@@ -56,44 +34,51 @@ def _given_stats_mismatch(cfg: TrainConfig, n: int, what: str) -> None:
                           f"channels ({what}): give {n} values, one per channel{hint}")
 
 
-def resolve_inputs(cfg: TrainConfig) -> None:
-    """Fill in `cfg.in_chans`, `chan_mean`, `chan_std`, `spectrogram` (and `tta`) from the training
-    data; a no-op for RGB image data and for a config resolved before."""
-    if not cfg.data or (cfg.chan_mean is not None and cfg.in_chans is not None):
-        return  # resolved before (or both given: config.validate matched their counts)
+def settled(cfg: TrainConfig) -> bool:
+    """Whether `cfg`'s inputs need nothing more from the data (no data, or settled before)."""
+    return not cfg.data or (cfg.chan_mean is not None and cfg.in_chans is not None)
+
+
+def settle_inputs(cfg: TrainConfig, task=None) -> TrainConfig:
+    """`cfg` with `in_chans`, `chan_mean`, `chan_std`, `spectrogram` (and `tta`) settled from the
+    training data, validated: a new config (the one given is not changed). The same config for RGB
+    image data and for a config settled before.
+
+    `task`: the run's splits (`engine.build.load_task_for`), read once by the caller; without it,
+    DATA is read here, and only when it is not RGB pictures. The statistics come from exactly the
+    run's training split."""
+    if settled(cfg):
+        return cfg
     if cfg.in_chans is not None and cfg.in_chans < 1:
         raise ConfigError(f"in_chans must be at least 1, got {cfg.in_chans}")
-    if _peek_kind(cfg.data) == "image" and cfg.in_chans in (None, 3):
+    if cfg.in_chans in (None, 3) and peek_kind(cfg.data) == "image":
         _given_stats_mismatch(cfg, 3, "RGB image files")
-        return
-    from ..data import load_task
-    # the same call as engine.fit makes: the statistics come from exactly the run's training split
-    task = load_task(cfg.data, val=cfg.val, test=cfg.test, shots=cfg.shots, seed=cfg.seed,
-                     val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, modality="image")
+        return cfg
+    if task is None:
+        from ..data import load_task
+        task = load_task(cfg.data, val=cfg.val, test=cfg.test, shots=cfg.shots, seed=cfg.seed,
+                         val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, modality="image")
+    if task.modality != "image":
+        return cfg
     kinds = {}
     for ex in task.train + task.val + task.test:
         kinds.setdefault(input_kind(ex.x), ex.x)
     if len(kinds) > 1:
         raise DataError(f"{cfg.data} mixes input kinds ({', '.join(f'{k}: {v}' for k, v in kinds.items())}); "
                         "a run reads one kind: images, arrays (.npy/.tif) or signals (.wav, 1-D .npy)")
-    kind = next(iter(kinds))
+    kind = KINDS[next(iter(kinds))]
     first = task.train[0].x
-    if kind == "signal":
-        cfg.spectrogram = SpectrogramSpec.parse(cfg.spectrogram).to_str()
-        cfg.tta = False
-        data_chans = 1
-    elif kind == "array":
-        data_chans = read_array(first, cfg.array_layout).shape[0]
-    else:
-        if cfg.in_chans not in (1, 3):
-            raise ConfigError(f"image files give 1 (--in-chans 1, luminance) or 3 (RGB) channels, not "
-                              f"{cfg.in_chans}; store N-band data as .npy or .tif")
-        data_chans = cfg.in_chans
-    cfg.in_chans = cfg.in_chans or data_chans
-    _given_stats_mismatch(cfg, cfg.in_chans, {"signal": "signals: one log-mel channel",
-                                              "array": f"arrays, {Path(first).name}"}.get(kind, "images"))
+    data_chans = kind.data_channels(first, cfg.in_chans, cfg.array_layout)
+    values = kind.settle(cfg.spectrogram)
+    in_chans = cfg.in_chans or data_chans
+    _given_stats_mismatch(cfg, in_chans, kind.words(first))
+    values["in_chans"] = in_chans
     if cfg.chan_mean is None:
-        cfg.chan_mean, cfg.chan_std = channel_stats(task.train, cfg.in_chans, cfg.array_layout, cfg.spectrogram)
+        values["chan_mean"], values["chan_std"] = channel_stats(
+            task.train, in_chans, cfg.array_layout, values.get("spectrogram", cfg.spectrogram))
+    new = dataclasses.replace(cfg, **values)
+    validate(new)
+    return new
 
 
 def adapt_backbone(backbone: Backbone, cfg: TrainConfig) -> Backbone:

@@ -9,6 +9,7 @@ inexact resume is logged and recorded in run.json.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import math
 from pathlib import Path
@@ -29,11 +30,11 @@ def resume_point(run: Path, cfg: TrainConfig, log):
         raise ConfigError(f"nothing to resume in {run}: it holds no transferkit run (no config.yaml); "
                           "start it with 'transferkit train DATA --out RUN_DIR'")
     saved = read_config(run / "config.yaml")
-    for name in ("stop_after", "resume_inexact", "cache", "cache_dir"):  # for this invocation only
-        setattr(saved, name, getattr(cfg, name))
-    for name in ("checkpoint_every", "checkpoint_seconds"):  # the run's own, unless given again
-        if getattr(cfg, name) != TrainConfig.__dataclass_fields__[name].default:
-            setattr(saved, name, getattr(cfg, name))
+    # this invocation's own options; checkpoint_every/_seconds stay the run's own unless given again
+    now = {n: getattr(cfg, n) for n in ("stop_after", "resume_inexact", "cache", "cache_dir")}
+    now.update({n: getattr(cfg, n) for n in ("checkpoint_every", "checkpoint_seconds")
+                if getattr(cfg, n) != TrainConfig.__dataclass_fields__[n].default})
+    saved = dataclasses.replace(saved, **now)
     last = ck.find_checkpoint(run, log=log)
     if last is None:  # stopped during setup, before the first checkpoint: start again, same config
         log(f"{run} has no checkpoint yet; starting the run from the beginning")

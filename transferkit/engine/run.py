@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -38,11 +39,12 @@ def load_run(run_dir: str | Path):
         raise ck.CheckpointError(f"{weights} has no class list in its metadata: it was not written by "
                                  "transferkit train (or was edited); train the run again") from e
     kind, _, pretrained = parse_source(cfg.backbone)
-    if kind in ("timm", "torchvision") and pretrained:
-        # the architecture is all we need: the run's own weights replace the source's
-        cfg.backbone = cfg.backbone + "@random"
-    cfg.class_text = None  # the prior shaped training only; the run's own weights replace the head
-    model, _ = build_model(cfg, classes, from_data=False)
+    # the architecture is all we need: the run's own weights replace the source's (timm, torchvision);
+    # the class-name prior shaped training only, and the run's own weights replace the head
+    cfg = dataclasses.replace(cfg, class_text=None,
+                              backbone=cfg.backbone + "@random" if kind in ("timm", "torchvision") and pretrained
+                              else cfg.backbone)
+    model, _ = build_model(cfg, classes)
     try:
         load_state_dict_checked(model, ck.load_tensors(weights), str(weights))
     except SourceError as e:
@@ -88,15 +90,17 @@ def evaluate_loaded(model, cfg, data: str | Path, *, batch_size: int = 64, tta: 
 
 
 def predict_run(run_dir: str | Path, inputs: list[str], *, top_k: int = 1, batch_size: int = 64,
-                tta: bool | None = None) -> list[dict]:
-    """Top-k labels with probabilities for files, folders or (text models) strings."""
+                tta: bool | None = None, probabilities: bool = False) -> list[dict]:
+    """Top-k labels with probabilities for files, folders or (text models) strings; with
+    `probabilities`, every class's too (infer.predictions.topk_rows)."""
     model, cfg = load_run(run_dir)
     items = expand_inputs(inputs, model.spec.modality, cfg.text_col)
-    return predict_items(model, cfg, items, top_k=top_k, batch_size=batch_size, tta=tta)
+    return predict_items(model, cfg, items, top_k=top_k, batch_size=batch_size, tta=tta,
+                         probabilities=probabilities)
 
 
 def predict_items(model, cfg, items: list[Example], *, top_k: int = 1, batch_size: int = 64,
-                  tta: bool | None = None) -> list[dict]:
+                  tta: bool | None = None, probabilities: bool = False) -> list[dict]:
     """Top-k rows for examples (image paths or texts) with a loaded run; an unreadable image gets a
     row with `error` (and no label), the others are predicted. `tta`: None = as the run was trained."""
     errors: dict[int, str] = {}
@@ -109,13 +113,13 @@ def predict_items(model, cfg, items: list[Example], *, top_k: int = 1, batch_siz
         ds = make_dataset(model, good, train=False, augment=False, image_size=cfg.image_size, seed=0)
         probs, _ = predict_probs(model, eval_loader(model, ds, batch_size), default_device(),
                                  tta=cfg.tta if tta is None else tta, progress="predict", views=views_of(cfg, tta))
-        rows = topk_rows(good, torch.from_numpy(probs), model.class_names, top_k)
+        rows = topk_rows(good, torch.from_numpy(probs), model.class_names, top_k, probabilities=probabilities)
     done = iter(rows)
     return [error_row(e, errors[i]) if i in errors else next(done) for i, e in enumerate(items)]
 
 
 @torch.no_grad()
-def predict_source(source: str, inputs: list[str], *, top_k: int = 5) -> list[dict]:
+def predict_source(source: str, inputs: list[str], *, top_k: int = 5, probabilities: bool = False) -> list[dict]:
     """The source model used as it is, with its own classes (e.g. ImageNet)."""
     from ..data import build_transforms, open_rgb
     from ..models import load_backbone
@@ -129,4 +133,4 @@ def predict_source(source: str, inputs: list[str], *, top_k: int = 5) -> list[di
     bb.source_head.eval()
     x = torch.stack([tf(open_rgb(e.x)) for e in items])
     probs = bb.source_head(bb.module(x)).softmax(-1)
-    return topk_rows(items, probs, bb.source_classes, top_k)
+    return topk_rows(items, probs, bb.source_classes, top_k, probabilities=probabilities)

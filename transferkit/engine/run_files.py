@@ -85,7 +85,7 @@ def finish(run: Path, cfg: TrainConfig, model, task: Task, state: RunState, devi
         log(f"warning: the model produced NaN/infinite values ({', '.join(non_finite[:5])}); written as null")
     ck.atomic_write_json(run / "metrics.json", metrics)
     write_history(run, state.history)
-    write_report(run, cfg, model, metrics, state.history, errors=errors)
+    write_report(run, cfg, model, metrics, state.history, errors=errors, step_losses=state.step_losses)
     if "accuracy" in metrics:
         log(f"test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} -> {run}")
     else:  # --test-fraction 0, or the caller scores elsewhere: no number to print, and no nan

@@ -50,8 +50,7 @@ def apply_wise(run: Path, cfg: TrainConfig, model, state: RunState, val_loader, 
         for cand in WISE_GRID:
             model.load_state_dict(wise_mix(lp, ft, cand))
             rows.append({"wise": cand, **validate(model, val_loader, device, autocast, tta=cfg.tta, views=views_of(cfg))})
-        best = max(rows, key=lambda r: validation_score(r, cfg.metric))
-        w, how = best["wise"], "on validation"
+        w, how = choose_wise(rows, cfg.metric)
     else:
         w, how, rows = WISE_DEFAULT, "default", []
     model.load_state_dict(wise_mix(lp, ft, w))
@@ -59,6 +58,17 @@ def apply_wise(run: Path, cfg: TrainConfig, model, state: RunState, val_loader, 
     log(f"WiSE-FT: weights = {1 - w:g} x probe + {w:g} x fine-tuned ({how})")
     if write:
         save_model(run / "model.safetensors", model)
+
+
+def choose_wise(rows: list[dict], metric: str = "loss") -> tuple[float, str]:
+    """(weight, how) from the validation rows of the WiSE-FT grid: the best validation accuracy
+    (macro-F1 under `--metric macro_f1`), ties to the lower validation loss, then to the smaller
+    weight. The rule of auto's cross-validation (choose.cv.best_wise), and the score the report
+    headlines; `--metric loss` selects checkpoints (validation_score), where a lucky step of a run
+    drifting away from the probe is the risk, not the weight among five fixed ones."""
+    score = "macro_f1" if metric == "macro_f1" else "accuracy"
+    best = max(rows, key=lambda r: (round(r[f"val_{score}"], 9), -r["val_loss"]))
+    return best["wise"], f"on validation {score.replace('_', '-')}, ties to the lower loss"
 
 
 def validate(model, loader, device, autocast, tta: bool = False, accel=None, step: int = 0,

@@ -16,11 +16,11 @@ from ..config import TrainConfig
 from ..data.pool import TEST, Pool, read_pool
 
 
-def check_pool(cfg: TrainConfig, log=print) -> Pool:
-    """Read the pool of `cfg` against its task, so a bad pool stops the run before anything is
-    written (train calls it before `auto` claims the run folder)."""
+def check_pool(cfg: TrainConfig, task=None, log=print) -> Pool:
+    """Read the pool of `cfg` against its task (the run's splits, else read here), so a bad pool stops
+    the run before anything is written (train calls it before `auto` claims the run folder)."""
     from .build import load_task_for
-    return read_pool(cfg.unlabelled, load_task_for(cfg), log=lambda *a, **k: None)
+    return read_pool(cfg.unlabelled, task if task is not None else load_task_for(cfg), log=lambda *a, **k: None)
 
 
 def setup_unlabelled(cfg: TrainConfig, task, model, plan, state, *, resume, log, num_processes: int = 1):

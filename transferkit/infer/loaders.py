@@ -9,7 +9,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data import ImageDataset, TextCollator, TextDataset, build_transforms
-from ..data.arrays import IMAGE_EXTS, array_transforms
+from ..data.arrays import array_transforms
+from ..data.pictures import IMAGE_EXTS
 from ..data.images import ArrayDataset
 from ..data.splits import Example
 from ..models.heads import TransferModel

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..data import DataError, Example
-from ..data.arrays import INPUT_EXTS
+from ..data.kinds import INPUT_EXTS
 
 
 def default_device() -> str:
@@ -54,13 +54,22 @@ def error_row(e: Example, reason: str) -> dict:
     return {"input": e.x, "label": None, "probability": None, "top": [], "error": reason}
 
 
-def topk_rows(items, probs: torch.Tensor, classes: list[str], top_k: int) -> list[dict]:
+def topk_rows(items, probs: torch.Tensor, classes: list[str], top_k: int, *,
+              probabilities: bool = False) -> list[dict]:
     """One prediction row per item: the top-k labels with their probabilities (an error row where the
-    model's outputs are not finite)."""
+    model's outputs are not finite). `probabilities`: also every class's probability, as
+    `probabilities` {class: p} in the classes' order (what `predict --out` writes)."""
     k = max(1, min(top_k, len(classes)))
     vals, idx = probs.topk(k, dim=1)
     finite = torch.isfinite(probs).all(dim=1)
-    return [{"input": e.x, "label": classes[int(i[0])], "probability": round(float(v[0]), 6),
-             "top": [{"label": classes[int(j)], "probability": round(float(p), 6)} for p, j in zip(v, i)]}
-            if ok else error_row(e, "the model produced NaN/infinite outputs for this input")
-            for e, v, i, ok in zip(items, vals, idx, finite)]
+    rows = []
+    for e, v, i, ok, p in zip(items, vals, idx, finite, probs):
+        if not ok:
+            rows.append(error_row(e, "the model produced NaN/infinite outputs for this input"))
+            continue
+        row = {"input": e.x, "label": classes[int(i[0])], "probability": round(float(v[0]), 6),
+               "top": [{"label": classes[int(j)], "probability": round(float(q), 6)} for q, j in zip(v, i)]}
+        if probabilities:
+            row["probabilities"] = {c: round(float(q), 6) for c, q in zip(classes, p.tolist())}
+        rows.append(row)
+    return rows

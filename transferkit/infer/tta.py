@@ -38,7 +38,7 @@ def resolve_views(cfg, train_items: list, modality: str, *, sees_augmented: bool
     from pathlib import Path
 
     from ..data import few_labels
-    from ..data.arrays import IMAGE_EXTS
+    from ..data.pictures import IMAGE_EXTS
     from .probe_views import n_probe_views
     files_are_images = all(Path(str(e.x)).suffix.lower() in IMAGE_EXTS for e in train_items)
     if not cfg.tta or modality != "image" or not files_are_images:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .evidence import choices_html, held_out_html, settings_html, table as _table
 from .metrics import classification_metrics, expected_calibration_error, most_confused
 
 __all__ = ["write_report", "classification_metrics", "expected_calibration_error", "most_confused",
@@ -25,7 +26,9 @@ td,th{border-bottom:1px solid #e4e6ee;padding:.25em .7em;text-align:right}
 th{background:#f4f6fb}td:first-child,th:first-child{text-align:left}
 img{max-width:100%}.grid{display:grid;grid-template-columns:1fr 1fr;gap:1em}
 pre{background:#f7f7fa;padding:.8em;border-radius:6px;overflow:auto;font-size:.85em}
-.low{color:#b3261e;font-weight:600}
+.low{color:#b3261e;font-weight:600}.card.main{background:#e6ecfa}.card.main b{font-size:2.1em}
+.evidence{background:#fafaf4;border-left:3px solid #d8d2a8;padding:.5em 1em;margin:.5em 0 1em}
+.evidence ul{margin:.3em 0}details{margin:.5em 0}summary{cursor:pointer;color:#445}
 """
 
 
@@ -51,22 +54,41 @@ def _plt():
     return plt
 
 
-def _curves(history: list[dict]) -> str | None:
+def _smooth(ys: list[float]) -> list[float]:
+    """A trailing mean over about a fiftieth of the points: the trend of a noisy per-step loss."""
+    w = max(1, len(ys) // 50)
+    c = np.cumsum(np.insert(np.asarray(ys, dtype=float), 0, 0.0))
+    return [float((c[i + 1] - c[max(0, i + 1 - w)]) / (i + 1 - max(0, i + 1 - w))) for i in range(len(ys))]
+
+
+def _curves(history: list[dict], step_losses=()) -> str | None:
+    """Loss (the training loss of every step, with its trend, and the validation loss at each
+    validation) and the validation metrics, over optimisation steps. Runs without per-step losses
+    (written before they were kept, or by adapt) plot the mean training loss of each validation row."""
     rows = [r for r in history if r.get("step", "") != ""]
-    if len(rows) < 2:  # a probe-only run has one validation point: nothing to draw a curve of
+    steps_loss = [(s, v) for s, v in step_losses if v is not None and np.isfinite(v)]
+    if len(rows) < 2 and len(steps_loss) < 2:  # a probe-only run: nothing to draw a curve of
         return None
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     steps = [r["step"] for r in rows]
-    tl = [(s, r["train_loss"]) for s, r in zip(steps, rows) if r.get("train_loss", "") != ""]
     vl = [(s, r["val_loss"]) for s, r in zip(steps, rows) if "val_loss" in r]
-    if tl:
-        axes[0].plot(*zip(*tl), label="train loss", marker=".")
+    if len(steps_loss) >= 2:
+        xs, ys = zip(*steps_loss)
+        many = len(ys) >= 100  # a noisy band with its trend on top; a short run: the steps themselves
+        axes[0].plot(xs, ys, color="#8fa7d6" if many else "#2a4d9b", lw=.7 if many else 1.2,
+                     alpha=.6 if many else 1, label="train loss (per step)")
+        if many:
+            axes[0].plot(xs, _smooth(list(ys)), color="#2a4d9b", lw=1.4, label="train loss (trend)")
+    else:
+        tl = [(s, r["train_loss"]) for s, r in zip(steps, rows) if r.get("train_loss", "") != ""]
+        if tl:
+            axes[0].plot(*zip(*tl), label="train loss (mean between validations)", marker=".")
     if vl:
-        axes[0].plot(*zip(*vl), label="val loss", marker=".")
+        axes[0].plot(*zip(*vl), label="val loss", marker="o", color="#c0602a")
     axes[0].set_xlabel("step")
     axes[0].set_title("loss")
-    if tl or vl:
+    if axes[0].lines:
         axes[0].legend()
     va = [(s, r["val_accuracy"]) for s, r in zip(steps, rows) if "val_accuracy" in r]
     vf = [(s, r["val_macro_f1"]) for s, r in zip(steps, rows) if "val_macro_f1" in r]
@@ -111,87 +133,14 @@ def confusion_figure(metrics: dict) -> str | None:
     return png_data_uri(fig)
 
 
-def _table(headers: list[str], rows: list[list]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _choices(metrics: dict) -> list[str]:
-    """How the strategy, the head's C and the WiSE-FT weight were chosen, with the evidence."""
-    e, out = html.escape, []
-    choice = metrics.get("choice") or {}
-    source = choice.get("backbone")
-    if source:
-        out.append(f"<h2>Source chosen by auto: {e(source['chosen'])}</h2><p>by {e(source['by'])}"
-                   + (f"; not scored within the budget: {e(', '.join(source['unscored']))}" if source["unscored"] else "")
-                   + "</p>")
-        out.append(_table(["source", "CV probe accuracy", "± s.e.", "LogME", "seconds"],
-                          [[e(r["source"]), "–" if r.get("cv_accuracy") is None else f"{r['cv_accuracy']:.3f}",
-                            "–" if r.get("cv_accuracy_se") is None else f"{r['cv_accuracy_se']:.3f}",
-                            f"{r['logme']:.3f}", f"{r['seconds']:.1f}"] for r in source["rows"]]))
-    if choice.get("strategy"):
-        out.append(f"<h2>Strategy chosen by auto: {e(choice['strategy'])}</h2><p>{e(choice['reason'])}</p>")
-        table = (choice.get("finetune_cv") or {}).get("table") or []
-        if table:
-            out.append(_table(["WiSE-FT weight (0 = probe)", "held-out accuracy", "± s.e.", "held-out NLL"],
-                              [[f"{r['wise']:g}", f"{r['accuracy']:.3f}", f"{r['accuracy_se']:.3f}",
-                                f"{r['nll']:.3f}"] for r in table]))
-    head = metrics.get("head_fit") or {}
-    if head.get("scale") is not None:  # --strategy prototypes: no C, one scale
-        out.append(f"<p class='sub'>prototype head: normalised class means scaled by s = {head['scale']:g} "
-                   f"(chosen {'on validation NLL' if head.get('method') == 'val' else 'by default'})</p>")
-    elif head.get("method"):
-        out.append(f"<p class='sub'>head fitted on frozen features with C = {head['C']:g} "
-                   f"(chosen {'on validation' if head['method'] == 'val' else str(head.get('folds')) + '-fold CV' if head['method'] == 'cv' else 'by default'})"
-                   + (f"; {head['blocks']} stage block(s) below the final features" if "blocks" in head else "")
-                   + "</p>")
-    wise = metrics.get("wise") or {}
-    if wise:
-        out.append(f"<p class='sub'>WiSE-FT: final weights = {1 - wise['weight']:g} &times; probe + "
-                   f"{wise['weight']:g} &times; fine-tuned ({e(wise['chosen'])})</p>")
-    out += _unlabelled(metrics.get("unlabelled") or {})
-    if metrics.get("phase_seconds"):
-        out.append("<p class='sub'>time per phase: " + ", ".join(
-            f"{e(k)} {v:.1f}s" for k, v in metrics["phase_seconds"].items()) + "</p>")
-    return out
-
-
-def _unlabelled(u: dict) -> list[str]:
-    """Which inputs were used without their labels, and for what (train --unlabelled)."""
-    if not u:
-        return []
-    e = html.escape
-    where = ("the test split's inputs (transductive: the test images were seen without labels)"
-             if u.get("transductive") else e(str(u.get("source"))))
-    uses = []
-    ada = u.get("adabn") or {}
-    if ada.get("held_out_source") is not None:
-        uses.append(f"AdaBN {'applied' if ada.get('applied') else 'not applied'} (held-out accuracy "
-                    f"{ada['held_out_adabn']:.3f} with re-estimated BatchNorm statistics, "
-                    f"{ada['held_out_source']:.3f} with the source's)")
-    elif ada:
-        uses.append(f"AdaBN not applied ({e(ada.get('reason', ''))})")
-    fm = u.get("fixmatch") or {}
-    if fm:
-        rate = f", {fm['kept'] / fm['seen']:.0%} of pseudo-labels kept" if fm.get("seen") else ""
-        uses.append(f"FixMatch with weight {fm['weight']:g}, threshold {fm['threshold']:g}, "
-                    f"{fm['ratio']} unlabelled per labelled image{rate}")
-    if not u.get("used"):
-        uses.append("not used for the final model" + (f" ({e(u['reason'])})" if u.get("reason") else ""))
-    count = f"{u['count']} images" if u.get("count") is not None else "images"
-    out = [f"<h2>Unlabelled inputs</h2><p>{count} from {where}: " + "; ".join(uses) + "</p>"]
-    if u.get("chosen"):
-        out.append(f"<p class='sub'>{e(u['chosen'])}</p>")
-    return out
-
-
 def write_report(run: Path, cfg, model, metrics: dict, history: list[dict], *,
                  errors: list[dict] | None = None, title: str | None = None,
-                 accuracy_label: str = "test accuracy", extra_html=()) -> Path:
-    """Write RUN/report.html: one file, images inlined, readable in any browser. `errors`: the
-    gallery of worst errors (see report.gallery.worst_errors). `extra_html`: sections (trusted HTML
-    made by transferkit) placed after the summary cards."""
+                 accuracy_label: str = "test accuracy", extra_html=(), step_losses=()) -> Path:
+    """Write RUN/report.html: one file, images inlined, readable in any browser. The headline is the
+    score on the data tested (`accuracy_label`); held-out numbers from before testing come below it,
+    each labelled for what it estimates (report.evidence). `errors`: the gallery of worst errors
+    (see report.gallery.worst_errors). `extra_html`: sections (trusted HTML made by transferkit)
+    placed after the summary. `step_losses`: [step, training loss] pairs for the loss curve."""
     from .gallery import GALLERY_CSS, gallery_html
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>transferkit run {e(str(run))}</title>"
@@ -199,25 +148,19 @@ def write_report(run: Path, cfg, model, metrics: dict, history: list[dict], *,
              f"<h1>{e(title or Path(run).name)}</h1><div class='sub'>{e(cfg.backbone)} &rarr; {len(model.class_names)} "
              f"classes &middot; strategy <b>{e(cfg.strategy)}</b>"
              + (f" &middot; regularizer <b>{e(cfg.reg)}</b>" if cfg.reg else "") + "</div>"]
-    cards = [(accuracy_label, metrics.get("accuracy")), ("macro-F1", metrics.get("macro_f1")),
-             ("ECE", metrics.get("ece"))]
-    est = metrics.get("estimate") or {}
-    est_card = ""
-    if est.get("accuracy") is not None:
-        se = f" ± {est['accuracy_se']:.3f}" if est.get("accuracy_se") is not None else ""
-        how = f"{est.get('folds')}-fold CV" if est.get("method") == "cv" else "validation"
-        best_of = (f"; the best of {est['compared']} compared, so optimistic: expect the test score lower"
-                   if est.get("optimistic") else "")
-        est_card = (f"<div class='card'>held-out estimate ({e(how)}, {e(str(est.get('of', '')))}{best_of})"
-                    f"<b>{est['accuracy']:.3f}{se}</b></div>")
-    parts.append("<div class='cards'>" + "".join(
+    acc = metrics.get("accuracy")
+    head = (f"<div class='card main'>{e(accuracy_label)}<b>{'–' if acc is None else f'{acc:.3f}'}</b>"
+            + ("<span class='sub'>no test split</span>" if acc is None and metrics.get("n_test") == 0 else "")
+            + "</div>")
+    cards = [("macro-F1", metrics.get("macro_f1")), ("ECE", metrics.get("ece"))]
+    parts.append("<div class='cards'>" + head + "".join(
         f"<div class='card'>{e(k)}<b>{'–' if v is None else f'{v:.3f}'}</b></div>" for k, v in cards)
-        + est_card
         + "".join(f"<div class='card'>{k}<b>{metrics.get(k, 0)}</b></div>" for k in ("n_train", "n_val", "n_test"))
         + "</div>")
-    parts += _choices(metrics)
+    parts.append(held_out_html(metrics, history))
+    parts += choices_html(metrics)
     parts += list(extra_html)
-    curves = _curves(history)
+    curves = _curves(history, step_losses)
     if curves:
         parts.append(f"<h2>Learning curves</h2><img src='{curves}' alt='learning curves'>")
     if "per_class" in metrics:
@@ -245,15 +188,15 @@ def write_report(run: Path, cfg, model, metrics: dict, history: list[dict], *,
                             "val_macro_f1", "seconds") if any(k in r for r in history)]
         rows = [[(f"{r[k]:.4g}" if isinstance(r.get(k), float) else e(str(r.get(k, "")))) for k in keys]
                 for r in history]
-        parts.append("<h2>History</h2>" + _table(keys, rows))
+        parts.append(f"<h2>History</h2><details><summary>{len(history)} validation row(s), as in history.csv"
+                     "</summary>" + _table(keys, rows) + "</details>")
     if metrics.get("skipped"):
         parts.append("<h2>Skipped inputs</h2><pre>" + e("\n".join(metrics["skipped"])) + "</pre>")
-    import yaml
-    parts.append("<h2>Configuration</h2><pre>" + e(yaml.safe_dump(cfg.to_dict(), sort_keys=False)) + "</pre>")
+    parts.append(settings_html(cfg))
     src = model.spec.source
     parts.append(f"<p class='sub'>source {e(src.id)} ({e(src.arch)}), weights {e(src.weights_hash)}</p>")
     parts.append("</body></html>")
     from ..store.checkpoint import atomic_write_text
     out = Path(run) / "report.html"
-    atomic_write_text(out, "\n".join(parts))
+    atomic_write_text(out, "\n".join(p for p in parts if p))
     return out

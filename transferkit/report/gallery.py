@@ -36,8 +36,8 @@ def _thumbnail(path: str, pre=None) -> str | None:
     """A data URI of a small picture of the input; `pre`: the model's ImagePreprocess (channels,
     array layout, spectrogram parameters), for arrays and signals."""
     try:
-        from ..data.arrays import input_kind
-        if input_kind(path) != "image":
+        from ..data.kinds import kind_of
+        if not kind_of(path).picture:
             return _png_uri(_array_picture(path, pre))
         from ..data import open_rgb
         im = open_rgb(path)
@@ -62,14 +62,14 @@ def _array_picture(path: str, pre=None):
     """The picture of an array or signal input as a PIL image (RGB or L), at least THUMB pixels."""
     from PIL import Image
 
-    from ..data.arrays import input_kind, load_input, read_array
-    if input_kind(path) == "signal":
-        x = load_input(path, 1, spectrogram=getattr(pre, "spectrogram", None)).numpy()
+    from ..data.kinds import kind_of
+    kind = kind_of(path)
+    x = np.asarray(kind.preview(path, pre))
+    if kind.colormap:  # one channel of values (a spectrogram) in colour
         from matplotlib import colormaps
-        db = _scaled(x)[0][::-1]  # mel bin 0 (lowest) at the bottom
-        im = Image.fromarray((colormaps["magma"](db / 255.0)[..., :3] * 255).round().astype(np.uint8), "RGB")
+        db = _scaled(x)[0]
+        im = Image.fromarray((colormaps[kind.colormap](db / 255.0)[..., :3] * 255).round().astype(np.uint8), "RGB")
     else:
-        x = read_array(path, getattr(pre, "array_layout", "auto"))
         x = x[:3] if len(x) >= 3 else x.mean(0, keepdims=True)
         y = _scaled(x)
         im = Image.fromarray(np.moveaxis(y, 0, -1), "RGB") if len(y) == 3 else Image.fromarray(y[0], "L")

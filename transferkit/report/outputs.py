@@ -51,22 +51,50 @@ def check_predictions_path(path: str | Path) -> Path:
     return p
 
 
+def prediction_table(rows: list[dict], truth: list[str] | None = None) -> str:
+    """The one CSV format of `predict --out` and `evaluate --out`'s predictions.csv, one row per input:
+
+    input, [label, correct: evaluate only], predicted, probability, top2, top2_probability, ...
+    (ranks 2..k of --top-k), p:CLASS for every class of the model, error.
+
+    Every label is a cell of its own (a label may hold commas, `:` or `|`); `rows` are prediction
+    rows (infer.predictions.topk_rows with probabilities); `truth`: the true label of each row."""
+    classes = next((list(r["probabilities"]) for r in rows if r.get("probabilities")), [])
+    k = max([len(r.get("top") or []) for r in rows] + [1])
+    head = ["input", *(["label"] if truth is not None else []), "predicted", "probability",
+            *(["correct"] if truth is not None else [])]
+    head += [c for i in range(2, k + 1) for c in (f"top{i}", f"top{i}_probability")]
+    head += [f"p:{c}" for c in classes] + ["error"]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(spreadsheet_row(head))
+    num = lambda v: "" if v is None else f"{v:.6f}"  # noqa: E731
+    for n, r in enumerate(rows):
+        cells = [r["input"]]
+        if truth is not None:
+            cells.append(truth[n])
+        cells += [r.get("label") or "", num(r.get("probability"))]
+        if truth is not None:
+            cells.append("" if r.get("label") is None else int(r["label"] == truth[n]))
+        top = (r.get("top") or [])[1:k]
+        top += [{"label": "", "probability": None}] * (k - 1 - len(top))
+        cells += [c for t in top for c in (t["label"], num(t["probability"]))]
+        probs = r.get("probabilities") or {}
+        cells += [num(probs.get(c)) for c in classes] + [r.get("error") or ""]
+        w.writerow(spreadsheet_row(cells))
+    return buf.getvalue()
+
+
 def write_predictions(rows: list[dict], path: str | Path) -> Path:
-    """One row per input: CSV (input, label, probability, top as `label:p|label:p`, error) or JSONL."""
+    """`predict --out`: CSV (prediction_table) or JSON Lines, one row per input as `predict --json`
+    prints it (label, probability, top) with `probabilities`, every class's probability."""
     from ..store.checkpoint import atomic_write_text
     from ..store.safety import json_safe
     p = Path(path)
     if p.suffix.lower() == ".jsonl":
         text = "".join(json.dumps(json_safe(r)[0], allow_nan=False) + "\n" for r in rows)
     else:
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["input", "label", "probability", "top", "error"])
-        for r in rows:
-            top = "|".join(f"{t['label']}:{t['probability']:.6f}" for t in r.get("top") or [])
-            w.writerow(spreadsheet_row([r["input"], r.get("label") or "", "" if r.get("probability") is None
-                                        else f"{r['probability']:.6f}", top, r.get("error") or ""]))
-        text = buf.getvalue()
+        text = prediction_table(rows)
     atomic_write_text(p, text)
     return p
 
@@ -98,8 +126,8 @@ def check_evaluation_dir(out: str | Path, overwrite: bool = False):
 
 def write_evaluation(out: str | Path, run_dir: str | Path, model, cfg, metrics: dict, items,
                      probs: np.ndarray, *, overwrite: bool = False, log=print) -> Path:
-    """OUT/metrics.json, OUT/predictions.csv (one row per item: true, predicted, probabilities of
-    every class) and OUT/report.html (metrics, confusion matrix, the most confident mistakes)."""
+    """OUT/metrics.json, OUT/predictions.csv (prediction_table: one row per item with its true label,
+    the prediction and the probability of every class) and OUT/report.html (metrics, confusion matrix, the most confident mistakes)."""
     from .. import __version__
     from ..store.checkpoint import atomic_write_json, atomic_write_text
     from ..store.outfolder import make_room
@@ -114,18 +142,14 @@ def write_evaluation(out: str | Path, run_dir: str | Path, model, cfg, metrics: 
         "format": 1, "written_by": "transferkit evaluate", "transferkit": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "run": str(run_dir), "data": str(metrics.get("data", "")), "written": names})
+    import torch
+
+    from ..infer.predictions import topk_rows
     classes = list(model.class_names)
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index[e.label] for e in items])
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(spreadsheet_row(["item", "label", "predicted", "probability", "correct",
-                                *[f"p:{c}" for c in classes]]))
-    for e, p in zip(items, probs):
-        k = int(np.argmax(p))
-        w.writerow(spreadsheet_row([e.x, e.label, classes[k], f"{p[k]:.6f}", int(classes[k] == e.label),
-                                    *[f"{v:.6f}" for v in p]]))
-    atomic_write_text(d / "predictions.csv", buf.getvalue())
+    rows = topk_rows(items, torch.from_numpy(np.asarray(probs)), classes, 1, probabilities=True)
+    atomic_write_text(d / "predictions.csv", prediction_table(rows, [e.label for e in items]))
     atomic_write_json(d / "metrics.json", {**metrics, "run": str(run_dir)})
     write_report(d, cfg, model, metrics, [], errors=worst_errors(items, probs, y, classes),
                  title=f"{Path(run_dir).name} on {Path(str(metrics.get('data', ''))).name}",

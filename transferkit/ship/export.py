@@ -6,48 +6,24 @@ and run on the run's test split next to the PyTorch model; a max |logit differen
 different top-1 class is a `ParityError`. `OUT/export.json` records the format, classes,
 preprocessing, inputs, the parity numbers and the entries it `written` into OUT (what a later
 `--overwrite` may replace; store/outfolder.py has the rule for OUT). The files are written into a
-staging folder inside OUT and moved into place once checked. Test-time augmentation (the flip average that
-`predict` applies when the run has `tta`) is not part of any exported graph.
+staging folder inside OUT and moved into place once checked. An hf export also gets a model card,
+README.md (ship/hf_card.py); an onnx export carries its classes and preprocessing in the graph's
+metadata (ship/graph_formats.py). Test-time augmentation (the flip average that
+`predict` applies when the run has `tta`) is not part of any exported graph. Dense runs (segment,
+detect, anomaly) export to ONNX through ship/dense_export.py, into the same kind of folder.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
 from pathlib import Path
 
-from ..store.outfolder import STAGING, OutFolder, check_out_folder, make_room
+from ..config import DENSE_TASKS
 from ..engine.predictor import preprocess_of
 from ..engine.run import load_run
 from ..models.lora import lora_parameters
+from ..store.runfolder import run_task
 from .parity import ParityError, ParityReport, check_parity, split_batches, split_examples
-
-FORMATS = ("timm", "hf", "onnx", "torchscript")
-MANIFEST = "export.json"
-
-
-def is_export(out: Path) -> bool:
-    """OUT holds an export.json that `export` wrote (any version: same keys)."""
-    try:
-        m = json.loads((out / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(m, dict) and m.get("format") in FORMATS and isinstance(m.get("files"), list) and "parity" in m
-
-
-def _written_before(out: Path) -> set[str]:
-    """The entries of OUT that the previous export wrote (older manifests: the plain names of `files`)."""
-    m = json.loads((out / MANIFEST).read_text())
-    if isinstance(m.get("written"), list):
-        return {str(n) for n in m["written"]}
-    names = {str(n).rstrip("/") for n in m["files"]}
-    return {n for n in names if n and "/" not in n and " " not in n}
-
-
-def check_export_out(out: str | Path, overwrite: bool = False) -> OutFolder:
-    """Refuse, before any work, an OUT that export may not write (store/outfolder.py)."""
-    return check_out_folder(out, is_ours=is_export, what="an export", sub="export", overwrite=overwrite)
+from .staging import FORMATS, MANIFEST, check_export_out, is_export, write_export  # noqa: F401 (public names)
 
 
 def _check_format(fmt: str, model) -> None:
@@ -79,50 +55,43 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, merge: bool = 
     """
     run, out = Path(run_dir), Path(out)
     folder = check_export_out(out, overwrite)
+    if run_task(run) in DENSE_TASKS:  # segment, detect, anomaly: ship/dense_export.py
+        from .dense_export import export_dense
+        return export_dense(run, fmt, folder, data=data, limit=limit, log=log)
     model, cfg = load_run(run)
     model = model.float().cpu().eval()
     _check_format(fmt, model)
     batches = split_batches(model, run, cfg, data=data, limit=limit)
     lora = bool(lora_parameters(model))
-    out.mkdir(parents=True, exist_ok=True)
     src = model
     if lora and merge and fmt != "hf":
         from .hf_format import merged_copy
         src = merged_copy(model)
     kind = _input_kind(run, cfg, model, data)
-    stage = Path(tempfile.mkdtemp(prefix=STAGING, dir=out))
-    try:
+
+    def write(stage: Path):
         runner, files, extra = _write(fmt, src, model, cfg, stage, batches, merge, kind)
-        if fmt == "hf":
+        if fmt == "hf":  # and a model card, so that `huggingface-cli upload` publishes a complete model
+            from .hf_card import write_card
             from .hf_format import check_tokenizer
             texts = [e.x for e in split_examples(run, cfg, "text", data=data, limit=limit)]
             check_tokenizer(model, stage, texts)
+            files = [*files, write_card(stage, run, list(model.class_names), model.spec.source.to_dict(), cfg,
+                                        ("merged" if merge else "adapter") if lora else None)]
         report = check_parity(fmt, model, batches, runner)
-        written = sorted(p.name for p in stage.iterdir())
-        before = _written_before(out) | {MANIFEST} if folder.state == "ours" else set()
-        make_room(folder, sorted(set(written) | before | {MANIFEST}), before, log)
-        for name in written:
-            (stage / name).rename(out / name)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    manifest = {"format": fmt, "run": str(run.resolve()), "files": files,
+        return {"format": fmt, "run": str(run.resolve()), "files": files,
                 "classes": list(model.class_names), "source": model.spec.source.to_dict(),
                 "modality": model.spec.modality, "input_kind": kind, "preprocess": preprocess_of(model, cfg),
                 "lora": ("merged" if merge else "adapter") if lora else None,
-                "tta_in_graph": False, **extra, "parity": report.to_dict(), "written": written}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    log(f"wrote {fmt} export to {out}: {', '.join(files)}")
-    log(report.line())
-    if not report.ok:
-        raise ParityError(f"{report.line()}; the export in {out} does not compute what the run does")
-    return manifest
+                "tta_in_graph": False, **extra}, report
+    return write_export(folder, write, log)
 
 
 def _input_kind(run: Path, cfg, model, data: str | None) -> str:
     """"text", or what an image run reads: "image", "array" or "signal" (its first test item's kind)."""
     if model.spec.modality != "image":
         return model.spec.modality
-    from ..data.arrays import input_kind
+    from ..data.kinds import input_kind
     return input_kind(split_examples(run, cfg, "image", data=data, limit=1)[0].x)
 
 
@@ -138,10 +107,11 @@ def _write(fmt: str, src, model, cfg, out: Path, batches: list, merge: bool, kin
         files = write_hf(src, cfg, out, merge=merge)
         return load_hf_export(out), files, {"load": "import transferkit.ship.hf_model; "
                                                     "AutoModelForSequenceClassification.from_pretrained('OUT')"}
-    from .graph_formats import input_names, load_onnx, load_torchscript, write_onnx, write_torchscript
+    from .graph_formats import (classifier_metadata, input_names, load_onnx, load_torchscript, write_onnx,
+                                write_torchscript)
     names = input_names(model, batches[0])
-    if fmt == "onnx":
-        files = write_onnx(src, out, batches[0])
+    if fmt == "onnx":  # metadata written first: the parity check below reloads the shipped file
+        files = write_onnx(src, out, batches[0], classifier_metadata(model, cfg))
         return load_onnx(model, out, names), files, {"inputs": names, "outputs": ["logits"]}
     files = write_torchscript(src, out, batches[0])
     return load_torchscript(model, out, names), files, {"inputs": names, "outputs": ["logits"]}

@@ -3,10 +3,17 @@
 Images take `pixel_values [B, C, H, W]` (C = 3, or the run's `--in-chans`; normalised as in
 `export.json`); text takes the tokenizer's `input_ids`, `attention_mask` (and `token_type_ids` where the tokenizer makes them) `[B, T]`. The
 batch axis (and, for text, the sequence axis) is dynamic. Output: `logits [B, K]`.
+
+`model.onnx` carries what a user needs besides the graph in its `metadata_props` (string values,
+JSON where structured; see `onnx_metadata`): the class names, task, input size, mean, std, channels,
+source and transferkit version, readable with `onnx.load(...).metadata_props` or onnxruntime's
+`session.get_modelmeta().custom_metadata_map`. They are written before the file is reloaded for the
+parity check, so the checked file is the shipped one.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -43,7 +50,32 @@ def _graph_module(model, names: list[str]) -> nn.Module:
     return model if model.spec.modality == "image" else _TextLogits(model)
 
 
-def write_onnx(model, out: Path, sample) -> list[str]:
+def onnx_metadata(*, task: str, classes: list[str], source: dict | None, modality: str = "image",
+                  size: int | None = None, mean=None, std=None, max_length: int | None = None) -> dict[str, str]:
+    """`metadata_props` of an exported `model.onnx`: every value a string, lists and dicts as JSON."""
+    from .. import __version__
+    meta: dict = {"task": task, "classes": list(classes), "modality": modality}
+    if modality == "image":
+        meta.update(input_size=int(size), mean=[float(v) for v in mean], std=[float(v) for v in std],
+                    channels=len(mean))
+    else:
+        meta.update(max_length=int(max_length))
+    meta.update(source=dict(source or {}), transferkit_version=__version__)
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
+
+
+def classifier_metadata(model, cfg) -> dict[str, str]:
+    """`onnx_metadata` of a classification run (image or text)."""
+    from ..engine.predictor import preprocess_of
+    pre = preprocess_of(model, cfg)
+    common = dict(task="classify", classes=list(model.class_names), source=model.spec.source.to_dict(),
+                  modality=model.spec.modality)
+    if model.spec.modality == "image":
+        return onnx_metadata(**common, size=pre["size"], mean=pre["mean"], std=pre["std"])
+    return onnx_metadata(**common, max_length=pre["max_length"])
+
+
+def write_onnx(model, out: Path, sample, metadata: dict[str, str] | None = None) -> list[str]:
     names = input_names(model, sample)
     module = _graph_module(model, names).eval()
     batch = torch.export.Dim("batch", min=1)
@@ -55,14 +87,24 @@ def write_onnx(model, out: Path, sample) -> list[str]:
     args = _as_args(model, names, sample)
     if model.spec.modality == "text" and args[0].shape[0] < 2:
         args = tuple(torch.cat([a, a]) for a in args)  # a batch of 1 would be specialised to 1
+    export_onnx(module, args, out / "model.onnx", names, ["logits"], shapes, metadata)
+    return ["model.onnx"]
+
+
+def export_onnx(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
+                shapes, metadata: dict[str, str] | None = None) -> None:
+    """torch.onnx's dynamo exporter, one file (no external data), `metadata` set as the model's
+    `metadata_props`, checked by onnx's checker."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(out / "model.onnx"), input_names=names,
-                          output_names=["logits"], dynamic_shapes=shapes, dynamo=True,
-                          external_data=False, verbose=False)
+        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
+                          dynamic_shapes=shapes, dynamo=True, external_data=False, verbose=False)
     import onnx
-    onnx.checker.check_model(str(out / "model.onnx"))
-    return ["model.onnx"]
+    if metadata:
+        proto = onnx.load(str(path))
+        onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, **metadata})
+        onnx.save(proto, str(path))
+    onnx.checker.check_model(str(path))
 
 
 def load_onnx(model, out: Path, names: list[str]):

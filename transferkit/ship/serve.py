@@ -14,6 +14,11 @@ several images, a bad one gets a row with `error` and the others are predicted, 
 predict` does with files; only a request with no usable image is a 4xx. Inference goes through
 `engine.Predictor`, the same transforms and probabilities as `transferkit predict`.
 
+Dense runs (segment, detect, anomaly) are served the same way (ship/dense_serve.py): a row per image
+with a mask (base64 index PNG) and class shares, boxes (xyxy, label, score), or an anomaly score, the
+decision at the run's threshold and a heat map (base64 PNG); /info names the `task`, and the page
+draws the mask, the boxes or the heat map over the image.
+
 The Host header is checked against an allow-list (`--allowed-hosts`; by default the bound address
 and the loopback names): a page on another site that rebinds its own name to 127.0.0.1 (DNS
 rebinding) would otherwise reach a server that listens on this machine only.
@@ -256,8 +261,8 @@ def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, top
     """Load the run and serve it until interrupted."""
     import uvicorn
 
-    from ..engine.predictor import Predictor
-    predictor = Predictor(run_dir)
+    from .dense_serve import load_predictor
+    predictor = load_predictor(run_dir)
     allowed = allowed_hosts or default_allowed_hosts(host)
     app = create_app(predictor, top_k=top_k, limits=Limits(max_bytes=max_bytes, max_items=max_items),
                      allowed_hosts=allowed)

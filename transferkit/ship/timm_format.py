@@ -71,9 +71,11 @@ def _chans_args(model) -> dict:
 
 def timm_config(model, arch: str, clf_name: str, preprocess: dict, kind: str = "image") -> dict:
     """timm's config.json. `kind`: what the run reads, "image", "array" or "signal"
-    (data.arrays.input_kind)."""
+    (data.kinds)."""
+    from ..data.kinds import KINDS
     size = int(preprocess["size"])
-    whole = kind in ("array", "signal")  # resized whole to size x size, no centre crop
+    entry = KINDS.get(kind)
+    whole = entry is not None and not entry.picture  # resized whole to size x size, no centre crop
     chans = _chans_args(model).get("in_chans", 3)
     pretrained_cfg = {
         "input_size": [chans, size, size], "mean": preprocess["mean"], "std": preprocess["std"],
@@ -87,8 +89,7 @@ def timm_config(model, arch: str, clf_name: str, preprocess: dict, kind: str = "
     if _chans_args(model):
         cfg["model_args"] = _chans_args(model)
     if whole:
-        what = (f"the log-mel spectrogram ({preprocess['spectrogram']}) of the signal, in dB"
-                if kind == "signal" else "the array as C x H x W floats in its own units")
+        what = entry.feed.format(**preprocess)
         cfg["transferkit_input"] = {"kind": kind, "feed": f"{what}, resized to {size} x {size} (bilinear, "
                                                          "antialiased, no crop), minus mean, divided by std"}
     return cfg

@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from .safety import (HASH_KEY, META_HASH_KEY, CheckpointError, json_safe, load_tensors, metadata_hash,
                      read_json, read_safetensors_metadata, tensors_hash)
 
-__all__ = ["CheckpointError", "json_safe", "load_tensors", "read_json", "read_safetensors_metadata",
+__all__ = ["CheckpointError", "follow_umask", "json_safe", "load_tensors", "read_json", "read_safetensors_metadata",
            "tensors_hash", "HASH_KEY"]
 
 CHECKSUMS = "checksums.json"     # in a checkpoint folder: sha256 of every file, verified on resume
@@ -36,6 +36,25 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def follow_umask(path: Path) -> None:
+    """Give `path`, and everything under it when it is a folder, the permissions a plain open() or
+    mkdir() gives under the process's umask. For what writers create private: mkstemp and
+    safetensors' save_file (and so transformers' save_pretrained) make files 0600, mkdtemp makes
+    folders 0700; colleagues should open a run, an export or a cache as any file of theirs."""
+    mask = _umask()
+    path = Path(path)
+    todo = [path]
+    while todo:
+        p = todo.pop()
+        if p.is_symlink():
+            continue
+        if p.is_dir():
+            os.chmod(p, 0o777 & ~mask)
+            todo += list(p.iterdir())
+        else:
+            os.chmod(p, 0o666 & ~mask)
 
 
 def _tmp_beside(path: Path) -> Path:
@@ -58,8 +77,7 @@ def _write_via_tmp(path: Path, write) -> None:
     tmp = _tmp_beside(path)
     try:
         write(tmp)
-        # mkstemp (and safetensors) make 0600; the file gets what a plain open() would give: the umask
-        os.chmod(tmp, 0o666 & ~_umask())
+        follow_umask(tmp)  # mkstemp (and safetensors) make 0600
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -140,7 +158,7 @@ def atomic_replace_dir(build, final: Path) -> None:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp.", dir=final.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; colleagues should read a run as any folder
+    follow_umask(tmp)  # mkdtemp makes 0700; colleagues should read a run as any folder
     try:
         build(tmp)
         sums = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}

@@ -20,6 +20,10 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
+# the from-scratch baseline (`compare`'s scratch row, classification and dense): `full` from random
+# weights, at a rate suited to them rather than the fine-tuning default 1e-3
+SCRATCH_LR = 3e-3
+
 STRATEGIES = ("auto", "linear_probe", "multi_probe", "partial:K", "full", "two_phase", "stages:A-B", "lora:r=R", "prototypes",
               "contrastive[:pairs=N]")
 

@@ -29,7 +29,7 @@ def class_words(classes: str | None, class_text: str | None) -> tuple[list[str],
 
 
 def predict_zero_shot(spec: str, inputs: list[str], *, classes: str | None = None,
-                      class_text: str | None = None, top_k: int = 1) -> list[dict]:
+                      class_text: str | None = None, top_k: int = 1, probabilities: bool = False) -> list[dict]:
     """Top-k classes per image by the nearest class text in the joint space `spec` (a bridge directory
     from `transferkit bridge`, or clip:NAME_OR_DIR)."""
     from ..data.images import check_image
@@ -48,4 +48,4 @@ def predict_zero_shot(spec: str, inputs: list[str], *, classes: str | None = Non
         raise DataError("cannot read input image(s): " + "; ".join(bad[:5]))
     feats, _ = image_features(backbone, [e.x for e in items], image_size=space.image_size, flip=False)
     probs = zero_shot_probs(space, feats, texts)
-    return topk_rows(items, torch.as_tensor(probs), names, top_k)
+    return topk_rows(items, torch.as_tensor(probs), names, top_k, probabilities=probabilities)
