@@ -12,7 +12,8 @@ Every run is the real CLI, `python -m transferkit train ... --out RUN`, as a sub
 are read from RUN/metrics.json (scored by train on the held-out test folder given with --test). Rows:
   segment, detect  {pretrained fine-tuned (segment: two_phase, the default; detect: full, its default),
                    pretrained frozen (linear_probe: the decoder / FPN + heads train), @random (`full` at lr
-                   3e-3: everything trains from step 1, the from-scratch recipe of `compare`'s scratch row)} x {10, 50 labelled images} x seeds.
+                   3e-3: everything trains from step 1, the from-scratch recipe of `compare`'s scratch
+                   row)} x {10, 50 labelled images} x seeds.
                    segment: `--shots N --val-fraction 0` (no extra labels for checkpoint picking);
                    detect: a seeded N-image COCO subset (detect's train has no --shots).
   anomaly          {pretrained, @random} x texture x seed (the seed drives the coreset and the
@@ -57,7 +58,8 @@ VARIANTS = {
     "frozen": (SOURCE, {"segment": "linear_probe", "detect": "linear_probe"}),
     # from random weights: `full` (the encoder trains at the decoder's rate from step 1), the recipe
     # suited to random weights that `compare`'s `scratch` row uses; two_phase would spend half the steps
-    # on a decoder over a frozen random encoder, and at 40 steps it ends predicting all background
+    # on a decoder over a frozen random encoder, and at 40 steps it ended predicting all background
+    # (mIoU 0.152 on every seed; full at lr 3e-3: 0.19)
     "random": (SOURCE + "@random", {"segment": "full", "detect": "full"}),
 }
 
@@ -337,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             print(shlex.join(["python", "-m", "transferkit", "train", *j["args"], "--out", j["run"]]))
         return 0
     t0 = time.perf_counter()
-    results = []
+    results, md = [], ""
     out = Path(a.results)
     out.parent.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(a.jobs) as pool:
