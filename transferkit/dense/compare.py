@@ -4,7 +4,7 @@ identical splits per seed, scored by the task's metric on its held-out test imag
 Rows (`--strategies`, default: all of the task's):
 
 - segment: ``linear_probe`` (the decoder on the frozen encoder: the frozen baseline), ``two_phase``,
-  ``full``, and ``scratch`` (the backbone ``@random``, strategy ``full``); metric ``miou``;
+  ``full``, and ``scratch`` (the backbone ``@random``, strategy ``full`` at ``SCRATCH_LR``); metric ``miou``;
 - detect: ``linear_probe`` (FPN and heads on the frozen backbone), ``full``, ``scratch``; metric ``map_50``;
 - anomaly: ``frozen`` (PatchCore on the source's features, the only way it trains) and ``scratch``
   (the same on an ``@random`` encoder: what the source's features are worth); metric ``image_auroc``.
