@@ -176,3 +176,15 @@ def test_the_engine_and_the_dense_registry_name_the_same_tasks():
     from transferkit import dense
     from transferkit.config import DENSE_TASKS
     assert set(dense.TASKS) == set(DENSE_TASKS)
+
+
+def test_no_private_name_is_imported_from_another_package():
+    """A name starting with `_` is its module's own business: another package importing it would
+    break silently when it is renamed (`from ..pkg.mod import _name`)."""
+    found = []
+    for path in sorted(ROOT.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level >= 2:
+                found += [f"{path.relative_to(ROOT.parent)}: from {'.' * node.level}{node.module} import {a.name}"
+                          for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not found, "\n".join(found)

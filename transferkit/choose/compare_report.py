@@ -164,7 +164,7 @@ def _plot(result: dict) -> str:
     return png_data_uri(fig)
 
 
-_CSS = ("body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#1d2330}"
+COMPARE_CSS = ("body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#1d2330}"
         "table{border-collapse:collapse;margin:.5em 0}td,th{border-bottom:1px solid #e4e6ee;padding:.25em .7em;"
         "text-align:right}th{background:#f4f6fb}td:first-child,th:first-child{text-align:left}"
         "pre{background:#f7f7fa;padding:.8em;border-radius:6px;overflow:auto}img{max-width:100%}")
@@ -173,7 +173,7 @@ _CSS = ("body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;
 def format_html(result: dict) -> str:
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>transferkit compare</title>"
-             f"<style>{_CSS}</style></head><body><h1>transferkit compare</h1>"]
+             f"<style>{COMPARE_CSS}</style></head><body><h1>transferkit compare</h1>"]
     if result.get("command"):
         parts.append(f"<pre>{e(result['command'])}</pre>")
     parts.append(f"<p>data <code>{e(result['data'])}</code>, backbone <code>{e(result['backbone'])}</code>, "

@@ -198,10 +198,10 @@ def format_markdown(result: dict) -> str:
 
 
 def format_html(result: dict) -> str:
-    from ..choose.compare_report import _CSS
+    from ..choose.compare_report import COMPARE_CSS
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>transferkit compare</title>"
-             f"<style>{_CSS}</style></head><body><h1>transferkit compare ({e(result['task'])})</h1>"]
+             f"<style>{COMPARE_CSS}</style></head><body><h1>transferkit compare ({e(result['task'])})</h1>"]
     if result.get("command"):
         parts.append(f"<pre>{e(result['command'])}</pre>")
     parts.append(f"<p>data <code>{e(str(result['data']))}</code>, backbone <code>{e(result['backbone'])}</code>, "

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..strategies.freeze import _BN
+from ..strategies.freeze import BN_TYPES
 
 CACHE_BYTES = int(float(os.environ.get("TRANSFERKIT_STAGE_CACHE_MB", "1024")) * 2**20)
 
@@ -127,7 +127,7 @@ def stage_cache_for(model, cfg, frozen, train_ds, regularizer_maps, accel, log) 
     names = _outer_modules(backbone, frozen_params, [m for s in stages for m in s.modules])
     all_mods = dict(backbone.named_modules())
     modules = {n: all_mods[n] for n in names}
-    if any(isinstance(m, _BN) and m.training for mod in modules.values() for m in mod.modules()):
+    if any(isinstance(m, BN_TYPES) and m.training for mod in modules.values() for m in mod.modules()):
         log("frozen-stage cache off: BatchNorm in the frozen stages updates its statistics (--bn adapt)")
         return None
     probe = _probe(model, modules, _items(train_ds, range(min(2, len(train_ds)))).to(device), autocast)

@@ -29,7 +29,7 @@ def resolve_bn(policy: str, n_train: int, n_classes: int, pretrained: bool = Tru
     return "eval" if n_train <= FEW_SHOT_PER_CLASS * max(1, n_classes) else "frozen"
 
 
-_BN = (nn.modules.batchnorm._BatchNorm,)
+BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
 
 def freeze_stages(model: TransferModel, frozen: list[int] | set[int], *, head: bool = True) -> None:
@@ -77,13 +77,13 @@ def set_train_mode(model: TransferModel, bn_policy: str = "frozen") -> None:
         raise ValueError(f"unknown BatchNorm policy '{bn_policy}'; use one of {', '.join(BN_POLICIES)}")
     model.train()
     for module in model.backbone.modules():
-        if isinstance(module, _BN):
+        if isinstance(module, BN_TYPES):
             if bn_policy == "eval" or (bn_policy == "frozen" and _fully_frozen(module)):
                 module.eval()
         elif any(True for _ in module.children()) and _fully_frozen(module):
             # parameter-free leaves (dropout, drop path) inside a fully frozen block are switched off
             for sub in module.modules():
-                if not isinstance(sub, _BN) and not any(True for _ in sub.parameters(recurse=False)):
+                if not isinstance(sub, BN_TYPES) and not any(True for _ in sub.parameters(recurse=False)):
                     sub.training = False  # this module only, not its children
 
 
