@@ -16,9 +16,8 @@ from ..infer.loaders import collate_for, to_device
 from ..store import checkpoint as ck
 from ..strategies import freeze_stages, param_groups
 from ..strategies.contrastive import MAX_PAIRS, PAIRS_PER_TEXT, cosine_pair_loss, make_pairs, pair_batches
-from . import interrupt
 from .resume import restore_optimizer_and_rng
-from .selection import save_last
+from .selection import stop_or_checkpoint
 from .tracking import log_step
 
 
@@ -95,17 +94,8 @@ def contrastive_phase(model, cfg, state, phase, n_steps: int, train_items: list,
                                   "train_loss": round(float(np.mean(running)), 6),
                                   "seconds": round(time.time() - t0, 2)})
             running.clear()
-        by_flag = cfg.stop_after and state.global_step >= cfg.stop_after
-        if (by_flag or interrupt.requested()) and state.step < n_steps:
-            save_last(run, model, optimizer, state)
-            if bar is not None:
-                bar.close()
-            if by_flag:
-                log(f"stopped after {state.global_step} steps; continue with --resume {run}")
+        if stop_or_checkpoint(run, model, optimizer, state, cfg, n_steps, clock, bar, log):
             return True
-        if state.step < n_steps and clock.due(state.step, time.time()):
-            save_last(run, model, optimizer, state)
-            clock.saved(state.step, time.time())
     if bar is not None:
         bar.close()
     model.eval()

@@ -39,7 +39,7 @@ from .resume import restore_optimizer_and_rng, resume_point
 from .run_files import finish, start_run_folder, write_splits
 from .run_state import RunState
 from . import selection
-from .selection import apply_wise, save_best_if_better, save_last, validate, wise_applies
+from .selection import apply_wise, save_best_if_better, save_last, stop_or_checkpoint, validate, wise_applies
 from .stage_cache import stage_cache_for
 from .tracking import accelerator_kwargs, end_tracking, log_step, start_tracking
 
@@ -363,19 +363,10 @@ def _gradient_phase(model, cfg: TrainConfig, state: RunState, phase, n_steps: in
             if stop_early:
                 log(f"early stop at step {state.global_step}: no improvement in {cfg.patience} validations")
                 state.step = n_steps
-        by_flag = cfg.stop_after and state.global_step >= cfg.stop_after
-        if (by_flag or interrupt.requested()) and state.step < n_steps:
-            if accel.is_main_process:
-                save_last(run, model, optimizer, state)
-            if bar is not None:
-                bar.close()
-            if by_flag:
-                log(f"stopped after {state.global_step} steps; continue with --resume {run}")
+        # last/ on a stop, and by steps and by time (--checkpoint-every, --checkpoint-seconds)
+        if stop_or_checkpoint(run, model, optimizer, state, cfg, n_steps, clock, bar, log,
+                              write=accel.is_main_process):
             return True
-        # last/ by steps and by time (--checkpoint-every, --checkpoint-seconds), whichever comes first
-        if accel.is_main_process and state.step < n_steps and clock.due(state.step, time.time()):
-            save_last(run, model, optimizer, state)
-            clock.saved(state.step, time.time())
     if bar is not None:
         bar.close()
     return False

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 from ..config import TrainConfig
 from ..infer.sharded import predict_probs_sharded
 from ..infer.tta import views_of
 from ..store import checkpoint as ck
+from . import interrupt
 from .run_state import RunState
 from .tracking import log_evaluation
 
@@ -122,3 +124,23 @@ def save_last(run: Path, model, optimizer, state: RunState) -> None:
     frozen = [i for i, s in enumerate(model.spec.stages)
               if not any(p.requires_grad for n, p in model.backbone.named_parameters() if n in set(s.params))]
     ck.write_last(run, model, optimizer, state.__dict__, frozen_stages=frozen)
+
+
+def stop_or_checkpoint(run: Path, model, optimizer, state: RunState, cfg: TrainConfig, n_steps: int, clock,
+                       bar, log, write: bool = True) -> bool:
+    """After a step of a training loop: when --stop-after or a signal asks, write last/ and return True
+    (the loop stops); else write last/ when --checkpoint-every / --checkpoint-seconds is due. `write`:
+    this process writes (the main one of a distributed run)."""
+    by_flag = cfg.stop_after and state.global_step >= cfg.stop_after
+    if (by_flag or interrupt.requested()) and state.step < n_steps:
+        if write:
+            save_last(run, model, optimizer, state)
+        if bar is not None:
+            bar.close()
+        if by_flag:
+            log(f"stopped after {state.global_step} steps; continue with --resume {run}")
+        return True
+    if write and state.step < n_steps and clock.due(state.step, time.time()):
+        save_last(run, model, optimizer, state)
+        clock.saved(state.step, time.time())
+    return False
