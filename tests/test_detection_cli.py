@@ -52,3 +52,19 @@ def test_detect_shots_trains_on_that_many_labelled_images(tmp_path):
     split = json.loads((run / "split.json").read_text())
     assert json.loads((run / "metrics.json").read_text())["n_train"] == 3 == len(split["train"])
     assert not set(split["train"]) & set(split["test"])
+
+
+def test_detect_trains_batches_of_eight_unless_the_command_or_recipe_says(tmp_path):
+    """dense.task_defaults: detect's own batch (few images need many small updates) sits below the
+    recipe and the flags, and also applies when the task is inferred from the layout."""
+    from transferkit.config import read_config
+    data = tmp_path / "coco"
+    coco_set(data, 4)
+    tiny = ["--backbone", "bundled:efficientnet_lite0@random", "--image-size", "64", "--steps", "1", "--quiet"]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("batch_size: 3\n")
+    cases = {"inferred": [], "flag": ["--batch-size", "2"], "recipe": ["--config", str(recipe)]}
+    for name, extra in cases.items():
+        assert main(["train", str(data), *tiny, *extra, "--out", str(tmp_path / name)]) == 0
+    got = {name: read_config(tmp_path / name / "config.yaml").batch_size for name in cases}
+    assert got == {"inferred": 8, "flag": 2, "recipe": 3}

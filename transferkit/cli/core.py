@@ -209,7 +209,9 @@ def cmd_train(args) -> int:
         cfg = make_config({}, out=out, **{k: overrides.get(k) for k in RUNTIME_OPTIONS})
         result = train(cfg, resume=True, quiet=args.quiet)
     else:
-        cfg = make_config(recipe, **overrides)
+        from ..dense import task_defaults  # detect: batches of 8 unless --batch-size or the recipe says
+        data = overrides.get("data") or recipe.get("data")
+        cfg = make_config({**task_defaults(overrides.get("task") or recipe.get("task"), data), **recipe}, **overrides)
         if not cfg.data:
             raise ValueError("train needs DATA (a folder, CSV, TSV or JSONL) or 'data:' in the recipe")
         if not cfg.out:

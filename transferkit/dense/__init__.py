@@ -10,6 +10,8 @@ A task is one module with the same small contract, found through `TASKS` (no if-
     evaluate(run_dir, data, *, log) -> dict        metrics of a finished run on labelled DATA
     predict(run_dir, inputs, output, *, log) -> list[dict]   one row per input, files under `output`
     predictor(run_dir) -> (classes, fn)           fn(paths) -> one row of arrays per image (the notebook API)
+    DEFAULTS: dict (optional)                      option values the task uses unless the command line,
+                                                   the recipe or the notebook call gives them (task_defaults)
 
 `train` keeps the rules of classification runs: the folder is claimed and locked, a start that fails
 before its first step leaves nothing, `--stop-after N` and signals leave RUN/last/ and `--resume`
@@ -77,6 +79,15 @@ def resolve_task(cfg: TrainConfig, log=print) -> str:
     log(f"task: {task} (inferred from the layout of {cfg.data}: {task_module(task).LAYOUT}; "
         "pass --task to choose another)")
     return task
+
+
+def task_defaults(task: str | None, data) -> dict:
+    """The option values a run of `task` (`auto` or None: the one DATA's layout says) starts from, below
+    the recipe and the explicit options: detect trains batches of 8 unless told otherwise. {} for
+    classification and for data that is not a folder."""
+    if task in (None, "auto"):
+        task = infer_task(str(data)) if isinstance(data, (str, Path)) and str(data) else None
+    return dict(getattr(task_module(task), "DEFAULTS", {})) if task in TASKS else {}
 
 
 def is_dense(task: str) -> bool:
