@@ -367,6 +367,50 @@ def _kept(cells: dict, d: str, row: str) -> str:
     return f"‖Δw‖/‖w‖ median {100 * np.median(xs):.2f}% (min {100 * min(xs):.2f}%, {len(xs)} runs)"
 
 
+OUT_DEFAULT = "benchmarks/results/fewshot"
+DEFAULT_LIMIT_S = 300   # the issue's limit: the default run on 45 images at 224 px within 5 minutes on 2 cores
+
+
+def default_timing(out: Path, seed: int, classes: int = 9, shots: int = 5, size: int = 224) -> dict:
+    """Time `transferkit train` with every default (strategy auto: its cross-validated choice, then the
+    final run) on `classes` clip-art topics x `shots` labelled images at `size` px, as a user would
+    run it (torch on every core); writes OUT.json and OUT.md."""
+    import subprocess
+    tmp = Path(tempfile.mkdtemp(prefix="tk-default-timing-"))
+    data = tmp / "data"
+    from datasets import CLIPART
+    for topic in sorted(p for p in CLIPART.iterdir() if p.is_dir())[:classes]:
+        shutil.copytree(topic, data / topic.name)
+    args = [str(data), "--shots", str(shots), "--image-size", str(size), "--seed", str(seed)]
+    cmd = [sys.executable, "-m", "transferkit", "train", *args, "--out", str(tmp / "run"), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(os.cpu_count()), "MKL_NUM_THREADS": str(os.cpu_count())}
+    t = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t
+    metrics = json.loads((tmp / "run" / "metrics.json").read_text()) if r.returncode == 0 else {}
+    res = {"command": "python -m transferkit train CLIPART9 " + " ".join(args[1:]) + " --out RUN",
+           "classes": classes, "shots": shots, "train_images": metrics.get("n_train"), "image_size": size,
+           "cpus": os.cpu_count(), "wall_s": round(wall, 1), "limit_s": DEFAULT_LIMIT_S, "rc": r.returncode,
+           "within": r.returncode == 0 and wall <= DEFAULT_LIMIT_S,
+           "strategy": (metrics.get("choice") or {}).get("strategy"),
+           "accuracy": metrics.get("accuracy"), "error": (r.stderr.strip().splitlines() or [""])[-1] if r.returncode else None}
+    Path(f"{out}.json").write_text(json.dumps(res, indent=1) + "\n")
+    md = ["# The default run's cost (few labels)", "",
+          f"`python benchmarks/fewshot.py --default-timing --seeds {seed}`", "",
+          f"`transferkit train` with its defaults (`--strategy auto`) on the first {classes} clip-art topics, "
+          f"{shots} labelled images each ({res['train_images']} images), {size} px, on {res['cpus']} CPUs; "
+          "the rest of each topic is the test split the run scores.", "",
+          "| train images | image size | wall s | limit s | within | auto chose | test accuracy |",
+          "| ---: | ---: | ---: | ---: | --- | --- | ---: |",
+          f"| {res['train_images']} | {size} | {res['wall_s']:.0f} | {DEFAULT_LIMIT_S} | "
+          f"{'yes' if res['within'] else 'no'} | {res['strategy']} | {res['accuracy']} |", ""]
+    if r.returncode:
+        md += [f"The run failed: {res['error']}", ""]
+    Path(f"{out}.md").write_text("\n".join(md))
+    shutil.rmtree(tmp, ignore_errors=True)
+    return res
+
+
 def main() -> None:
     from datasets import image_datasets
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -386,12 +430,19 @@ def main() -> None:
                     help="only these job kinds (features,ft,l2sp), e.g. to spread one table over machines")
     ap.add_argument("--jobs", type=int, default=1, help="parallel processes")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    ap.add_argument("--out", default="benchmarks/results/fewshot")
+    ap.add_argument("--out", default=OUT_DEFAULT)
     ap.add_argument("--keep-runs", action="store_true",
                     help="keep the run folders (several GB at 20 shots) instead of removing them at the end")
+    ap.add_argument("--default-timing", action="store_true",
+                    help="only time the CLI's default run on 9 clip-art topics x 5 labels at 224 px "
+                         "(writes --out .json/.md; default --out benchmarks/results/fewshot_default_timing)")
     ap.add_argument("--table", metavar="RESULTS_JSONL",
                     help="only write RESULTS.md again from a finished run's JSON lines (nothing is run)")
     a = ap.parse_args()
+    if a.default_timing:
+        out = "benchmarks/results/fewshot_default_timing" if a.out == OUT_DEFAULT else a.out
+        print(json.dumps(default_timing(Path(out), int(a.seeds.split(",")[0])), indent=1))
+        return
     if a.table:
         print(rewrite_table(Path(a.table), Path(a.table).with_suffix(".md"), a.variants.split(",")))
         return
