@@ -180,6 +180,25 @@ def test_compare_on_an_anomaly_set_scores_frozen_and_random_features_by_image_au
     assert not (tmp_path / "x" / "cells").exists()
 
 
+def test_compare_on_a_detection_set_has_a_row_per_strategy_in_map50_on_identical_splits(tmp_path):
+    data, out = tmp_path / "coco", tmp_path / "cmp"
+    coco_set(data, 6)
+    args = ["compare", str(data), *DET, "--strategies", "linear_probe,full,scratch", "--seeds", "1",
+            "--steps", "1", "--out", str(out)]
+    assert main(args) == 0
+    r = json.loads((out / "compare.json").read_text())
+    assert r["task"] == "detect" and r["metric"] == "map_50" and r["identical_splits"]
+    assert [x["strategy"] for x in r["rows"]] == ["linear_probe", "full", "scratch"]
+    splits = set()
+    for row in r["rows"]:  # each row is its own detect run, scored on the same test images
+        run = Path(row["run_dir"])
+        assert row["map_50"] == json.loads((run / "metrics.json").read_text())["map_50"]
+        assert json.loads((run / "run.json").read_text())["task"] == "detect"
+        splits.add(json.dumps(json.loads((run / "split.json").read_text()), sort_keys=True))
+    assert len(splits) == 1
+    assert "| scratch |" in (out / "compare.md").read_text()
+
+
 # ------------------------------------------------------------------------------------ notebook API
 
 def test_fit_and_predict_a_segment_run_from_a_notebook(tmp_path):
