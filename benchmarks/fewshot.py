@@ -449,7 +449,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="tk-fewshot-")
     from datasets import TEXT
     wanted = a.datasets.split(",")
-    data = {k: v for k, v in image_datasets(tmp).items() if k in wanted}
+    data = image_datasets(tmp, wanted)
     if "text" in wanted:
         data["text"] = TEXT
     variants = a.variants.split(",")

@@ -7,8 +7,11 @@ EfficientNet-Lite0/1/2 by 5-fold cross-validated probe accuracy on the training 
 (mirrored copies in, averaged at test: the same probe as the choice) and scored on the test split,
 which the choice never sees.
 
-    python benchmarks/pick_source.py                          # clipart + digits, 5 labels, seeds 3-5
+    python benchmarks/pick_source.py              # clipart + digits + textures, 5 labels, seeds 3-5
     python benchmarks/pick_source.py --datasets digits --seeds 3 --shots 5 --max-test 100   # smoke
+
+The sets are those of benchmarks/datasets.py: clip art, handwritten digits, and OpenArena material
+textures (the one far from ImageNet's photos; skipped, with a message, without its Debian package).
 
 Writes benchmarks/results/pick_source.{json,md}.
 """
@@ -27,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from datasets import image_datasets  # noqa: E402
+from datasets import IMAGE_SETS, image_datasets  # noqa: E402
 
 from transferkit.choose.rank import rank_sources  # noqa: E402
 from transferkit.choose.source import AUTO_IMAGE, best_row  # noqa: E402
@@ -57,7 +60,7 @@ def test_accuracy(source: str, task, test_items, image_size) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--datasets", default="clipart,digits")
+    ap.add_argument("--datasets", default="clipart,digits,textures")
     ap.add_argument("--shots", type=int, default=5)
     ap.add_argument("--seeds", default="3,4,5", help="report seeds (no default was tuned on them)")
     ap.add_argument("--image-size", type=int, default=None, help="default: each source's own")
@@ -76,8 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        sets = image_datasets(tmp)
-        for name in args.datasets.split(","):
+        names = args.datasets.split(",")
+        unknown = [n for n in names if n not in IMAGE_SETS]
+        if unknown:
+            ap.error(f"--datasets: unknown {', '.join(unknown)} (known: {', '.join(IMAGE_SETS)})")
+        sets = image_datasets(tmp, names)
+        for name in names:
+            if name not in sets:
+                print(f"{name}: not built here; skipped", flush=True)
+                continue
             for seed in seeds:
                 task = load_task(str(sets[name]), shots=args.shots, seed=seed)
                 rng = np.random.default_rng(seed)

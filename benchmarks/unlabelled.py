@@ -133,7 +133,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="tk-unlabelled-")
     os.environ.setdefault("TRANSFERKIT_CACHE", str(Path(tmp) / "cache"))
     wanted = a.datasets.split(",")
-    data = {k: v for k, v in image_datasets(tmp).items() if k in wanted}
+    data = image_datasets(tmp, wanted)
     jobs = [{"dataset": d, "data": str(p), "shots": a.shots, "seed": sd, "image_size": a.image_size,
              "backbone": "bundled:efficientnet_lite0", "tmp": tmp, "threads": a.threads, "steps": a.steps}
             for (d, p), sd in itertools.product(data.items(), range(a.seeds))]
