@@ -194,14 +194,15 @@ def summarise(results: list[dict], a, command: str, total_s: float) -> tuple[dic
              f"Source `{SOURCE}` against `{SOURCE}@random`. Seeds {a.seeds}; wall {total_s:.0f} s in all "
              f"({a.jobs} at a time, {a.threads} torch thread(s) each) on {os.cpu_count()} logical CPUs.", ""]
     summary: dict = {"command": command, "total_wall_s": round(total_s, 1), "rows": [], "paired": [], "checks": {}}
+    ran = {r["task"] for r in results if r["variant"] != "default-timing"}  # a section per task with design runs
     for task in ("segment", "detect"):
-        if task not in a.tasks:
+        if task not in a.tasks or task not in ran:
             continue
         metric = METRIC[task]
         steps = a.steps or (a.seg_steps if task == "segment" else a.det_steps)
         batch = a.batch_size if task == "segment" else a.det_batch
-        ran = sorted({r["metrics"].get("steps") for r in results if r["task"] == task and r.get("metrics")} - {None})
-        how = (f"{steps} steps" if steps else "the CLI's default steps (" + "/".join(map(str, ran)) + ")") + \
+        took = sorted({r["metrics"].get("steps") for r in results if r["task"] == task and r.get("metrics")} - {None})
+        how = (f"{steps} steps" if steps else "the CLI's default steps (" + "/".join(map(str, took)) + ")") + \
             (f" of {batch}" if batch else " of its default batch")
         lines += [f"## {task}: {metric} on the held-out test images ({how}, {a.image_size} px)", "", f"| backbone | strategy | labelled images | {metric} mean ± std | "
                   "per seed | wall s (mean) |", "| --- | --- | --- | --- | --- | --- |"]
@@ -237,7 +238,7 @@ def summarise(results: list[dict], a, command: str, total_s: float) -> tuple[dic
         summary["checks"][f"{task}_pretrained_beats_random_every_seed"] = every
         lines += ["", f"Pretrained (fine-tuned) beats @random on every seed at every label count: "
                       f"**{'yes' if every else 'no'}**", ""]
-    if "anomaly" in a.tasks:
+    if "anomaly" in a.tasks and "anomaly" in ran:
         lines += [f"## anomaly: image AUROC (pixel AUROC) on test/good + test/<defect>, {a.anomaly_size} px", "",
                   "| texture | pretrained image AUROC | @random image AUROC | paired difference per seed | "
                   "pretrained pixel AUROC | wall s (mean) |", "| --- | --- | --- | --- | --- | --- |"]
@@ -325,8 +326,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="build the data, print the planned commands, run nothing")
     ap.add_argument("--quick", action="store_true", help="smoke: seed 0, 10 labels, 6 steps, one texture")
     ap.add_argument("--results", default=str(RESULTS), help="output prefix (default: benchmarks/results/dense)")
+    ap.add_argument("--table", metavar="RESULTS_JSON", help="only write RESULTS.md again from its JSON (nothing runs)")
     a = ap.parse_args(argv)
+    if a.table:  # the markdown again, from the runs and the command the JSON records
+        saved = json.loads(Path(a.table).read_text(encoding="utf-8"))
+        b = _normalise(ap.parse_args(shlex.split(saved["command"])[2:]), ap)
+        _, md = summarise(saved["runs"], b, saved["command"], saved["total_wall_s"])
+        if saved.get("finished_runs", 0) < saved.get("planned_runs", 0):
+            md = md.replace("\n\n", f"\n\n**Partial: {saved['finished_runs']} of {saved['planned_runs']} planned "
+                            "runs finished.**\n\n", 1)
+        Path(a.table).with_suffix(".md").write_text(md, encoding="utf-8")
+        print(md)
+        return 0
     command = shlex.join(["python", "benchmarks/dense.py", *(sys.argv[1:] if argv is None else argv)])
+    return _run(_normalise(a, ap), command)
+
+
+def _normalise(a, ap):
+    """The parsed options as lists and sets, checked; --quick applied."""
     if a.quick:
         a.seeds, a.shots, a.steps, a.textures = "0", "10", a.steps or 6, a.textures.split(",")[0]
     a.tasks = set(a.tasks.split(","))
@@ -340,6 +357,10 @@ def main(argv: list[str] | None = None) -> int:
     if max(a.shots) > a.train_images:
         ap.error(f"--shots {max(a.shots)} > --train-images {a.train_images}")
     a.threads = a.threads or max(1, (os.cpu_count() or 2) // a.jobs)
+    return a
+
+
+def _run(a, command: str) -> int:
     data = build_data(Path(a.data_dir).resolve(), a)
     runs_dir = Path(a.runs_dir).resolve() if a.runs_dir else Path(tempfile.mkdtemp(prefix="dense-bench-runs-"))
     jobs = plan(a, data, runs_dir)
