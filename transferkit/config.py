@@ -61,7 +61,7 @@ class TrainConfig:
     epochs: int | None = option(None, "passes over the training split (steps wins if both are set)",
                                 low=1, none="from steps")
     steps: int | None = option(None, "optimisation steps in total", low=1,
-                               none="15 epochs, within 30..600 steps")
+                               none="15 epochs, within 30..600 steps; detect: 20 epochs, within 150..600")
     lr: float = option(1e-3, "head learning rate; the backbone gets lr x backbone_lr_mult", low=0,
                        open_low=True, high=10)
     backbone_lr_mult: float = option(0.1, "discriminative LR: backbone LR / head LR", low=0, high=10)
@@ -71,8 +71,8 @@ class TrainConfig:
     weight_decay: float = option(0.01, "decoupled weight decay (AdamW) / L2 (SGD)", low=0, high=1)
     warmup: float = option(0.1, "share of steps with linear warm-up, then cosine decay", low=0, high=1,
                            open_high=True)
-    batch_size: int = option(32, "inputs per training batch; evaluation, prediction and feature "
-                            "extraction run batches of twice this", low=1, high=65536)
+    batch_size: int = option(32, "inputs per training batch (detect: 8 unless given); evaluation, prediction "
+                            "and feature extraction run batches of twice this", low=1, high=65536)
     grad_accum: int = option(1, "gradient accumulation: micro-batches per optimisation step", low=1,
                              high=4096)
     seed: int = option(0, "seed for splits, few-shot sampling, initialisation and batch order", low=0,
