@@ -27,7 +27,7 @@ Writes benchmarks/results/dense.{json,md} (--results PREFIX to change): the comm
 std per row, the paired difference pretrained - @random per seed, wall seconds per run.
 `--default-timing` adds one run per task with the CLI's own defaults (segment and detect on 60 images
 at 160 px) and its wall time against the issue's laptop limits (10, 15 and 2 minutes); `--timing-only`
-runs just those.
+runs just those. `--table OUT.json` writes OUT.md again from the JSON (nothing runs).
 """
 
 from __future__ import annotations
@@ -201,11 +201,13 @@ def summarise(results: list[dict], a, command: str, total_s: float) -> tuple[dic
         metric = METRIC[task]
         steps = a.steps or (a.seg_steps if task == "segment" else a.det_steps)
         batch = a.batch_size if task == "segment" else a.det_batch
-        took = sorted({r["metrics"].get("steps") for r in results if r["task"] == task and r.get("metrics")} - {None})
+        took = sorted({r["metrics"].get("steps") for r in results if r["task"] == task and r.get("metrics")
+                       and r["variant"] != "default-timing"} - {None})
         how = (f"{steps} steps" if steps else "the CLI's default steps (" + "/".join(map(str, took)) + ")") + \
             (f" of {batch}" if batch else " of its default batch")
-        lines += [f"## {task}: {metric} on the held-out test images ({how}, {a.image_size} px)", "", f"| backbone | strategy | labelled images | {metric} mean ± std | "
-                  "per seed | wall s (mean) |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"## {task}: {metric} on the held-out test images ({how}, {a.image_size} px)", "",
+                  f"| backbone | strategy | labelled images | {metric} mean ± std | per seed | wall s (mean) |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         for shots in a.shots:
             for variant in a.variants:
                 vals = _value(results, task=task, variant=variant, shots=shots)
@@ -284,13 +286,19 @@ def summarise(results: list[dict], a, command: str, total_s: float) -> tuple[dic
     return summary, "\n".join(lines) + "\n"
 
 
+def _partial(md: str, finished: int, planned: int) -> str:
+    """The page, marked under its title when fewer runs finished than were planned."""
+    if finished >= planned:
+        return md
+    return md.replace("\n\n", f"\n\n**Partial: {finished} of {planned} planned runs finished.**\n\n", 1)
+
+
 def write_results(out: Path, results: list[dict], planned: int, a, command: str, wall_s: float) -> str:
     """Write OUT.json and OUT.md for the runs finished so far; returns the markdown."""
     summary, md = summarise(results, a, command, wall_s)
     summary["runs"] = results
     summary["finished_runs"], summary["planned_runs"] = len(results), planned
-    if len(results) < planned:
-        md = md.replace("\n\n", f"\n\n**Partial: {len(results)} of {planned} planned runs finished.**\n\n", 1)
+    md = _partial(md, len(results), planned)
     Path(f"{out}.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     Path(f"{out}.md").write_text(md, encoding="utf-8")
     return md
@@ -332,9 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads(Path(a.table).read_text(encoding="utf-8"))
         b = _normalise(ap.parse_args(shlex.split(saved["command"])[2:]), ap)
         _, md = summarise(saved["runs"], b, saved["command"], saved["total_wall_s"])
-        if saved.get("finished_runs", 0) < saved.get("planned_runs", 0):
-            md = md.replace("\n\n", f"\n\n**Partial: {saved['finished_runs']} of {saved['planned_runs']} planned "
-                            "runs finished.**\n\n", 1)
+        md = _partial(md, saved.get("finished_runs", 0), saved.get("planned_runs", 0))
         Path(a.table).with_suffix(".md").write_text(md, encoding="utf-8")
         print(md)
         return 0
