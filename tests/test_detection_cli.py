@@ -68,3 +68,7 @@ def test_detect_trains_batches_of_eight_unless_the_command_or_recipe_says(tmp_pa
         assert main(["train", str(data), *tiny, *extra, "--out", str(tmp_path / name)]) == 0
     got = {name: read_config(tmp_path / name / "config.yaml").batch_size for name in cases}
     assert got == {"inferred": 8, "flag": 2, "recipe": 3}
+    import transferkit  # the notebook call takes the same defaults
+    model = transferkit.fit(str(data), backbone="bundled:efficientnet_lite0@random", image_size=64, steps=1,
+                            out=tmp_path / "api", quiet=True)
+    assert model.config.batch_size == 8

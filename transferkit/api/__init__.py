@@ -277,7 +277,7 @@ def _fit(data, backbone, strategy, *, out, val, test, config, overwrite, resume,
         options["task"] = task
     run = absolute(out) if out is not None else Path(tempfile.mkdtemp(prefix="transferkit-")) / "run"
     recipe = load_recipe(config) if config else {}
-    recipe = {**dense.task_defaults(task, None), **recipe}  # detect: batches of 8 unless given
+    recipe = dense.with_task_defaults(recipe, task, None)  # detect: batches of 8 unless given
     for k in PATH_OPTIONS:
         if isinstance(options.get(k), (str, Path)) and Path(options[k]).expanduser().exists():
             options[k] = str(absolute(options[k]))

@@ -84,8 +84,8 @@ def cmd_compare(argv: list[str]) -> int:
     own = {"data", "strategies", "shots", "seeds", "out", "budget", "config", "quiet"}
     overrides = {k: v for k, v in vars(args).items() if k not in own}
     from .. import dense
-    defaults = dense.task_defaults(overrides.get("task") or recipe.get("task"), args.data or recipe.get("data"))
-    base = make_config({**defaults, **recipe}, data=args.data, out=args.out, **overrides)
+    base = make_config(dense.with_task_defaults(recipe, overrides.get("task"), args.data), data=args.data,
+                       out=args.out, **overrides)
     task = dense.resolve_task(base, log=print)
     if dense.is_dense(task):  # segment / detect / anomaly: a run per cell, the task's metric (dense/compare.py)
         return _compare_dense(task, base, args, argv)

@@ -209,9 +209,8 @@ def cmd_train(args) -> int:
         cfg = make_config({}, out=out, **{k: overrides.get(k) for k in RUNTIME_OPTIONS})
         result = train(cfg, resume=True, quiet=args.quiet)
     else:
-        from ..dense import task_defaults  # detect: batches of 8 unless --batch-size or the recipe says
-        data = overrides.get("data") or recipe.get("data")
-        cfg = make_config({**task_defaults(overrides.get("task") or recipe.get("task"), data), **recipe}, **overrides)
+        from ..dense import with_task_defaults  # detect: batches of 8 unless --batch-size or the recipe says
+        cfg = make_config(with_task_defaults(recipe, overrides.get("task"), overrides.get("data")), **overrides)
         if not cfg.data:
             raise ValueError("train needs DATA (a folder, CSV, TSV or JSONL) or 'data:' in the recipe")
         if not cfg.out:

@@ -90,5 +90,11 @@ def task_defaults(task: str | None, data) -> dict:
     return dict(getattr(task_module(task), "DEFAULTS", {})) if task in TASKS else {}
 
 
+def with_task_defaults(recipe: dict, task: str | None, data) -> dict:
+    """`recipe` with the task's defaults beneath it (what `make_config` takes as its recipe): the task
+    and DATA given on the command line or in the call win over the recipe's."""
+    return {**task_defaults(task or recipe.get("task"), data or recipe.get("data")), **recipe}
+
+
 def is_dense(task: str) -> bool:
     return task in TASKS
