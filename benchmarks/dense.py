@@ -170,6 +170,11 @@ def run_one(job: dict, threads: int) -> dict:
                                                  "f1", "n_train", "n_test", "steps")
                           if m.get(k) is not None}
         job["value"] = m.get(METRIC[job["task"]])
+        history = Path(job["run"]) / "history.json"  # detect: the loss of every step (is a baseline learning?)
+        if history.is_file():
+            loss = json.loads(history.read_text(encoding="utf-8")).get("loss") or []
+            if len(loss) >= 10:
+                job["loss_first10"], job["loss_last10"] = statistics.mean(loss[:10]), statistics.mean(loss[-10:])
     else:
         job["error"] = ((r.stderr or r.stdout).strip().splitlines() or ["(no output)"])[-1]
     return job
@@ -222,21 +227,29 @@ def summarise(results: list[dict], a, command: str, total_s: float) -> tuple[dic
         lines += ["", f"Paired difference in {metric}, same seed (same labelled images, same steps):", "",
                   "| comparison | labelled images | per seed | mean ± std | wins |", "| --- | --- | --- | --- | --- |"]
         every = True
+        named = {"pretrained": "pretrained", "frozen": "frozen", "random": "@random"}
+        pairs = [(x, y) for x, y in (("pretrained", "random"), ("frozen", "random"), ("pretrained", "frozen"))
+                 if x in a.variants and y in a.variants]
         for shots in a.shots:
-            for variant in [v for v in ("pretrained", "frozen") if v in a.variants]:
-                if "random" not in a.variants:
-                    continue
+            for variant, other in pairs:
                 p, q = _value(results, task=task, variant=variant, shots=shots), _value(results, task=task,
-                                                                                         variant="random", shots=shots)
+                                                                                         variant=other, shots=shots)
                 seeds = sorted(set(p) & set(q))
                 diffs = [p[s] - q[s] for s in seeds]
                 wins = sum(d > 0 for d in diffs)
-                if variant == "pretrained":
+                if (variant, other) == ("pretrained", "random"):
                     every = every and bool(seeds) and wins == len(seeds) and len(seeds) == len(a.seeds)
-                summary["paired"].append({"task": task, "shots": shots, "a": variant, "b": "random",
+                summary["paired"].append({"task": task, "shots": shots, "a": variant, "b": other,
                                           "diff": dict(zip(seeds, diffs))})
-                lines.append(f"| {variant} - @random | {shots} | " + ", ".join(f"{d:+.3f}" for d in diffs)
+                lines.append(f"| {variant} - {named[other]} | {shots} | " + ", ".join(f"{d:+.3f}" for d in diffs)
                              + f" | {_ms(diffs)} | {wins}/{len(seeds)} |")
+        losses = [(r["variant"], r["loss_first10"], r["loss_last10"]) for r in results
+                  if r["task"] == task and "loss_last10" in r]
+        if losses:  # the training loss of each row: a baseline stuck at chance shows here
+            lines += ["", "Training loss, mean of the first and the last 10 steps (range over runs): " + "; ".join(
+                f"{v} {min(f for w, f, _ in losses if w == v):.2f}-{max(f for w, f, _ in losses if w == v):.2f} -> "
+                f"{min(t for w, _, t in losses if w == v):.2f}-{max(t for w, _, t in losses if w == v):.2f}"
+                for v in a.variants if any(w == v for w, _, _ in losses))]
         summary["checks"][f"{task}_pretrained_beats_random_every_seed"] = every
         lines += ["", f"Pretrained (fine-tuned) beats @random on every seed at every label count: "
                       f"**{'yes' if every else 'no'}**", ""]
@@ -244,7 +257,7 @@ def summarise(results: list[dict], a, command: str, total_s: float) -> tuple[dic
         lines += [f"## anomaly: image AUROC (pixel AUROC) on test/good + test/<defect>, {a.anomaly_size} px", "",
                   "| texture | pretrained image AUROC | @random image AUROC | paired difference per seed | "
                   "pretrained pixel AUROC | wall s (mean) |", "| --- | --- | --- | --- | --- | --- |"]
-        means = []
+        means, random_means = [], []
         for texture in a.textures:
             p, q = _value(results, task="anomaly", variant="pretrained", texture=texture), \
                 _value(results, task="anomaly", variant="random", texture=texture)
@@ -254,6 +267,8 @@ def summarise(results: list[dict], a, command: str, total_s: float) -> tuple[dic
             seeds = sorted(set(p) & set(q))
             if p:
                 means.append(statistics.mean(p.values()))
+            if q:
+                random_means.append(statistics.mean(q.values()))
             summary["rows"].append({"task": "anomaly", "texture": texture, "pretrained": p, "random": q,
                                     "pixel_auroc": pix, "wall_s": walls})
             lines.append(f"| {texture} | {_ms(list(p.values()))} | {_ms(list(q.values()))} | "
@@ -264,6 +279,9 @@ def summarise(results: list[dict], a, command: str, total_s: float) -> tuple[dic
         summary["checks"]["anomaly_mean_image_auroc_ge_0.9"] = mean is not None and mean >= 0.9
         lines += ["", f"Mean pretrained image AUROC over textures: **{mean:.3f}**" if mean is not None else
                   "Mean pretrained image AUROC over textures: -", ""]
+        if random_means:
+            summary["checks"]["anomaly_mean_random_image_auroc"] = statistics.mean(random_means)
+            lines += [f"Mean @random image AUROC over textures: {statistics.mean(random_means):.3f}", ""]
     timing = [r for r in results if r["variant"] == "default-timing"]
     if timing:
         lines += ["## Default runs (the CLI's own steps and sizes)", "", "| task | command | wall s | limit s | "
@@ -336,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", default=str(RESULTS), help="output prefix (default: benchmarks/results/dense)")
     ap.add_argument("--table", metavar="RESULTS_JSON", help="only write RESULTS.md again from its JSON (nothing runs)")
     a = ap.parse_args(argv)
+    if a.table and not Path(a.table).is_file():
+        ap.error(f"--table {a.table}: no such file (a results JSON that dense.py wrote)")
     if a.table:  # the markdown again, from the runs and the command the JSON records
         saved = json.loads(Path(a.table).read_text(encoding="utf-8"))
         b = _normalise(ap.parse_args(shlex.split(saved["command"])[2:]), ap)

@@ -450,6 +450,8 @@ def main() -> None:
         out = "benchmarks/results/fewshot_default_timing" if a.out == OUT_DEFAULT else a.out
         print(json.dumps(default_timing(Path(out), int(a.seeds.split(",")[0])), indent=1))
         return
+    if a.table and not Path(a.table).is_file():
+        ap.error(f"--table {a.table}: no such file (a results file that fewshot.py wrote)")
     if a.table and a.table.endswith(".json"):  # a --default-timing result
         page = timing_page(json.loads(Path(a.table).read_text()))
         Path(a.table).with_suffix(".md").write_text(page)
