@@ -68,7 +68,7 @@ def test_train_at_few_labels_reports_the_cv_estimate_and_keeps_final_weights(ima
     # the estimate is the best of the values of C compared on the same folds: labelled optimistic
     from transferkit.engine.headfit import C_GRID
     assert est["compared"] == len(C_GRID) and est["optimistic"] is True
-    assert f"the best of {est['compared']} compared, so optimistic" in (run / "report.html").read_text()
+    assert f"chosen among {est['compared']} compared, so optimistic" in (run / "report.html").read_text()
 
 
 # ------------------------------------------------------------------------------ head fitting
@@ -273,13 +273,17 @@ def test_multi_probe_chooses_blocks_by_cv_and_reloads(image_folder, tmp_path, ca
 def test_auto_follows_the_cross_validated_evidence(image_folder, tmp_path, monkeypatch):
     from transferkit.choose import auto, cv
     from transferkit.config import make_config
-    # (LP-FT held-out accuracy per WiSE weight, multi-stage probe held-out accuracy) -> the choice
-    cases = {"probe": ([0.8, 0.7, 0.6, 0.5, 0.5], 0.8, ("linear_probe", None)),  # a tie goes to the cheaper
-             "ft": ([0.5, 0.6, 0.9, 0.7, 0.6], 0.7, ("two_phase", 0.5)),
-             "multi": ([0.6, 0.65, 0.7, 0.6, 0.6], 0.75, ("multi_probe", None))}
-    for name, (accs, multi, expect) in cases.items():
-        ft = [{"wise": w, "accuracy": a, "accuracy_se": 0.01, "nll": 1.0} for w, a in zip(cv.WISE_GRID, accs)]
-        mp = [{"wise": 1.0, "accuracy": multi, "accuracy_se": 0.01, "nll": 1.0}]
+    # (LP-FT held-out accuracy per WiSE weight, multi-stage probe held-out accuracy, standard error
+    # over folds) -> the choice: the cheapest within one standard error of the best
+    cases = {"probe": ([0.8, 0.7, 0.6, 0.5, 0.5], 0.8, 0.01, ("linear_probe", None)),  # a tie goes to the cheaper
+             "ft": ([0.5, 0.6, 0.9, 0.7, 0.6], 0.7, 0.01, ("two_phase", 0.5)),
+             "multi": ([0.6, 0.65, 0.7, 0.6, 0.6], 0.75, 0.01, ("multi_probe", None)),
+             "ft_clear": ([0.70, 0.74, 0.80, 0.78, 0.7], 0.6, 0.03, ("two_phase", 0.5)),
+             "ft_in_the_noise": ([0.70, 0.74, 0.80, 0.78, 0.7], 0.6, 0.07, ("two_phase", 0.25)),
+             "probe_in_the_noise": ([0.70, 0.74, 0.80, 0.78, 0.7], 0.6, 0.12, ("linear_probe", None))}
+    for name, (accs, multi, se, expect) in cases.items():
+        ft = [{"wise": w, "accuracy": a, "accuracy_se": se, "nll": 1.0} for w, a in zip(cv.WISE_GRID, accs)]
+        mp = [{"wise": 1.0, "accuracy": multi, "accuracy_se": se, "nll": 1.0}]
 
         def fake(cfg, task, root, *, k=3, strategy="two_phase", ft=ft, mp=mp, **kw):
             return {"folds": k, "table": mp if strategy == "multi_probe" else ft, "seconds": 0}

@@ -80,7 +80,7 @@ def test_auto_cv_estimate_is_of_the_chosen_candidate_and_its_table_is_shown(tmp_
                       "compared": 6, "optimistic": True}}
     page = _page(tmp_path, m)
     assert "CV estimate of the chosen candidate (3-fold CV on the training labels): <b>0.360 ± 0.020</b>" in page
-    assert "the best of 6 compared, so optimistic" in page
+    assert "chosen among 6 compared, so optimistic" in page
     chosen = re.findall(r"<tr><td>([^<]+)</td>(?:<td>[^<]*</td>){3}<td>&#10003;</td></tr>", page)
     assert chosen == ["two_phase, WiSE-FT weight 0.25"]
     assert "multi_probe" in page and "linear_probe (the probe)" in page

@@ -38,14 +38,14 @@ def _kept_on_validation(metrics: dict, history: list[dict]) -> tuple[float, str]
 def held_out_html(metrics: dict, history: list[dict]) -> str:
     """The held-out evidence from before testing, under the test score and apart from it: what
     each number estimates (the chosen candidate, the probe, the probe phase of a fine-tuned run)
-    and why it is optimistic (the best of several compared on the same held-out labels)."""
+    and why it is optimistic (chosen among several compared on the same held-out labels)."""
     est = metrics.get("estimate") or {}
     lines = []
     acc = est.get("accuracy")
     se = f" ± {est['accuracy_se']:.3f}" if est.get("accuracy_se") is not None else ""
     folds = f"{est.get('folds')}-fold CV" if est.get("method") == "cv" else "validation"
     kept = _kept_on_validation(metrics, history)
-    best_of = (f"the best of {est['compared']} compared, so optimistic"
+    best_of = (f"chosen among {est['compared']} compared, so optimistic"
                if est.get("optimistic") else "")
     if acc is not None and est.get("of") != "the probe phase":
         if est.get("method") == "cv" and (metrics.get("choice") or {}).get("best"):
@@ -84,10 +84,11 @@ def _auto_table(choice: dict) -> str:
         chosen = (chosen_strategy == "linear_probe" and w == 0) or (chosen_strategy == "two_phase" and w == chosen_wise)
         rows.append([e(name), _num(r.get("accuracy")), _num(r.get("accuracy_se")), _num(r.get("nll")),
                      "&#10003;" if chosen else ""])
-    mp = choice.get("multi_probe_cv")
-    if mp:
-        rows.append(["multi_probe", _num(mp.get("accuracy")), _num(mp.get("accuracy_se")), _num(mp.get("nll")),
-                     "&#10003;" if chosen_strategy == "multi_probe" else ""])
+    for name in ("multi_probe", "contrastive"):
+        r = choice.get(f"{name}_cv")
+        if r:
+            rows.append([name, _num(r.get("accuracy")), _num(r.get("accuracy_se")), _num(r.get("nll")),
+                         "&#10003;" if chosen_strategy == name else ""])
     if not rows:
         return ""
     return table(["candidate", "CV accuracy", "± s.e.", "CV NLL", "chosen"], rows)
