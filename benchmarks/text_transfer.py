@@ -17,6 +17,10 @@ splits depend on the seed only, the N training examples per class on both):
   (oversampled unique pairs, CosineSimilarityLoss, body LR 2e-5, 1 epoch, logistic head) with the
   pair budget of the `contrastive` row (`max_steps` = its steps) and the same `--max-length` (set on
   its body, which otherwise trains at 256 tokens)
+- `auto`          `--strategy auto` as the CLI runs it at few labels: no validation split (the
+  same training and test texts as every other row, given as files), the CLI's defaults but
+  `--max-length` and `--batch-size`; it cross-validates the probe, LP-FT and contrastive fine-tuning
+  over 3 folds of the training labels and trains the winner on every label (`chosen` records which)
 - `finetune_best` (derived, when two or more fine-tuned strategies ran): per seed and shots, the
   fine-tuned strategy with the best validation score, so the choice never looks at the test split;
   its train seconds are the sum of the candidates' (the cost of trying them all)
@@ -56,6 +60,7 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "transferkit" / "demo_data" / "debian_descriptions.csv"
 SKLEARN = ("tfidf", "probe")
+CHOOSERS = ("auto",)  # transferkit's own choice among strategies: not a fine-tuned candidate itself
 PEERS = ("setfit",)  # other libraries, run only when importable
 C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 
@@ -88,7 +93,7 @@ def parse_args(argv=None):
         return args
     from transferkit.strategies import plan_strategy
     for m in args.methods:
-        if m not in SKLEARN + PEERS:
+        if m not in SKLEARN + PEERS + CHOOSERS:
             plan_strategy(m, 7)  # fails early, naming the nearest strategy, on a typo
     return args
 
@@ -178,6 +183,36 @@ def _scores(pred, task) -> dict:
 
 
 # ---------------------------------------------------------------------------------- transferkit
+
+def run_auto(task, seed: int, args, runs_dir: Path):
+    """`--strategy auto` on exactly this task's training and test texts (written as CSV files, no
+    validation split: the few-label protocol the CLI follows), with the CLI's defaults."""
+    import csv
+
+    from transferkit.config import make_config
+    from transferkit.train import train
+    folder = runs_dir / f"auto-{len(task.train)}-seed{seed}"
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    files = {}
+    for name, items in (("train", task.train), ("test", task.test)):
+        files[name] = folder / f"{name}.csv"
+        with open(files[name], "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label"])
+            w.writerows((e.x, e.label) for e in items)
+    cfg = make_config(None, data=str(files["train"]), test=str(files["test"]), backbone=args.backbone,
+                      strategy="auto", seed=seed, val_fraction=0.0, max_length=args.max_length,
+                      batch_size=args.batch_size, out=str(folder / "run"))
+    t0 = time.perf_counter()
+    result = train(cfg, quiet=True)
+    m = result.metrics
+    if m["n_test"] != len(task.test):
+        raise RuntimeError(f"auto scored {m['n_test']} test texts, the benchmark's split has {len(task.test)}")
+    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "train_s": time.perf_counter() - t0,
+            "chosen": (m.get("choice") or {}).get("strategy"), "estimate": (m.get("estimate") or {}).get("accuracy")}
+
 
 def run_strategy(task, strategy: str, shots: int, seed: int, args, runs_dir: Path):
     import csv
@@ -299,7 +334,7 @@ def summarise(results: list[dict], methods: list[str], shots: list[int]) -> list
             for key in ("accuracy", "macro_f1", "train_s", "cpu_s"):
                 if all(key in r for r in cell):
                     row[key], row[key + "_std"] = _mean_std([r[key] for r in cell])
-            if method == "finetune_best":
+            if method in ("finetune_best", "auto"):
                 row["chosen"] = [r["chosen"] for r in cell]
             rows.append(row)
     return rows
@@ -317,10 +352,30 @@ def markdown(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def paired(results: list[dict], bar: str = "setfit") -> str:
+    """Per method and shot count: macro-F1 minus the `bar` row's on the same seed (points), and what
+    auto chose per seed; empty when the bar did not run."""
+    lines = []
+    for (method, n) in dict.fromkeys((r["method"], r["shots"]) for r in results):
+        if method == bar:
+            continue
+        ref = {r["seed"]: r["macro_f1"] for r in results if r["method"] == bar and r["shots"] == n}
+        cell = [r for r in results if r["method"] == method and r["shots"] == n and r["seed"] in ref]
+        if not cell:
+            continue
+        diffs = [100 * (r["macro_f1"] - ref[r["seed"]]) for r in cell]
+        picks = f"; chose {', '.join(str(r.get('chosen')) for r in cell)}" if method == "auto" else ""
+        lines.append(f"- {method}, {n} shots: " + ", ".join(f"seed {r['seed']} {d:+.1f}" for r, d in zip(cell, diffs))
+                     + f" (mean {statistics.fmean(diffs):+.1f}; {sum(d > 0 for d in diffs)}/{len(diffs)} above){picks}")
+    return (f"Macro-F1 minus {bar}'s on the same seed, in points:\n\n" + "\n".join(lines) + "\n") if lines else ""
+
+
 def write_markdown(json_path: Path) -> str:
-    """RESULTS.md beside RESULTS.json: the command that measured it and the summary table."""
+    """RESULTS.md beside RESULTS.json: the command that measured it, the summary table and the
+    per-seed differences from SetFit when it ran."""
     d = json.loads(json_path.read_text())
-    md = f"`{d['command']}`\n\n{d['table']}\n"
+    pairs = paired(d["results"])
+    md = f"`{d['command']}`\n\n{d['table']}\n" + (f"\n{pairs}" if pairs else "")
     json_path.with_suffix(".md").write_text(md)
     return md
 
@@ -335,7 +390,7 @@ def main(argv=None) -> int:
     import sklearn.linear_model  # noqa: F401
 
     from transferkit.data import load_task
-    finetuned = [m for m in args.methods if m not in SKLEARN + PEERS]
+    finetuned = [m for m in args.methods if m not in SKLEARN + PEERS + CHOOSERS]
     skipped = {}
     if "setfit" in args.methods and (why := setfit_missing()):
         skipped["setfit"] = why
@@ -356,6 +411,8 @@ def main(argv=None) -> int:
                         r = run_tfidf(task)
                     elif method == "probe":
                         r = run_probe(task, encoder, seed)
+                    elif method == "auto":
+                        r = run_auto(task, seed, args, runs_dir)
                     elif method == "setfit":
                         r = run_setfit(task, seed, args, pair_steps.get((shots, seed)) or _default_pair_steps(task, args))
                     else:

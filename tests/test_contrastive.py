@@ -48,15 +48,15 @@ def test_batches_group_pairs_of_similar_length():
 
 
 def test_options_and_plan():
-    assert parse_options("") == {"pairs": None, "lr": 2e-5}
-    assert parse_options("pairs=64,lr=1e-4") == {"pairs": 64, "lr": 1e-4}
-    for bad in ("pairs=x", "size=3", "pairs=0", "lr=-1"):
+    assert parse_options("") == {"pairs": None, "lr": 2e-5, "wise": 0.75}
+    assert parse_options("pairs=64,lr=1e-4,wise=1") == {"pairs": 64, "lr": 1e-4, "wise": 1.0}
+    for bad in ("pairs=x", "size=3", "pairs=0", "lr=-1", "wise=0", "wise=1.5", "wise=x"):
         with pytest.raises(ValueError):
             parse_options(bad)
     plan = plan_strategy("contrastive:pairs=64", 7)
     assert [p.name for p in plan.phases] == ["contrastive", "head"]
     assert plan.phases[0].frozen == [] and plan.phases[1].head_only
-    assert plan.contrastive == {"pairs": 64, "lr": 2e-5}
+    assert plan.contrastive == {"pairs": 64, "lr": 2e-5, "wise": 0.75}
 
 
 def _encoder_moved(run, bert) -> float:
@@ -74,6 +74,20 @@ def test_cli_trains_encoder_then_head(texts_csv, tiny_bert_dir, tmp_path, capsys
     state = json.loads((run / "last" / "state.json").read_text())["run_state"]
     assert state["done"] and state["global_step"] == 3  # 24 pairs / batch 8
     assert state["head_fit"]["C"] is not None  # the logistic head, fitted after the encoder moved
+
+
+def test_kept_encoder_lies_between_the_source_and_the_trained_one(texts_csv, tiny_bert_dir, tmp_path, capsys):  # noqa: F811
+    # the same pairs and steps (same seed); wise=1 keeps the trained encoder, wise=0.5 the midpoint
+    trained, half = tmp_path / "w1", tmp_path / "w05"
+    assert _train(texts_csv, trained, tiny_bert_dir, strategy="contrastive:pairs=24,lr=1e-3,wise=1") == 0
+    assert _train(texts_csv, half, tiny_bert_dir, strategy="contrastive:pairs=24,lr=1e-3,wise=0.5") == 0
+    capsys.readouterr()
+    a, b, source = load_file(str(trained / "model.safetensors")), load_file(str(half / "model.safetensors")), \
+        _source_weights(tiny_bert_dir)
+    mixed = [k for k in source if k in a and a[k].is_floating_point()]
+    assert mixed and max((a[k].float() - source[k].float()).abs().max().item() for k in mixed) > 1e-4
+    for k in mixed:
+        torch.testing.assert_close(b[k].float(), 0.5 * (a[k].float() + source[k].float()), atol=1e-6, rtol=1e-5)
 
 
 def test_resume_is_exact(texts_csv, tiny_bert_dir, tmp_path, capsys):  # noqa: F811
@@ -94,3 +108,32 @@ def test_refuses_image_backbones_and_regularizers(texts_csv, tiny_bert_dir, imag
     assert not (tmp_path / "img").exists()
     assert _train(texts_csv, tmp_path / "reg", tiny_bert_dir, "--reg", "l2sp:0.01", strategy="contrastive") != 0
     assert "takes no --reg" in capsys.readouterr().err
+
+
+def test_auto_cross_validates_contrastive_for_text_and_trains_it_when_it_wins(texts_csv, tiny_bert_dir,  # noqa: F811
+                                                                              tmp_path, monkeypatch, capsys):
+    from transferkit.choose import cv
+    real = cv.cv_finetune
+    seen = []
+
+    def contrastive_best(cfg, task, root, *, strategy="two_phase", **kw):  # the real folds, then a verdict
+        out = real(cfg, task, root, strategy=strategy, **kw)
+        seen.append((strategy, len(out["table"])))
+        for r in out["table"]:
+            r["accuracy"], r["accuracy_se"] = (0.9, 0.05) if strategy == "contrastive" else (0.5, 0.05)
+        return out
+    monkeypatch.setattr(cv, "cv_finetune", contrastive_best)
+    run = tmp_path / "auto"
+    assert main(["train", str(texts_csv), "--backbone", f"hf:{tiny_bert_dir}", "--max-length", "32",
+                 "--batch-size", "8", "--steps", "3", "--shots", "5", "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    # LP-FT at every WiSE weight, then contrastive fine-tuning (one row: its endpoint), on the same folds
+    assert seen == [("two_phase", 5), ("contrastive", 1)]
+    choice = json.loads((run / "auto" / "choice.json").read_text())
+    assert choice["strategy"] == "contrastive" and choice["contrastive_cv"]["accuracy"] == 0.9
+    assert choice["compared"] == 6
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["choice"]["strategy"] == "contrastive"
+    assert _encoder_moved(run, tiny_bert_dir) > 0  # the final run trained the encoder on pairs
+    # the report's table of auto's candidates has its row, marked as chosen
+    assert "<td>contrastive</td><td>0.900</td>" in (run / "report.html").read_text()

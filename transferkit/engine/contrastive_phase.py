@@ -1,7 +1,8 @@
 """The encoder phase of `--strategy contrastive`: pairs of training texts, a cosine-similarity loss
 on mean-pooled features, length-sorted batches (the pairs, batches and loss are in
-transferkit/strategies/contrastive.py, with the rationale). The head is fitted afterwards by the
-head phase, on the features of the encoder as this phase leaves it."""
+transferkit/strategies/contrastive.py, with the rationale). At its end the encoder is interpolated
+towards the source (`wise=W`); the head is fitted afterwards by the head phase, on the features of
+the encoder as this phase leaves it."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from ..store import checkpoint as ck
 from ..strategies import freeze_stages, param_groups
 from ..strategies.contrastive import MAX_PAIRS, PAIRS_PER_TEXT, cosine_pair_loss, make_pairs, pair_batches
 from .resume import restore_optimizer_and_rng
-from .selection import stop_or_checkpoint
+from .selection import save_model, stop_or_checkpoint
+
+START = "contrastive_start.safetensors"  # the source encoder, the other end of the interpolation
 from .tracking import log_step
 
 
@@ -53,6 +56,9 @@ def contrastive_phase(model, cfg, state, phase, n_steps: int, train_items: list,
         n_pos = sum(1 for p in pairs if p[2] == 1.0)
         log(f"contrastive: {len(pairs)} pairs ({n_pos} same-class, {len(pairs) - n_pos} different-class) "
             f"from {len(texts)} texts, {len(batches)} length-sorted batches of {cfg.batch_size}")
+    wise = opts.get("wise", 1.0)
+    if wise < 1 and not resume and state.step == 0:  # kept on disk: a resumed phase mixes with it too
+        save_model(run / START, model)
     freeze_stages(model, phase.frozen, head=False)  # the head is fitted afterwards, on the new features
     groups = param_groups(model, phase, lr=opts["lr"], weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
     optimizer = make_optimizer(cfg, groups)
@@ -98,5 +104,19 @@ def contrastive_phase(model, cfg, state, phase, n_steps: int, train_items: list,
             return True
     if bar is not None:
         bar.close()
+    if wise < 1:
+        _interpolate_encoder(model, run / START, wise)
+        log(f"contrastive: encoder kept = {1 - wise:g} x source + {wise:g} x trained (wise={wise:g})")
     model.eval()
     return False
+
+
+@torch.no_grad()
+def _interpolate_encoder(model, start: Path, wise: float) -> None:
+    """Every floating-point weight of the backbone becomes (1 - wise) x its value in `start` (the
+    source, saved when the phase began) + wise x its trained value; the head is fitted afterwards."""
+    source = ck.load_tensors(start)
+    for name, t in model.backbone.state_dict().items():
+        if t.is_floating_point():
+            t.copy_(((1 - wise) * source["backbone." + name].to(t.device, torch.float32)
+                     + wise * t.float()).to(t.dtype))

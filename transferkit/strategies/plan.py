@@ -11,7 +11,7 @@ A strategy string becomes a `Plan` of one or more `Phase`s:
                    unfreeze everything and train with backbone LR = head LR x `backbone_lr_mult`
 - `stages:A-B[,C]` (or `freeze=stages:A-B`): freeze exactly those stage indices
 - `lora:r=R[,alpha=A]` low-rank adapters on a text encoder (PEFT): head fit first, then adapters + head
-- `contrastive[:pairs=N,lr=X]` a text encoder fine-tuned on same/different-class pairs (SetFit-style),
+- `contrastive[:pairs=N,lr=X,wise=W]` a text encoder fine-tuned on same/different-class pairs (SetFit-style),
                    then the head fitted on its new features (transferkit/strategies/contrastive.py)
 """
 
