@@ -132,6 +132,8 @@ def test_auto_cross_validates_contrastive_for_text_and_trains_it_when_it_wins(te
     choice = json.loads((run / "auto" / "choice.json").read_text())
     assert choice["strategy"] == "contrastive" and choice["contrastive_cv"]["accuracy"] == 0.9
     assert choice["compared"] == 6
+    # the folds keep their weights but not contrastive's copy of the source encoder (tens of MB each)
+    assert sorted(p.name for p in (run / "auto" / "cv_contrastive").glob("fold*/*.safetensors")) == ["model.safetensors"] * 3
     m = json.loads((run / "metrics.json").read_text())
     assert m["choice"]["strategy"] == "contrastive"
     assert _encoder_moved(run, tiny_bert_dir) > 0  # the final run trained the encoder on pairs

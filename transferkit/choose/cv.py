@@ -26,6 +26,7 @@ import torch
 
 from ..config import TrainConfig, read_config
 from ..data import Task, cv_folds
+from ..engine.contrastive_phase import START as CONTRASTIVE_START
 from ..engine.selection import WISE_GRID
 
 
@@ -96,8 +97,8 @@ def cv_finetune(cfg: TrainConfig, task: Task, root: Path, *, k: int = 3, grid=WI
             shutil.rmtree(run)  # an unfinished fold of ours: start it again
         result = fit(fcfg, log=lambda *a, **kw: None, progress=False, evaluate_test=False, task=sub, spare=spare)
         rows = _held_out_scores(run, fcfg, task.classes, held_out, grid, model=result.model)
-        for heavy in ("last",):
-            shutil.rmtree(run / heavy, ignore_errors=True)
+        shutil.rmtree(run / "last", ignore_errors=True)  # the fold's weights stay; its resume state goes
+        (run / CONTRASTIVE_START).unlink(missing_ok=True)  # contrastive's copy of the source encoder
         record.write_text(json.dumps({"config": fcfg.to_dict(), "rows": rows}, indent=2) + "\n")
         per_fold.append(rows)
         log(f"  fold {i + 1}/{len(folds)}: held-out accuracy "

@@ -19,9 +19,9 @@ from ..strategies import freeze_stages, param_groups
 from ..strategies.contrastive import MAX_PAIRS, PAIRS_PER_TEXT, cosine_pair_loss, make_pairs, pair_batches
 from .resume import restore_optimizer_and_rng
 from .selection import save_model, stop_or_checkpoint
+from .tracking import log_step
 
 START = "contrastive_start.safetensors"  # the source encoder, the other end of the interpolation
-from .tracking import log_step
 
 
 def n_pairs(opts: dict, cfg, n_train: int, gradient_steps: int | None = None) -> int:
@@ -57,7 +57,7 @@ def contrastive_phase(model, cfg, state, phase, n_steps: int, train_items: list,
         log(f"contrastive: {len(pairs)} pairs ({n_pos} same-class, {len(pairs) - n_pos} different-class) "
             f"from {len(texts)} texts, {len(batches)} length-sorted batches of {cfg.batch_size}")
     wise = opts.get("wise", 1.0)
-    if wise < 1 and not resume and state.step == 0:  # kept on disk: a resumed phase mixes with it too
+    if wise < 1 and state.step == 0 and not (run / START).exists():  # on disk: a resumed phase mixes with it too
         save_model(run / START, model)
     freeze_stages(model, phase.frozen, head=False)  # the head is fitted afterwards, on the new features
     groups = param_groups(model, phase, lr=opts["lr"], weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
