@@ -294,10 +294,14 @@ def run_setfit(task, seed: int, args, max_steps: int):
     model.model_body.max_seq_length = args.max_length
     _plain_fingerprints()
     train = Dataset.from_dict({"text": [e.x for e in task.train], "label": _labels(task.train, task).tolist()})
-    targs = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="tk-setfit-"), batch_size=args.batch_size, num_epochs=1, max_steps=max_steps,
+    scratch = tempfile.mkdtemp(prefix="tk-setfit-")  # the trainer wants a folder; nothing is kept in it
+    targs = TrainingArguments(output_dir=scratch, batch_size=args.batch_size, num_epochs=1, max_steps=max_steps,
                               max_length=args.max_length, seed=seed, show_progress_bar=False,
                               report_to="none", save_strategy="no", logging_strategy="no")
-    Trainer(model=model, args=targs, train_dataset=train).train()
+    try:
+        Trainer(model=model, args=targs, train_dataset=train).train()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     seconds = time.perf_counter() - t0
     pred = np.asarray(model.predict([e.x for e in task.test], batch_size=64, as_numpy=True))
     return {**_scores(pred, task), "train_s": seconds, "steps": max_steps}
