@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # the seeds the defaults (WISE_DEFAULT, epochs, TTA and probe views, block scaling) were tuned on:
 # numbers on them are optimistic; report seeds are the others. Seeds 3-5 were report seeds until
-# auto's selection rule was chosen on 0-5 (results/auto_rules_*.md): the report seeds are now 6-8.
+# auto's selection rule was chosen on 0-5 (results/auto_rules.md): the report seeds are now 6-8.
 DEV_SEEDS = (0, 1, 2, 3, 4, 5)
 
 VARIANTS = {
