@@ -368,13 +368,6 @@ def _kept(cells: dict, d: str, row: str) -> str:
     return f"‖Δw‖/‖w‖ median {100 * np.median(xs):.2f}% (min {100 * min(xs):.2f}%, {len(xs)} runs)"
 
 
-def _candidates(table: list[dict], multi: dict | None) -> list[tuple[str, float | None, dict]]:
-    """auto's candidates from one cell's cross-validation, cheapest first: the probe (w = 0), the
-    multi-stage probe, and LP-FT at each WiSE weight above 0."""
-    return [("linear_probe", None, table[0])] + ([("multi_probe", None, multi)] if multi else []) \
-        + [("two_phase", r["wise"], r) for r in table[1:]]
-
-
 def _rule_accuracy(c):  # the best held-out accuracy; ties to the cheaper
     return max(c, key=lambda x: round(x[2]["accuracy"], 9))
 
@@ -383,20 +376,15 @@ def _rule_nll(c):  # the lowest held-out log loss (a proper score: less noisy th
     return min(c, key=lambda x: x[2]["nll"])
 
 
-def _rule_one_se(c):  # Breiman's one-standard-error rule: the cheapest within one SE of the best
-    best = _rule_accuracy(c)
-    return next(x for x in c if x[2]["accuracy"] >= best[2]["accuracy"] - best[2].get("accuracy_se", 0))
-
-
 def _rule_accuracy_then_nll(c):  # the best accuracy; of those within one SE of it, the lowest log loss
     best = _rule_accuracy(c)
     near = [x for x in c if x[2]["accuracy"] >= best[2]["accuracy"] - best[2].get("accuracy_se", 0)]
     return min(near, key=lambda x: x[2]["nll"])
 
 
-# selection rules auto could use on the same cross-validated evidence (--auto-rules compares them)
-RULES = {"accuracy": _rule_accuracy, "nll": _rule_nll, "one_se": _rule_one_se,
-         "accuracy_then_nll": _rule_accuracy_then_nll}
+# rules auto could use instead on the same candidates (transferkit.choose.auto.pick's list, cheapest
+# first); --auto-rules compares them with what pick does
+RULES = {"accuracy": _rule_accuracy, "nll": _rule_nll, "accuracy_then_nll": _rule_accuracy_then_nll}
 
 
 def rules_section(results: list[dict], source: str) -> list[str]:
@@ -411,8 +399,8 @@ def rules_section(results: list[dict], source: str) -> list[str]:
         elif r["kind"] == "ft" and r.get("variant") == "default" and r["cv"]:
             c.update(cv=r["cv"], cv_multi=r.get("cv_multi_probe"), test_by_wise=r["test_by_wise"])
     cells = {k: c for k, c in cells.items() if "cv" in c and c.get("strong_probe") is not None}
-    rules = {"product (transferkit.choose.auto.pick)": lambda cand, t, m: pick(t, m)[:2],
-             **{n: (lambda f: lambda cand, t, m: f(cand)[:2])(f) for n, f in RULES.items()}}
+    rules = {"product (transferkit.choose.auto.pick)": lambda t, m: pick(t, m)[:2],
+             **{n: (lambda t, m, f=f: f(pick(t, m)[3])[:2]) for n, f in RULES.items()}}
     seeds = sorted({k[2] for k in cells})
     kind = "report" if not set(seeds) & set(DEV_SEEDS) else \
         ("development" if set(seeds) <= set(DEV_SEEDS) else "development and report")
@@ -428,7 +416,7 @@ def rules_section(results: list[dict], source: str) -> list[str]:
                 c = cells.get((d, s, sd))
                 if not c:
                     continue
-                strategy, w = rule(_candidates(c["cv"], c["cv_multi"]), c["cv"], c["cv_multi"])
+                strategy, w = rule(c["cv"], c["cv_multi"])
                 acc = c["test_by_wise"][str(w)] if strategy == "two_phase" else c[strategy]
                 ds.append(100 * (acc - c["strong_probe"]))
             allds += ds
@@ -446,10 +434,10 @@ def rules_page(runs: dict[str, list[dict]], command: str) -> str:
              "Every rule sees the same cross-validated table (the probe, each WiSE-FT weight of LP-FT, the "
              "multi-stage probe: held-out accuracy ± standard error over 3 folds of the training labels, and "
              "log loss); the test accuracy of its pick is that candidate trained on every label. Rules: "
-             "`accuracy` the best held-out accuracy (ties to the cheaper), `nll` the lowest held-out log loss, "
-             "`one_se` the cheapest within one standard error of the best accuracy, `accuracy_then_nll` the "
-             "lowest log loss within one standard error of the best accuracy; `product` is what "
-             "`transferkit.choose.auto.pick` does now. Cells: the paired difference from strong_probe in points, "
+             "`product` is what `transferkit.choose.auto.pick` does now (since this comparison: the one-standard-"
+             "error rule, the cheapest candidate within one standard error of the best accuracy); `accuracy` the "
+             "best held-out accuracy (ties to the cheaper; auto's rule before), `nll` the lowest held-out log "
+             "loss, `accuracy_then_nll` the lowest log loss within one standard error of the best accuracy. Cells: the paired difference from strong_probe in points, "
              "per seed; their mean. `worst`: the lowest seed over the run.", ""]
     for source, results in runs.items():
         lines += rules_section(results, source)
@@ -541,6 +529,9 @@ def main() -> None:
                          "section per file (writes --out .md; nothing is trained)")
     a = ap.parse_args()
     if a.auto_rules:
+        for p in a.auto_rules:
+            if not Path(p).is_file():
+                ap.error(f"--auto-rules {p}: no such file (a results .jsonl that fewshot.py wrote)")
         cmd = "python benchmarks/fewshot.py " + " ".join(sys.argv[1:])
         page = rules_page({p: [json.loads(x) for x in Path(p).read_text().splitlines()] for p in a.auto_rules}, cmd)
         if a.out != OUT_DEFAULT:

@@ -90,6 +90,21 @@ def test_kept_encoder_lies_between_the_source_and_the_trained_one(texts_csv, tin
         torch.testing.assert_close(b[k].float(), 0.5 * (a[k].float() + source[k].float()), atol=1e-6, rtol=1e-5)
 
 
+def test_a_run_resumed_without_the_source_copy_keeps_the_trained_encoder(texts_csv, tiny_bert_dir,  # noqa: F811
+                                                                        tmp_path, capsys):
+    # a run begun before contrastive kept a copy of the source encoder ends as it would have then
+    strategy = "contrastive:pairs=32,lr=1e-3"
+    whole, part = tmp_path / "w1", tmp_path / "part"
+    assert _train(texts_csv, whole, tiny_bert_dir, strategy=strategy + ",wise=1") == 0
+    assert _train(texts_csv, part, tiny_bert_dir, "--stop-after", "2", strategy=strategy) == 0
+    (part / "contrastive_start.safetensors").unlink()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(part)]) == 0
+    assert "no copy of the source encoder" in capsys.readouterr().out
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(part / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_is_exact(texts_csv, tiny_bert_dir, tmp_path, capsys):  # noqa: F811
     whole, part = tmp_path / "whole", tmp_path / "part"
     strategy = "contrastive:pairs=32,lr=1e-3"

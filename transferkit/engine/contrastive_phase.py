@@ -104,9 +104,12 @@ def contrastive_phase(model, cfg, state, phase, n_steps: int, train_items: list,
             return True
     if bar is not None:
         bar.close()
-    if wise < 1:
+    if wise < 1 and (run / START).exists():
         _interpolate_encoder(model, run / START, wise)
         log(f"contrastive: encoder kept = {1 - wise:g} x source + {wise:g} x trained (wise={wise:g})")
+    elif wise < 1:  # a run begun by a transferkit that kept no copy (it kept the trained encoder), resumed now
+        log(f"contrastive: no copy of the source encoder in {run} ({START}): the trained encoder is kept, "
+            f"as when the run began (wise={wise:g} not applied)")
     model.eval()
     return False
 

@@ -21,10 +21,10 @@ Options, `contrastive[:key=value,...]`:
              closed form afterwards and takes no learning rate.
 - `wise=W`   after the pairs, the encoder kept is (1 - W) x the source encoder + W x the trained one,
              weight by weight (WiSE-FT, Wortsman et al., 2022), and the head is fitted on its features.
-             Default WISE, 0.75: on the text benchmark's development seeds (0-2, 16 labels per class)
-             0.75 scored above the trained encoder (1) on every seed (+0.6 points macro-F1 on
-             average); choosing W on the validation split did worse than either. `wise=1` keeps the
-             trained encoder.
+             Default WISE, 0.75: on the text benchmark's development seeds (0-2, 16 labels per class;
+             results/text_contrastive_wise_dev.md) 0.75 scored +0.0, +0.5 and +0.2 macro-F1 points
+             over the trained encoder (1); in an exploration with a scikit-learn head, choosing W on
+             the validation split did worse than either. `wise=1` keeps the trained encoder.
 
 Pairs (`make_pairs`): in rounds, every training text in a seeded random order is the anchor of one
 positive pair (a random other text of its class) and one negative pair (a random text of another
