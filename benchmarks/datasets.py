@@ -10,12 +10,19 @@
   (brick, concrete, metal, rock, rust, soil, wood), each made of 5-8 distinct source textures, 80 seeded
   random crops per family (a quarter to a half of the texture, flipped and turned, 96x96 PNG) — close-up
   surfaces, far from ImageNet's object photos. Skipped, with a message, when the package is missing.
+- `animals`: Animal-MNIST (PyPI `animal-mnist` 0.4, MIT: 10 animals, 1,000 white-on-black silhouettes of
+  28x28 pixels each, read from the package's own files; install with `pip install --no-deps
+  animal-mnist==0.4`, its TensorFlow requirement is for loaders not used here): exact duplicates
+  dropped (284 of 10,000), then 300 per class in a seeded order, written as 32x32 grayscale-as-RGB
+  PNGs — shapes with no texture or colour, the set with room for 100 labels per class. Skipped, with
+  a message, when the package is missing.
 - `text`: the demo text set (Debian package descriptions -> section, 10 sections x 200).
 """
 
 from __future__ import annotations
 
 import io
+import pickle
 import random
 import sys
 import zipfile
@@ -131,13 +138,71 @@ def textures_folder(root: str | Path, per_class: int = 80, size: int = 96, seed:
     return root
 
 
-IMAGE_SETS = ("clipart", "digits", "textures")
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles numpy arrays and nothing else (a data file is not a reason to run code)."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name}: not a numpy array")
+        return super().find_class(module, name)
+
+
+def animals_folder(root: str | Path, per_class: int = 300, size: int = 32, seed: int = 0) -> Path | None:
+    """Write Animal-MNIST as DATA/<animal>/<index>.png (idempotent: a `.complete` marker; deterministic
+    for a seed) and return the folder, or None, with a message on stderr, without the package."""
+    import gzip
+    import hashlib
+    import importlib.util
+
+    from PIL import Image
+
+    root = Path(root)
+    done = root / ".complete"
+    if done.exists():
+        return root
+    spec = importlib.util.find_spec("animal_mnist")
+    if spec is None or not spec.submodule_search_locations:
+        print("animals: skipped: the package animal-mnist is not installed "
+              "(pip install --no-deps animal-mnist==0.4)", file=sys.stderr)
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0]) / "data" / "Animal_MNIST"
+    with gzip.open(folder / "animal_data_version_3.gz", "rb") as f:
+        images = np.asarray(_ArraysOnly(f).load())
+    with gzip.open(folder / "animal_label_version_3.gz", "rb") as f:
+        labels = np.asarray(_ArraysOnly(f).load())
+    if images.shape[1:] != (28, 28) or len(images) != len(labels):
+        print(f"animals: skipped: {folder} holds {images.shape} images, {labels.shape} labels", file=sys.stderr)
+        return None
+    seen, keep = set(), []
+    for i, img in enumerate(images):  # an image and its exact copy must not land in train and test
+        h = hashlib.sha1(np.ascontiguousarray(img).tobytes()).hexdigest()
+        if h not in seen:
+            seen.add(h)
+            keep.append(i)
+    order = np.random.default_rng(seed).permutation(np.asarray(keep))
+    for c, name in enumerate(ANIMALS):
+        out = root / name
+        out.mkdir(parents=True, exist_ok=True)
+        for i in [i for i in order if labels[i] == c][:per_class]:
+            Image.fromarray(images[i].astype(np.uint8), "L").resize((size, size), Image.BILINEAR) \
+                .convert("RGB").save(out / f"{i:05d}.png")
+    done.write_text("ok\n")
+    return root
+
+
+# Animal-MNIST's label order (its README)
+ANIMALS = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra")
+IMAGE_SETS = ("clipart", "digits", "textures", "animals")
 
 
 def image_datasets(tmp: str | Path, names: tuple[str, ...] | list[str] = IMAGE_SETS) -> dict[str, Path]:
     """The image sets by name, built under `tmp` (only those in `names`); a set that cannot be built here
-    (textures without its Debian package) is left out, with a message on stderr."""
+    (textures without its Debian package, animals without its pip package) is left out, with a message on stderr."""
     builders = {"clipart": lambda: CLIPART, "digits": lambda: digits_folder(Path(tmp) / "digits"),
-                "textures": lambda: textures_folder(Path(tmp) / "textures")}
+                "textures": lambda: textures_folder(Path(tmp) / "textures"),
+                "animals": lambda: animals_folder(Path(tmp) / "animals")}
     sets = {name: builders[name]() for name in IMAGE_SETS if name in names}
     return {name: path for name, path in sets.items() if path is not None}
