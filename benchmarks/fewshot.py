@@ -247,7 +247,7 @@ def run_job(job: dict) -> dict:
 
 
 def summarise(results: list[dict], variants: list[str]) -> tuple[str, dict]:
-    from transferkit.choose.auto import pick
+    from transferkit.choose.auto import ONE_LABEL_WISE, pick
     from transferkit.engine.selection import WISE_DEFAULT
     cells: dict = {}
     for r in results:
@@ -272,7 +272,8 @@ def summarise(results: list[dict], variants: list[str]) -> tuple[str, dict]:
             c[f"t:two_phase[{v}]"] = r["final_seconds"]
             if "moved" in r:
                 c["moved:ft"] = r["moved"]
-            strategy, w = ("two_phase", WISE_DEFAULT) if not r["cv"] else pick(r["cv"], r.get("cv_multi_probe"))[:2]
+            # no folds (one label in a class): auto's fixed choice
+            strategy, w = ("two_phase", ONE_LABEL_WISE) if not r["cv"] else pick(r["cv"], r.get("cv_multi_probe"))[:2]
             c[f"auto_pick[{v}]"] = strategy
             c[f"t:auto[{v}]"] = r["seconds"]
             c[f"auto[{v}]"] = curve[str(w)] if strategy == "two_phase" else strategy
@@ -446,6 +447,63 @@ def rules_page(runs: dict[str, list[dict]], command: str) -> str:
     return "\n".join(lines)
 
 
+def fixed_section(results: list[dict], source: str) -> list[str]:
+    """Cells where auto has no held-out evidence (a class with one label: no fold can be formed), so
+    what it trains is fixed in advance: each fixed candidate's paired difference from strong_probe
+    (per data set: per seed, and the mean; over the run: mean and worst seed)."""
+    from transferkit.choose.cv import WISE_GRID
+    cells: dict = {}
+    for r in results:
+        c = cells.setdefault((r["dataset"], r["shots"], r["seed"]), {})
+        if r["kind"] == "features":
+            c.update(strong_probe=r.get("strong_probe"), linear_probe=r["linear_probe"],
+                     multi_probe=r.get("multi_probe"))
+        elif r["kind"] == "ft" and r.get("variant") == "default" and not r["cv"]:
+            c["test_by_wise"] = r["test_by_wise"]
+    cells = {k: c for k, c in cells.items() if "test_by_wise" in c and c.get("strong_probe") is not None}
+    if not cells:
+        return [f"## `{source}`", "", "No cell without held-out evidence (every cell could form folds).", ""]
+    seeds = sorted({k[2] for k in cells})
+    kind = "report" if not set(seeds) & set(DEV_SEEDS) else \
+        ("development" if set(seeds) <= set(DEV_SEEDS) else "development and report")
+    groups = sorted({k[:2] for k in cells})
+    candidates = [("linear_probe", None), ("multi_probe", None)] + [("two_phase", w) for w in WISE_GRID if w > 0]
+    lines = [f"## Seeds {', '.join(map(str, seeds))} ({kind} seeds; `{source}`)", "",
+             "| fixed choice | " + " | ".join(f"{d} {s} shots" for d, s in groups) + " | mean | worst |",
+             "|---|" + "---:|" * (len(groups) + 2)]
+    for strategy, w in candidates:
+        cols, allds = [], []
+        for d, s in groups:
+            ds = []
+            for sd in seeds:
+                c = cells.get((d, s, sd))
+                acc = None if not c else (c["test_by_wise"].get(str(w)) if strategy == "two_phase" else c.get(strategy))
+                if acc is not None:
+                    ds.append(100 * (acc - c["strong_probe"]))
+            allds += ds
+            cols.append(" ".join(f"{x:+.1f}" for x in ds) + f"; {np.mean(ds):+.1f}" if ds else "–")
+        name = f"two_phase, WiSE-FT weight {w:g}" if strategy == "two_phase" else strategy
+        lines.append(f"| {name} | " + " | ".join(cols) + (f" | {np.mean(allds):+.2f} | {min(allds):+.1f} |"
+                                                          if allds else " | – | – |"))
+    return lines + [""]
+
+
+def fixed_page(runs: dict[str, list[dict]], command: str) -> str:
+    """What each fixed choice scores where auto cannot cross-validate (one label in a class), from
+    runs' recorded test accuracies: chosen on development seeds, checked on report seeds."""
+    from transferkit.choose.auto import ONE_LABEL_WISE
+    lines = ["# auto without held-out evidence: the fixed choice", "", f"`{command}`", "",
+             "With one label in some class no fold can be formed, so `auto` cannot compare candidates on held-out "
+             "labels and trains one chosen in advance. Each row is one such choice, scored by its test accuracy "
+             "trained on every label (recorded by the run; nothing trained again): the probe, the multi-stage "
+             "probe, or LP-FT at a WiSE-FT weight. Cells: the paired difference from strong_probe in points, per "
+             "seed; their mean. `worst`: the lowest seed over the run. `auto` trains LP-FT at WiSE-FT weight "
+             f"{ONE_LABEL_WISE:g} there (transferkit.choose.auto.ONE_LABEL_WISE), chosen on development seeds only.", ""]
+    for source, results in runs.items():
+        lines += fixed_section(results, source)
+    return "\n".join(lines)
+
+
 OUT_DEFAULT = "benchmarks/results/fewshot"
 DEFAULT_LIMIT_S = 300   # the issue's limit: the default run on 45 images at 224 px within 5 minutes on 2 cores
 
@@ -527,13 +585,18 @@ def main() -> None:
     ap.add_argument("--auto-rules", metavar="RESULTS_JSONL", nargs="+",
                     help="only compare auto's selection rules on finished runs' recorded evidence, one "
                          "section per file (writes --out .md; nothing is trained)")
+    ap.add_argument("--fixed-choices", metavar="RESULTS_JSONL", nargs="+",
+                    help="only score the fixed choices auto could make where it cannot cross-validate (one "
+                         "label per class) on finished runs' recorded test accuracies (writes --out .md)")
     a = ap.parse_args()
-    if a.auto_rules:
-        for p in a.auto_rules:
+    if a.auto_rules or a.fixed_choices:
+        flag, files = ("--auto-rules", a.auto_rules) if a.auto_rules else ("--fixed-choices", a.fixed_choices)
+        for p in files:
             if not Path(p).is_file():
-                ap.error(f"--auto-rules {p}: no such file (a results .jsonl that fewshot.py wrote)")
+                ap.error(f"{flag} {p}: no such file (a results .jsonl that fewshot.py wrote)")
         cmd = "python benchmarks/fewshot.py " + " ".join(sys.argv[1:])
-        page = rules_page({p: [json.loads(x) for x in Path(p).read_text().splitlines()] for p in a.auto_rules}, cmd)
+        make = rules_page if a.auto_rules else fixed_page
+        page = make({p: [json.loads(x) for x in Path(p).read_text().splitlines()] for p in files}, cmd)
         if a.out != OUT_DEFAULT:
             Path(f"{a.out}.md").write_text(page)
         print(page)

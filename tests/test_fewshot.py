@@ -297,6 +297,13 @@ def test_auto_follows_the_cross_validated_evidence(image_folder, tmp_path, monke
     # a random-init backbone is fine-tuned whole; with a validation split, LP-FT chooses on it
     assert auto.resolve_auto(make_config(None, data=str(image_folder), backbone=TINY, out=str(tmp_path / "r")),
                              log=lambda *a: None)[0].strategy == "full"
+    # one label per class: no fold can be formed, so LP-FT at the weight chosen in advance for it
+    monkeypatch.setattr(cv, "cv_finetune", lambda *a, **kw: None)
+    one = make_config(None, data=str(image_folder), backbone="bundled:efficientnet_lite0",
+                      out=str(tmp_path / "one"), shots=1)
+    chosen, info = auto.resolve_auto(one, log=lambda *a: None)
+    assert (chosen.strategy, chosen.wise) == ("two_phase", auto.ONE_LABEL_WISE) == ("two_phase", 0.25)
+    assert "no held-out evidence" in info["reason"]
 
 
 def test_auto_end_to_end_never_reads_the_test_split_before_the_final_score(image_folder, tmp_path, monkeypatch):
@@ -370,3 +377,4 @@ def test_report_curves_without_a_validation_split_draw_without_warnings():
         warnings.simplefilter("error")
         uri = _curves([{"step": 0, "train_loss": 2.0}, {"step": 5, "train_loss": 1.0}])
     assert uri.startswith("data:image/png;base64,")
+
