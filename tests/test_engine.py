@@ -84,6 +84,26 @@ def test_train_writes_the_run(trained):
     from transferkit.config import read_config
     cfg = read_config(run / "config.yaml")
     assert (cfg.backbone, cfg.strategy, cfg.steps, cfg.image_size) == (TINY, "two_phase", 3, 32)
+    assert cfg.backbone_lr_mult == 0.1  # unset: resolved for 12 labels per class, and recorded as a number
+
+
+def test_backbone_lr_default_follows_labels_per_class_and_modality():
+    """Unset, the backbone trains at the head's LR for an image classifier with more than 20 labels
+    per class and at a tenth of it otherwise; a given value is kept."""
+    from transferkit.config import make_config
+    from transferkit.data import Example, Task
+    from transferkit.engine.fit import default_backbone_lr_mult
+
+    def task(modality, per_class):
+        items = [Example(f"{c}{i}", c) for c in "ab" for i in range(per_class)]
+        return Task(modality, ["a", "b"], items, [], [])
+    cfg = make_config(None, data="DATA", out="RUN")
+    assert cfg.backbone_lr_mult is None
+    assert default_backbone_lr_mult(cfg, task("image", 21)) == 1.0
+    assert default_backbone_lr_mult(cfg, task("image", 20)) == 0.1
+    assert default_backbone_lr_mult(cfg, task("text", 100)) == 0.1
+    given = make_config(None, data="DATA", out="RUN", backbone_lr_mult=0.3)
+    assert default_backbone_lr_mult(given, task("image", 100)) == 0.3
 
 
 def test_evaluate_agrees_with_predict(trained, capsys):

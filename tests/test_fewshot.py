@@ -378,3 +378,18 @@ def test_report_curves_without_a_validation_split_draw_without_warnings():
         uri = _curves([{"step": 0, "train_loss": 2.0}, {"step": 5, "train_loss": 1.0}])
     assert uri.startswith("data:image/png;base64,")
 
+
+def test_cv_folds_train_the_final_runs_backbone_lr(tmp_path):
+    """A fold holds two thirds of the labels: at 24 per class it has 16 (few), the final run 24
+    (more than few). The folds must train the recipe the final run trains, so the backbone LR
+    default is settled on the whole training split and recorded in each fold's config."""
+    from transferkit.choose.cv import cv_finetune
+    from transferkit.config import make_config
+    data = write_image_folder(tmp_path / "images", per_class=24)
+    task = load_task(str(data), val_fraction=0.0, test_fraction=0.0)
+    cfg = make_config(None, data=str(data), backbone=TINY, out=str(tmp_path / "run"), steps=1, batch_size=8,
+                      precision="fp32", val_fraction=0.0, test_fraction=0.0)
+    assert cv_finetune(cfg, task, tmp_path / "cv", k=3, strategy="full", log=lambda *a: None) is not None
+    for i in range(3):
+        fold = json.loads((tmp_path / "cv" / f"fold{i}" / "fold.json").read_text())
+        assert fold["config"]["backbone_lr_mult"] == 1.0

@@ -58,13 +58,13 @@ class TrainConfig:
                            "linear_probe | multi_probe | partial:K | full | two_phase | stages:A-B | "
                            "lora:r=R[,alpha=A] | prototypes (nearest class mean) | contrastive[:pairs=N] (text)", syntax="strategy")
     shots: int | None = option(None, "keep N labelled training examples per class", low=1, none="all")
-    epochs: int | None = option(None, "passes over the training split (steps wins if both are set)",
-                                low=1, none="from steps")
+    epochs: int | None = option(None, "passes over the training split (steps wins if both are set)", low=1, none="from steps")
     steps: int | None = option(None, "optimisation steps in total", low=1,
                                none="15 epochs, within 30..600 steps; detect: 20 epochs, within 150..600")
     lr: float = option(1e-3, "head learning rate; the backbone gets lr x backbone_lr_mult", low=0,
                        open_low=True, high=10)
-    backbone_lr_mult: float = option(0.1, "discriminative LR: backbone LR / head LR", low=0, high=10)
+    backbone_lr_mult: float | None = option(None, "discriminative LR: backbone LR / head LR", low=0, high=10,
+                                            none="1.0 for image classification above 20 labels per class, else 0.1")
     layer_decay: float | None = option(None, "layer-wise LR decay per stage from the top (e.g. 0.75)",
                                        low=0, open_low=True, high=1, none="off")
     optimizer: str = option("adamw", "optimizer (sgd: momentum 0.9, Nesterov)", choices=("adamw", "sgd"))

@@ -42,7 +42,7 @@ class AdaptConfig:
     steps: int = option(300, "optimisation steps (one source and one target batch each)", low=1)
     batch_size: int = option(32, "inputs per batch from each domain (a step reads one of each)", low=1)
     lr: float = 1e-3
-    backbone_lr_mult: float = 0.1
+    backbone_lr_mult: float = option(0.1, "discriminative LR: backbone LR / head LR", low=0, high=10)
     weight_decay: float = 0.01
     optimizer: str = "adamw"
     warmup: float = 0.1

@@ -77,9 +77,11 @@ def cv_finetune(cfg: TrainConfig, task: Task, root: Path, *, k: int = 3, grid=WI
     held-out accuracy mean ± standard error over folds and mean NLL. None when the labels allow no
     fold (a class with a single label). Each fold builds its model once (or takes `spare`'s, an
     `engine.build.SpareModel`), trains it and scores it."""
-    from ..engine.fit import fit
+    from ..engine.fit import default_backbone_lr_mult, fit
     from ..engine.input_kind import settle_inputs
     cfg = settle_inputs(cfg, task)  # from the whole training split, as the final run's
+    # the folds train the recipe the final run will (a fold has fewer labels per class than it)
+    cfg = dataclasses.replace(cfg, backbone_lr_mult=default_backbone_lr_mult(cfg, task))
     folds = fold_tasks(task, k, cfg.seed)
     if not folds:
         return None

@@ -274,6 +274,10 @@ VARIANTS: dict[str, dict[str, str]] = {
         "knn": "one source (no auto: knn scores the source it is given)",
         "cluster": "one source (no auto: there are no labels to choose by)",
     },
+    "--backbone-lr-mult": {
+        "adapt": "0.1 always: adapt trains on a labelled source set of any size, and the backbone's "
+                 "features are what it adapts",
+    },
     "--shots": {
         "compare": "a list: compare sweeps shot counts (5,10,all)",
         "demo": "the demo picks its own default per data set (10 images, 16 texts per class)",

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError, TrainConfig
+from ..strategies.plan import BACKBONE_LR_MULT
 from ..store import checkpoint as ck
 from ..engine import interrupt
 from .metrics import confusion, segmentation_metrics
@@ -102,7 +103,7 @@ def _lr_factor(step: int, steps: int, warmup: float) -> float:
 
 
 def _groups(model, phase: Phase, cfg: TrainConfig, pretrained: bool, reg=None) -> list[dict]:
-    mult = cfg.backbone_lr_mult if pretrained else 1.0
+    mult = (BACKBONE_LR_MULT if cfg.backbone_lr_mult is None else cfg.backbone_lr_mult) if pretrained else 1.0
     enc = list(model.encoder.parameters())
     dec = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
     for p in enc:

@@ -40,6 +40,7 @@ def looks_like(path: Path) -> bool:
 
 def train(cfg, *, resume: bool = False, log=print, progress: bool = True):
     from ..config import ConfigError
+    from ..strategies.plan import BACKBONE_LR_MULT
     from ..dense import DenseResult, runs
     from ..engine import interrupt
     from .checkpoint import DetectionCheckpoint
@@ -61,7 +62,8 @@ def train(cfg, *, resume: bool = False, log=print, progress: bool = True):
     per_epoch = math.ceil(n_train / cfg.batch_size)
     steps = cfg.steps or (cfg.epochs * per_epoch if cfg.epochs
                           else min(MAX_STEPS, max(MIN_STEPS, DEFAULT_EPOCHS * per_epoch)))
-    tcfg = TrainConfig(steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, backbone_lr_mult=cfg.backbone_lr_mult,
+    mult = BACKBONE_LR_MULT if cfg.backbone_lr_mult is None else cfg.backbone_lr_mult
+    tcfg = TrainConfig(steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, backbone_lr_mult=mult,
                        weight_decay=cfg.weight_decay, warmup_steps=round(cfg.warmup * steps),
                        flip=cfg.augment, seed=cfg.seed)
     files = {"train": _files(split[0]), "test": _files(split[1])}

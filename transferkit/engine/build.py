@@ -60,7 +60,8 @@ def recorded_config(cfg: TrainConfig, model: TransferModel) -> TrainConfig:
 
 
 # what a model does not depend on: two configs that differ only here build the same model
-NOT_BUILT_FROM = ("out", "wise", "val", "test", "stop_after", "overwrite", "unlabelled", "steps", "epochs")
+NOT_BUILT_FROM = ("out", "wise", "val", "test", "stop_after", "overwrite", "unlabelled", "steps", "epochs",
+                  "backbone_lr_mult")  # optimiser settings: the same model
 
 
 def _build_key(cfg: TrainConfig, classes: list[str]) -> tuple:

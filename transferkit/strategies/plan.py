@@ -20,6 +20,10 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
+# backbone LR / head LR where --backbone-lr-mult is not given, except for an image classifier with more
+# than a few labels per class (engine/fit.py: default_backbone_lr_mult)
+BACKBONE_LR_MULT = 0.1
+
 # the from-scratch baseline (`compare`'s scratch row, classification and dense): `full` from random
 # weights, at a rate suited to them rather than the fine-tuning default 1e-3
 SCRATCH_LR = 3e-3
@@ -61,7 +65,7 @@ def _parse_indices(text: str, n: int) -> list[int]:
     return sorted(out)
 
 
-def plan_strategy(strategy: str, num_stages: int, *, backbone_lr_mult: float = 0.1,
+def plan_strategy(strategy: str, num_stages: int, *, backbone_lr_mult: float = BACKBONE_LR_MULT,
                   head_fraction: float = 0.3) -> Plan:
     """Turn a strategy string into phases for a backbone with `num_stages` stages."""
     s = strategy.strip()
