@@ -388,18 +388,26 @@ def _rule_accuracy_then_nll(c):  # the best accuracy; of those within one SE of 
 RULES = {"accuracy": _rule_accuracy, "nll": _rule_nll, "accuracy_then_nll": _rule_accuracy_then_nll}
 
 
-def rules_section(results: list[dict], source: str) -> list[str]:
-    """One run's comparison of the selection rules (see rules_page)."""
-    from transferkit.choose.auto import pick
+def _evidence(results: list[dict], *, folds: bool) -> dict:
+    """(data set, shots, seed) -> what a run recorded for choosing among auto's candidates: the
+    probes' test accuracies, the strong probe, and LP-FT's test accuracy at every WiSE-FT weight,
+    with its cross-validated table (`folds=True`: the cells that have one) or without (`folds=False`:
+    the cells where no fold could be formed)."""
     cells: dict = {}
     for r in results:
         c = cells.setdefault((r["dataset"], r["shots"], r["seed"]), {})
         if r["kind"] == "features":
             c.update(strong_probe=r.get("strong_probe"), linear_probe=r["linear_probe"],
                      multi_probe=r.get("multi_probe"))
-        elif r["kind"] == "ft" and r.get("variant") == "default" and r["cv"]:
+        elif r["kind"] == "ft" and r.get("variant") == "default" and bool(r["cv"]) == folds:
             c.update(cv=r["cv"], cv_multi=r.get("cv_multi_probe"), test_by_wise=r["test_by_wise"])
-    cells = {k: c for k, c in cells.items() if "cv" in c and c.get("strong_probe") is not None}
+    return {k: c for k, c in cells.items() if "test_by_wise" in c and c.get("strong_probe") is not None}
+
+
+def rules_section(results: list[dict], source: str) -> list[str]:
+    """One run's comparison of the selection rules (see rules_page)."""
+    from transferkit.choose.auto import pick
+    cells = _evidence(results, folds=True)
     rules = {"product (transferkit.choose.auto.pick)": lambda t, m: pick(t, m)[:2],
              **{n: (lambda t, m, f=f: f(pick(t, m)[3])[:2]) for n, f in RULES.items()}}
     seeds = sorted({k[2] for k in cells})
@@ -452,15 +460,7 @@ def fixed_section(results: list[dict], source: str) -> list[str]:
     what it trains is fixed in advance: each fixed candidate's paired difference from strong_probe
     (per data set: per seed, and the mean; over the run: mean and worst seed)."""
     from transferkit.choose.cv import WISE_GRID
-    cells: dict = {}
-    for r in results:
-        c = cells.setdefault((r["dataset"], r["shots"], r["seed"]), {})
-        if r["kind"] == "features":
-            c.update(strong_probe=r.get("strong_probe"), linear_probe=r["linear_probe"],
-                     multi_probe=r.get("multi_probe"))
-        elif r["kind"] == "ft" and r.get("variant") == "default" and not r["cv"]:
-            c["test_by_wise"] = r["test_by_wise"]
-    cells = {k: c for k, c in cells.items() if "test_by_wise" in c and c.get("strong_probe") is not None}
+    cells = _evidence(results, folds=False)
     if not cells:
         return [f"## `{source}`", "", "No cell without held-out evidence (every cell could form folds).", ""]
     seeds = sorted({k[2] for k in cells})
