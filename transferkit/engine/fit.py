@@ -149,10 +149,9 @@ def default_backbone_lr_mult(cfg: TrainConfig, task: Task) -> float:
 
 
 def backbone_lr_mult(cfg: TrainConfig, model) -> float:
-    # a random-init backbone has nothing to preserve: it trains at the head's learning rate
-    if not model.spec.source.pretrained:
-        return 1.0
-    return BACKBONE_LR_MULT if cfg.backbone_lr_mult is None else cfg.backbone_lr_mult
+    # a random-init backbone has nothing to preserve: it trains at the head's learning rate. Otherwise
+    # the value _fit settled (default_backbone_lr_mult) or config.yaml recorded: never unset here
+    return cfg.backbone_lr_mult if model.spec.source.pretrained else 1.0
 
 
 def _fit(cfg: TrainConfig, *, resume: bool, log, progress: bool, evaluate_test: bool,
