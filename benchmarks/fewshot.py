@@ -83,8 +83,9 @@ def _test_curve(run: Path, cfg, task, grid) -> dict:
     from transferkit.config import read_config
     from transferkit.engine.selection import wise_mix
     from transferkit.infer.tta import views_of
-    views = views_of(read_config(run / "config.yaml"))  # the run's test-time views, as evaluate scores
-    model, _ = build_model(cfg, task.classes)
+    run_cfg = read_config(run / "config.yaml")  # as the run settled it (its head, its test-time views)
+    views = views_of(run_cfg)
+    model, _ = build_model(run_cfg, task.classes)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(dev)
     ft = ck.load_tensors(run / "model.safetensors")

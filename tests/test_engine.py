@@ -106,6 +106,82 @@ def test_backbone_lr_default_follows_labels_per_class_and_modality():
     assert default_backbone_lr_mult(given, task("image", 100)) == 0.3
 
 
+def test_feature_norm_default_follows_the_probe_source_and_labels():
+    """Unset, the linear head reads rescaled features where a probe is fitted on a pretrained image
+    source at <= 20 labels per class; not above, not for text, a random backbone or another head."""
+    from transferkit.data import Example, Task
+    from transferkit.engine.fit import default_feature_norm
+
+    def task(modality, per_class):
+        items = [Example(f"{c}{i}", c) for c in "ab" for i in range(per_class)]
+        return Task(modality, ["a", "b"], items, [], [])
+    cfg = make_config(None, data="DATA", out="RUN")  # the bundled ImageNet source, strategy auto
+    assert cfg.feature_norm is None
+    assert default_feature_norm(cfg, task("image", 20)) == "on"
+    assert default_feature_norm(cfg, task("image", 21)) == "off"
+    assert default_feature_norm(cfg, task("text", 5)) == "off"
+    for over in ({"backbone": TINY}, {"strategy": "full"}, {"strategy": "multi_probe"}, {"head_hidden": 16}):
+        assert default_feature_norm(make_config(None, data="DATA", out="RUN", **over), task("image", 5)) == "off"
+    assert default_feature_norm(make_config(None, data="DATA", out="RUN", feature_norm="on",
+                                            backbone=TINY), task("image", 100)) == "on"
+
+
+def test_norm_linear_reads_directions_only():
+    from transferkit.models.heads import NormLinear
+    torch.manual_seed(0)
+    head = NormLinear(8, 3)
+    assert "radius" in head.state_dict() and float(head.radius) == pytest.approx(8 ** 0.5)
+    x = torch.randn(5, 8)
+    assert torch.allclose(head(x), head(3.7 * x), atol=1e-5)  # the length of a feature vector is gone
+    assert torch.allclose(head.rescale(head.rescale(x)), head.rescale(x), atol=1e-5)  # idempotent
+    assert torch.allclose(head.rescale(x).norm(dim=-1), head.radius.expand(5))
+
+
+def test_probe_fits_a_rescaled_head_as_its_fast_path_does():
+    """choose_c fits a NormLinear head on rescaled features with all folds at once; a head it must fit
+    one fold at a time (wrapped) gives the same held-out table and the same final head (to the
+    solver's tolerance: the fast path starts each C from the fits at the one below)."""
+    import numpy as np
+    from torch import nn
+
+    from transferkit.engine.headfit import fit_probe, set_radius
+    from transferkit.models.heads import NormLinear
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(3).repeat(8)
+    views = torch.randn(2, len(y), 16, generator=g) * torch.rand(1, len(y), 1, generator=g) * 10
+    views[:, :, :3] += 4 * nn.functional.one_hot(y, 16)[:, :3].float()
+    folds = [(np.setdiff1d(np.arange(len(y)), te), te) for te in np.array_split(np.arange(len(y)), 3)]
+    torch.manual_seed(0)
+    fast = NormLinear(16, 3)
+    slow = nn.Sequential(nn.Identity(), NormLinear(16, 3))
+    slow[1].load_state_dict(fast.state_dict())
+    assert set_radius(fast, views) == pytest.approx(float(views[0].norm(dim=-1).mean()), rel=1e-6)
+    set_radius(slow, views)
+    a = fit_probe(fast, views, y, folds=folds)
+    b = fit_probe(slow, views, y, folds=folds)
+    assert a.C == b.C
+    for ra, rb in zip(a.table, b.table):
+        assert ra["accuracy"] == pytest.approx(rb["accuracy"], abs=1e-6)
+        assert ra["nll"] == pytest.approx(rb["nll"], rel=1e-2)  # minima reached from other starts
+    assert float((fast.weight - slow[1].weight).norm() / slow[1].weight.norm()) < 0.02
+
+
+def test_feature_norm_run_records_and_reloads_its_radius(tmp_path, capsys):
+    data = write_image_folder(tmp_path / "images")
+    run = tmp_path / "run"
+    assert _train(data, run, "--feature-norm", "on", steps=3, strategy="two_phase") == 0
+    from transferkit.config import read_config
+    assert read_config(run / "config.yaml").feature_norm == "on"
+    m = json.loads((run / "metrics.json").read_text())
+    radius = m["head_fit"]["feature_radius"]
+    assert radius > 0 and load_file(run / "model.safetensors")["head.radius"].item() == pytest.approx(radius)
+    capsys.readouterr()
+    assert main(["evaluate", str(run), str(data), "--json"]) == 0  # built from config.yaml, loaded strictly
+    assert _json_out(capsys)["n"] == N_IMAGES
+    assert _train(data, tmp_path / "mp", "--feature-norm", "on", strategy="multi_probe") == 2
+    assert "--feature-norm on" in capsys.readouterr().err
+
+
 def test_evaluate_agrees_with_predict(trained, capsys):
     run, data = trained
     assert main(["evaluate", str(run), str(data), "--json"]) == 0

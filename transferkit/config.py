@@ -111,6 +111,10 @@ class TrainConfig:
     head_hidden: int | None = option(None, "hidden width of an MLP head", low=1, high=1_000_000,
                                      none="a linear head")
     head_dropout: float = option(0.0, "dropout before the head", low=0, high=1, open_high=True)
+    feature_norm: str | None = option(None, "the linear head reads the pooled features rescaled to one length "
+                                      "(models/heads.py NormLinear)", choices=("on", "off"),
+                                      none="on where a linear probe is fitted on an image source at <= 20 "
+                                      "labels per class, else off")
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy", low=0, high=1,
                                     open_high=True)
     reg: str | None = option(None, "regularizer: l2sp:A[,B][,coupled|decoupled] | l2sp:auto | delta:A | "

@@ -41,6 +41,7 @@ def resolve_auto(cfg: TrainConfig, log=print, *, task=None, spare=None) -> tuple
     `engine.build.SpareModel` that keeps the model built to check the configuration before anything
     is written, for the first run that builds the same model (a fold, or the final run)."""
     from ..engine.build import SpareModel, load_task_for
+    from ..engine.fit import default_feature_norm
     from ..engine.input_kind import settle_inputs
     from ..models import parse_source
     from .cv import cv_finetune
@@ -51,7 +52,9 @@ def resolve_auto(cfg: TrainConfig, log=print, *, task=None, spare=None) -> tuple
     spare = spare if spare is not None else SpareModel()
     _, _, pretrained = parse_source(cfg.backbone)
     # the model builds (source, class texts, input adaptation) before anything is written
-    spare.build(dataclasses.replace(cfg, strategy="two_phase" if pretrained else "full"), task.classes)
+    first = dataclasses.replace(cfg, strategy="two_phase" if pretrained else "full")
+    # as the first fold (or final run) settles it: the spare is the model that run builds
+    spare.build(dataclasses.replace(first, feature_norm=default_feature_norm(first, task)), task.classes)
     claim_out_dir(cfg, overwrite=cfg.overwrite, log=log)  # OUT/auto is written before the run starts
     root = Path(cfg.out) / "auto"
     if not pretrained:
@@ -77,7 +80,9 @@ def resolve_auto(cfg: TrainConfig, log=print, *, task=None, spare=None) -> tuple
         evidence["unlabelled"] = pool_choice
     multi = contrastive = None
     if task.modality == "image":
-        mp = cv_finetune(cfg, task, root / "cv_multi_probe", k=FT_FOLDS, strategy="multi_probe", log=log)
+        # --feature-norm is the linear probe's: the multi-stage probe standardises its own features
+        mp = cv_finetune(dataclasses.replace(cfg, feature_norm=None), task, root / "cv_multi_probe", k=FT_FOLDS,
+                         strategy="multi_probe", log=log)
         multi = mp["table"][0] if mp else None
         evidence["multi_probe_cv"] = multi
     elif task.modality == "text" and not (cfg.reg or cfg.unlabelled):  # contrastive takes neither
@@ -134,4 +139,6 @@ def _chosen(cfg: TrainConfig, root: Path, strategy: str, wise, why: str, evidenc
     log(f"auto -> {strategy}" + (f" (wise {wise:g})" if wise is not None else "") + f": {why}")
     root.mkdir(parents=True, exist_ok=True)
     (root / "choice.json").write_text(json.dumps(info, indent=2) + "\n")
-    return dataclasses.replace(cfg, strategy=strategy, wise=wise), info
+    # the final run settles what is left unset for the chosen strategy (engine/fit.py), as its folds did
+    norm = None if strategy == "multi_probe" else cfg.feature_norm
+    return dataclasses.replace(cfg, strategy=strategy, wise=wise, feature_norm=norm), info

@@ -51,9 +51,9 @@ def _held_out_scores(run: Path, cfg: TrainConfig, classes: list[str], held_out: 
     from ..engine.selection import wise_mix
     from ..engine.headfit import score
     from ..infer.tta import views_of
-    run_cfg = read_config(run / "config.yaml")  # the fold run's resolved --tta-views
+    run_cfg = read_config(run / "config.yaml")  # as the fold run settled it (its head, its --tta-views)
     if model is None:
-        model, _ = build_model(cfg, classes)
+        model, _ = build_model(run_cfg, classes)
     ft = ck.load_tensors(run / "model.safetensors")
     lp = ck.load_tensors(run / "lp_model.safetensors") if (run / "lp_model.safetensors").exists() else None
     if lp is None:  # a strategy without a probe phase: only the fine-tuned endpoint exists
@@ -77,11 +77,12 @@ def cv_finetune(cfg: TrainConfig, task: Task, root: Path, *, k: int = 3, grid=WI
     held-out accuracy mean ± standard error over folds and mean NLL. None when the labels allow no
     fold (a class with a single label). Each fold builds its model once (or takes `spare`'s, an
     `engine.build.SpareModel`), trains it and scores it."""
-    from ..engine.fit import default_backbone_lr_mult, fit
+    from ..engine.fit import default_backbone_lr_mult, default_feature_norm, fit
     from ..engine.input_kind import settle_inputs
     cfg = settle_inputs(cfg, task)  # from the whole training split, as the final run's
     # the folds train the recipe the final run will (a fold has fewer labels per class than it)
-    cfg = dataclasses.replace(cfg, backbone_lr_mult=default_backbone_lr_mult(cfg, task))
+    cfg = dataclasses.replace(cfg, backbone_lr_mult=default_backbone_lr_mult(cfg, task),
+                              feature_norm=default_feature_norm(dataclasses.replace(cfg, strategy=strategy), task))
     folds = fold_tasks(task, k, cfg.seed)
     if not folds:
         return None

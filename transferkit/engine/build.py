@@ -32,9 +32,16 @@ def build_model(cfg: TrainConfig, classes: list[str]) -> tuple[TransferModel, di
     if plan.multi_stage:
         from ..models.multi_probe import multi_stage_backbone
         backbone = multi_stage_backbone(backbone)
+    prototypes = cfg.strategy.strip() == "prototypes"
+    feature_norm = cfg.feature_norm == "on"  # unset (a run recorded before the option): off
+    if feature_norm and (plan.multi_stage or prototypes or cfg.class_text or cfg.head_hidden):
+        from ..errors import ConfigError
+        raise ConfigError("--feature-norm on rescales the features a linear head reads; the multi-stage "
+                          "probe, prototypes, a class-name prior and an MLP head (--head-hidden) scale "
+                          "their own: leave --feature-norm unset or off")
     torch.manual_seed(cfg.seed)  # the head's initialisation is part of the run's seed
     model = attach_head(backbone, classes, hidden=cfg.head_hidden, dropout=cfg.head_dropout,
-                        prototypes=cfg.strategy.strip() == "prototypes")
+                        prototypes=prototypes, feature_norm=feature_norm)
     if cfg.class_text:
         from ..zeroshot.prior import attach_name_prior
         attach_name_prior(model, cfg)

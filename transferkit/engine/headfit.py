@@ -26,7 +26,26 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.heads import NormLinear
+
 C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+
+
+def linear_of(head: nn.Module) -> nn.Module:
+    """The linear layer of a head (itself, or the last layer of Dropout -> Linear)."""
+    return head[-1] if isinstance(head, nn.Sequential) else head
+
+
+@torch.no_grad()
+def set_radius(head: nn.Module, views: torch.Tensor) -> float | None:
+    """A head that reads features rescaled to one length (`NormLinear`) gets the mean length of the
+    training items' plain features `views[0]` as that length, so that C keeps the scale it has on
+    the raw features; the length set, or None for other heads."""
+    layer = linear_of(head)
+    if not isinstance(layer, NormLinear):
+        return None
+    layer.radius.fill_(float(views[0].double().norm(dim=-1).mean()))
+    return float(layer.radius)
 
 
 def fit_linear_head(head: nn.Module, X: torch.Tensor, y: torch.Tensor, C: float, *,
@@ -127,7 +146,8 @@ def _fitted(head: nn.Module, init: dict, views: torch.Tensor, y: torch.Tensor, t
     starts each C from the fits at the next smaller one (warm start along the regularisation path:
     the objective is strictly convex, so the start changes the iterations, not the minimum). Other
     heads fit each (C, f) from `init`."""
-    if not (type(head) is nn.Linear and head.bias is not None):
+    rescaled = isinstance(head, NormLinear)  # a linear layer on rescaled features: the same fits
+    if not ((type(head) is nn.Linear or rescaled) and head.bias is not None):
         for c in dict.fromkeys(cs):  # each C once, however often it is listed
             for f, tr in enumerate(train_sets):
                 head.load_state_dict(init)
@@ -138,6 +158,9 @@ def _fitted(head: nn.Module, init: dict, views: torch.Tensor, y: torch.Tensor, t
     device = head.weight.device
     X, Y = _stack(views, y)
     X, Y = X.to(device), Y.to(device)
+    if rescaled:
+        with torch.no_grad():
+            X = head.rescale(X)
     rows = torch.zeros(len(train_sets), len(y), device=device)
     for f, tr in enumerate(train_sets):
         rows[f, torch.as_tensor(tr, device=device)] = 1.0
