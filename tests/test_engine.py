@@ -178,6 +178,12 @@ def test_feature_norm_run_records_and_reloads_its_radius(tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", str(run), str(data), "--json"]) == 0  # built from config.yaml, loaded strictly
     assert _json_out(capsys)["n"] == N_IMAGES
+    # a graph format carries the rescaling (its parity check on the test split passes); timm's plain
+    # Linear classifier cannot, and says so before writing anything
+    assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "onnx")]) == 0
+    assert "parity onnx:" in capsys.readouterr().out
+    assert main(["export", str(run), "--format", "timm", "--out", str(tmp_path / "timm")]) == 2
+    assert "--feature-norm on" in capsys.readouterr().err and not (tmp_path / "timm").exists()
     assert _train(data, tmp_path / "mp", "--feature-norm", "on", strategy="multi_probe") == 2
     assert "--feature-norm on" in capsys.readouterr().err
 

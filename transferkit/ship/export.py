@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import DENSE_TASKS
+from ..engine.headfit import linear_of
 from ..engine.predictor import preprocess_of
 from ..engine.run import load_run
 from ..models.lora import lora_parameters
@@ -35,6 +36,10 @@ def _check_format(fmt: str, model) -> None:
     if fmt in ("timm", "hf") and hasattr(model.head, "fit_prototypes"):
         raise ValueError(f"--format {fmt} has a plain Linear classifier, but a 'prototypes' run's head "
                          "L2-normalises the features first; use --format onnx or torchscript for it")
+    if fmt == "timm" and hasattr(linear_of(model.head), "radius"):
+        raise ValueError("--format timm has a plain Linear classifier, but this run's head rescales the features "
+                         "to one length first (--feature-norm on, the default of a probe at <= 20 labels per "
+                         "class); use --format onnx or torchscript, or train with --feature-norm off")
     if fmt == "timm":
         from .timm_format import head_linear, timm_arch
         timm_arch(model)
