@@ -1,9 +1,7 @@
 """Typed run configuration. YAML recipes and CLI flags both map onto `TrainConfig`.
 
-Each field carries its own one-line help and its allowed values (`option(...)`); the CLI's help text
-and `validate` are generated from that metadata, so the flags, the recipes and the notebook API
-cannot drift apart.
-"""
+Each field carries its own one-line help and its allowed values (`option(...)`); the CLI's help text and
+`validate` are generated from that metadata, so the flags, the recipes and the notebook API cannot drift apart."""
 
 from __future__ import annotations
 
@@ -111,10 +109,8 @@ class TrainConfig:
     head_hidden: int | None = option(None, "hidden width of an MLP head", low=1, high=1_000_000,
                                      none="a linear head")
     head_dropout: float = option(0.0, "dropout before the head", low=0, high=1, open_high=True)
-    feature_norm: str | None = option(None, "the linear head reads the pooled features rescaled to one length "
-                                      "(models/heads.py NormLinear)", choices=("on", "off"),
-                                      none="on where a linear probe is fitted on an image source at <= 20 "
-                                      "labels per class, else off")
+    feature_norm: str | None = option(None, "the linear head reads features rescaled to one length", choices=(
+        "on", "off"), none="on for a probe or LP-FT of an image source at <= 20 labels per class, else off")
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy", low=0, high=1,
                                     open_high=True)
     reg: str | None = option(None, "regularizer: l2sp:A[,B][,coupled|decoupled] | l2sp:auto | delta:A | "

@@ -197,7 +197,7 @@ def _metrics(probs: np.ndarray, y: torch.Tensor, classes: list[str]) -> dict:
 
 def feature_cell(name: str, store: FeatureStore, task: Task, cfg: TrainConfig) -> dict:
     """A ``probe`` or ``linear_probe`` cell on cached features: test and validation metrics."""
-    from ..engine.headfit import fit_probe, set_radius, view_probs
+    from ..engine.headfit import fit_probe, view_probs
     from ..models import attach_head
     tr, ytr = store.get(task.train)
     va, yva = store.get(task.val)
@@ -221,10 +221,9 @@ def feature_cell(name: str, store: FeatureStore, task: Task, cfg: TrainConfig) -
         torch.manual_seed(cfg.seed)
         from ..infer.probe_views import augmented_views, n_probe_views
         from ..infer.tta import resolve_views, view_features
-        from ..engine.fit import default_feature_norm
-        norm = default_feature_norm(dataclasses.replace(cfg, strategy="linear_probe"), task) == "on"
+        from ..engine.fit import default_feature_norm as norm
         model = attach_head(store.backbone, task.classes, hidden=cfg.head_hidden, dropout=cfg.head_dropout,
-                            feature_norm=norm)
+                            feature_norm=norm(dataclasses.replace(cfg, strategy="linear_probe"), task) == "on")
         head = model.head
         flip = store.flipped is not None
         views = torch.stack([tr, store.get(task.train, flipped=True)[0]]) if flip else tr[None]
@@ -241,7 +240,6 @@ def feature_cell(name: str, store: FeatureStore, task: Task, cfg: TrainConfig) -
             te_views = torch.cat([te_views, view_features(model.to(device), task.test, cfg, device, k_tta)])
             if len(yva):
                 va_views = torch.cat([va_views, view_features(model.to(device), task.val, cfg, device, k_tta)])
-        set_radius(head, views)
         choice = fit_probe(head, views, ytr, val=(va_views, yva) if len(yva) else None,
                   folds=cv_folds(ytr.numpy(), cfg.cv_folds, cfg.seed),
                   fit_views=len(views) if cfg.augment else 1, score_views=score_views,

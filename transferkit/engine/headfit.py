@@ -219,6 +219,7 @@ def fit_probe(head: nn.Module, views: torch.Tensor, y: torch.Tensor, *,
     for fine-tuning (LP-FT), where a head fitted to near-zero training loss would leave the
     backbone almost no gradient to learn from.
     """
+    set_radius(head, views)  # a head on rescaled features: their length from these training views
     choice = choose_c(head, views, y, val=val, folds=folds, cs=cs, fit_views=fit_views,
                       score_views=score_views, label_smoothing=label_smoothing)
     X, Y = _stack(views[:fit_views or len(views)], y)
