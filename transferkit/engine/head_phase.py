@@ -14,7 +14,7 @@ from ..infer.loaders import eval_loader
 from ..infer.probe_views import augmented_views, frozen_views, n_probe_views, plain_probe, view_counts
 from ..infer.tta import views_of
 from ..models.multi_probe import MultiStageFeatures
-from .headfit import fit_multistage_probe, fit_probe, set_radius
+from .headfit import fit_multistage_probe, fit_probe, linear_of
 from .run_state import RunState
 from .selection import validate
 
@@ -33,15 +33,12 @@ def head_phase(model, cfg, state: RunState, plain_train, val_loader, device, aut
         views, val = adabn_in_head_phase(model, cfg, state, pool, loader, val_loader, views, labels, val, folds,
                                          device, autocast, cache)
     prior = getattr(model, "head_prior", None)
-    radius = set_radius(model.head, views)  # --feature-norm: the length features are rescaled to
     how_views = view_counts(cfg, views)
     k_aug = n_probe_views(cfg, len(labels), model.spec.modality) if plain_probe(model) else 0
     if k_aug:  # augmented copies to learn from, after the views that score (probe_views.py)
         views = torch.cat([views, augmented_views(model, plain_train.items, cfg, device, autocast, k_aug)])
         how_views["fit_views"] = len(views)
     extra = {"probe_views": k_aug} if k_aug else {}
-    if radius is not None:
-        extra["feature_radius"] = radius
     if hasattr(model.head, "fit_prototypes"):  # --strategy prototypes: class means, nothing to fit
         from .headfit import fit_head
         X, Y = views[:how_views["fit_views"]].reshape(-1, views.shape[-1]), labels.repeat(how_views["fit_views"])
@@ -68,6 +65,8 @@ def head_phase(model, cfg, state: RunState, plain_train, val_loader, device, aut
     else:
         choice = fit_probe(model.head, views, labels, val=val, folds=folds, calibrated=calibrated,
                            label_smoothing=cfg.label_smoothing, **how_views)
+        if (radius := getattr(linear_of(model.head), "radius", None)) is not None:  # set by fit_probe
+            extra["feature_radius"] = float(radius)  # --feature-norm: the length features were rescaled to
     C = choice.C_nll if calibrated else choice.C
     state.head_fit = {"C": C, "C_best_accuracy": choice.C, "C_best_nll": choice.C_nll,
                       "method": choice.method, "folds": choice.folds, "table": choice.table,
